@@ -1,0 +1,52 @@
+//! The agent protocol: service `ember.agent.v1.Agent`, served by `ember-agent` inside
+//! the guest over one ttrpc connection (vsock, hybrid vsock or a virtio-serial port).
+//!
+//! Stdio crosses the same connection as calls, in the style of pull/push RPCs:
+//! the host long-polls `ReadOutput` for each stream it wants, and pushes stdin with
+//! `WriteStdin`. Each call moves at most `MAX_IO_CHUNK` bytes. Back-pressure is
+//! natural: the agent reads a process's pipe only into a bounded buffer, so a host
+//! that stops polling stops the writer; a `WriteStdin` answers only after the bytes
+//! are in the pipe. Output is never dropped at exit: the pipes are drained to EOF and
+//! `ReadOutput` reports `eof` only after the last byte was handed out.
+
+mod client;
+mod messages;
+
+pub use client::AgentClient;
+pub use messages::*;
+
+/// The ttrpc service name of the agent.
+pub const SERVICE: &str = "ember.agent.v1.Agent";
+/// vsock port the agent listens on.
+pub const VSOCK_PORT: u32 = 1024;
+/// Name of the virtio-serial port the agent serves on (`/sys/class/virtio-ports/*/name`).
+pub const SERIAL_PORT_NAME: &str = "ember.agent";
+/// Largest chunk one `ReadOutput` or `WriteStdin` moves.
+pub const MAX_IO_CHUNK: u32 = 1 << 20;
+/// Kernel command line key whose value the agent prints to the console before
+/// powering off at once (used to time bare boots and to probe accelerators).
+pub const CMDLINE_PROBE: &str = "ember.probe";
+/// Marker the agent prints on the console when it is ready to serve.
+pub const READY_MARKER: &str = "ember-agent: ready";
+
+/// Method names of the agent service.
+pub mod method {
+    pub const PING: &str = "Ping";
+    pub const CREATE_CONTAINER: &str = "CreateContainer";
+    pub const START_PROCESS: &str = "StartProcess";
+    pub const CREATE_PROCESS: &str = "CreateProcess";
+    pub const WAIT_PROCESS: &str = "WaitProcess";
+    pub const SIGNAL_PROCESS: &str = "SignalProcess";
+    pub const WRITE_STDIN: &str = "WriteStdin";
+    pub const CLOSE_STDIN: &str = "CloseStdin";
+    pub const READ_OUTPUT: &str = "ReadOutput";
+    pub const RESIZE_PTY: &str = "ResizePty";
+    pub const PAUSE_CONTAINER: &str = "PauseContainer";
+    pub const RESUME_CONTAINER: &str = "ResumeContainer";
+    pub const LIST_PIDS: &str = "ListPids";
+    pub const STATS: &str = "Stats";
+    pub const UPDATE_CONTAINER: &str = "UpdateContainer";
+    pub const REMOVE_CONTAINER: &str = "RemoveContainer";
+    pub const WAIT_OOM: &str = "WaitOom";
+    pub const SHUTDOWN: &str = "Shutdown";
+}

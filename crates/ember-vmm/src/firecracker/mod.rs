@@ -1,0 +1,1 @@
+//! Firecracker backend (REST API over its unix socket, hybrid vsock).

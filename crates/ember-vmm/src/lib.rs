@@ -1,0 +1,13 @@
+//! Ember's VMM backends. Each backend turns a [`VmConfig`] into a running microVM
+//! behind the [`Vm`] trait: QEMU `microvm` driven over QMP, and Firecracker driven over
+//! its REST API.
+
+mod error;
+mod process;
+mod vm;
+
+pub mod firecracker;
+pub mod qemu;
+
+pub use error::Error;
+pub use vm::*;

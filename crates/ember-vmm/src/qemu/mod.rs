@@ -1,0 +1,1 @@
+//! QEMU `microvm` backend, driven over QMP.
