@@ -1,1 +1,738 @@
 //! Firecracker backend (REST API over its unix socket, hybrid vsock).
+//!
+//! `start` runs `firecracker --api-sock <state_dir>/firecracker.sock --id <id>` with its
+//! stdout and stderr (the guest serial console, plus Firecracker's own early errors) in
+//! `<state_dir>/console.log`, configures the VM over the API (logger → `vmm.log`,
+//! metrics → `metrics.json`, boot source, machine config, drives, vsock) and issues
+//! `InstanceStart`.
+//!
+//! Differences to other backends that callers should know:
+//! - Firecracker is KVM-only: `Accel::Tcg` is rejected, `Auto` means KVM.
+//! - Firecracker cannot hot-plug drives. [`Vm::attach_drive`] swaps the backing file of
+//!   a drive that was configured before boot (a placeholder), anything else is
+//!   `Error::Unsupported`.
+//! - The virtio-blk serial Firecracker shows the guest is derived from the backing
+//!   file (device, inode, mtime), not from [`Drive::id`]; drives appear in the guest in
+//!   the order of `VmConfig::drives` (`vda`, `vdb`, ...).
+
+mod api;
+mod config;
+mod vsock;
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::process::{Child, Command};
+
+use crate::process::{file_tail, proc_stats, require_file, spawn_supervised, vm_exit};
+use crate::{Accel, BoxedAgentStream, Drive, Error, Vm, VmConfig, VmExit, VmStats, VmmKind};
+
+use api::ApiClient;
+use config::{
+    json, Action, ActionType, BootSource, DriveBody, DrivePatch, Logger, MachineConfig, Metrics,
+    VmState, VmStateBody,
+};
+
+/// Longest path a unix socket address can hold (`sun_path`, with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Room left in the vsock path for the `_<port>` suffix of guest-initiated connections.
+const VSOCK_SUFFIX_ROOM: usize = 11;
+
+/// How much console the boot errors carry.
+const BOOT_ERROR_TAIL: usize = 4096;
+
+const BINARY_HINT: &str = "set FIRECRACKER_BIN or vmm_binary to a firecracker executable";
+const KERNEL_HINT: &str =
+    "set the guest kernel path (Firecracker boots an uncompressed ELF vmlinux on x86_64)";
+const INITRD_HINT: &str = "set the initrd path, or leave it unset";
+const DRIVE_HINT: &str = "create the drive's backing file before configuring the VM";
+
+/// Files and sockets of one VM inside its state directory.
+#[derive(Debug, Clone)]
+struct Paths {
+    api_socket: PathBuf,
+    vsock: PathBuf,
+    console: PathBuf,
+    vmm_log: PathBuf,
+    metrics: PathBuf,
+}
+
+impl Paths {
+    fn new(state_dir: &Path) -> Self {
+        Self {
+            api_socket: state_dir.join("firecracker.sock"),
+            vsock: state_dir.join("vsock.sock"),
+            console: state_dir.join("console.log"),
+            vmm_log: state_dir.join("vmm.log"),
+            metrics: state_dir.join("metrics.json"),
+        }
+    }
+
+    /// Removes the sockets Firecracker binds; it refuses to start if they exist.
+    fn remove_sockets(&self) -> std::io::Result<()> {
+        for p in [&self.api_socket, &self.vsock] {
+            match std::fs::remove_file(p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A microVM run by Firecracker.
+#[derive(Debug)]
+pub struct FirecrackerVm {
+    config: VmConfig,
+    paths: Paths,
+    api: ApiClient,
+    child: Option<Child>,
+    pid: Option<u32>,
+    /// `InstanceStart` succeeded.
+    booted: bool,
+    /// How the process ended, once it did.
+    exit: Option<VmExit>,
+}
+
+impl FirecrackerVm {
+    /// Checks the configuration and the files it names; starts nothing.
+    pub fn new(config: VmConfig) -> Result<Self, Error> {
+        if config.accel == Accel::Tcg {
+            return Err(Error::InvalidConfig(
+                "Firecracker runs guests on KVM only; TCG was requested".into(),
+            ));
+        }
+        if config.vcpus == 0 {
+            return Err(Error::InvalidConfig("vcpus must be at least 1".into()));
+        }
+        if config.memory_mib == 0 {
+            return Err(Error::InvalidConfig("memory_mib must be at least 1".into()));
+        }
+        require_file("firecracker binary", &config.vmm_binary, BINARY_HINT)?;
+        require_file("guest kernel", &config.kernel, KERNEL_HINT)?;
+        if let Some(initrd) = &config.initrd {
+            require_file("initrd", initrd, INITRD_HINT)?;
+        }
+        for (i, drive) in config.drives.iter().enumerate() {
+            check_drive_id(&drive.id)?;
+            if config.drives[..i].iter().any(|d| d.id == drive.id) {
+                return Err(Error::InvalidConfig(format!(
+                    "drive id {:?} is used twice",
+                    drive.id
+                )));
+            }
+            require_file("drive backing file", &drive.path, DRIVE_HINT)?;
+        }
+        if !config.state_dir.is_dir() {
+            return Err(Error::InvalidConfig(format!(
+                "state_dir {} does not exist or is not a directory",
+                config.state_dir.display()
+            )));
+        }
+        let paths = Paths::new(&config.state_dir);
+        for (sock, room) in [(&paths.api_socket, 0), (&paths.vsock, VSOCK_SUFFIX_ROOM)] {
+            if sock.as_os_str().len() + room > MAX_SOCKET_PATH {
+                return Err(Error::InvalidConfig(format!(
+                    "socket path {} is too long for a unix socket; use a shorter state_dir",
+                    sock.display()
+                )));
+            }
+        }
+        Ok(Self {
+            api: ApiClient::new(&paths.api_socket),
+            paths,
+            config,
+            child: None,
+            pid: None,
+            booted: false,
+            exit: None,
+        })
+    }
+
+    /// The file holding the guest serial console.
+    pub fn console_path(&self) -> &Path {
+        &self.paths.console
+    }
+
+    /// Firecracker's own log.
+    pub fn vmm_log_path(&self) -> &Path {
+        &self.paths.vmm_log
+    }
+
+    /// Firecracker's JSON metrics, appended on each flush.
+    pub fn metrics_path(&self) -> &Path {
+        &self.paths.metrics
+    }
+
+    /// The API socket.
+    pub fn api_socket_path(&self) -> &Path {
+        self.api.socket()
+    }
+
+    /// Firecracker's view of the VM: `"Not started"`, `"Running"` or `"Paused"`.
+    pub async fn instance_state(&self) -> Result<String, Error> {
+        self.ensure_running()?;
+        let info = self.api.get_json("/").await?;
+        info.get("state")
+            .and_then(|s| s.as_str())
+            .map(str::to_owned)
+            .ok_or_else(|| Error::Control(format!("GET /: no state in {info}")))
+    }
+
+    /// Asks Firecracker to write its metrics to `metrics.json` now.
+    pub async fn flush_metrics(&self) -> Result<(), Error> {
+        self.ensure_running()?;
+        self.action(ActionType::FlushMetrics).await
+    }
+
+    async fn action(&self, action_type: ActionType) -> Result<(), Error> {
+        self.api
+            .put("/actions", &json(&Action { action_type }))
+            .await
+            .map(drop)
+    }
+
+    fn ensure_running(&self) -> Result<(), Error> {
+        if self.child.is_some() && self.exit.is_none() {
+            Ok(())
+        } else {
+            Err(Error::NotRunning)
+        }
+    }
+
+    fn ensure_booted(&self) -> Result<(), Error> {
+        self.ensure_running()?;
+        if self.booted {
+            Ok(())
+        } else {
+            Err(Error::NotRunning)
+        }
+    }
+
+    /// Creates (truncating) the console, log and metrics files. Firecracker opens the
+    /// log and metrics paths itself and needs them to exist.
+    fn prepare_files(&self) -> Result<File, Error> {
+        self.paths.remove_sockets()?;
+        File::create(&self.paths.vmm_log)?;
+        File::create(&self.paths.metrics)?;
+        File::create(&self.paths.console)?;
+        Ok(OpenOptions::new().append(true).open(&self.paths.console)?)
+    }
+
+    fn spawn(&mut self, console: File) -> Result<(), Error> {
+        let mut cmd = Command::new(&self.config.vmm_binary);
+        cmd.arg("--api-sock")
+            .arg(&self.paths.api_socket)
+            .arg("--id")
+            .arg(config::instance_id(&self.config.id))
+            .current_dir(&self.config.state_dir);
+        let stderr = console.try_clone()?;
+        let child =
+            spawn_supervised(cmd, Stdio::from(console), Stdio::from(stderr)).map_err(|source| {
+                Error::Spawn {
+                    binary: self.config.vmm_binary.clone(),
+                    source,
+                }
+            })?;
+        self.pid = child.id();
+        self.child = Some(child);
+        tracing::debug!(id = %self.config.id, pid = ?self.pid, "firecracker spawned");
+        Ok(())
+    }
+
+    /// Waits until the API socket accepts connections, failing early if the process
+    /// exits first.
+    async fn wait_for_api(&mut self) -> Result<(), Error> {
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    let exit = vm_exit(status);
+                    self.exit = Some(exit);
+                    return Err(Error::Control(format!(
+                        "firecracker exited before its API socket appeared ({})",
+                        describe_exit(&exit)
+                    )));
+                }
+            }
+            if tokio::net::UnixStream::connect(&self.paths.api_socket)
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// The whole API conversation from process start to `InstanceStart`.
+    async fn configure_and_boot(&mut self) -> Result<(), Error> {
+        self.wait_for_api().await?;
+        let api = self.api.clone();
+        api.put("/logger", &json(&Logger::new(&self.paths.vmm_log)))
+            .await?;
+        api.put(
+            "/metrics",
+            &json(&Metrics {
+                metrics_path: self.paths.metrics.clone(),
+            }),
+        )
+        .await?;
+        api.put(
+            "/boot-source",
+            &json(&BootSource::from_config(&self.config)),
+        )
+        .await?;
+        api.put(
+            "/machine-config",
+            &json(&MachineConfig::from_config(&self.config)),
+        )
+        .await?;
+        for drive in &self.config.drives {
+            api.put(
+                &format!("/drives/{}", drive.id),
+                &json(&DriveBody::from_drive(drive)),
+            )
+            .await?;
+        }
+        api.put(
+            "/vsock",
+            &json(&config::Vsock {
+                guest_cid: config::GUEST_CID,
+                uds_path: self.paths.vsock.clone(),
+            }),
+        )
+        .await?;
+        self.action(ActionType::InstanceStart).await?;
+        self.booted = true;
+        // A first flush, so metrics.json holds data even if the VM is later killed.
+        if let Err(e) = self.action(ActionType::FlushMetrics).await {
+            tracing::debug!(id = %self.config.id, "flushing metrics after boot: {e}");
+        }
+        Ok(())
+    }
+
+    /// Kills the process (if still there), reaps it and records how it ended.
+    async fn kill_and_reap(&mut self) -> Result<VmExit, Error> {
+        if let Some(exit) = self.exit {
+            return Ok(exit);
+        }
+        let child = self.child.as_mut().ok_or(Error::NotRunning)?;
+        // `kill` is SIGKILL and reaps; it fails only if the process was reaped already.
+        if let Err(e) = child.kill().await {
+            tracing::debug!(id = %self.config.id, "killing firecracker: {e}");
+        }
+        let status = child.wait().await?;
+        Ok(self.record_exit(vm_exit(status)))
+    }
+
+    fn record_exit(&mut self, exit: VmExit) -> VmExit {
+        self.exit = Some(exit);
+        if let Err(e) = self.paths.remove_sockets() {
+            tracing::debug!(id = %self.config.id, "removing sockets: {e}");
+        }
+        tracing::debug!(id = %self.config.id, ?exit, "firecracker exited");
+        exit
+    }
+
+    fn boot_error(&self, reason: String) -> Error {
+        let log = file_tail(&self.paths.vmm_log, 2048);
+        let reason = if log.trim().is_empty() {
+            reason
+        } else {
+            format!("{reason}\n--- vmm.log tail ---\n{}", log.trim_end())
+        };
+        Error::Boot {
+            reason,
+            console: file_tail(&self.paths.console, BOOT_ERROR_TAIL),
+        }
+    }
+}
+
+fn check_drive_id(id: &str) -> Result<(), Error> {
+    if config::valid_resource_id(id) {
+        Ok(())
+    } else {
+        Err(Error::InvalidConfig(format!(
+            "drive id {id:?}: Firecracker drive ids are non-empty and made of letters, digits and '_'"
+        )))
+    }
+}
+
+fn describe_exit(exit: &VmExit) -> String {
+    match (exit.code, exit.signal) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        (None, None) => "unknown status".into(),
+    }
+}
+
+#[async_trait]
+impl Vm for FirecrackerVm {
+    fn kind(&self) -> VmmKind {
+        VmmKind::Firecracker
+    }
+
+    fn accel(&self) -> Accel {
+        Accel::Kvm
+    }
+
+    async fn start(&mut self) -> Result<(), Error> {
+        if self.child.is_some() {
+            return Err(Error::InvalidConfig(
+                "this VM was started already; create a new one".into(),
+            ));
+        }
+        let console = self.prepare_files()?;
+        self.spawn(console)?;
+        let timeout = self.config.boot_timeout;
+        let result = match tokio::time::timeout(timeout, self.configure_and_boot()).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Control(format!(
+                "configuring and booting took longer than the boot timeout of {timeout:?}"
+            ))),
+        };
+        if let Err(e) = result {
+            self.booted = false;
+            let exit = self.kill_and_reap().await;
+            let mut reason = e.to_string();
+            if let Ok(exit) = exit {
+                reason.push_str(&format!(" (firecracker: {})", describe_exit(&exit)));
+            }
+            return Err(self.boot_error(reason));
+        }
+        tracing::info!(id = %self.config.id, pid = ?self.pid, "firecracker VM started");
+        Ok(())
+    }
+
+    async fn pause(&self) -> Result<(), Error> {
+        self.ensure_booted()?;
+        self.api
+            .patch(
+                "/vm",
+                &json(&VmStateBody {
+                    state: VmState::Paused,
+                }),
+            )
+            .await
+            .map(drop)
+    }
+
+    async fn resume(&self) -> Result<(), Error> {
+        self.ensure_booted()?;
+        self.api
+            .patch(
+                "/vm",
+                &json(&VmStateBody {
+                    state: VmState::Resumed,
+                }),
+            )
+            .await
+            .map(drop)
+    }
+
+    async fn stop(&mut self, grace: Duration) -> Result<VmExit, Error> {
+        if let Some(exit) = self.exit {
+            return Ok(exit);
+        }
+        let Some(child) = self.child.as_mut() else {
+            return Err(Error::NotRunning);
+        };
+        if let Some(status) = child.try_wait()? {
+            return Ok(self.record_exit(vm_exit(status)));
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        if self.booted {
+            let api = self.api.clone();
+            let polite = async {
+                // Drain the counters before the process may be killed.
+                let _ = api
+                    .put(
+                        "/actions",
+                        &json(&Action {
+                            action_type: ActionType::FlushMetrics,
+                        }),
+                    )
+                    .await;
+                // Ctrl-Alt-Del reaches the guest through the i8042 controller, which
+                // exists on x86 only.
+                if cfg!(target_arch = "x86_64") {
+                    if let Err(e) = api
+                        .put(
+                            "/actions",
+                            &json(&Action {
+                                action_type: ActionType::SendCtrlAltDel,
+                            }),
+                        )
+                        .await
+                    {
+                        tracing::debug!("SendCtrlAltDel: {e}");
+                    }
+                }
+            };
+            let _ = tokio::time::timeout_at(deadline, polite).await;
+        }
+        let child = self.child.as_mut().ok_or(Error::NotRunning)?;
+        match tokio::time::timeout_at(deadline, child.wait()).await {
+            Ok(status) => Ok(self.record_exit(vm_exit(status?))),
+            Err(_) => {
+                tracing::info!(id = %self.config.id, ?grace, "guest did not shut down in time; killing firecracker");
+                self.kill_and_reap().await
+            }
+        }
+    }
+
+    async fn wait(&mut self) -> Result<VmExit, Error> {
+        if let Some(exit) = self.exit {
+            return Ok(exit);
+        }
+        let child = self.child.as_mut().ok_or(Error::NotRunning)?;
+        let status = child.wait().await?;
+        Ok(self.record_exit(vm_exit(status)))
+    }
+
+    async fn connect_agent(&self, port: u32) -> Result<BoxedAgentStream, Error> {
+        self.ensure_booted()?;
+        let stream = vsock::connect(&self.paths.vsock, port).await?;
+        Ok(Box::pin(stream))
+    }
+
+    async fn attach_drive(&mut self, drive: Drive) -> Result<(), Error> {
+        check_drive_id(&drive.id)?;
+        let Some(index) = self.config.drives.iter().position(|d| d.id == drive.id) else {
+            return Err(Error::Unsupported(
+                "hot-plugging a drive that was not configured before boot (Firecracker can only swap the backing file of an existing drive)",
+            ));
+        };
+        if self.config.drives[index].read_only != drive.read_only {
+            return Err(Error::InvalidConfig(format!(
+                "drive {:?} was configured with read_only={}; Firecracker cannot change that after boot",
+                drive.id, self.config.drives[index].read_only
+            )));
+        }
+        require_file("drive backing file", &drive.path, DRIVE_HINT)?;
+        if self.child.is_some() {
+            // Started: the drive exists in Firecracker, swap its backing file.
+            self.ensure_booted()?;
+            self.api
+                .patch(
+                    &format!("/drives/{}", drive.id),
+                    &json(&DrivePatch {
+                        drive_id: drive.id.clone(),
+                        path_on_host: drive.path.clone(),
+                    }),
+                )
+                .await?;
+        }
+        // Not started yet: `start` configures the drive with the new file.
+        self.config.drives[index] = drive;
+        Ok(())
+    }
+
+    fn stats(&self) -> Result<VmStats, Error> {
+        self.ensure_running()?;
+        let pid = self.pid.ok_or(Error::NotRunning)?;
+        proc_stats(pid)
+    }
+
+    fn pid(&self) -> Option<u32> {
+        if self.exit.is_none() {
+            self.pid
+        } else {
+            None
+        }
+    }
+
+    fn console_tail(&self, max_bytes: usize) -> String {
+        file_tail(&self.paths.console, max_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &Path) -> VmConfig {
+        let bin = dir.join("firecracker");
+        let kernel = dir.join("vmlinux");
+        std::fs::write(&bin, "").unwrap();
+        std::fs::write(&kernel, "").unwrap();
+        VmConfig {
+            id: "t".into(),
+            state_dir: dir.to_path_buf(),
+            vmm_binary: bin,
+            kernel,
+            initrd: None,
+            kernel_args: String::new(),
+            vcpus: 1,
+            memory_mib: 128,
+            accel: Accel::Auto,
+            drives: vec![],
+            boot_timeout: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn new_validates() {
+        let dir = tempfile::tempdir().unwrap();
+        let vm = FirecrackerVm::new(config(dir.path())).unwrap();
+        assert_eq!(vm.accel(), Accel::Kvm);
+        assert_eq!(vm.kind(), VmmKind::Firecracker);
+        assert_eq!(vm.pid(), None);
+        assert_eq!(vm.console_path(), dir.path().join("console.log"));
+
+        let mut c = config(dir.path());
+        c.accel = Accel::Tcg;
+        assert!(matches!(
+            FirecrackerVm::new(c),
+            Err(Error::InvalidConfig(_))
+        ));
+
+        let mut c = config(dir.path());
+        c.vmm_binary = dir.path().join("nope");
+        match FirecrackerVm::new(c) {
+            Err(Error::MissingFile { hint, .. }) => assert!(hint.contains("FIRECRACKER_BIN")),
+            other => panic!("{other:?}"),
+        }
+
+        let mut c = config(dir.path());
+        c.initrd = Some(dir.path().join("nope"));
+        assert!(matches!(
+            FirecrackerVm::new(c),
+            Err(Error::MissingFile { what: "initrd", .. })
+        ));
+
+        let mut c = config(dir.path());
+        c.drives.push(Drive {
+            id: "bad-id".into(),
+            path: dir.path().join("vmlinux"),
+            read_only: true,
+        });
+        assert!(matches!(
+            FirecrackerVm::new(c),
+            Err(Error::InvalidConfig(_))
+        ));
+
+        let mut c = config(dir.path());
+        let d = Drive {
+            id: "d0".into(),
+            path: dir.path().join("vmlinux"),
+            read_only: true,
+        };
+        c.drives = vec![d.clone(), d];
+        assert!(matches!(
+            FirecrackerVm::new(c),
+            Err(Error::InvalidConfig(_))
+        ));
+
+        let mut c = config(dir.path());
+        c.state_dir = dir.path().join("x".repeat(120));
+        assert!(matches!(
+            FirecrackerVm::new(c),
+            Err(Error::InvalidConfig(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn not_running_before_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut vm = FirecrackerVm::new(config(dir.path())).unwrap();
+        assert!(matches!(vm.pause().await, Err(Error::NotRunning)));
+        assert!(matches!(vm.stats(), Err(Error::NotRunning)));
+        assert!(matches!(vm.wait().await, Err(Error::NotRunning)));
+        assert!(matches!(
+            vm.stop(Duration::from_millis(1)).await,
+            Err(Error::NotRunning)
+        ));
+        assert!(vm.connect_agent(1024).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn attach_drive_before_start_replaces_placeholder() {
+        let dir = tempfile::tempdir().unwrap();
+        let placeholder = dir.path().join("placeholder.img");
+        let real = dir.path().join("real.img");
+        std::fs::write(&placeholder, "").unwrap();
+        std::fs::write(&real, "").unwrap();
+        let mut c = config(dir.path());
+        c.drives.push(Drive {
+            id: "ctr_0".into(),
+            path: placeholder,
+            read_only: false,
+        });
+        let mut vm = FirecrackerVm::new(c).unwrap();
+        vm.attach_drive(Drive {
+            id: "ctr_0".into(),
+            path: real.clone(),
+            read_only: false,
+        })
+        .await
+        .unwrap();
+        assert_eq!(vm.config.drives[0].path, real);
+        assert!(matches!(
+            vm.attach_drive(Drive {
+                id: "other".into(),
+                path: real.clone(),
+                read_only: false,
+            })
+            .await,
+            Err(Error::Unsupported(_))
+        ));
+        assert!(matches!(
+            vm.attach_drive(Drive {
+                id: "ctr_0".into(),
+                path: real,
+                read_only: true,
+            })
+            .await,
+            Err(Error::InvalidConfig(_))
+        ));
+    }
+
+    /// A "firecracker" that exits at once: start fails with a Boot error carrying what
+    /// it printed, and nothing is left running.
+    #[tokio::test]
+    async fn start_failure_reports_console() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(dir.path());
+        std::fs::write(
+            &c.vmm_binary,
+            "#!/bin/sh\necho \"fake firecracker $*\"\nexit 3\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&c.vmm_binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut vm = FirecrackerVm::new(c).unwrap();
+        match vm.start().await {
+            Err(Error::Boot { reason, console }) => {
+                assert!(reason.contains("exit code 3"), "{reason}");
+                assert!(console.contains("fake firecracker --api-sock"), "{console}");
+                assert!(console.contains("--id t"), "{console}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(vm.pid(), None);
+        assert!(matches!(vm.start().await, Err(Error::InvalidConfig(_))));
+    }
+
+    /// A "firecracker" that never opens its socket: start gives up at the boot timeout
+    /// and kills it.
+    #[tokio::test]
+    async fn start_times_out_and_kills() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path());
+        c.boot_timeout = Duration::from_millis(300);
+        std::fs::write(&c.vmm_binary, "#!/bin/sh\necho stuck\nexec sleep 30\n").unwrap();
+        std::fs::set_permissions(&c.vmm_binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut vm = FirecrackerVm::new(c).unwrap();
+        let err = vm.start().await.unwrap_err();
+        assert!(err.to_string().contains("boot timeout"), "{err}");
+        assert!(err.to_string().contains("stuck"), "{err}");
+        let exit = vm.exit.unwrap();
+        assert_eq!(exit.signal, Some(libc::SIGKILL));
+    }
+}
