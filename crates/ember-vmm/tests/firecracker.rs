@@ -1,0 +1,476 @@
+//! The Firecracker backend against a real Firecracker, when `FIRECRACKER_BIN` names one.
+//!
+//! A Linux guest needs more than a nested, paravirtualised KVM may give, so these tests
+//! boot a tiny guest generated here: an ELF64 image whose code writes markers to the
+//! serial port, spins, and resets the machine through the i8042 controller (which makes
+//! Firecracker exit). Firecracker enters an ELF kernel's entry point in 64-bit long mode
+//! with the low memory identity-mapped and interrupts off.
+//!
+//! Without `FIRECRACKER_BIN` the tests that need it print a message and pass; the
+//! configuration checks run always.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ember_vmm::firecracker::FirecrackerVm;
+use ember_vmm::{Accel, Drive, Error, Vm, VmConfig};
+
+const MARKER_1: &str = "EMBER-FC-ONE";
+const MARKER_2: &str = "EMBER-FC-TWO";
+
+/// Physical (and, identity-mapped, virtual) address the guest code is loaded at: 1 MiB,
+/// where Firecracker expects a kernel.
+const LOAD_ADDR: u64 = 0x10_0000;
+/// File offset of the code; page-aligned like the load address.
+const CODE_OFFSET: u64 = 0x1000;
+
+/// A hand assembler for the few x86-64 instructions the guest needs.
+#[derive(Default)]
+struct Asm {
+    code: Vec<u8>,
+}
+
+impl Asm {
+    fn pos(&self) -> usize {
+        self.code.len()
+    }
+
+    /// `mov dx, 0x3f8`: operand-size prefix 66, B8+r (r = 2, dx) with an imm16.
+    /// dx then stays the COM1 data port for every `out dx, al` below.
+    fn dx_com1(&mut self) {
+        self.code.extend_from_slice(&[0x66, 0xBA, 0xF8, 0x03]);
+    }
+
+    /// `mov al, imm8` (B0 ib) then `out dx, al` (EE): one byte to the serial port.
+    fn serial_byte(&mut self, b: u8) {
+        self.code.extend_from_slice(&[0xB0, b, 0xEE]);
+    }
+
+    fn serial_str(&mut self, s: &str) {
+        for b in s.bytes() {
+            self.serial_byte(b);
+        }
+    }
+
+    /// `mov rcx, imm64`: REX.W (48), B8+r (r = 1, rcx), imm64.
+    fn mov_rcx(&mut self, v: u64) {
+        self.code.extend_from_slice(&[0x48, 0xB9]);
+        self.code.extend_from_slice(&v.to_le_bytes());
+    }
+
+    /// `mov ebx, imm32`: B8+r (r = 3, ebx), imm32.
+    fn mov_ebx(&mut self, v: u32) {
+        self.code.push(0xBB);
+        self.code.extend_from_slice(&v.to_le_bytes());
+    }
+
+    /// `dec rcx`: REX.W (48), FF /1 with ModRM 11 001 001 = C9.
+    fn dec_rcx(&mut self) {
+        self.code.extend_from_slice(&[0x48, 0xFF, 0xC9]);
+    }
+
+    /// `dec ebx`: FF /1 with ModRM 11 001 011 = CB.
+    fn dec_ebx(&mut self) {
+        self.code.extend_from_slice(&[0xFF, 0xCB]);
+    }
+
+    /// A two-byte short jump (`opcode rel8`) back to `target`; rel8 counts from the end
+    /// of the jump.
+    fn short_jump(&mut self, opcode: u8, target: usize) {
+        let rel = target as i64 - (self.pos() as i64 + 2);
+        let rel = i8::try_from(rel).expect("short jump in range");
+        self.code.extend_from_slice(&[opcode, rel as u8]);
+    }
+
+    /// `jnz rel8` (75 cb).
+    fn jnz(&mut self, target: usize) {
+        self.short_jump(0x75, target);
+    }
+
+    /// `jmp rel8` (EB cb).
+    fn jmp(&mut self, target: usize) {
+        self.short_jump(0xEB, target);
+    }
+
+    /// `count` times: spin `iterations` rounds of `dec rcx; jnz`, then print '.'.
+    fn dots(&mut self, count: u32, iterations: u64) {
+        self.mov_ebx(count);
+        let outer = self.pos();
+        self.mov_rcx(iterations);
+        let inner = self.pos();
+        self.dec_rcx();
+        self.jnz(inner);
+        self.serial_byte(b'.');
+        self.dec_ebx();
+        self.jnz(outer);
+    }
+
+    /// `mov al, 0xfe` (B0 FE) then `out 0x64, al` (E6 ib): pulse the reset line through
+    /// the i8042 command port. Firecracker exits when the guest does this.
+    fn i8042_reset(&mut self) {
+        self.code.extend_from_slice(&[0xB0, 0xFE, 0xE6, 0x64]);
+    }
+
+    /// `hlt` (F4) then `jmp` back to it, in case anything wakes the vCPU.
+    fn halt_forever(&mut self) {
+        let hlt = self.pos();
+        self.code.push(0xF4);
+        self.jmp(hlt);
+    }
+
+    /// `jmp $` (EB FE): spin forever.
+    fn spin_forever(&mut self) {
+        let here = self.pos();
+        self.jmp(here);
+    }
+}
+
+/// Wraps `code` in an ELF64 executable with one PT_LOAD segment at [`LOAD_ADDR`].
+fn elf64(code: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    // ELF header (64 bytes).
+    f.extend_from_slice(&[0x7F, b'E', b'L', b'F']); // magic
+    f.push(2); // EI_CLASS: ELFCLASS64
+    f.push(1); // EI_DATA: little endian
+    f.push(1); // EI_VERSION: current
+    f.push(0); // EI_OSABI: System V
+    f.extend_from_slice(&[0; 8]); // EI_ABIVERSION and padding up to 16 bytes
+    f.extend_from_slice(&2u16.to_le_bytes()); // e_type: ET_EXEC
+    f.extend_from_slice(&0x3Eu16.to_le_bytes()); // e_machine: EM_X86_64
+    f.extend_from_slice(&1u32.to_le_bytes()); // e_version
+    f.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // e_entry: first instruction
+    f.extend_from_slice(&64u64.to_le_bytes()); // e_phoff: right after this header
+    f.extend_from_slice(&0u64.to_le_bytes()); // e_shoff: no section headers
+    f.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+    f.extend_from_slice(&64u16.to_le_bytes()); // e_ehsize
+    f.extend_from_slice(&56u16.to_le_bytes()); // e_phentsize
+    f.extend_from_slice(&1u16.to_le_bytes()); // e_phnum
+    f.extend_from_slice(&64u16.to_le_bytes()); // e_shentsize
+    f.extend_from_slice(&0u16.to_le_bytes()); // e_shnum
+    f.extend_from_slice(&0u16.to_le_bytes()); // e_shstrndx
+    assert_eq!(f.len(), 64);
+    // Program header (56 bytes).
+    f.extend_from_slice(&1u32.to_le_bytes()); // p_type: PT_LOAD
+    f.extend_from_slice(&5u32.to_le_bytes()); // p_flags: R + X
+    f.extend_from_slice(&CODE_OFFSET.to_le_bytes()); // p_offset
+    f.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // p_vaddr
+    f.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // p_paddr: where Firecracker loads it
+    f.extend_from_slice(&(code.len() as u64).to_le_bytes()); // p_filesz
+    f.extend_from_slice(&(code.len() as u64).to_le_bytes()); // p_memsz
+    f.extend_from_slice(&0x1000u64.to_le_bytes()); // p_align
+    assert_eq!(f.len(), 120);
+    f.resize(CODE_OFFSET as usize, 0);
+    f.extend_from_slice(code);
+    f
+}
+
+/// Guest that prints MARKER_1, then `dots` dots with a spin before each, then
+/// MARKER_2, then resets the machine.
+fn marching_guest(dots: u32, spin: u64) -> Vec<u8> {
+    let mut a = Asm::default();
+    a.dx_com1();
+    a.serial_str(&format!("{MARKER_1}\n"));
+    a.dots(dots, spin);
+    a.serial_str(&format!("\n{MARKER_2}\n"));
+    a.i8042_reset();
+    a.halt_forever();
+    elf64(&a.code)
+}
+
+/// Guest that prints MARKER_1 and spins forever, ignoring Ctrl-Alt-Del.
+fn spinning_guest() -> Vec<u8> {
+    let mut a = Asm::default();
+    a.dx_com1();
+    a.serial_str(&format!("{MARKER_1}\n"));
+    a.spin_forever();
+    elf64(&a.code)
+}
+
+fn firecracker_bin() -> Option<PathBuf> {
+    let Some(bin) = std::env::var_os("FIRECRACKER_BIN") else {
+        eprintln!("FIRECRACKER_BIN is not set: skipping the test against a real Firecracker");
+        return None;
+    };
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        eprintln!("/dev/kvm cannot be opened: skipping the test against a real Firecracker");
+        return None;
+    }
+    Some(PathBuf::from(bin))
+}
+
+fn vm_config(dir: &Path, bin: PathBuf, kernel: &[u8], id: &str) -> VmConfig {
+    let kernel_path = dir.join("guest.elf");
+    std::fs::write(&kernel_path, kernel).unwrap();
+    VmConfig {
+        id: id.into(),
+        state_dir: dir.to_path_buf(),
+        vmm_binary: bin,
+        kernel: kernel_path,
+        initrd: None,
+        kernel_args: String::new(),
+        vcpus: 1,
+        memory_mib: 128,
+        accel: Accel::Auto,
+        drives: vec![],
+        boot_timeout: Duration::from_secs(20),
+    }
+}
+
+/// Polls the console until `pred` holds; panics with the console after `timeout`.
+async fn console_until(vm: &FirecrackerVm, timeout: Duration, pred: impl Fn(&str) -> bool) {
+    let start = Instant::now();
+    loop {
+        let console = vm.console_tail(1 << 20);
+        if pred(&console) {
+            return;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "console condition not met within {timeout:?}; console:\n{console}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn console_len(vm: &FirecrackerVm) -> u64 {
+    std::fs::metadata(vm.console_path()).unwrap().len()
+}
+
+fn process_gone(pid: u32) -> bool {
+    !Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn assert_drained(vm: &FirecrackerVm) {
+    let log = std::fs::read_to_string(vm.vmm_log_path()).unwrap();
+    assert!(!log.trim().is_empty(), "vmm.log is empty");
+    let metrics = std::fs::read_to_string(vm.metrics_path()).unwrap();
+    let first = metrics.lines().next().expect("metrics.json is empty");
+    let value: serde_json::Value = serde_json::from_str(first).expect("metrics line is JSON");
+    assert!(value.is_object(), "{first}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_boot_pause_resume_exit() {
+    let Some(bin) = firecracker_bin() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // ~2^27 rounds of `dec; jnz` per dot: tens of milliseconds each on current CPUs.
+    let kernel = marching_guest(80, 1 << 27);
+    let mut vm = FirecrackerVm::new(vm_config(dir.path(), bin, &kernel, "fc-life")).unwrap();
+    assert_eq!(vm.accel(), Accel::Kvm);
+
+    let t0 = Instant::now();
+    vm.start().await.expect("start");
+    eprintln!("started in {:?}", t0.elapsed());
+    let pid = vm.pid().expect("pid while running");
+    let stats = vm.stats().expect("stats while running");
+    assert_eq!(stats.pid, pid);
+    assert!(stats.rss_bytes > 0);
+
+    console_until(&vm, Duration::from_secs(20), |c| {
+        c.contains(MARKER_1) && c.contains("..")
+    })
+    .await;
+    vm.pause().await.expect("pause");
+    assert_eq!(vm.instance_state().await.unwrap(), "Paused");
+    let paused_len = console_len(&vm);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let console = vm.console_tail(1 << 20);
+    assert!(
+        !console.contains(MARKER_2),
+        "the guest finished before it could be paused; make it spin longer:\n{console}"
+    );
+    assert_eq!(
+        console_len(&vm),
+        paused_len,
+        "the console progressed while paused"
+    );
+    let stats = vm.stats().expect("stats while paused");
+    assert!(stats.cpu_time_ms > 0);
+
+    vm.resume().await.expect("resume");
+    assert_eq!(vm.instance_state().await.unwrap(), "Running");
+    console_until(&vm, Duration::from_secs(60), |c| c.contains(MARKER_2)).await;
+    eprintln!("guest ran to its end in {:?}", t0.elapsed());
+
+    let exit = tokio::time::timeout(Duration::from_secs(20), vm.wait())
+        .await
+        .expect("firecracker exits after the guest resets")
+        .expect("wait");
+    assert!(exit.success(), "{exit:?}");
+    assert_eq!(vm.pid(), None);
+    assert!(process_gone(pid), "firecracker {pid} is still there");
+    assert!(matches!(vm.stats(), Err(Error::NotRunning)));
+    assert!(matches!(vm.pause().await, Err(Error::NotRunning)));
+    // Waiting again, or stopping, reports the same end.
+    assert_eq!(vm.wait().await.unwrap(), exit);
+    assert_eq!(vm.stop(Duration::from_secs(1)).await.unwrap(), exit);
+    assert!(!vm.api_socket_path().exists(), "API socket left behind");
+    assert_drained(&vm);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_kills_a_guest_that_ignores_ctrl_alt_del() {
+    let Some(bin) = firecracker_bin() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let placeholder = dir.path().join("placeholder.img");
+    let real = dir.path().join("real.img");
+    std::fs::write(&placeholder, vec![0u8; 4096]).unwrap();
+    std::fs::write(&real, vec![1u8; 8192]).unwrap();
+    let mut config = vm_config(dir.path(), bin, &spinning_guest(), "fc-stop");
+    config.drives.push(Drive {
+        id: "scratch_0".into(),
+        path: placeholder,
+        read_only: false,
+    });
+    let mut vm = FirecrackerVm::new(config).unwrap();
+    vm.start().await.expect("start");
+    let pid = vm.pid().unwrap();
+    console_until(&vm, Duration::from_secs(20), |c| c.contains(MARKER_1)).await;
+
+    // Placeholder swap of a configured drive; new drives cannot be hot-plugged.
+    vm.attach_drive(Drive {
+        id: "scratch_0".into(),
+        path: real.clone(),
+        read_only: false,
+    })
+    .await
+    .expect("swap placeholder drive");
+    assert!(matches!(
+        vm.attach_drive(Drive {
+            id: "new_1".into(),
+            path: real,
+            read_only: false,
+        })
+        .await,
+        Err(Error::Unsupported(_))
+    ));
+
+    // Nothing in this guest listens on vsock.
+    assert!(vm.connect_agent(1024).await.is_err());
+
+    let grace = Duration::from_secs(1);
+    let t0 = Instant::now();
+    let exit = vm.stop(grace).await.expect("stop");
+    let took = t0.elapsed();
+    assert!(
+        took >= grace,
+        "stopped after {took:?}, before the grace ran out"
+    );
+    assert!(took < grace + Duration::from_secs(3), "stop took {took:?}");
+    assert_eq!(exit.signal, Some(libc::SIGKILL), "{exit:?}");
+    assert!(process_gone(pid), "firecracker {pid} is still there");
+    assert_eq!(vm.pid(), None);
+    assert_drained(&vm);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_kernel_fails_boot_with_fault_message() {
+    let Some(bin) = firecracker_bin() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut vm = FirecrackerVm::new(vm_config(
+        dir.path(),
+        bin,
+        b"this is not an ELF kernel",
+        "fc-bad",
+    ))
+    .unwrap();
+    match vm.start().await {
+        Err(Error::Boot { reason, .. }) => {
+            assert!(
+                reason.contains("InstanceStart") || reason.contains("/actions"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected a boot error, got {other:?}"),
+    }
+    assert_eq!(vm.pid(), None);
+    assert!(!vm.api_socket_path().exists());
+}
+
+#[test]
+fn missing_files_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("guest.elf");
+    std::fs::write(&kernel, elf64(&[0xF4])).unwrap();
+    let bin = dir.path().join("firecracker");
+    std::fs::write(&bin, "").unwrap();
+    let base = VmConfig {
+        id: "fc-missing".into(),
+        state_dir: dir.path().to_path_buf(),
+        vmm_binary: bin,
+        kernel,
+        initrd: None,
+        kernel_args: String::new(),
+        vcpus: 1,
+        memory_mib: 128,
+        accel: Accel::Kvm,
+        drives: vec![],
+        boot_timeout: Duration::from_secs(5),
+    };
+    FirecrackerVm::new(base.clone()).expect("complete config");
+
+    let mut c = base.clone();
+    c.vmm_binary = dir.path().join("no-firecracker");
+    match FirecrackerVm::new(c) {
+        Err(Error::MissingFile { path, hint, .. }) => {
+            assert_eq!(path, dir.path().join("no-firecracker"));
+            assert!(hint.contains("FIRECRACKER_BIN"), "{hint}");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let mut c = base.clone();
+    c.kernel = dir.path().join("no-kernel");
+    let err = FirecrackerVm::new(c).unwrap_err();
+    assert!(
+        matches!(&err, Error::MissingFile { what, .. } if what.contains("kernel")),
+        "{err}"
+    );
+
+    let mut c = base.clone();
+    c.drives.push(Drive {
+        id: "d0".into(),
+        path: dir.path().join("no-image"),
+        read_only: true,
+    });
+    assert!(matches!(
+        FirecrackerVm::new(c),
+        Err(Error::MissingFile { .. })
+    ));
+
+    let mut c = base;
+    c.accel = Accel::Tcg;
+    assert!(matches!(
+        FirecrackerVm::new(c),
+        Err(Error::InvalidConfig(_))
+    ));
+}
+
+#[test]
+fn guest_image_layout() {
+    let mut a = Asm::default();
+    a.dots(2, 5);
+    // mov ebx,2 | mov rcx,5 | dec rcx | jnz -5 | mov al,'.' | out dx,al | dec ebx | jnz -22
+    let expected: Vec<u8> = [
+        &[0xBB, 2, 0, 0, 0][..],
+        &[0x48, 0xB9, 5, 0, 0, 0, 0, 0, 0, 0],
+        &[0x48, 0xFF, 0xC9],
+        &[0x75, 0xFB],
+        &[0xB0, b'.', 0xEE],
+        &[0xFF, 0xCB],
+        &[0x75, 0xEA],
+    ]
+    .concat();
+    assert_eq!(a.code, expected);
+    let image = marching_guest(1, 1);
+    assert_eq!(&image[..4], b"\x7fELF");
+    let filesz = u64::from_le_bytes(image[96..104].try_into().unwrap());
+    assert_eq!(filesz, image.len() as u64 - CODE_OFFSET);
+    let entry = u64::from_le_bytes(image[24..32].try_into().unwrap());
+    assert_eq!(entry, LOAD_ADDR);
+}
