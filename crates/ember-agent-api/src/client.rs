@@ -39,7 +39,12 @@ impl AgentClient {
         req: &CreateContainerRequest,
     ) -> Result<CreateContainerResponse> {
         self.rpc
-            .call(SERVICE, method::CREATE_CONTAINER, req, Some(Duration::from_secs(120)))
+            .call(
+                SERVICE,
+                method::CREATE_CONTAINER,
+                req,
+                Some(Duration::from_secs(120)),
+            )
             .await
     }
 
@@ -52,7 +57,12 @@ impl AgentClient {
     pub async fn start_process(&self, container_id: &str, exec_id: &str) -> Result<u32> {
         let r: StartProcessResponse = self
             .rpc
-            .call(SERVICE, method::START_PROCESS, &pref(container_id, exec_id), QUICK)
+            .call(
+                SERVICE,
+                method::START_PROCESS,
+                &pref(container_id, exec_id),
+                QUICK,
+            )
             .await?;
         Ok(r.pid)
     }
@@ -64,7 +74,12 @@ impl AgentClient {
         exec_id: &str,
     ) -> Result<WaitProcessResponse> {
         self.rpc
-            .call(SERVICE, method::WAIT_PROCESS, &pref(container_id, exec_id), None)
+            .call(
+                SERVICE,
+                method::WAIT_PROCESS,
+                &pref(container_id, exec_id),
+                None,
+            )
             .await
     }
 
@@ -89,7 +104,12 @@ impl AgentClient {
     }
 
     /// Writes one chunk (at most `MAX_IO_CHUNK` bytes) to the process's stdin.
-    pub async fn write_stdin(&self, container_id: &str, exec_id: &str, data: Vec<u8>) -> Result<u32> {
+    pub async fn write_stdin(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        data: Vec<u8>,
+    ) -> Result<u32> {
         let req = WriteStdinRequest {
             container_id: container_id.into(),
             exec_id: exec_id.into(),
@@ -105,7 +125,12 @@ impl AgentClient {
     pub async fn close_stdin(&self, container_id: &str, exec_id: &str) -> Result<()> {
         let _: Empty = self
             .rpc
-            .call(SERVICE, method::CLOSE_STDIN, &pref(container_id, exec_id), QUICK)
+            .call(
+                SERVICE,
+                method::CLOSE_STDIN,
+                &pref(container_id, exec_id),
+                QUICK,
+            )
             .await?;
         Ok(())
     }
@@ -129,7 +154,13 @@ impl AgentClient {
             .await
     }
 
-    pub async fn resize_pty(&self, container_id: &str, exec_id: &str, width: u32, height: u32) -> Result<()> {
+    pub async fn resize_pty(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        width: u32,
+        height: u32,
+    ) -> Result<()> {
         let req = ResizePtyRequest {
             container_id: container_id.into(),
             exec_id: exec_id.into(),
@@ -154,7 +185,12 @@ impl AgentClient {
     pub async fn resume_container(&self, container_id: &str) -> Result<()> {
         let _: Empty = self
             .rpc
-            .call(SERVICE, method::RESUME_CONTAINER, &cref(container_id), QUICK)
+            .call(
+                SERVICE,
+                method::RESUME_CONTAINER,
+                &cref(container_id),
+                QUICK,
+            )
             .await?;
         Ok(())
     }
@@ -173,7 +209,11 @@ impl AgentClient {
             .await
     }
 
-    pub async fn update_container(&self, container_id: &str, resources_json: Vec<u8>) -> Result<()> {
+    pub async fn update_container(
+        &self,
+        container_id: &str,
+        resources_json: Vec<u8>,
+    ) -> Result<()> {
         let req = UpdateContainerRequest {
             container_id: container_id.into(),
             resources_json,
@@ -189,14 +229,21 @@ impl AgentClient {
     pub async fn remove_container(&self, container_id: &str) -> Result<()> {
         let _: Empty = self
             .rpc
-            .call(SERVICE, method::REMOVE_CONTAINER, &cref(container_id), Some(Duration::from_secs(60)))
+            .call(
+                SERVICE,
+                method::REMOVE_CONTAINER,
+                &cref(container_id),
+                Some(Duration::from_secs(60)),
+            )
             .await?;
         Ok(())
     }
 
     /// Waits (without timeout) for the next OOM kill in any container.
     pub async fn wait_oom(&self) -> Result<OomEvent> {
-        self.rpc.call(SERVICE, method::WAIT_OOM, &Empty {}, None).await
+        self.rpc
+            .call(SERVICE, method::WAIT_OOM, &Empty {}, None)
+            .await
     }
 
     /// Asks the agent to sync and power the guest off.

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prost::Message;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::frame::{read_frame, write_frame, MessageType};
@@ -59,6 +59,8 @@ impl Client {
                     break;
                 }
             }
+            // Every handle is gone: half-close so the peer sees the end of the stream.
+            let _ = wr.shutdown().await;
         });
 
         let rpending = pending.clone();

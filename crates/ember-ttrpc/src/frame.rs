@@ -113,7 +113,9 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
     let length = u32::try_from(payload.len())
         .ok()
         .filter(|l| *l <= MAX_DATA_LEN)
-        .ok_or_else(|| Error::Protocol(format!("payload of {} bytes is too large", payload.len())))?;
+        .ok_or_else(|| {
+            Error::Protocol(format!("payload of {} bytes is too large", payload.len()))
+        })?;
     let header = FrameHeader {
         length,
         stream_id,
@@ -163,7 +165,10 @@ mod tests {
     #[tokio::test]
     async fn truncated_payload_is_a_protocol_error() {
         let mut data: &[u8] = &[0, 0, 0, 5, 0, 0, 0, 1, 1, 0, 1, 2];
-        assert!(matches!(read_frame(&mut data).await, Err(Error::Protocol(_))));
+        assert!(matches!(
+            read_frame(&mut data).await,
+            Err(Error::Protocol(_))
+        ));
         let mut empty: &[u8] = &[];
         assert!(read_frame(&mut empty).await.unwrap().is_none());
     }

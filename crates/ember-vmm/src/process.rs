@@ -10,7 +10,11 @@ use tokio::process::{Child, Command};
 use crate::{Error, VmExit, VmStats};
 
 /// Checks that a file a VM needs exists, with an error that names the fix.
-pub(crate) fn require_file(what: &'static str, path: &Path, hint: &'static str) -> Result<(), Error> {
+pub(crate) fn require_file(
+    what: &'static str,
+    path: &Path,
+    hint: &'static str,
+) -> Result<(), Error> {
     if path.is_file() {
         Ok(())
     } else {

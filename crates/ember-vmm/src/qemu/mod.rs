@@ -1,1 +1,367 @@
 //! QEMU `microvm` backend, driven over QMP.
+//!
+//! The guest sees: an 8250 serial console (drained by QEMU into `console.log`), one
+//! virtio-serial port named `ember.agent` bridged to the unix socket `agent.sock` (the
+//! agent channel; it works without `/dev/vhost-vsock`), a virtio-rng, and one
+//! virtio-blk device per drive whose serial is the drive id. QEMU's own messages go to
+//! `vmm.log`.
+
+mod accel;
+mod cmdline;
+mod qmp;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::net::UnixStream;
+use tokio::process::{Child, Command};
+
+pub use accel::{host_tsc_khz, kvm_device_usable, resolve as resolve_accel, AccelVerdict};
+pub use cmdline::{base_kernel_args, AGENT_PORT_NAME};
+use cmdline::{build_args, QemuPaths};
+pub use qmp::{Qmp, QmpEvent};
+
+use crate::process::{file_tail, proc_stats, require_file, spawn_supervised, vm_exit};
+use crate::{Accel, BoxedAgentStream, Drive, Error, Vm, VmConfig, VmExit, VmStats, VmmKind};
+
+/// Longest drive id: virtio-blk serials are 20 bytes.
+pub const MAX_DRIVE_ID: usize = 20;
+
+/// A microVM run by `qemu-system-x86_64 -M microvm`.
+pub struct QemuVm {
+    config: VmConfig,
+    paths: QemuPaths,
+    verdict: Option<AccelVerdict>,
+    child: Option<Child>,
+    qmp: Option<Arc<Qmp>>,
+    pid: Option<u32>,
+    exit: Option<VmExit>,
+}
+
+/// Finds an executable by name through PATH, or checks a path.
+pub fn find_binary(name: &Path) -> Option<PathBuf> {
+    if name.components().count() > 1 {
+        return name.is_file().then(|| name.to_path_buf());
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+impl QemuVm {
+    /// Validates `config`; nothing is started yet.
+    pub fn new(mut config: VmConfig) -> Result<Self, Error> {
+        config.vmm_binary = find_binary(&config.vmm_binary).ok_or(Error::MissingFile {
+            what: "QEMU binary",
+            path: config.vmm_binary.clone(),
+            hint: "install it with `apt-get install qemu-system-x86`",
+        })?;
+        require_file(
+            "guest kernel",
+            &config.kernel,
+            "build it with `guest/build.sh` (or set EMBER_KERNEL)",
+        )?;
+        if let Some(initrd) = &config.initrd {
+            require_file(
+                "guest initramfs",
+                initrd,
+                "build it with `guest/build.sh` (or set EMBER_INITRD)",
+            )?;
+        }
+        if !config.state_dir.is_dir() {
+            return Err(Error::InvalidConfig(format!(
+                "state directory {} does not exist",
+                config.state_dir.display()
+            )));
+        }
+        if config.memory_mib < 32 {
+            return Err(Error::InvalidConfig(format!(
+                "{} MiB of memory is too little for a guest",
+                config.memory_mib
+            )));
+        }
+        for d in &config.drives {
+            validate_drive(d)?;
+        }
+        let paths = QemuPaths::new(&config.state_dir);
+        Ok(QemuVm {
+            config,
+            paths,
+            verdict: None,
+            child: None,
+            qmp: None,
+            pid: None,
+            exit: None,
+        })
+    }
+
+    /// Why the accelerator was chosen (after `start`).
+    pub fn accel_reason(&self) -> Option<&str> {
+        self.verdict.as_ref().map(|v| v.reason.as_str())
+    }
+
+    /// The QMP connection, once started.
+    pub fn qmp(&self) -> Option<Arc<Qmp>> {
+        self.qmp.clone()
+    }
+
+    fn fail(&self, reason: String) -> Error {
+        let mut console = file_tail(&self.paths.console, 4096);
+        let log = file_tail(&self.paths.log, 2048);
+        if !log.trim().is_empty() {
+            console.push_str("\n--- QEMU log ---\n");
+            console.push_str(&log);
+        }
+        Error::Boot { reason, console }
+    }
+
+    async fn kill_child(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+            if let Ok(st) = c.wait().await {
+                self.exit = Some(vm_exit(st));
+            }
+        }
+        self.qmp = None;
+    }
+}
+
+fn validate_drive(d: &Drive) -> Result<(), Error> {
+    if d.id.is_empty()
+        || d.id.len() > MAX_DRIVE_ID
+        || !d
+            .id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        return Err(Error::InvalidConfig(format!(
+            "drive id {:?} must be 1-{MAX_DRIVE_ID} characters of [A-Za-z0-9._-]",
+            d.id
+        )));
+    }
+    require_file(
+        "drive image",
+        &d.path,
+        "check the path of the block device image",
+    )
+}
+
+#[async_trait]
+impl Vm for QemuVm {
+    fn kind(&self) -> VmmKind {
+        VmmKind::Qemu
+    }
+
+    fn accel(&self) -> Accel {
+        self.verdict
+            .as_ref()
+            .map(|v| v.accel)
+            .unwrap_or(self.config.accel)
+    }
+
+    async fn start(&mut self) -> Result<(), Error> {
+        if self.child.is_some() {
+            return Err(Error::InvalidConfig("the VM is already started".into()));
+        }
+        let verdict = accel::resolve(&self.config).await;
+        tracing::info!(vm = %self.config.id, accel = ?verdict.accel, "{}", verdict.reason);
+        let accel = verdict.accel;
+        self.verdict = Some(verdict);
+        for p in [&self.paths.qmp, &self.paths.agent, &self.paths.pidfile] {
+            let _ = std::fs::remove_file(p);
+        }
+        std::fs::write(&self.paths.console, b"")?;
+        let log = std::fs::File::create(&self.paths.log)?;
+        let tsc = if accel == Accel::Tcg {
+            host_tsc_khz()
+        } else {
+            None
+        };
+        let mut cmd = Command::new(&self.config.vmm_binary);
+        cmd.args(build_args(&self.config, accel, &self.paths, tsc));
+        let child =
+            spawn_supervised(cmd, Stdio::null(), Stdio::from(log)).map_err(|e| Error::Spawn {
+                binary: self.config.vmm_binary.clone(),
+                source: e,
+            })?;
+        self.pid = child.id();
+        self.child = Some(child);
+
+        // QEMU creates its QMP socket before the guest runs.
+        let deadline = Instant::now() + Duration::from_secs(10).min(self.config.boot_timeout);
+        loop {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    self.exit = Some(vm_exit(st));
+                    self.child = None;
+                    return Err(self.fail(format!("QEMU exited at start ({st})")));
+                }
+            }
+            if self.paths.qmp.exists() {
+                match Qmp::connect(&self.paths.qmp).await {
+                    Ok(q) => {
+                        self.qmp = Some(Arc::new(q));
+                        break;
+                    }
+                    Err(e) if Instant::now() > deadline => {
+                        self.kill_child().await;
+                        return Err(self.fail(e.to_string()));
+                    }
+                    Err(_) => {}
+                }
+            }
+            if Instant::now() > deadline {
+                self.kill_child().await;
+                return Err(self.fail("QEMU did not open its QMP socket".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+
+    async fn pause(&self) -> Result<(), Error> {
+        let q = self.qmp.as_ref().ok_or(Error::NotRunning)?;
+        q.execute("stop", None).await.map(|_| ())
+    }
+
+    async fn resume(&self) -> Result<(), Error> {
+        let q = self.qmp.as_ref().ok_or(Error::NotRunning)?;
+        q.execute("cont", None).await.map(|_| ())
+    }
+
+    async fn stop(&mut self, grace: Duration) -> Result<VmExit, Error> {
+        let Some(child) = self.child.as_mut() else {
+            return self.exit.ok_or(Error::NotRunning);
+        };
+        // A guest asked to shut down (through its agent) gets `grace` to power off.
+        if let Ok(Ok(st)) = tokio::time::timeout(grace, child.wait()).await {
+            self.exit = Some(vm_exit(st));
+            self.child = None;
+            self.qmp = None;
+            return Ok(self.exit.unwrap());
+        }
+        if let Some(q) = &self.qmp {
+            let _ = tokio::time::timeout(Duration::from_millis(500), q.execute("quit", None)).await;
+        }
+        if let Some(c) = self.child.as_mut() {
+            if let Ok(Ok(st)) = tokio::time::timeout(Duration::from_millis(500), c.wait()).await {
+                self.exit = Some(vm_exit(st));
+                self.child = None;
+                self.qmp = None;
+                return Ok(self.exit.unwrap());
+            }
+        }
+        self.kill_child().await;
+        self.exit.ok_or(Error::NotRunning)
+    }
+
+    async fn wait(&mut self) -> Result<VmExit, Error> {
+        let Some(child) = self.child.as_mut() else {
+            return self.exit.ok_or(Error::NotRunning);
+        };
+        let st = child.wait().await?;
+        self.exit = Some(vm_exit(st));
+        self.child = None;
+        self.qmp = None;
+        Ok(self.exit.unwrap())
+    }
+
+    async fn connect_agent(&self, _port: u32) -> Result<BoxedAgentStream, Error> {
+        if self.child.is_none() {
+            return Err(Error::NotRunning);
+        }
+        let s = UnixStream::connect(&self.paths.agent).await?;
+        Ok(Box::pin(s))
+    }
+
+    async fn attach_drive(&mut self, _drive: Drive) -> Result<(), Error> {
+        // microvm's virtio-mmio transports are fixed at machine creation.
+        Err(Error::Unsupported(
+            "hot-plugging drives into a QEMU microvm",
+        ))
+    }
+
+    fn stats(&self) -> Result<VmStats, Error> {
+        let pid = self
+            .pid
+            .filter(|_| self.child.is_some())
+            .ok_or(Error::NotRunning)?;
+        proc_stats(pid)
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
+    fn console_tail(&self, max_bytes: usize) -> String {
+        file_tail(&self.paths.console, max_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &Path) -> VmConfig {
+        VmConfig {
+            id: "t".into(),
+            state_dir: dir.to_path_buf(),
+            vmm_binary: "qemu-system-x86_64".into(),
+            kernel: dir.join("vmlinux"),
+            initrd: None,
+            kernel_args: String::new(),
+            vcpus: 1,
+            memory_mib: 128,
+            accel: Accel::Tcg,
+            drives: vec![],
+            boot_timeout: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn missing_kernel_names_the_fix() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = config(d.path());
+        c.vmm_binary = "/bin/true".into();
+        let e = QemuVm::new(c).err().unwrap().to_string();
+        assert!(
+            e.contains("guest kernel") && e.contains("guest/build.sh"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn missing_qemu_names_the_fix() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = config(d.path());
+        c.vmm_binary = "no-such-qemu-binary".into();
+        let e = QemuVm::new(c).err().unwrap().to_string();
+        assert!(e.contains("apt-get install qemu-system-x86"), "{e}");
+    }
+
+    #[test]
+    fn drive_ids_are_checked() {
+        let d = tempfile::tempdir().unwrap();
+        let img = d.path().join("img");
+        std::fs::write(&img, b"").unwrap();
+        for bad in ["", "has space", "this-id-is-longer-than-twenty"] {
+            let e = validate_drive(&Drive {
+                id: bad.into(),
+                path: img.clone(),
+                read_only: false,
+            });
+            assert!(matches!(e, Err(Error::InvalidConfig(_))), "{bad:?}");
+        }
+        assert!(validate_drive(&Drive {
+            id: "rootfs-1".into(),
+            path: img,
+            read_only: false
+        })
+        .is_ok());
+    }
+}

@@ -1,0 +1,197 @@
+//! The QEMU command line of an Ember microVM.
+
+use std::ffi::OsString;
+use std::path::Path;
+
+use crate::{Accel, VmConfig};
+
+/// Paths of the sockets and files QEMU uses, all inside the VM's state directory.
+#[derive(Debug, Clone)]
+pub struct QemuPaths {
+    pub qmp: std::path::PathBuf,
+    pub agent: std::path::PathBuf,
+    pub console: std::path::PathBuf,
+    pub log: std::path::PathBuf,
+    pub pidfile: std::path::PathBuf,
+}
+
+impl QemuPaths {
+    pub fn new(state_dir: &Path) -> Self {
+        QemuPaths {
+            qmp: state_dir.join("qmp.sock"),
+            agent: state_dir.join("agent.sock"),
+            console: state_dir.join("console.log"),
+            log: state_dir.join("vmm.log"),
+            pidfile: state_dir.join("qemu.pid"),
+        }
+    }
+}
+
+/// Kernel arguments Ember always passes to the guest.
+pub fn base_kernel_args(accel: Accel, tsc_khz: Option<u64>) -> String {
+    // reboot=t: a guest reboot triple-faults, which -no-reboot turns into an exit.
+    // panic=-1: reboot (so exit) at once on panic.
+    let mut args = String::from(
+        "console=ttyS0 reboot=t panic=-1 quiet loglevel=4 i8042.noaux i8042.nomux i8042.dumbkbd",
+    );
+    if accel == Accel::Tcg {
+        // Under emulation TSC calibration can hang; tell the kernel the rate.
+        if let Some(khz) = tsc_khz {
+            args.push_str(&format!(" tsc_early_khz={khz}"));
+        }
+    }
+    args
+}
+
+/// Builds QEMU's arguments for `config`, running under `accel` (never `Auto`).
+pub fn build_args(
+    config: &VmConfig,
+    accel: Accel,
+    paths: &QemuPaths,
+    tsc_khz: Option<u64>,
+) -> Vec<OsString> {
+    let mut a: Vec<OsString> = Vec::new();
+    let mut push = |s: &str| a.push(OsString::from(s));
+    push("-name");
+    push(&format!("ember-{},debug-threads=on", config.id));
+    push("-machine");
+    push("microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=on,pcie=off");
+    match accel {
+        Accel::Kvm => {
+            push("-accel");
+            push("kvm");
+            push("-cpu");
+            push("host");
+        }
+        _ => {
+            push("-accel");
+            push("tcg,thread=multi");
+            push("-cpu");
+            push("max");
+        }
+    }
+    push("-smp");
+    push(&config.vcpus.max(1).to_string());
+    push("-m");
+    push(&format!("{}M", config.memory_mib));
+    push("-nodefaults");
+    push("-no-user-config");
+    push("-nographic");
+    push("-no-reboot");
+    push("-chardev");
+    push(&format!("file,id=console,path={}", paths.console.display()));
+    push("-serial");
+    push("chardev:console");
+    push("-chardev");
+    push(&format!(
+        "socket,id=qmp,path={},server=on,wait=off",
+        paths.qmp.display()
+    ));
+    push("-mon");
+    push("chardev=qmp,mode=control");
+    push("-device");
+    push("virtio-serial-device,max_ports=2");
+    push("-chardev");
+    push(&format!(
+        "socket,id=agent,path={},server=on,wait=off",
+        paths.agent.display()
+    ));
+    push("-device");
+    push(&format!(
+        "virtserialport,chardev=agent,name={}",
+        AGENT_PORT_NAME
+    ));
+    push("-device");
+    push("virtio-rng-device");
+    for (i, d) in config.drives.iter().enumerate() {
+        push("-drive");
+        push(&format!(
+            "id=drive{i},file={},format=raw,if=none,cache=unsafe,aio=threads,readonly={}",
+            escape_opt(&d.path.display().to_string()),
+            if d.read_only { "on" } else { "off" }
+        ));
+        push("-device");
+        push(&format!("virtio-blk-device,drive=drive{i},serial={}", d.id));
+    }
+    push("-kernel");
+    a.push(config.kernel.clone().into_os_string());
+    if let Some(initrd) = &config.initrd {
+        a.push(OsString::from("-initrd"));
+        a.push(initrd.clone().into_os_string());
+    }
+    let mut cmdline = base_kernel_args(accel, tsc_khz);
+    if !config.kernel_args.is_empty() {
+        cmdline.push(' ');
+        cmdline.push_str(&config.kernel_args);
+    }
+    a.push(OsString::from("-append"));
+    a.push(OsString::from(cmdline));
+    a.push(OsString::from("-pidfile"));
+    a.push(paths.pidfile.clone().into_os_string());
+    a
+}
+
+/// Name of the virtio-serial port the agent serves on.
+pub const AGENT_PORT_NAME: &str = "ember.agent";
+
+/// QEMU option values escape a comma by doubling it.
+fn escape_opt(s: &str) -> String {
+    s.replace(',', ",,")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Drive;
+    use std::time::Duration;
+
+    fn config() -> VmConfig {
+        VmConfig {
+            id: "t1".into(),
+            state_dir: "/run/x".into(),
+            vmm_binary: "qemu-system-x86_64".into(),
+            kernel: "/k/vmlinux".into(),
+            initrd: Some("/k/initrd".into()),
+            kernel_args: "ember.debug=1".into(),
+            vcpus: 2,
+            memory_mib: 128,
+            accel: Accel::Auto,
+            drives: vec![Drive {
+                id: "rootfs".into(),
+                path: "/img/a,b.ext4".into(),
+                read_only: true,
+            }],
+            boot_timeout: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn tcg_command_line() {
+        let c = config();
+        let args: Vec<String> =
+            build_args(&c, Accel::Tcg, &QemuPaths::new(&c.state_dir), Some(1996249))
+                .into_iter()
+                .map(|s| s.into_string().unwrap())
+                .collect();
+        let joined = args.join(" ");
+        assert!(joined.contains("-accel tcg"));
+        assert!(joined.contains("file=/img/a,,b.ext4"), "{joined}");
+        assert!(joined.contains("readonly=on"));
+        assert!(joined.contains("serial=rootfs"));
+        assert!(joined.contains("name=ember.agent"));
+        let append = &args[args.iter().position(|a| a == "-append").unwrap() + 1];
+        assert!(append.contains("tsc_early_khz=1996249"));
+        assert!(append.ends_with("ember.debug=1"));
+    }
+
+    #[test]
+    fn kvm_command_line_has_no_tsc_hint() {
+        let c = config();
+        let args: Vec<String> = build_args(&c, Accel::Kvm, &QemuPaths::new(&c.state_dir), Some(1))
+            .into_iter()
+            .map(|s| s.into_string().unwrap())
+            .collect();
+        assert!(args.join(" ").contains("-accel kvm -cpu host"));
+        assert!(!args.join(" ").contains("tsc_early_khz"));
+    }
+}
