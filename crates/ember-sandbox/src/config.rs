@@ -44,7 +44,8 @@ impl SandboxConfig {
         }
     }
 
-    pub(crate) fn vm_config(&self) -> VmConfig {
+    /// The VM configuration this sandbox configuration asks the backend for.
+    pub fn vm_config(&self) -> VmConfig {
         let vmm_binary = self.vmm_binary.clone().unwrap_or_else(|| match self.vmm {
             VmmKind::Qemu => PathBuf::from("qemu-system-x86_64"),
             VmmKind::Firecracker => std::env::var_os("FIRECRACKER_BIN")

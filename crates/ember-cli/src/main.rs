@@ -1,0 +1,58 @@
+//! `ember`: the command line of Ember.
+
+mod info;
+mod vm;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "ember",
+    version,
+    about = "Containers in microVMs, the containerd way"
+)]
+struct Cli {
+    /// Log level (error, warn, info, debug, trace).
+    #[arg(long, global = true, env = "EMBER_LOG", default_value = "warn")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a container directly in a fresh microVM (no daemon involved).
+    #[command(subcommand)]
+    Vm(vm::VmCommand),
+    /// Show the host's virtualisation support and the installed guest image.
+    Info(info::InfoArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log_level))
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ember: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result: Result<i32> = rt.block_on(async {
+        match cli.command {
+            Command::Vm(c) => vm::run(c).await,
+            Command::Info(a) => info::run(a).await.map(|_| 0),
+        }
+    });
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("ember: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what Ember needs on Debian 12, skipping what is already there.
+set -euo pipefail
+packages=(
+  build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils   # guest kernel build
+  linux-source-6.1                                                    # guest kernel source
+  qemu-system-x86                                                     # the QEMU microvm backend
+  busybox-static e2fsprogs erofs-utils                                # guest and test root filesystems
+  protobuf-compiler pkg-config                                        # builds
+  containerd runc                                                     # peers for tests and benchmarks
+  curl ca-certificates
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "installing: ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "installing the Rust toolchain (rustup)" >&2
+  curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c rustfmt,clippy >&2
+fi
