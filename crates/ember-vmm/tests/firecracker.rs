@@ -64,14 +64,36 @@ impl Asm {
         self.code.extend_from_slice(&v.to_le_bytes());
     }
 
-    /// `dec rcx`: REX.W (48), FF /1 with ModRM 11 001 001 = C9.
-    fn dec_rcx(&mut self) {
-        self.code.extend_from_slice(&[0x48, 0xFF, 0xC9]);
-    }
-
     /// `dec ebx`: FF /1 with ModRM 11 001 011 = CB.
     fn dec_ebx(&mut self) {
         self.code.extend_from_slice(&[0xFF, 0xCB]);
+    }
+
+    /// rax = the 64-bit time stamp counter (clobbers rdx):
+    /// `rdtsc` (0F 31) leaves it in edx:eax;
+    /// `shl rdx, 32` (REX.W C1 /4 ib, ModRM 11 100 010 = E2);
+    /// `or rax, rdx` (REX.W 09 /r, ModRM 11 010(rdx) 000(rax) = D0).
+    fn read_tsc(&mut self) {
+        self.code
+            .extend_from_slice(&[0x0F, 0x31, 0x48, 0xC1, 0xE2, 0x20, 0x48, 0x09, 0xD0]);
+    }
+
+    /// Busy-waits until `ticks` time-stamp-counter ticks have passed (clobbers rax, rcx,
+    /// rdx, rsi). Waiting on the TSC rather than counting instructions keeps the delay
+    /// in wall time whether the vCPU runs natively or is slowed down by nesting.
+    fn wait_tsc(&mut self, ticks: u64) {
+        self.mov_rcx(ticks);
+        self.read_tsc();
+        // `mov rsi, rax`: REX.W 89 /r, ModRM 11 000(rax) 110(rsi) = C6. rsi = start.
+        self.code.extend_from_slice(&[0x48, 0x89, 0xC6]);
+        let again = self.pos();
+        self.read_tsc();
+        // `sub rax, rsi`: REX.W 29 /r, ModRM 11 110(rsi) 000(rax) = F0. rax = elapsed.
+        self.code.extend_from_slice(&[0x48, 0x29, 0xF0]);
+        // `cmp rax, rcx`: REX.W 39 /r, ModRM 11 001(rcx) 000(rax) = C8.
+        self.code.extend_from_slice(&[0x48, 0x39, 0xC8]);
+        // `jb again` (72 cb): elapsed below the wanted ticks, read the TSC again.
+        self.short_jump(0x72, again);
     }
 
     /// A two-byte short jump (`opcode rel8`) back to `target`; rel8 counts from the end
@@ -92,14 +114,13 @@ impl Asm {
         self.short_jump(0xEB, target);
     }
 
-    /// `count` times: spin `iterations` rounds of `dec rcx; jnz`, then print '.'.
-    fn dots(&mut self, count: u32, iterations: u64) {
+    /// `count` times: wait `ticks` TSC ticks, then print '.'. Counts in ebx, which
+    /// the wait leaves alone; dx is reloaded because `rdtsc` overwrote it.
+    fn dots(&mut self, count: u32, ticks: u64) {
         self.mov_ebx(count);
         let outer = self.pos();
-        self.mov_rcx(iterations);
-        let inner = self.pos();
-        self.dec_rcx();
-        self.jnz(inner);
+        self.wait_tsc(ticks);
+        self.dx_com1();
         self.serial_byte(b'.');
         self.dec_ebx();
         self.jnz(outer);
@@ -164,13 +185,13 @@ fn elf64(code: &[u8]) -> Vec<u8> {
     f
 }
 
-/// Guest that prints MARKER_1, then `dots` dots with a spin before each, then
+/// Guest that prints MARKER_1, then `dots` dots `ticks` TSC ticks apart, then
 /// MARKER_2, then resets the machine.
-fn marching_guest(dots: u32, spin: u64) -> Vec<u8> {
+fn marching_guest(dots: u32, ticks: u64) -> Vec<u8> {
     let mut a = Asm::default();
     a.dx_com1();
     a.serial_str(&format!("{MARKER_1}\n"));
-    a.dots(dots, spin);
+    a.dots(dots, ticks);
     a.serial_str(&format!("\n{MARKER_2}\n"));
     a.i8042_reset();
     a.halt_forever();
@@ -258,8 +279,9 @@ fn assert_drained(vm: &FirecrackerVm) {
 async fn lifecycle_boot_pause_resume_exit() {
     let Some(bin) = firecracker_bin() else { return };
     let dir = tempfile::tempdir().unwrap();
-    // ~2^27 rounds of `dec; jnz` per dot: tens of milliseconds each on current CPUs.
-    let kernel = marching_guest(80, 1 << 27);
+    // 2^28 TSC ticks per dot: about 0.1 s at the TSC rates of current CPUs, so the
+    // guest runs a few seconds: long enough to pause it half-way.
+    let kernel = marching_guest(40, 1 << 28);
     let mut vm = FirecrackerVm::new(vm_config(dir.path(), bin, &kernel, "fc-life")).unwrap();
     assert_eq!(vm.accel(), Accel::Kvm);
 
@@ -272,7 +294,8 @@ async fn lifecycle_boot_pause_resume_exit() {
     assert!(stats.rss_bytes > 0);
 
     console_until(&vm, Duration::from_secs(20), |c| {
-        c.contains(MARKER_1) && c.contains("..")
+        c.split_once(MARKER_1)
+            .is_some_and(|(_, after)| after.contains(".."))
     })
     .await;
     vm.pause().await.expect("pause");
@@ -381,6 +404,7 @@ async fn bad_kernel_fails_boot_with_fault_message() {
     .unwrap();
     match vm.start().await {
         Err(Error::Boot { reason, .. }) => {
+            eprintln!("boot error as expected: {reason}");
             assert!(
                 reason.contains("InstanceStart") || reason.contains("/actions"),
                 "{reason}"
@@ -455,15 +479,17 @@ fn missing_files_are_named() {
 fn guest_image_layout() {
     let mut a = Asm::default();
     a.dots(2, 5);
-    // mov ebx,2 | mov rcx,5 | dec rcx | jnz -5 | mov al,'.' | out dx,al | dec ebx | jnz -22
     let expected: Vec<u8> = [
-        &[0xBB, 2, 0, 0, 0][..],
-        &[0x48, 0xB9, 5, 0, 0, 0, 0, 0, 0, 0],
-        &[0x48, 0xFF, 0xC9],
-        &[0x75, 0xFB],
-        &[0xB0, b'.', 0xEE],
-        &[0xFF, 0xCB],
-        &[0x75, 0xEA],
+        &[0xBB, 2, 0, 0, 0][..],               // mov ebx, 2
+        &[0x48, 0xB9, 5, 0, 0, 0, 0, 0, 0, 0], // mov rcx, 5
+        &[0x0F, 0x31, 0x48, 0xC1, 0xE2, 0x20], // rdtsc; shl rdx, 32
+        &[0x48, 0x09, 0xD0, 0x48, 0x89, 0xC6], // or rax, rdx; mov rsi, rax
+        &[0x0F, 0x31, 0x48, 0xC1, 0xE2, 0x20], // again: rdtsc; shl rdx, 32
+        &[0x48, 0x09, 0xD0, 0x48, 0x29, 0xF0], // or rax, rdx; sub rax, rsi
+        &[0x48, 0x39, 0xC8, 0x72, 0xEF],       // cmp rax, rcx; jb again (-17)
+        &[0x66, 0xBA, 0xF8, 0x03],             // mov dx, 0x3f8
+        &[0xB0, b'.', 0xEE],                   // mov al, '.'; out dx, al
+        &[0xFF, 0xCB, 0x75, 0xCE],             // dec ebx; jnz outer (-50)
     ]
     .concat();
     assert_eq!(a.code, expected);
