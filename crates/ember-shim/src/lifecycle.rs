@@ -1,0 +1,218 @@
+//! The shim binary's actions: `start` (launch the long-running shim and print its
+//! address), `serve` (the shim itself) and `delete` (clean up after a dead shim).
+
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use prost::Message;
+use sha2::{Digest, Sha256};
+
+use crate::args::Args;
+use crate::config::RuntimeConfig;
+use crate::events::Publisher;
+use crate::protos::{timestamp, DeleteResponse, TASK_SERVICE};
+use crate::task::Task;
+
+/// Environment variable carrying the listening socket's fd to `serve`.
+const LISTEN_FD_ENV: &str = "EMBER_SHIM_LISTEN_FD";
+/// Directory of shim sockets.
+const SOCKET_DIR: &str = "/run/ember/s";
+
+fn digest(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0]);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// This shim's private directory, derived from namespace and id so `delete` finds it.
+pub fn state_dir(config: &RuntimeConfig, namespace: &str, id: &str) -> PathBuf {
+    config.state_dir.join(&digest(&[namespace, id])[..16])
+}
+
+fn socket_path(args: &Args) -> PathBuf {
+    Path::new(SOCKET_DIR).join(&digest(&[&args.address, &args.namespace, &args.id])[..32])
+}
+
+/// `start`: binds the socket, launches `serve` in its own session, prints the address.
+pub fn start(args: &Args) -> Result<()> {
+    let socket = socket_path(args);
+    let address = format!("unix://{}", socket.display());
+    std::fs::create_dir_all(SOCKET_DIR)?;
+    if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+        // A shim for this id is already serving (containerd retried).
+        write_address(&address)?;
+        print!("{address}");
+        return Ok(());
+    }
+    let _ = std::fs::remove_file(&socket);
+    let listener = std::os::unix::net::UnixListener::bind(&socket)
+        .with_context(|| format!("binding {}", socket.display()))?;
+    let fd = listener.as_raw_fd();
+    let exe = std::env::current_exe()?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args([
+        "-namespace",
+        &args.namespace,
+        "-id",
+        &args.id,
+        "-address",
+        &args.address,
+    ]);
+    if !args.publish_binary.is_empty() {
+        cmd.args(["-publish-binary", &args.publish_binary]);
+    }
+    if args.debug {
+        cmd.arg("-debug");
+    }
+    cmd.arg("serve")
+        .env(LISTEN_FD_ENV, "3")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: only async-signal-safe calls (setsid, dup2, fcntl) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::setsid();
+            if fd == 3 {
+                let flags = libc::fcntl(3, libc::F_GETFD);
+                libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            } else if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().context("launching the shim")?;
+    drop(listener);
+    write_address(&address)?;
+    tracing::debug!(pid = child.id(), "shim launched");
+    print!("{address}");
+    Ok(())
+}
+
+fn write_address(address: &str) -> Result<()> {
+    std::fs::write("address", address).context("writing the address file in the bundle")
+}
+
+/// `serve`: the long-running shim.
+pub fn serve(args: &Args) -> Result<()> {
+    let config = RuntimeConfig::load()?;
+    let dir = state_dir(&config, &args.namespace, &args.id);
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("meta.json"),
+        serde_json::json!({"namespace": args.namespace, "id": args.id, "pid": std::process::id()})
+            .to_string(),
+    )?;
+    init_logging(
+        &dir,
+        if args.debug {
+            "debug"
+        } else {
+            &config.log_level
+        },
+    );
+    let fd: i32 = std::env::var(LISTEN_FD_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .context("serve is started by the shim's start action")?;
+    // SAFETY: `start` passed us this listening socket as fd 3 and nothing else owns it.
+    let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
+    std_listener.set_nonblocking(true)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let task_dir = dir.clone();
+    rt.block_on(async move {
+        let listener = tokio::net::UnixListener::from_std(std_listener)?;
+        let ttrpc = std::env::var("TTRPC_ADDRESS").ok();
+        let publisher = Publisher::start(ttrpc, args.namespace.clone());
+        let task = Task::new(args.namespace.clone(), config, task_dir, publisher);
+        let server = ember_ttrpc::Server::new()
+            .register(TASK_SERVICE, crate::service::task_service(task.clone()));
+        tracing::info!(namespace = %args.namespace, id = %args.id, "shim serving");
+        loop {
+            tokio::select! {
+                conn = listener.accept() => {
+                    let (stream, _) = conn?;
+                    let server = server.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = server.serve_connection(stream).await {
+                            tracing::warn!("containerd connection: {e}");
+                        }
+                    });
+                }
+                _ = task.shutdown.notified() => break,
+            }
+        }
+        task.teardown().await;
+        // Let the Shutdown reply and the last events go out.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    if let Ok(addr) = std::fs::read_to_string(std::env::current_dir()?.join("address")) {
+        let _ = std::fs::remove_file(addr.trim_start_matches("unix://"));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn init_logging(dir: &Path, level: &str) {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("shim.log"));
+    let filter = tracing_subscriber::EnvFilter::new(level);
+    match file {
+        Ok(f) => {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(f))
+                .try_init();
+        }
+        Err(_) => {
+            let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+        }
+    }
+}
+
+/// `delete`: containerd lost the shim; kill its VM, unmount, clean up, report.
+pub fn delete(args: &Args) -> Result<()> {
+    if args.id.is_empty() {
+        bail!("-id is required");
+    }
+    let config = RuntimeConfig::load()?;
+    let dir = state_dir(&config, &args.namespace, &args.id);
+    for name in ["vmm.pid", "vm/qemu.pid"] {
+        if let Ok(pid) = std::fs::read_to_string(dir.join(name)) {
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+    let bundle = args
+        .bundle
+        .clone()
+        .or_else(|| std::env::current_dir().ok())
+        .unwrap_or_default();
+    let _ = nix::mount::umount2(&bundle.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
+    let _ = std::fs::remove_dir_all(&dir);
+    let resp = DeleteResponse {
+        pid: 0,
+        exit_status: 137,
+        exited_at: Some(timestamp(SystemTime::now())),
+    };
+    use std::io::Write;
+    std::io::stdout().write_all(&resp.encode_to_vec())?;
+    Ok(())
+}

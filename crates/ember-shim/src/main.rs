@@ -1,0 +1,39 @@
+//! `containerd-shim-ember-v2`: containerd's shim v2 for the `io.containerd.ember.v2`
+//! runtime. Each container runs in its own microVM.
+
+mod args;
+mod config;
+mod events;
+mod lifecycle;
+mod protos;
+mod rootfs;
+mod service;
+mod stdio;
+mod task;
+
+fn main() {
+    let args = match args::parse(std::env::args().skip(1)) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("containerd-shim-ember-v2: {e}");
+            std::process::exit(2);
+        }
+    };
+    if args.version {
+        println!("containerd-shim-ember-v2 {}", env!("CARGO_PKG_VERSION"));
+        return;
+    }
+    let result = match args.action.as_str() {
+        "start" => lifecycle::start(&args),
+        "delete" => lifecycle::delete(&args),
+        "serve" => lifecycle::serve(&args),
+        other => {
+            eprintln!("containerd-shim-ember-v2: unknown action {other:?} (start or delete)");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("containerd-shim-ember-v2: {e:#}");
+        std::process::exit(1);
+    }
+}

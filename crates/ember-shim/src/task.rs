@@ -1,0 +1,783 @@
+//! The task state of one shim: its microVM and the container inside, with their
+//! processes, translated from containerd's task API into agent calls.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use containerd_client::events as ev;
+use ember_agent_api::{AgentClient, CreateProcessRequest, OutputStream, StdioConfig};
+use ember_sandbox::{Sandbox, SandboxConfig};
+use ember_ttrpc::{Code, Status};
+use ember_vmm::Drive;
+use tokio::sync::{watch, Notify};
+
+use crate::config::RuntimeConfig;
+use crate::events::Publisher;
+use crate::protos::*;
+use crate::rootfs::{self, BlockRootfs};
+use crate::stdio;
+
+/// Drive id (virtio-blk serial) of the container rootfs.
+const ROOTFS_DRIVE: &str = "rootfs";
+/// Exit status reported when the VM disappeared under a process.
+pub const LOST_STATUS: u32 = 255;
+/// How long output may keep flowing after a process exited (children holding the pipe).
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
+
+/// One process: a container's init (exec id "") or an exec.
+pub struct Proc {
+    pub container_id: String,
+    pub exec_id: String,
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub terminal: bool,
+    pid: AtomicU32,
+    started: AtomicBool,
+    exit: watch::Sender<Option<(u32, SystemTime)>>,
+    close_stdin: watch::Sender<bool>,
+}
+
+impl Proc {
+    fn new(
+        container_id: &str,
+        exec_id: &str,
+        stdin: &str,
+        stdout: &str,
+        stderr: &str,
+        terminal: bool,
+    ) -> Arc<Self> {
+        Arc::new(Proc {
+            container_id: container_id.into(),
+            exec_id: exec_id.into(),
+            stdin: stdin.into(),
+            stdout: stdout.into(),
+            stderr: stderr.into(),
+            terminal,
+            pid: AtomicU32::new(0),
+            started: AtomicBool::new(false),
+            exit: watch::channel(None).0,
+            close_stdin: watch::channel(false).0,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid.load(Ordering::SeqCst)
+    }
+
+    pub fn exited(&self) -> Option<(u32, SystemTime)> {
+        *self.exit.borrow()
+    }
+
+    async fn wait(&self) -> (u32, SystemTime) {
+        let mut rx = self.exit.subscribe();
+        let v = rx.wait_for(|e| e.is_some()).await.map(|v| *v);
+        match v {
+            Ok(Some(e)) => e,
+            _ => (LOST_STATUS, SystemTime::now()),
+        }
+    }
+}
+
+struct Container {
+    bundle: String,
+    rootfs: BlockRootfs,
+    init: Arc<Proc>,
+    execs: HashMap<String, Arc<Proc>>,
+    paused: bool,
+}
+
+/// The shim's whole state.
+pub struct Task {
+    pub namespace: String,
+    config: RuntimeConfig,
+    /// This shim's directory: VM sockets and logs, the rootfs image.
+    pub state_dir: PathBuf,
+    publisher: Publisher,
+    agent: Mutex<Option<AgentClient>>,
+    sandbox: tokio::sync::Mutex<Option<Sandbox>>,
+    containers: Mutex<HashMap<String, Container>>,
+    /// Serialises Create and Delete.
+    lifecycle: tokio::sync::Mutex<()>,
+    pub shutdown: Notify,
+}
+
+fn err(code: Code, msg: impl Into<String>) -> Status {
+    Status::new(code, msg)
+}
+
+fn agent_err(e: ember_ttrpc::Error) -> Status {
+    match e {
+        ember_ttrpc::Error::Status(s) => s,
+        ember_ttrpc::Error::Closed => err(Code::Unavailable, "the microVM is gone"),
+        other => err(other.code(), other.to_string()),
+    }
+}
+
+impl Task {
+    pub fn new(
+        namespace: String,
+        config: RuntimeConfig,
+        state_dir: PathBuf,
+        publisher: Publisher,
+    ) -> Arc<Self> {
+        Arc::new(Task {
+            namespace,
+            config,
+            state_dir,
+            publisher,
+            agent: Mutex::new(None),
+            sandbox: tokio::sync::Mutex::new(None),
+            containers: Mutex::new(HashMap::new()),
+            lifecycle: tokio::sync::Mutex::new(()),
+            shutdown: Notify::new(),
+        })
+    }
+
+    fn agent(&self) -> Result<AgentClient, Status> {
+        self.agent
+            .lock()
+            .unwrap()
+            .clone()
+            .ok_or_else(|| err(Code::FailedPrecondition, "no microVM is running"))
+    }
+
+    fn proc(&self, id: &str, exec_id: &str) -> Result<Arc<Proc>, Status> {
+        let c = self.containers.lock().unwrap();
+        let c = c
+            .get(id)
+            .ok_or_else(|| err(Code::NotFound, format!("container {id} not found")))?;
+        if exec_id.is_empty() {
+            Ok(c.init.clone())
+        } else {
+            c.execs.get(exec_id).cloned().ok_or_else(|| {
+                err(
+                    Code::NotFound,
+                    format!("process {exec_id} of {id} not found"),
+                )
+            })
+        }
+    }
+
+    pub async fn create(self: &Arc<Self>, req: CreateTaskRequest) -> Result<u32, Status> {
+        let _l = self.lifecycle.lock().await;
+        if !self.containers.lock().unwrap().is_empty() {
+            return Err(err(
+                Code::FailedPrecondition,
+                "this shim already runs a container: Ember gives each container its own microVM",
+            ));
+        }
+        if !req.checkpoint.is_empty() {
+            return Err(err(
+                Code::Unimplemented,
+                "checkpoint/restore is not supported",
+            ));
+        }
+        let bundle = PathBuf::from(&req.bundle);
+        let spec_bytes = std::fs::read(bundle.join("config.json")).map_err(|e| {
+            err(
+                Code::InvalidArgument,
+                format!("reading the bundle's config.json: {e}"),
+            )
+        })?;
+        let spec: serde_json::Value = serde_json::from_slice(&spec_bytes)
+            .map_err(|e| err(Code::InvalidArgument, format!("parsing config.json: {e}")))?;
+        let annotations: HashMap<String, String> = spec
+            .get("annotations")
+            .and_then(|a| serde_json::from_value(a.clone()).ok())
+            .unwrap_or_default();
+        let cfg = self
+            .config
+            .clone()
+            .with_annotations(&annotations)
+            .map_err(|e| err(Code::InvalidArgument, e.to_string()))?;
+
+        let mounts = req.rootfs.clone();
+        let (b, s) = (bundle.clone(), self.state_dir.clone());
+        let rootfs = tokio::task::spawn_blocking(move || rootfs::prepare(&mounts, &b, &s))
+            .await
+            .map_err(|e| err(Code::Internal, e.to_string()))?
+            .map_err(|e| err(Code::Internal, e.to_string()))?;
+        tracing::info!(image = %rootfs.image.display(), build_ms = rootfs.build_time.as_millis() as u64, "rootfs ready");
+
+        let sandbox = match self.boot(&cfg, &req.id, &rootfs).await {
+            Ok(s) => s,
+            Err(e) => {
+                cleanup_rootfs(&rootfs, &bundle);
+                return Err(e);
+            }
+        };
+        let agent = sandbox.agent().clone();
+        if let Some(pid) = sandbox.vm().pid() {
+            let _ = std::fs::write(self.state_dir.join("vmm.pid"), pid.to_string());
+        }
+        *self.sandbox.lock().await = Some(sandbox);
+        *self.agent.lock().unwrap() = Some(agent.clone());
+
+        let created = agent
+            .create_container(&ember_agent_api::CreateContainerRequest {
+                container_id: req.id.clone(),
+                spec_json: spec_bytes,
+                rootfs: Some(ember_agent_api::BlockRootfs {
+                    serial: ROOTFS_DRIVE.into(),
+                    fstype: rootfs.fstype.clone(),
+                    options: String::new(),
+                    read_only: rootfs.read_only,
+                    subpath: String::new(),
+                }),
+                stdio: Some(StdioConfig {
+                    terminal: req.terminal,
+                    stdin: !req.stdin.is_empty(),
+                }),
+            })
+            .await;
+        let pid = match created {
+            Ok(r) => r.pid,
+            Err(e) => {
+                self.stop_vm().await;
+                cleanup_rootfs(&rootfs, &bundle);
+                return Err(agent_err(e));
+            }
+        };
+        let init = Proc::new(
+            &req.id,
+            "",
+            &req.stdin,
+            &req.stdout,
+            &req.stderr,
+            req.terminal,
+        );
+        init.pid.store(pid, Ordering::SeqCst);
+        if let Err(e) = self.attach_stdio(&agent, &init).await {
+            let _ = agent.remove_container(&req.id).await;
+            self.stop_vm().await;
+            cleanup_rootfs(&rootfs, &bundle);
+            return Err(e);
+        }
+        self.containers.lock().unwrap().insert(
+            req.id.clone(),
+            Container {
+                bundle: req.bundle.clone(),
+                rootfs,
+                init: init.clone(),
+                execs: HashMap::new(),
+                paused: false,
+            },
+        );
+        tokio::spawn(watch_oom(agent, self.publisher.clone()));
+        self.publisher.publish(
+            "/tasks/create",
+            "TaskCreate",
+            &ev::TaskCreate {
+                container_id: req.id.clone(),
+                bundle: req.bundle.clone(),
+                rootfs: req.rootfs.clone(),
+                io: Some(ev::TaskIo {
+                    stdin: req.stdin.clone(),
+                    stdout: req.stdout.clone(),
+                    stderr: req.stderr.clone(),
+                    terminal: req.terminal,
+                }),
+                checkpoint: String::new(),
+                pid,
+            },
+        );
+        Ok(pid)
+    }
+
+    async fn boot(
+        &self,
+        cfg: &RuntimeConfig,
+        id: &str,
+        rootfs: &BlockRootfs,
+    ) -> Result<Sandbox, Status> {
+        let vm_dir = self.state_dir.join("vm");
+        std::fs::create_dir_all(&vm_dir).map_err(|e| err(Code::Internal, e.to_string()))?;
+        let name: String = id.chars().take(40).collect();
+        let sc = SandboxConfig {
+            id: name,
+            vmm: cfg.vmm,
+            vmm_binary: cfg.vmm_binary.clone(),
+            kernel: cfg.kernel.clone(),
+            initrd: cfg.initrd.clone(),
+            kernel_args: cfg.kernel_args.clone(),
+            vcpus: cfg.vcpus,
+            memory_mib: cfg.memory_mib,
+            accel: cfg.accel,
+            drives: vec![Drive {
+                id: ROOTFS_DRIVE.into(),
+                path: rootfs.image.clone(),
+                read_only: rootfs.read_only,
+            }],
+            state_dir: vm_dir,
+            boot_timeout: Duration::from_secs(cfg.boot_timeout_secs),
+        };
+        let sb = Sandbox::boot(sc)
+            .await
+            .map_err(|e| err(Code::Internal, format!("starting the microVM: {e}")))?;
+        tracing::info!(
+            accel = ?sb.vm().accel(),
+            agent_ms = sb.timings().agent_ready.as_millis() as u64,
+            "microVM ready"
+        );
+        Ok(sb)
+    }
+
+    /// Opens a process's stdio and starts its pumps and its exit watcher.
+    async fn attach_stdio(
+        self: &Arc<Self>,
+        agent: &AgentClient,
+        p: &Arc<Proc>,
+    ) -> Result<(), Status> {
+        let (out, errs) =
+            stdio::open_outputs(&p.stdout, &p.stderr, &self.namespace, &p.container_id)
+                .await
+                .map_err(|e| err(Code::Internal, e.to_string()))?;
+        let input = stdio::open_input(&p.stdin).map_err(|e| err(Code::Internal, e.to_string()))?;
+        let mut pumps = vec![tokio::spawn(stdio::pump_output(
+            agent.clone(),
+            p.container_id.clone(),
+            p.exec_id.clone(),
+            OutputStream::Stdout,
+            out,
+        ))];
+        if !p.terminal {
+            pumps.push(tokio::spawn(stdio::pump_output(
+                agent.clone(),
+                p.container_id.clone(),
+                p.exec_id.clone(),
+                OutputStream::Stderr,
+                errs,
+            )));
+        }
+        if let Some(input) = input {
+            tokio::spawn(stdio::pump_input(
+                agent.clone(),
+                p.container_id.clone(),
+                p.exec_id.clone(),
+                input,
+                p.close_stdin.subscribe(),
+            ));
+        }
+        tokio::spawn(watch_exit(self.clone(), agent.clone(), p.clone(), pumps));
+        Ok(())
+    }
+
+    pub async fn start(&self, id: &str, exec_id: &str) -> Result<u32, Status> {
+        let p = self.proc(id, exec_id)?;
+        if p.started.swap(true, Ordering::SeqCst) {
+            return Err(err(
+                Code::FailedPrecondition,
+                format!("process {id}/{exec_id} was already started"),
+            ));
+        }
+        let pid = match self.agent()?.start_process(id, exec_id).await {
+            Ok(pid) => pid,
+            Err(e) => {
+                p.started.store(false, Ordering::SeqCst);
+                return Err(agent_err(e));
+            }
+        };
+        p.pid.store(pid, Ordering::SeqCst);
+        if exec_id.is_empty() {
+            self.publisher.publish(
+                "/tasks/start",
+                "TaskStart",
+                &ev::TaskStart {
+                    container_id: id.into(),
+                    pid,
+                },
+            );
+        } else {
+            self.publisher.publish(
+                "/tasks/exec-started",
+                "TaskExecStarted",
+                &ev::TaskExecStarted {
+                    container_id: id.into(),
+                    exec_id: exec_id.into(),
+                    pid,
+                },
+            );
+        }
+        Ok(pid)
+    }
+
+    pub async fn exec(self: &Arc<Self>, req: ExecProcessRequest) -> Result<(), Status> {
+        if req.exec_id.is_empty() {
+            return Err(err(Code::InvalidArgument, "an exec id is required"));
+        }
+        let init = self.proc(&req.id, "")?;
+        if init.exited().is_some() {
+            return Err(err(
+                Code::FailedPrecondition,
+                format!("container {} is not running", req.id),
+            ));
+        }
+        let spec = req.spec.as_ref().ok_or_else(|| {
+            err(
+                Code::InvalidArgument,
+                "the exec request has no process spec",
+            )
+        })?;
+        {
+            let c = self.containers.lock().unwrap();
+            if c.get(&req.id)
+                .map(|c| c.execs.contains_key(&req.exec_id))
+                .unwrap_or(false)
+            {
+                return Err(err(
+                    Code::AlreadyExists,
+                    format!("process {} already exists", req.exec_id),
+                ));
+            }
+        }
+        let agent = self.agent()?;
+        agent
+            .create_process(&CreateProcessRequest {
+                container_id: req.id.clone(),
+                exec_id: req.exec_id.clone(),
+                process_json: spec.value.clone(),
+                stdio: Some(StdioConfig {
+                    terminal: req.terminal,
+                    stdin: !req.stdin.is_empty(),
+                }),
+            })
+            .await
+            .map_err(agent_err)?;
+        let p = Proc::new(
+            &req.id,
+            &req.exec_id,
+            &req.stdin,
+            &req.stdout,
+            &req.stderr,
+            req.terminal,
+        );
+        self.attach_stdio(&agent, &p).await?;
+        if let Some(c) = self.containers.lock().unwrap().get_mut(&req.id) {
+            c.execs.insert(req.exec_id.clone(), p);
+        }
+        self.publisher.publish(
+            "/tasks/exec-added",
+            "TaskExecAdded",
+            &ev::TaskExecAdded {
+                container_id: req.id.clone(),
+                exec_id: req.exec_id.clone(),
+            },
+        );
+        Ok(())
+    }
+
+    pub fn state(&self, id: &str, exec_id: &str) -> Result<StateResponse, Status> {
+        let p = self.proc(id, exec_id)?;
+        let c = self.containers.lock().unwrap();
+        let container = c.get(id);
+        let paused = container.map(|c| c.paused).unwrap_or(false);
+        let (status, exit_status, exited_at) = match p.exited() {
+            Some((s, at)) => (TaskStatus::Stopped, s, Some(timestamp(at))),
+            None if !p.started.load(Ordering::SeqCst) => (TaskStatus::Created, 0, None),
+            None if paused => (TaskStatus::Paused, 0, None),
+            None => (TaskStatus::Running, 0, None),
+        };
+        Ok(StateResponse {
+            id: id.into(),
+            bundle: container.map(|c| c.bundle.clone()).unwrap_or_default(),
+            pid: p.pid(),
+            status: status as i32,
+            stdin: p.stdin.clone(),
+            stdout: p.stdout.clone(),
+            stderr: p.stderr.clone(),
+            terminal: p.terminal,
+            exit_status,
+            exited_at,
+            exec_id: exec_id.into(),
+        })
+    }
+
+    pub async fn wait(&self, id: &str, exec_id: &str) -> Result<WaitResponse, Status> {
+        let p = self.proc(id, exec_id)?;
+        let (status, at) = p.wait().await;
+        Ok(WaitResponse {
+            exit_status: status,
+            exited_at: Some(timestamp(at)),
+        })
+    }
+
+    pub async fn kill(&self, req: KillRequest) -> Result<(), Status> {
+        let p = self.proc(&req.id, &req.exec_id)?;
+        if p.exited().is_some() && !req.all {
+            return Err(err(
+                Code::NotFound,
+                format!("process {}/{} already finished", req.id, req.exec_id),
+            ));
+        }
+        self.agent()?
+            .signal_process(&req.id, &req.exec_id, req.signal, req.all)
+            .await
+            .map_err(agent_err)
+    }
+
+    pub async fn delete(&self, id: &str, exec_id: &str) -> Result<DeleteResponse, Status> {
+        let p = self.proc(id, exec_id)?;
+        if !exec_id.is_empty() {
+            let Some((status, at)) = p.exited() else {
+                return Err(err(
+                    Code::FailedPrecondition,
+                    format!("process {exec_id} is still running"),
+                ));
+            };
+            if let Some(c) = self.containers.lock().unwrap().get_mut(id) {
+                c.execs.remove(exec_id);
+            }
+            return Ok(DeleteResponse {
+                pid: p.pid(),
+                exit_status: status,
+                exited_at: Some(timestamp(at)),
+            });
+        }
+        let _l = self.lifecycle.lock().await;
+        if p.exited().is_none() && p.started.load(Ordering::SeqCst) {
+            return Err(err(
+                Code::FailedPrecondition,
+                format!("task {id} is still running"),
+            ));
+        }
+        if let Ok(agent) = self.agent() {
+            let _ = tokio::time::timeout(Duration::from_secs(20), agent.remove_container(id)).await;
+        }
+        // A created-but-never-started init ends with the container.
+        let (status, at) = match p.exited() {
+            Some(e) => e,
+            None => {
+                let e = (137, SystemTime::now());
+                p.exit.send_replace(Some(e));
+                e
+            }
+        };
+        self.stop_vm().await;
+        let c = self.containers.lock().unwrap().remove(id);
+        if let Some(c) = c {
+            cleanup_rootfs(&c.rootfs, Path::new(&c.bundle));
+        }
+        self.publisher.publish(
+            "/tasks/delete",
+            "TaskDelete",
+            &ev::TaskDelete {
+                container_id: id.into(),
+                pid: p.pid(),
+                exit_status: status,
+                exited_at: Some(timestamp(at)),
+                id: id.into(),
+            },
+        );
+        Ok(DeleteResponse {
+            pid: p.pid(),
+            exit_status: status,
+            exited_at: Some(timestamp(at)),
+        })
+    }
+
+    async fn stop_vm(&self) {
+        self.agent.lock().unwrap().take();
+        if let Some(sb) = self.sandbox.lock().await.take() {
+            match sb.shutdown().await {
+                Ok(exit) => tracing::info!(?exit, "microVM stopped"),
+                Err(e) => tracing::warn!("stopping the microVM: {e}"),
+            }
+        }
+        let _ = std::fs::remove_file(self.state_dir.join("vmm.pid"));
+    }
+
+    pub async fn pause(&self, id: &str) -> Result<(), Status> {
+        self.proc(id, "")?;
+        self.agent()?.pause_container(id).await.map_err(agent_err)?;
+        if let Some(c) = self.containers.lock().unwrap().get_mut(id) {
+            c.paused = true;
+        }
+        self.publisher.publish(
+            "/tasks/paused",
+            "TaskPaused",
+            &ev::TaskPaused {
+                container_id: id.into(),
+            },
+        );
+        Ok(())
+    }
+
+    pub async fn resume(&self, id: &str) -> Result<(), Status> {
+        self.proc(id, "")?;
+        self.agent()?
+            .resume_container(id)
+            .await
+            .map_err(agent_err)?;
+        if let Some(c) = self.containers.lock().unwrap().get_mut(id) {
+            c.paused = false;
+        }
+        self.publisher.publish(
+            "/tasks/resumed",
+            "TaskResumed",
+            &ev::TaskResumed {
+                container_id: id.into(),
+            },
+        );
+        Ok(())
+    }
+
+    pub async fn pids(&self, id: &str) -> Result<PidsResponse, Status> {
+        self.proc(id, "")?;
+        let pids = self.agent()?.list_pids(id).await.map_err(agent_err)?;
+        Ok(PidsResponse {
+            processes: pids
+                .into_iter()
+                .map(|pid| ProcessInfo { pid, info: None })
+                .collect(),
+        })
+    }
+
+    pub async fn stats(&self, id: &str) -> Result<StatsResponse, Status> {
+        self.proc(id, "")?;
+        let s = self.agent()?.stats(id).await.map_err(agent_err)?;
+        let m = cgroup2::Metrics {
+            pids: Some(cgroup2::PidsStat {
+                current: s.pids_current,
+                limit: s.pids_limit,
+            }),
+            cpu: Some(cgroup2::CpuStat {
+                usage_usec: s.cpu_usage_usec,
+                user_usec: s.cpu_user_usec,
+                system_usec: s.cpu_system_usec,
+            }),
+            memory: Some(cgroup2::MemoryStat {
+                usage: s.memory_usage_bytes,
+                usage_limit: s.memory_limit_bytes,
+            }),
+            memory_events: Some(cgroup2::MemoryEvents {
+                oom: s.oom_kills,
+                oom_kill: s.oom_kills,
+            }),
+        };
+        Ok(StatsResponse {
+            stats: Some(to_any(cgroup2::TYPE_URL, &m)),
+        })
+    }
+
+    pub async fn update(&self, req: UpdateTaskRequest) -> Result<(), Status> {
+        self.proc(&req.id, "")?;
+        let resources = req
+            .resources
+            .ok_or_else(|| err(Code::InvalidArgument, "no resources given"))?;
+        self.agent()?
+            .update_container(&req.id, resources.value)
+            .await
+            .map_err(agent_err)
+    }
+
+    pub async fn resize_pty(&self, req: ResizePtyRequest) -> Result<(), Status> {
+        self.proc(&req.id, &req.exec_id)?;
+        self.agent()?
+            .resize_pty(&req.id, &req.exec_id, req.width, req.height)
+            .await
+            .map_err(agent_err)
+    }
+
+    pub fn close_io(&self, req: CloseIoRequest) -> Result<(), Status> {
+        let p = self.proc(&req.id, &req.exec_id)?;
+        if req.stdin {
+            p.close_stdin.send_replace(true);
+        }
+        Ok(())
+    }
+
+    pub fn connect(&self, id: &str) -> Result<ConnectResponse, Status> {
+        let pid = self.proc(id, "").map(|p| p.pid()).unwrap_or(0);
+        Ok(ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid: pid,
+            version: env!("CARGO_PKG_VERSION").into(),
+        })
+    }
+
+    /// Ends the shim once nothing runs in it (or at once with `now`).
+    pub fn request_shutdown(&self, now: bool) -> Result<(), Status> {
+        if !now && !self.containers.lock().unwrap().is_empty() {
+            return Ok(());
+        }
+        self.shutdown.notify_one();
+        Ok(())
+    }
+
+    /// Stops everything (used when the shim is told to exit at once).
+    pub async fn teardown(&self) {
+        let ids: Vec<(String, BlockRootfs, String)> = self
+            .containers
+            .lock()
+            .unwrap()
+            .drain()
+            .map(|(id, c)| (id, c.rootfs, c.bundle))
+            .collect();
+        self.stop_vm().await;
+        for (_, rootfs, bundle) in ids {
+            cleanup_rootfs(&rootfs, Path::new(&bundle));
+        }
+    }
+}
+
+/// Waits for a process to exit, lets its output drain, records the exit and tells containerd.
+async fn watch_exit(
+    task: Arc<Task>,
+    agent: AgentClient,
+    p: Arc<Proc>,
+    pumps: Vec<tokio::task::JoinHandle<()>>,
+) {
+    let (status, at) = match agent.wait_process(&p.container_id, &p.exec_id).await {
+        Ok(w) => (
+            w.exit_status,
+            SystemTime::UNIX_EPOCH + Duration::from_nanos(w.exited_at_ns.max(0) as u64),
+        ),
+        Err(e) => {
+            tracing::warn!("lost process {}/{}: {e}", p.container_id, p.exec_id);
+            (LOST_STATUS, SystemTime::now())
+        }
+    };
+    for h in pumps {
+        let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, h).await;
+    }
+    p.exit.send_replace(Some((status, at)));
+    let id = if p.exec_id.is_empty() {
+        p.container_id.clone()
+    } else {
+        p.exec_id.clone()
+    };
+    task.publisher.publish(
+        "/tasks/exit",
+        "TaskExit",
+        &ev::TaskExit {
+            container_id: p.container_id.clone(),
+            id,
+            pid: p.pid(),
+            exit_status: status,
+            exited_at: Some(timestamp(at)),
+        },
+    );
+}
+
+async fn watch_oom(agent: AgentClient, publisher: Publisher) {
+    while let Ok(e) = agent.wait_oom().await {
+        publisher.publish(
+            "/tasks/oom",
+            "TaskOOM",
+            &ev::TaskOom {
+                container_id: e.container_id,
+            },
+        );
+    }
+}
+
+fn cleanup_rootfs(r: &BlockRootfs, bundle: &Path) {
+    if r.owned {
+        let _ = std::fs::remove_file(&r.image);
+    }
+    let _ = nix::mount::umount2(&bundle.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
+}
