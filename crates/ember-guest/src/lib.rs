@@ -2,10 +2,12 @@
 //! run. The kernel and initramfs are built by `guest/build.sh` into
 //! [`default_dir`]; `EMBER_KERNEL` and `EMBER_INITRD` point elsewhere.
 
+mod image;
 mod rootfs;
 
 use std::path::{Path, PathBuf};
 
+pub use image::busybox_docker_archive;
 pub use rootfs::{busybox_rootfs, default_spec, make_ext4, BusyboxBundle};
 
 /// Errors of this crate.
