@@ -45,6 +45,7 @@ pub struct BootTimings {
 /// A running microVM with a connected agent.
 pub struct Sandbox {
     vm: Box<dyn Vm>,
+    drives: Vec<ember_vmm::Drive>,
     agent: AgentClient,
     timings: BootTimings,
     kernel_release: String,
@@ -55,6 +56,7 @@ impl Sandbox {
     pub async fn boot(config: SandboxConfig) -> Result<Sandbox, Error> {
         let started = Instant::now();
         let vm_config: VmConfig = config.vm_config();
+        let drives = config.drives.clone();
         let mut vm: Box<dyn Vm> = match config.vmm {
             VmmKind::Qemu => Box::new(QemuVm::new(vm_config)?),
             VmmKind::Firecracker => Box::new(FirecrackerVm::new(vm_config)?),
@@ -82,6 +84,7 @@ impl Sandbox {
                 );
                 Ok(Sandbox {
                     vm,
+                    drives,
                     agent,
                     timings,
                     kernel_release: ping.kernel_release,
@@ -121,6 +124,14 @@ impl Sandbox {
         self.agent = AgentClient::new(closed);
     }
 
+    /// The serial under which the guest sees the drive `drive_id`.
+    pub fn guest_serial(&self, drive_id: &str) -> Option<String> {
+        self.drives
+            .iter()
+            .find(|d| d.id == drive_id)
+            .map(|d| self.vm.guest_serial(d))
+    }
+
     pub fn vm(&self) -> &dyn Vm {
         self.vm.as_ref()
     }
@@ -148,11 +159,16 @@ impl Sandbox {
         fstype: &str,
         stdio: StdioConfig,
     ) -> Result<u32, Error> {
+        let drive = self
+            .drives
+            .iter()
+            .find(|d| d.id == drive_id)
+            .ok_or_else(|| Error::Invalid(format!("the VM has no drive {drive_id:?}")))?;
         let req = CreateContainerRequest {
             container_id: id.to_string(),
             spec_json,
             rootfs: Some(BlockRootfs {
-                serial: drive_id.to_string(),
+                serial: self.vm.guest_serial(drive),
                 fstype: fstype.to_string(),
                 options: String::new(),
                 read_only: false,

@@ -211,6 +211,9 @@ impl Task {
             }
         };
         let agent = sandbox.agent().clone();
+        let rootfs_serial = sandbox
+            .guest_serial(ROOTFS_DRIVE)
+            .unwrap_or_else(|| ROOTFS_DRIVE.into());
         if let Some(pid) = sandbox.vm().pid() {
             let _ = std::fs::write(self.state_dir.join("vmm.pid"), pid.to_string());
         }
@@ -222,7 +225,7 @@ impl Task {
                 container_id: req.id.clone(),
                 spec_json: spec_bytes,
                 rootfs: Some(ember_agent_api::BlockRootfs {
-                    serial: ROOTFS_DRIVE.into(),
+                    serial: rootfs_serial,
                     fstype: rootfs.fstype.clone(),
                     options: String::new(),
                     read_only: rootfs.read_only,

@@ -126,6 +126,12 @@ pub trait Vm: Send + Sync {
 
     fn stats(&self) -> Result<VmStats, Error>;
 
+    /// The serial the guest reads for `drive` (`/sys/block/*/serial`), by which the
+    /// agent finds it. Backends that pass the drive id through return it unchanged.
+    fn guest_serial(&self, drive: &Drive) -> String {
+        drive.id.clone()
+    }
+
     /// Pid of the VMM process, once started.
     fn pid(&self) -> Option<u32>;
 
