@@ -18,7 +18,7 @@ mod digest;
 mod store;
 
 pub use digest::{Algorithm, Digest};
-pub use store::{Info, Status, Store, Writer};
+pub use store::{Commit, Info, Status, Store, Writer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

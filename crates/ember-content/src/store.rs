@@ -368,6 +368,15 @@ impl Drop for RefLock {
     }
 }
 
+/// The outcome of a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Commit {
+    pub digest: String,
+    pub size: i64,
+    /// The blob was already in the store (the ingest was dropped).
+    pub existed: bool,
+}
+
 /// A writer holding the lock of one ingest.
 pub struct Writer {
     store: Store,
@@ -421,10 +430,11 @@ impl Writer {
         Ok(())
     }
 
-    /// Verifies the data and moves it into the blob store; returns its digest.
-    /// `size` (when > 0) and `expected` (when not empty, else the one given when the
-    /// writer was opened) must match. On success the ingest is gone.
-    pub fn commit(mut self, size: i64, expected: &str) -> Result<String> {
+    /// Verifies the data and moves it into the blob store. `size` (when > 0) and
+    /// `expected` (when not empty, else the one given when the writer was opened)
+    /// must match. On success the ingest is gone; when the blob was already there,
+    /// the result says so.
+    pub fn commit(mut self, size: i64, expected: &str) -> Result<Commit> {
         self.file.flush()?;
         self.file.sync_all()?;
         let actual_size = self.file.metadata()?.len() as i64;
@@ -462,7 +472,11 @@ impl Writer {
         let target = self.store.blob_path(&actual)?;
         if target.exists() {
             fs::remove_dir_all(&self.dir)?;
-            return Err(Error::AlreadyExists(format!("content {actual}")));
+            return Ok(Commit {
+                digest: actual,
+                size: actual_size,
+                existed: true,
+            });
         }
         if let Some(parent) = target.parent() {
             fs::create_dir_all(parent)?;
@@ -474,7 +488,11 @@ impl Writer {
             File::open(parent)?.sync_all()?;
         }
         fs::remove_dir_all(&self.dir)?;
-        Ok(actual)
+        Ok(Commit {
+            digest: actual,
+            size: actual_size,
+            existed: false,
+        })
     }
 }
 
@@ -506,7 +524,7 @@ mod tests {
         let mut w = store.writer("ref-1", 0, "").unwrap();
         assert_eq!(w.status().offset, 5);
         w.write(&data[5..]).unwrap();
-        assert_eq!(w.commit(data.len() as i64, "").unwrap(), d);
+        assert_eq!(w.commit(data.len() as i64, "").unwrap().digest, d);
         assert!(matches!(store.status("ref-1"), Err(Error::NotFound(_))));
         let info = store.info(&d).unwrap();
         assert_eq!(info.size, data.len() as i64);
@@ -519,7 +537,7 @@ mod tests {
         ));
         let mut w = store.writer("ref-2", 0, "").unwrap();
         w.write(data).unwrap();
-        assert!(matches!(w.commit(0, ""), Err(Error::AlreadyExists(_))));
+        assert!(w.commit(0, "").unwrap().existed);
         assert_eq!(store.walk().unwrap().len(), 1);
         store.delete(&d).unwrap();
         assert!(matches!(store.info(&d), Err(Error::NotFound(_))));
@@ -541,7 +559,7 @@ mod tests {
         ));
         let w = store.writer("r", 0, "").unwrap();
         let d512 = Digest::of(Algorithm::Sha512, b"abc").to_string();
-        assert_eq!(w.commit(3, &d512).unwrap(), d512);
+        assert_eq!(w.commit(3, &d512).unwrap().digest, d512);
         assert!(store.info(&d512).is_ok());
     }
 
