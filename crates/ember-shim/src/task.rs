@@ -164,6 +164,7 @@ impl Task {
 
     pub async fn create(self: &Arc<Self>, req: CreateTaskRequest) -> Result<u32, Status> {
         let _l = self.lifecycle.lock().await;
+        let t0 = std::time::Instant::now();
         if !self.containers.lock().unwrap().is_empty() {
             return Err(err(
                 Code::FailedPrecondition,
@@ -210,6 +211,7 @@ impl Task {
                 return Err(e);
             }
         };
+        let boot_timings = sandbox.timings();
         let agent = sandbox.agent().clone();
         let rootfs_serial = sandbox
             .guest_serial(ROOTFS_DRIVE)
@@ -254,6 +256,14 @@ impl Task {
             req.terminal,
         );
         init.pid.store(pid, Ordering::SeqCst);
+        self.record_timings(serde_json::json!({
+            "id": req.id,
+            "phase": "create",
+            "rootfs_ms": rootfs.build_time.as_secs_f64() * 1e3,
+            "vmm_ready_ms": boot_timings.vmm_ready.as_secs_f64() * 1e3,
+            "agent_ready_ms": boot_timings.agent_ready.as_secs_f64() * 1e3,
+            "create_total_ms": t0.elapsed().as_secs_f64() * 1e3,
+        }));
         if let Err(e) = self.attach_stdio(&agent, &init).await {
             let _ = agent.remove_container(&req.id).await;
             self.stop_vm().await;
@@ -541,6 +551,7 @@ impl Task {
             });
         }
         let _l = self.lifecycle.lock().await;
+        let t0 = std::time::Instant::now();
         if p.exited().is_none() && p.started.load(Ordering::SeqCst) {
             return Err(err(
                 Code::FailedPrecondition,
@@ -564,6 +575,11 @@ impl Task {
         if let Some(c) = c {
             cleanup_rootfs(&c.rootfs, Path::new(&c.bundle));
         }
+        self.record_timings(serde_json::json!({
+            "id": id,
+            "phase": "delete",
+            "teardown_ms": t0.elapsed().as_secs_f64() * 1e3,
+        }));
         self.publisher.publish(
             "/tasks/delete",
             "TaskDelete",
@@ -580,6 +596,21 @@ impl Task {
             exit_status: status,
             exited_at: Some(timestamp(at)),
         })
+    }
+
+    /// Appends a timing record to `$EMBER_SHIM_TIMINGS` (used by the benchmarks).
+    fn record_timings(&self, v: serde_json::Value) {
+        tracing::info!(timings = %v, "timings");
+        if let Some(path) = std::env::var_os("EMBER_SHIM_TIMINGS") {
+            use std::io::Write;
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+            {
+                let _ = writeln!(f, "{v}");
+            }
+        }
     }
 
     async fn stop_vm(&self) {
