@@ -1,0 +1,288 @@
+//! The daemon: built-in plugins, plugin initialisation, and the gRPC server on a
+//! unix socket.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use ember_content::Store;
+use ember_metadata::content::ContentStore;
+use ember_metadata::snapshots::SnapshotStore;
+use ember_metadata::Db;
+use ember_snapshot::local::{Driver, LocalSnapshotter};
+use ember_snapshot::proxy::ProxySnapshotter;
+use ember_snapshot::Snapshotter;
+use serde::Deserialize;
+use tonic::service::RoutesBuilder;
+
+use crate::config::{parse_duration, plugin_section, Config};
+use crate::events::Exchange;
+use crate::plugin::{
+    init_all, InitError, Instance, Registration, Registry, CONTENT, EVENT, GRPC, METADATA,
+    SNAPSHOTTER,
+};
+use crate::services::{self, GrpcService};
+
+/// What the introspection service reports about the daemon's plugins.
+#[derive(Debug, Clone)]
+pub struct PluginSummary {
+    pub plugin_type: String,
+    pub id: String,
+    pub requires: Vec<String>,
+    pub exports: BTreeMap<String, String>,
+    pub capabilities: Vec<String>,
+    pub error: Option<String>,
+    pub skipped: bool,
+}
+
+/// Facts about the running daemon, filled in once the plugins are up.
+#[derive(Default)]
+pub struct DaemonInfo {
+    plugins: OnceLock<Vec<PluginSummary>>,
+}
+
+impl DaemonInfo {
+    pub fn plugins(&self) -> &[PluginSummary] {
+        self.plugins.get().map(Vec::as_slice).unwrap_or(&[])
+    }
+}
+
+/// A snapshotter plugin's instance.
+pub struct SnapshotterPlugin(pub Arc<dyn Snapshotter>);
+
+/// The metadata plugin's instance: the database and the namespaced stores.
+pub struct Metadata {
+    pub db: Db,
+    pub content: ContentStore,
+    pub snapshotters: BTreeMap<String, SnapshotStore>,
+}
+
+impl Metadata {
+    pub fn snapshotter(&self, name: &str) -> Result<&SnapshotStore, tonic::Status> {
+        let name = if name.is_empty() { "overlayfs" } else { name };
+        self.snapshotters.get(name).ok_or_else(|| {
+            tonic::Status::invalid_argument(format!(
+                "snapshotter not loaded: {name}: invalid argument"
+            ))
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(default)]
+struct ContentConfig {
+    /// Ingests not written to for this long are removed.
+    stale_ingest_expiry: String,
+}
+
+impl Default for ContentConfig {
+    fn default() -> Self {
+        ContentConfig {
+            stale_ingest_expiry: "24h".into(),
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct SnapshotterConfig {
+    root_path: String,
+}
+
+fn snapshotter_root(ctx: &crate::plugin::InitContext) -> Result<PathBuf, InitError> {
+    let cfg: SnapshotterConfig = plugin_section(ctx.section)?;
+    Ok(if cfg.root_path.is_empty() {
+        ctx.root.clone()
+    } else {
+        PathBuf::from(cfg.root_path)
+    })
+}
+
+/// The plugins emberd is built from (besides the gRPC services).
+pub fn builtins(config: &Config) -> Vec<Registration> {
+    let mut regs = vec![
+        Registration::new(EVENT, "exchange", &[], |_| {
+            Ok(Arc::new(Exchange::default()) as Instance)
+        }),
+        Registration::new(CONTENT, "content", &[], |ctx| {
+            let cfg: ContentConfig = plugin_section(ctx.section)?;
+            let expiry = parse_duration(&cfg.stale_ingest_expiry)?;
+            let store = Store::open(&ctx.root)?;
+            ctx.exports
+                .insert("root".into(), ctx.root.display().to_string());
+            let sweeper = store.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(3600));
+                loop {
+                    tick.tick().await;
+                    let s = sweeper.clone();
+                    let r = tokio::task::spawn_blocking(move || s.cleanup_stale(expiry)).await;
+                    if let Ok(Err(e)) = r {
+                        tracing::warn!(error = %e, "cleaning up stale ingests");
+                    }
+                }
+            });
+            Ok(Arc::new(store) as Instance)
+        }),
+        Registration::new(SNAPSHOTTER, "native", &[], |ctx| {
+            let root = snapshotter_root(ctx)?;
+            let s = LocalSnapshotter::open(&root, Driver::Native)?;
+            ctx.exports
+                .insert("root".into(), root.display().to_string());
+            Ok(Arc::new(SnapshotterPlugin(Arc::new(s))) as Instance)
+        }),
+        Registration::new(SNAPSHOTTER, "overlayfs", &[], |ctx| {
+            let root = snapshotter_root(ctx)?;
+            let s = LocalSnapshotter::open(&root, Driver::Overlay).map_err(|e| match e {
+                ember_snapshot::Error::FailedPrecondition(m) => InitError::Skip(m),
+                e => InitError::Failed(e.to_string()),
+            })?;
+            ctx.exports
+                .insert("root".into(), root.display().to_string());
+            Ok(Arc::new(SnapshotterPlugin(Arc::new(s))) as Instance)
+        }),
+        Registration::new(METADATA, "redb", &[CONTENT, SNAPSHOTTER], |ctx| {
+            let db = Db::open(ctx.root.join("meta.redb"))?;
+            let store = ctx
+                .registry
+                .first::<Store>(CONTENT)
+                .map_err(InitError::Failed)?;
+            let content = ContentStore::new(db.clone(), (*store).clone());
+            let snapshotters = ctx
+                .registry
+                .all::<SnapshotterPlugin>(SNAPSHOTTER)
+                .into_iter()
+                .map(|(id, s)| (id.clone(), SnapshotStore::new(id, db.clone(), s.0.clone())))
+                .collect();
+            ctx.exports.insert(
+                "path".into(),
+                ctx.root.join("meta.redb").display().to_string(),
+            );
+            Ok(Arc::new(Metadata {
+                db,
+                content,
+                snapshotters,
+            }) as Instance)
+        }),
+    ];
+    for (name, proxy) in &config.proxy_plugins {
+        let address = proxy.address.clone();
+        let id = name.clone();
+        regs.push(Registration::new(
+            SNAPSHOTTER,
+            name.clone(),
+            &[],
+            move |ctx| {
+                ctx.exports
+                    .insert("address".into(), address.display().to_string());
+                Ok(Arc::new(SnapshotterPlugin(Arc::new(ProxySnapshotter::new(
+                    id, address,
+                )))) as Instance)
+            },
+        ));
+    }
+    regs
+}
+
+fn summarize(registry: &Registry) -> Vec<PluginSummary> {
+    registry
+        .plugins()
+        .iter()
+        .map(|p| PluginSummary {
+            plugin_type: p.plugin_type.clone(),
+            id: p.id.clone(),
+            requires: p.requires.clone(),
+            exports: p.exports.clone(),
+            capabilities: p.capabilities.clone(),
+            error: p.result.as_ref().err().cloned(),
+            skipped: p.skipped,
+        })
+        .collect()
+}
+
+fn prepare_dir(path: &Path, mode: u32) -> Result<()> {
+    std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting the mode of {}", path.display()))?;
+    Ok(())
+}
+
+/// Binds the socket, refusing to take over one a live server answers on.
+fn bind(config: &Config) -> Result<tokio::net::UnixListener> {
+    let address = &config.grpc.address;
+    if let Some(dir) = address.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if address.exists() {
+        if std::os::unix::net::UnixStream::connect(address).is_ok() {
+            bail!("{} is in use by another server", address.display());
+        }
+        std::fs::remove_file(address)
+            .with_context(|| format!("removing the stale socket {}", address.display()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(address)
+        .with_context(|| format!("binding {}", address.display()))?;
+    std::fs::set_permissions(address, std::fs::Permissions::from_mode(0o660))?;
+    nix::unistd::chown(
+        address,
+        Some(nix::unistd::Uid::from_raw(config.grpc.uid)),
+        Some(nix::unistd::Gid::from_raw(config.grpc.gid)),
+    )
+    .with_context(|| format!("changing the owner of {}", address.display()))?;
+    Ok(listener)
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> Result<()> {
+    for key in config.unknown_keys() {
+        tracing::warn!(%key, "ignoring unknown configuration key");
+    }
+    prepare_dir(&config.root, 0o711)?;
+    prepare_dir(&config.state, 0o711)?;
+
+    let info = Arc::new(DaemonInfo::default());
+    let mut regs = builtins(&config);
+    regs.extend(services::registrations(info.clone()));
+    let registry = init_all(&config, regs);
+    for required in &config.required_plugins {
+        match registry.plugins().iter().find(|p| &p.uri() == required) {
+            Some(p) if p.result.is_ok() => {}
+            Some(p) => bail!(
+                "required plugin {required} failed: {}",
+                p.result.as_ref().err().cloned().unwrap_or_default()
+            ),
+            None => bail!("required plugin {required} is not loaded"),
+        }
+    }
+    let _ = info.plugins.set(summarize(&registry));
+
+    let mut routes = RoutesBuilder::default();
+    for (id, svc) in registry.all::<GrpcService>(GRPC) {
+        tracing::debug!(%id, "registering gRPC service");
+        svc.register(&mut routes);
+    }
+
+    let listener = bind(&config)?;
+    tracing::info!(address = %config.grpc.address.display(), "emberd serving");
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("shutting down");
+    };
+    let served = tonic::transport::Server::builder()
+        .add_routes(routes.routes())
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await;
+    let _ = std::fs::remove_file(&config.grpc.address);
+    served.context("serving gRPC")?;
+    drop(registry);
+    Ok(())
+}

@@ -1,0 +1,134 @@
+//! The gRPC services, one file each. [`registrations`] is the single place where
+//! services are added: each is a plugin of type `io.containerd.grpc.v1` whose
+//! instance adds itself to the server's routes.
+//!
+//! Services convert wire messages to the store types at the edge and call the
+//! stores (`ember-metadata`, `ember-content`, `ember-snapshot`); errors become
+//! statuses with containerd's codes through [`status`].
+
+pub mod containers;
+pub mod content;
+pub mod events;
+pub mod introspection;
+pub mod leases;
+pub mod namespaces;
+pub mod snapshots;
+pub mod version;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use ember_metadata::{Error, Labels};
+use tonic::service::RoutesBuilder;
+use tonic::{Code, Request, Status};
+
+use crate::daemon::DaemonInfo;
+use crate::plugin::{Instance, Registration};
+
+/// The metadata header naming the namespace of a request.
+pub const NAMESPACE_HEADER: &str = "containerd-namespace";
+/// The metadata header naming the lease a request's new resources belong to.
+pub const LEASE_HEADER: &str = "containerd-lease";
+
+/// What a gRPC plugin's instance is: something that adds its service to the routes.
+pub struct GrpcService(Box<dyn Fn(&mut RoutesBuilder) + Send + Sync>);
+
+impl GrpcService {
+    /// The plugin instance of a service that `add` puts into the routes.
+    pub fn instance(add: impl Fn(&mut RoutesBuilder) + Send + Sync + 'static) -> Instance {
+        Arc::new(GrpcService(Box::new(add)))
+    }
+
+    pub fn register(&self, routes: &mut RoutesBuilder) {
+        (self.0)(routes)
+    }
+}
+
+/// All gRPC service plugins.
+pub fn registrations(info: Arc<DaemonInfo>) -> Vec<Registration> {
+    vec![
+        version::registration(),
+        introspection::registration(info),
+        namespaces::registration(),
+        content::registration(),
+        containers::registration(),
+        leases::registration(),
+        events::registration(),
+        snapshots::registration(),
+    ]
+}
+
+/// The namespace of a request: required, and a valid identifier.
+pub fn namespace<T>(req: &Request<T>) -> Result<String, Status> {
+    let ns = req
+        .metadata()
+        .get(NAMESPACE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    if ns.is_empty() {
+        return Err(Status::failed_precondition(
+            "namespace is required: failed precondition",
+        ));
+    }
+    ember_metadata::identifiers::validate(&ns)
+        .map_err(|e| Status::invalid_argument(format!("namespace validation: {e}")))?;
+    Ok(ns)
+}
+
+/// The lease of a request, if it names one.
+pub fn lease<T>(req: &Request<T>) -> Option<String> {
+    req.metadata()
+        .get(LEASE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+/// The status for a store error.
+pub fn status(e: Error) -> Status {
+    let code = match &e {
+        Error::NotFound(_) => Code::NotFound,
+        Error::AlreadyExists(_) => Code::AlreadyExists,
+        Error::InvalidArgument(_) => Code::InvalidArgument,
+        Error::FailedPrecondition(_) => Code::FailedPrecondition,
+        Error::Unavailable(_) => Code::Unavailable,
+        Error::Unimplemented(_) => Code::Unimplemented,
+        Error::Internal(_) => Code::Unknown,
+    };
+    if code == Code::Unknown {
+        tracing::error!(error = %e, "request failed");
+    }
+    Status::new(code, e.to_string())
+}
+
+pub fn filter<S: AsRef<str>>(filters: &[S]) -> Result<ember_metadata::Filter, Status> {
+    ember_metadata::Filter::parse_all(filters).map_err(status)
+}
+
+pub fn labels_in(m: HashMap<String, String>) -> Labels {
+    m.into_iter().collect()
+}
+
+pub fn labels_out(l: &Labels) -> HashMap<String, String> {
+    l.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+pub fn timestamp(t: SystemTime) -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp::from(t))
+}
+
+pub fn field_paths(mask: Option<prost_types::FieldMask>) -> Vec<String> {
+    mask.map(|m| m.paths).unwrap_or_default()
+}
+
+/// Runs blocking store work off the async threads.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> ember_metadata::Result<T> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("task failed: {e}")))?
+        .map_err(status)
+}
