@@ -241,7 +241,7 @@ pub trait Reader {
 
     fn get_snapshot(&self, ns: &str, snapshotter: &str, name: &str) -> Result<Snapshot> {
         self.get(SNAPSHOTS, &key(&[ns, snapshotter, name]))?
-            .ok_or_else(|| Error::NotFound(format!("snapshot {name:?} does not exist")))
+            .ok_or_else(|| Error::NotFound(format!("snapshot {name} does not exist")))
     }
 
     fn list_snapshots(
@@ -414,12 +414,15 @@ impl WriteTx {
         validate(&ns.name)?;
         validate_labels(&ns.labels)?;
         if self.namespace_exists(&ns.name)? {
-            return Err(Error::AlreadyExists(format!("namespace {}", ns.name)));
+            return Err(Error::AlreadyExists(format!("namespace {:?}", ns.name)));
         }
         self.put(NAMESPACES, &ns.name, ns)
     }
 
+    /// Updates a namespace's labels; like containerd, labelling a namespace that
+    /// does not exist creates it.
     pub fn update_namespace(&self, update: &Namespace, fieldpaths: &[String]) -> Result<Namespace> {
+        self.ensure_namespace(&update.name)?;
         let mut ns = self.get_namespace(&update.name)?;
         update_labels(
             &mut ns.labels,
@@ -439,13 +442,23 @@ impl WriteTx {
         let p = prefix(&[name]);
         let mut left = Vec::new();
         for (table, what) in NAMESPACE_BLOCKERS {
-            if self.has_prefix(*table, &p)? {
-                left.push(*what);
+            if *what == "snapshots" {
+                let mut snapshotters: Vec<String> = self
+                    .scan::<Snapshot>(SNAPSHOTS, &p)?
+                    .into_iter()
+                    .map(|s| s.snapshotter)
+                    .collect();
+                snapshotters.dedup();
+                for s in snapshotters {
+                    left.push(format!("snapshots on {s:?} snapshotter"));
+                }
+            } else if self.has_prefix(*table, &p)? {
+                left.push(what.to_string());
             }
         }
         if !left.is_empty() {
             return Err(Error::FailedPrecondition(format!(
-                "namespace {name} must be empty, but it still has {}",
+                "namespace {name:?} must be empty, but it still has {}",
                 left.join(", ")
             )));
         }
@@ -602,15 +615,19 @@ impl WriteTx {
 
     pub fn delete_snapshot(&self, ns: &str, snapshotter: &str, name: &str) -> Result<()> {
         if !self.delete(SNAPSHOTS, &key(&[ns, snapshotter, name]))? {
-            return Err(Error::NotFound(format!("snapshot {name:?} does not exist")));
+            return Err(Error::NotFound(format!("snapshot {name} does not exist")));
         }
         Ok(())
     }
 
     // Leases.
 
+    /// Creates a lease. Like containerd, any non-empty id is accepted.
     pub fn create_lease(&self, ns: &str, l: &Lease) -> Result<Lease> {
-        validate(&l.id)?;
+        if l.id.is_empty() {
+            return Err(Error::InvalidArgument("lease id must not be empty".into()));
+        }
+        check_no_nul("lease id", &l.id)?;
         validate_labels(&l.labels)?;
         self.ensure_namespace(ns)?;
         let k = key(&[ns, &l.id]);
