@@ -201,14 +201,14 @@ impl SnapshotStore {
             if let Some(lease) = lease {
                 tx.get_lease(ns, lease)?;
             }
+            if tx.get_snapshot(ns, &self.name, name).is_ok() {
+                return Err(Error::AlreadyExists(format!("snapshot {name:?}")));
+            }
             let s = tx.get_snapshot(ns, &self.name, key)?;
             if s.kind != SnapshotKind::Active {
                 return Err(Error::FailedPrecondition(format!(
                     "snapshot {key:?} is not active"
                 )));
-            }
-            if tx.get_snapshot(ns, &self.name, name).is_ok() {
-                return Err(Error::AlreadyExists(format!("snapshot {name:?}")));
             }
             Ok((s, tx.next_seq("snapshot")?))
         })?;

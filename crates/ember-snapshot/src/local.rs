@@ -426,9 +426,11 @@ impl Inner {
 
     fn usage(&self, key: &str) -> Result<Usage> {
         let r = self.get(key)?;
-        match r.usage {
-            Some(u) if r.kind == Kind::Committed => Ok(u),
-            _ => Ok(disk_usage(&self.fs_dir(r.id))?),
+        // Only active snapshots change; committed ones were measured at commit and
+        // views own nothing.
+        match r.kind {
+            Kind::Active => Ok(disk_usage(&self.fs_dir(r.id))?),
+            _ => Ok(r.usage.unwrap_or_default()),
         }
     }
 
