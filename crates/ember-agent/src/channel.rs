@@ -1,0 +1,362 @@
+//! Where the agent serves: the `ember.agent` virtio-serial port, an AF_VSOCK
+//! listener and (for host-side tests) a unix socket.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::watch;
+
+use crate::runtime::Agent;
+
+/// A non-blocking fd (vsock connection, virtio-serial port) as a tokio stream.
+#[derive(Clone)]
+pub struct FdStream(Arc<AsyncFd<OwnedFd>>);
+
+impl FdStream {
+    pub fn new(fd: OwnedFd) -> io::Result<Self> {
+        crate::sys::set_nonblocking(&fd)?;
+        Ok(FdStream(Arc::new(crate::sys::async_fd(fd)?)))
+    }
+
+    /// One non-blocking read: `Ok(None)` when nothing is there yet.
+    fn try_read(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        let n = unsafe {
+            libc::read(
+                self.0.as_raw_fd(),
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+            )
+        };
+        if n >= 0 {
+            return Ok(Some(n as usize));
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(None),
+            _ => Err(e),
+        }
+    }
+}
+
+impl AsyncRead for FdStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            let mut guard = ready!(self.0.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            match guard.try_io(|fd| {
+                let n = unsafe {
+                    libc::read(
+                        fd.as_raw_fd(),
+                        unfilled.as_mut_ptr() as *mut libc::c_void,
+                        unfilled.len(),
+                    )
+                };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            }) {
+                Ok(Ok(n)) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+impl AsyncWrite for FdStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            let mut guard = ready!(self.0.poll_write_ready(cx))?;
+            match guard.try_io(|fd| {
+                let n = unsafe {
+                    libc::write(
+                        fd.as_raw_fd(),
+                        data.as_ptr() as *const libc::c_void,
+                        data.len(),
+                    )
+                };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            }) {
+                Ok(Ok(n)) => return Poll::Ready(Ok(n)),
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        unsafe { libc::shutdown(self.0.as_raw_fd(), libc::SHUT_WR) };
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Wraps a connection for one session: replays bytes read ahead, reports EOF (or a
+/// read error) through `closed`, and refuses writes once the session is over so
+/// that a late reply of an old session never lands in a new one.
+struct SessionStream<S> {
+    inner: S,
+    prefix: Vec<u8>,
+    pos: usize,
+    closed: watch::Sender<bool>,
+    ended: Arc<AtomicBool>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for SessionStream<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.pos < self.prefix.len() {
+            let n = (self.prefix.len() - self.pos).min(buf.remaining());
+            let start = self.pos;
+            buf.put_slice(&self.prefix[start..start + n]);
+            self.pos += n;
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let res = ready!(Pin::new(&mut self.inner).poll_read(cx, buf));
+        let eof = match &res {
+            Ok(()) => buf.filled().len() == before && buf.remaining() > 0,
+            Err(_) => true,
+        };
+        if eof {
+            tracing::debug!(?res, "session input ended");
+            self.ended.store(true, Ordering::SeqCst);
+            self.closed.send_replace(true);
+            // EIO on a serial port whose host side went away: a plain EOF.
+            return Poll::Ready(Ok(()));
+        }
+        Poll::Ready(res)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for SessionStream<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.ended.load(Ordering::SeqCst) {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.ended.load(Ordering::SeqCst) {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Serves one session on `stream` (after `prefix`, bytes already read from it).
+/// Returns `Err` on a protocol violation.
+pub async fn serve_session<S>(
+    agent: Arc<Agent>,
+    stream: S,
+    prefix: Vec<u8>,
+) -> Result<(), ember_ttrpc::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (closed_tx, mut closed_rx) = watch::channel(false);
+    let ended = Arc::new(AtomicBool::new(false));
+    let server = crate::service::server(agent, closed_rx.clone());
+    let s = SessionStream {
+        inner: stream,
+        prefix,
+        pos: 0,
+        closed: closed_tx.clone(),
+        ended: ended.clone(),
+    };
+    let mut serve = Box::pin(server.serve_connection(s));
+    let res = tokio::select! {
+        r = &mut serve => r,
+        _ = async { closed_rx.wait_for(|c| *c).await.map(|_| ()) } => {
+            // Long polls of this session are being cancelled; give them a moment.
+            tokio::time::timeout(Duration::from_secs(1), &mut serve).await.unwrap_or(Ok(()))
+        }
+    };
+    ended.store(true, Ordering::SeqCst);
+    closed_tx.send_replace(true);
+    tracing::debug!(?res, "session ended");
+    res
+}
+
+/// Finds the `/dev` node of the virtio-serial port called `name`.
+pub fn find_serial_port(name: &str) -> Option<PathBuf> {
+    let rd = std::fs::read_dir("/sys/class/virtio-ports").ok()?;
+    for e in rd.flatten() {
+        let n = std::fs::read_to_string(e.path().join("name")).unwrap_or_default();
+        if n.trim() == name {
+            return Some(Path::new("/dev").join(e.file_name()));
+        }
+    }
+    None
+}
+
+/// Serves the virtio-serial port forever, one session per host connection.
+pub async fn serve_serial(agent: Arc<Agent>, path: PathBuf) -> io::Result<()> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
+        .open(&path)?;
+    let port = FdStream::new(f.into())?;
+    tracing::info!("serving on virtio-serial port {}", path.display());
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // Wait for the host: EOF (0) while nobody is connected.
+        let first = loop {
+            match port.try_read(&mut buf) {
+                Ok(Some(n)) if n > 0 => break buf[..n].to_vec(),
+                Ok(Some(_)) | Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                Ok(None) => {
+                    // Connected but idle: wait for readiness (bounded, to notice HUP).
+                    if let Ok(Ok(mut g)) =
+                        tokio::time::timeout(Duration::from_millis(200), port.0.readable()).await
+                    {
+                        g.clear_ready();
+                    }
+                }
+            }
+        };
+        match serve_session(agent.clone(), port.clone(), first).await {
+            Ok(()) => tracing::info!("serial session ended"),
+            Err(e) => {
+                tracing::warn!("serial session: {e}; discarding input until the host disconnects");
+                loop {
+                    match port.try_read(&mut buf) {
+                        Ok(Some(0)) | Err(_) => break,
+                        Ok(Some(_)) => {}
+                        Ok(None) => {
+                            if let Ok(Ok(mut g)) =
+                                tokio::time::timeout(Duration::from_millis(200), port.0.readable())
+                                    .await
+                            {
+                                g.clear_ready();
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+use std::os::unix::fs::OpenOptionsExt;
+
+/// Binds the AF_VSOCK listener; `Err` when the kernel has no vsock.
+pub fn vsock_listener(port: u32) -> io::Result<AsyncFd<OwnedFd>> {
+    let fd = crate::sys::check(unsafe {
+        libc::socket(
+            libc::AF_VSOCK,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    })?;
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    addr.svm_port = port;
+    addr.svm_cid = libc::VMADDR_CID_ANY;
+    crate::sys::check(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            &addr as *const libc::sockaddr_vm as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
+        )
+    })?;
+    crate::sys::check(unsafe { libc::listen(fd.as_raw_fd(), 64) })?;
+    crate::sys::async_fd(fd)
+}
+
+pub async fn serve_vsock(agent: Arc<Agent>, listener: AsyncFd<OwnedFd>) -> io::Result<()> {
+    loop {
+        let mut guard = listener.readable().await?;
+        let res = guard.try_io(|l| {
+            let fd = unsafe {
+                libc::accept4(
+                    l.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                )
+            };
+            if fd < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+            }
+        });
+        match res {
+            Ok(Ok(conn)) => {
+                let agent = agent.clone();
+                tokio::spawn(async move {
+                    match FdStream::new(conn) {
+                        Ok(s) => {
+                            if let Err(e) = serve_session(agent, s, Vec::new()).await {
+                                tracing::warn!("vsock connection: {e}");
+                            }
+                        }
+                        Err(e) => tracing::warn!("vsock connection: {e}"),
+                    }
+                });
+            }
+            Ok(Err(e)) => {
+                tracing::warn!("vsock accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(_would_block) => {}
+        }
+    }
+}
+
+pub async fn serve_unix(agent: Arc<Agent>, listener: tokio::net::UnixListener) -> io::Result<()> {
+    loop {
+        let (conn, _) = listener.accept().await?;
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve_session(agent, conn, Vec::new()).await {
+                tracing::warn!("unix connection: {e}");
+            }
+        });
+    }
+}

@@ -1,0 +1,222 @@
+//! PID 1 duties: the early mounts, the console, the boot probe and power-off.
+
+use std::io::{self, Write};
+use std::os::unix::fs::symlink;
+use std::path::Path;
+
+use crate::runtime::Agent;
+use crate::sys;
+
+/// Value of `key=value` on a kernel command line (the last one wins, as the kernel
+/// does for its own parameters). A bare `key` yields an empty value.
+pub fn cmdline_value(cmdline: &str, key: &str) -> Option<String> {
+    let mut found = None;
+    for word in split_cmdline(cmdline) {
+        match word.split_once('=') {
+            Some((k, v)) if k == key => found = Some(v.to_string()),
+            None if word == key => found = Some(String::new()),
+            _ => {}
+        }
+    }
+    found
+}
+
+/// Splits a command line at spaces, keeping double-quoted parts together.
+fn split_cmdline(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    for c in s.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            c if c.is_whitespace() && !quoted => {
+                if !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+fn mount_fs(
+    src: &str,
+    target: &str,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: &str,
+) -> io::Result<()> {
+    let t = Path::new(target);
+    std::fs::create_dir_all(t)?;
+    match sys::mount(Some(src), t, Some(fstype), flags, Some(data)) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Makes sure fds 0, 1 and 2 are the console (an initramfs without /dev/console
+/// leaves PID 1 without any).
+fn attach_console() {
+    if unsafe { libc::fcntl(2, libc::F_GETFD) } >= 0
+        && unsafe { libc::fcntl(1, libc::F_GETFD) } >= 0
+    {
+        return;
+    }
+    let c = c"/dev/console";
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_NOCTTY) };
+    if fd < 0 {
+        return;
+    }
+    for t in 0..3 {
+        if fd != t {
+            unsafe { libc::dup2(fd, t) };
+        }
+    }
+    if fd > 2 {
+        unsafe { libc::close(fd) };
+    }
+}
+
+/// Set in the environment once PID 1 runs from its tmpfs root.
+const SWITCHED_ENV: &str = "EMBER_AGENT_ROOT_SWITCHED";
+
+/// The kernel starts init on the initramfs ("rootfs"), which pivot_root cannot leave,
+/// and containers are entered with pivot_root. So PID 1 first moves onto a tmpfs root
+/// (as switch_root does): copies itself there, frees the initramfs copy, makes the
+/// tmpfs `/` and executes itself again from it.
+fn leave_initramfs() -> io::Result<()> {
+    if std::env::var_os(SWITCHED_ENV).is_some() || !Path::new("/init").is_file() {
+        return Ok(());
+    }
+    mount_fs("tmpfs", "/newroot", "tmpfs", 0, "mode=0755")?;
+    for d in ["dev", "proc", "sys", "run", "tmp", "mnt"] {
+        std::fs::create_dir_all(Path::new("/newroot").join(d))?;
+    }
+    std::fs::copy("/init", "/newroot/init")?;
+    let _ = std::fs::remove_file("/init");
+    std::env::set_current_dir("/newroot")?;
+    sys::mount(Some("."), Path::new("/"), None, libc::MS_MOVE, None)?;
+    std::os::unix::fs::chroot(".")?;
+    std::env::set_current_dir("/")?;
+    let args: Vec<String> = std::env::args().collect();
+    let err = std::os::unix::process::CommandExt::exec(
+        std::process::Command::new("/init")
+            .args(&args[1..])
+            .env(SWITCHED_ENV, "1"),
+    );
+    Err(err)
+}
+
+/// Early boot as PID 1. Returns the kernel command line.
+pub fn pid1_setup() -> io::Result<String> {
+    leave_initramfs()?;
+    let nosuid_nodev = libc::MS_NOSUID | libc::MS_NODEV;
+    mount_fs("proc", "/proc", "proc", nosuid_nodev | libc::MS_NOEXEC, "")?;
+    mount_fs("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID, "mode=0755")?;
+    attach_console();
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    if let Some(word) = cmdline_value(&cmdline, ember_agent_api::CMDLINE_PROBE) {
+        let mut out = io::stdout();
+        let _ = writeln!(out, "ember-probe: {word}");
+        let _ = out.flush();
+        power_off();
+    }
+    mount_fs("sysfs", "/sys", "sysfs", nosuid_nodev | libc::MS_NOEXEC, "")?;
+    mount_fs(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        "newinstance,ptmxmode=0666,mode=0620,gid=5",
+    )?;
+    let ptmx = Path::new("/dev/ptmx");
+    if std::fs::symlink_metadata(ptmx).is_ok_and(|m| !m.file_type().is_symlink()) {
+        let _ = std::fs::remove_file(ptmx);
+    }
+    if std::fs::symlink_metadata(ptmx).is_err() {
+        symlink("pts/ptmx", ptmx)?;
+    }
+    mount_fs("shm", "/dev/shm", "tmpfs", nosuid_nodev, "mode=1777")?;
+    mount_fs("tmpfs", "/run", "tmpfs", nosuid_nodev, "mode=0755")?;
+    mount_fs("tmpfs", "/tmp", "tmpfs", nosuid_nodev, "mode=1777")?;
+    mount_fs(
+        "cgroup2",
+        "/sys/fs/cgroup",
+        "cgroup2",
+        nosuid_nodev | libc::MS_NOEXEC,
+        "nsdelegate",
+    )?;
+    let hostname = cmdline_value(&cmdline, "ember.hostname")
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "ember".into());
+    unsafe { libc::sethostname(hostname.as_ptr() as *const libc::c_char, hostname.len()) };
+    bring_up_loopback();
+    Ok(cmdline)
+}
+
+/// `ip link set lo up`, so that containers sharing the guest network have localhost.
+fn bring_up_loopback() {
+    unsafe {
+        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if s < 0 {
+            return;
+        }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo\0".iter().enumerate() {
+            req.ifr_name[i] = *b as libc::c_char;
+        }
+        if libc::ioctl(s, libc::SIOCGIFFLAGS, &mut req) == 0 {
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            libc::ioctl(s, libc::SIOCSIFFLAGS, &req);
+        }
+        libc::close(s);
+    }
+}
+
+/// sync and power off at once. Never returns.
+pub fn power_off() -> ! {
+    unsafe {
+        libc::sync();
+        libc::reboot(libc::RB_POWER_OFF);
+    }
+    // reboot() only fails without privilege; there is nothing left to do.
+    loop {
+        unsafe { libc::pause() };
+    }
+}
+
+/// The Shutdown call: kill the containers, sync, unmount, power off (as PID 1) or
+/// exit (on a host).
+pub async fn shutdown(agent: &Agent) {
+    tracing::info!("shutting down");
+    agent.remove_all().await;
+    unsafe { libc::sync() };
+    if agent.is_pid1() {
+        for m in ["/run", "/tmp"] {
+            let _ = sys::umount(Path::new(m), libc::MNT_DETACH);
+        }
+        power_off();
+    }
+    std::process::exit(0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline() {
+        let c = "console=ttyS0 quiet ember.probe=kvm panic=-1 x=\"a b\" ember.flag\n";
+        assert_eq!(cmdline_value(c, "ember.probe").as_deref(), Some("kvm"));
+        assert_eq!(cmdline_value(c, "x").as_deref(), Some("a b"));
+        assert_eq!(cmdline_value(c, "ember.flag").as_deref(), Some(""));
+        assert_eq!(cmdline_value(c, "ember"), None);
+        assert_eq!(cmdline_value("a=1 a=2", "a").as_deref(), Some("2"));
+        assert_eq!(cmdline_value("", "a"), None);
+    }
+}

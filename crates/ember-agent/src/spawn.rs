@@ -1,0 +1,311 @@
+//! Creating container processes without forking the multi-threaded agent.
+//!
+//! The agent runs itself again (`/proc/self/exe __spawn <plan-fd> <report-fd>
+//! <start-fd>`) through `std::process::Command`, i.e. a plain fork+exec. That helper
+//! is single-threaded, so it may `setns`, join cgroups and `clone` freely. It clones
+//! the container process with `CLONE_PARENT`, so the process becomes a child of the
+//! agent (whose reaper collects its exit status), reports the pid and exits.
+//!
+//! The helper's stdin/stdout/stderr are the process's stdio. It reads the JSON
+//! [`Plan`] from `plan-fd`. Over `report-fd` (close-on-exec) the helper and the
+//! cloned process send lines to the agent:
+//!
+//! * `pid <n>`   — the process's pid in the agent's pid namespace;
+//! * `ready`     — (init only) setup done, waiting on the start pipe;
+//! * `log <msg>` — a warning the agent logs;
+//! * `error <msg>` — setup or exec failed; the process exits.
+//!
+//! After a successful `execve` the report pipe reaches EOF. The container init waits
+//! for one byte on `start-fd` before its `execve`.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use oci_spec::runtime::{Process, Spec};
+use serde::{Deserialize, Serialize};
+
+use crate::sys;
+
+/// The hidden subcommand that runs the spawn helper.
+pub const HELPER_ARG: &str = "__spawn";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Plan {
+    /// A container's init process: new namespaces, rootfs, mounts, pivot_root.
+    Init {
+        spec: Box<Spec>,
+        rootfs: PathBuf,
+        cgroup: Option<PathBuf>,
+        terminal: bool,
+    },
+    /// A process in the namespaces of a running container init.
+    Exec {
+        process: Box<Process>,
+        init_pid: i32,
+        cgroup: Option<PathBuf>,
+        terminal: bool,
+    },
+}
+
+/// One line a helper or container process reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReportLine {
+    Pid(i32),
+    Ready,
+    Log(String),
+    Error(String),
+    Unknown(String),
+}
+
+pub fn parse_report_line(line: &str) -> ReportLine {
+    let line = line.trim_end_matches('\n');
+    let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
+    match word {
+        "pid" => rest
+            .trim()
+            .parse()
+            .map(ReportLine::Pid)
+            .unwrap_or_else(|_| ReportLine::Unknown(line.into())),
+        "ready" => ReportLine::Ready,
+        "log" => ReportLine::Log(rest.into()),
+        "error" => ReportLine::Error(rest.into()),
+        _ => ReportLine::Unknown(line.into()),
+    }
+}
+
+/// Writes one report line (newlines in `msg` are flattened).
+pub fn report(fd: RawFd, word: &str, msg: &str) {
+    let msg = msg.replace('\n', " ");
+    let line = if msg.is_empty() {
+        format!("{word}\n")
+    } else {
+        format!("{word} {msg}\n")
+    };
+    let _ = sys::write_all(fd, line.as_bytes());
+}
+
+/// The agent's side of a spawned process.
+pub struct Spawned {
+    /// The helper's pid (reaped by the reaper like any child).
+    pub helper_pid: i32,
+    pub report: BufReader<File>,
+    /// Write end of the start pipe (init only).
+    pub start: Option<OwnedFd>,
+}
+
+/// What reading the report pipe came to.
+#[derive(Debug, Default)]
+pub struct ReportOutcome {
+    pub pid: Option<i32>,
+    pub ready: bool,
+    pub error: Option<String>,
+    pub eof: bool,
+}
+
+/// Reads report lines until `ready` (if `stop_at_ready`), an error or EOF. Blocking.
+pub fn read_report(r: &mut BufReader<File>, stop_at_ready: bool) -> ReportOutcome {
+    let mut out = ReportOutcome::default();
+    loop {
+        let mut line = String::new();
+        match r.read_line(&mut line) {
+            Ok(0) | Err(_) => {
+                out.eof = true;
+                return out;
+            }
+            Ok(_) => {}
+        }
+        match parse_report_line(&line) {
+            ReportLine::Pid(p) => out.pid = Some(p),
+            ReportLine::Ready => {
+                out.ready = true;
+                if stop_at_ready {
+                    return out;
+                }
+            }
+            ReportLine::Log(m) => tracing::warn!("spawn: {m}"),
+            ReportLine::Error(m) => {
+                out.error = Some(m);
+                return out;
+            }
+            ReportLine::Unknown(l) => tracing::warn!("spawn: unexpected report line {l:?}"),
+        }
+    }
+}
+
+/// Starts the helper for `plan` with the given stdio; returns once it reported the
+/// pid (or failed). `stdio` are the process's fds 0, 1, 2.
+pub async fn spawn(plan: &Plan, stdio: [OwnedFd; 3]) -> io::Result<(Spawned, ReportOutcome)> {
+    let plan_json = serde_json::to_vec(plan)?;
+    let (plan_r, plan_w) = sys::pipe()?;
+    let (report_r, report_w) = sys::pipe()?;
+    let start = match plan {
+        Plan::Init { .. } => Some(sys::pipe()?),
+        Plan::Exec { .. } => None,
+    };
+    let start_r_fd = start.as_ref().map_or(-1, |(r, _)| r.as_raw_fd());
+    let inherit = [plan_r.as_raw_fd(), report_w.as_raw_fd(), start_r_fd];
+    let [fd0, fd1, fd2] = stdio;
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg(HELPER_ARG)
+        .arg(inherit[0].to_string())
+        .arg(inherit[1].to_string())
+        .arg(inherit[2].to_string())
+        .env_clear()
+        .stdin(Stdio::from(fd0))
+        .stdout(Stdio::from(fd1))
+        .stderr(Stdio::from(fd2));
+    unsafe {
+        cmd.pre_exec(move || {
+            // Only async-signal-safe calls here: fcntl.
+            for fd in inherit {
+                if fd >= 0 {
+                    let flags = libc::fcntl(fd, libc::F_GETFD);
+                    if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    let helper_pid = child.id() as i32;
+    // Never wait on `child`: the reaper collects the helper.
+    drop(child);
+    drop(cmd);
+    drop(plan_r);
+    drop(report_w);
+    let (start_r, start_w) = match start {
+        Some((r, w)) => (Some(r), Some(w)),
+        None => (None, None),
+    };
+    drop(start_r);
+
+    let mut report = BufReader::new(File::from(report_r));
+    let stop_at_ready = matches!(plan, Plan::Init { .. });
+    let (report, outcome) = tokio::task::spawn_blocking(move || {
+        // Feed the plan, then read until the pid (and `ready` for init) arrive.
+        let w = File::from(plan_w);
+        let write_err = sys::write_all(w.as_raw_fd(), &plan_json).err();
+        drop(w);
+        let mut outcome = read_report(&mut report, stop_at_ready);
+        if let (Some(e), None) = (write_err, &outcome.error) {
+            if outcome.pid.is_none() {
+                outcome.error = Some(format!("passing the plan to the spawn helper: {e}"));
+            }
+        }
+        (report, outcome)
+    })
+    .await
+    .map_err(io::Error::other)?;
+    Ok((
+        Spawned {
+            helper_pid,
+            report,
+            start: start_w,
+        },
+        outcome,
+    ))
+}
+
+/// Entry point of the helper process (`ember-agent __spawn ...`). Never returns.
+pub fn helper_main(args: &[String]) -> ! {
+    let fd = |i: usize| -> RawFd { args.get(i).and_then(|s| s.parse().ok()).unwrap_or(-1) };
+    let (plan_fd, report_fd, start_fd) = (fd(0), fd(1), fd(2));
+    if plan_fd < 0 || report_fd < 0 {
+        eprintln!("ember-agent {HELPER_ARG}: internal helper, not for direct use");
+        unsafe { libc::_exit(2) };
+    }
+    let _ = sys::set_cloexec(report_fd, true);
+    if start_fd >= 0 {
+        let _ = sys::set_cloexec(start_fd, true);
+    }
+    let code = match run_helper(plan_fd, report_fd, start_fd) {
+        Ok(()) => 0,
+        Err(e) => {
+            report(report_fd, "error", &e.to_string());
+            1
+        }
+    };
+    unsafe { libc::_exit(code) }
+}
+
+fn run_helper(plan_fd: RawFd, report_fd: RawFd, start_fd: RawFd) -> io::Result<()> {
+    let mut buf = Vec::new();
+    {
+        let mut f = unsafe { File::from_raw_fd(plan_fd) };
+        f.read_to_end(&mut buf)?;
+    }
+    let plan: Plan = serde_json::from_slice(&buf)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad plan: {e}")))?;
+    let cgroup = match &plan {
+        Plan::Init { cgroup, .. } | Plan::Exec { cgroup, .. } => cgroup.clone(),
+    };
+    if let Some(cg) = &cgroup {
+        let pid = std::process::id().to_string();
+        std::fs::write(cg.join("cgroup.procs"), &pid).map_err(|e| {
+            io::Error::new(e.kind(), format!("joining cgroup {}: {e}", cg.display()))
+        })?;
+    }
+    match &plan {
+        Plan::Init { spec, .. } => {
+            let flags = crate::container::prepare_init_namespaces(spec, report_fd)?;
+            let pid = clone_parent(flags)?;
+            if pid == 0 {
+                crate::container::init_child(&plan, report_fd, start_fd);
+            }
+            report(report_fd, "pid", &pid.to_string());
+        }
+        Plan::Exec { init_pid, .. } => {
+            crate::container::join_namespaces(*init_pid)?;
+            let pid = clone_parent(0)?;
+            if pid == 0 {
+                crate::container::exec_child(&plan, report_fd);
+            }
+            report(report_fd, "pid", &pid.to_string());
+        }
+    }
+    Ok(())
+}
+
+/// `clone()` like fork (no new stack: the child gets a copy of ours), with the
+/// agent as the parent of the new process. Returns 0 in the child.
+fn clone_parent(ns_flags: libc::c_int) -> io::Result<i32> {
+    let flags = (ns_flags | libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong;
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            flags,
+            0usize,
+            std::ptr::null_mut::<libc::c_int>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            0usize,
+        )
+    };
+    if pid < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("clone: {e}")));
+    }
+    Ok(pid as i32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_lines() {
+        assert_eq!(parse_report_line("pid 42\n"), ReportLine::Pid(42));
+        assert_eq!(parse_report_line("ready\n"), ReportLine::Ready);
+        assert_eq!(
+            parse_report_line("error exec foo: not found\n"),
+            ReportLine::Error("exec foo: not found".into())
+        );
+        assert!(matches!(parse_report_line("pid x"), ReportLine::Unknown(_)));
+        assert!(matches!(parse_report_line("zzz"), ReportLine::Unknown(_)));
+    }
+}

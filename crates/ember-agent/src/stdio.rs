@@ -1,0 +1,275 @@
+//! Process stdio: pipes or a pty on the process side, bounded output buffers and a
+//! stdin writer on the agent side.
+//!
+//! Each output stream has a reader task that reads the pipe (or pty master) only
+//! while its buffer has room, so a host that stops calling `ReadOutput` stops the
+//! writer (back-pressure). `eof` is reported only once the stream ended *and* every
+//! buffered byte was handed out.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::unix::AsyncFd;
+use tokio::sync::Notify;
+
+use crate::sys;
+
+/// Bytes buffered per output stream before the reader stops reading.
+pub const OUTPUT_BUFFER: usize = 1 << 20;
+
+#[derive(Default)]
+struct OutState {
+    data: VecDeque<u8>,
+    eof: bool,
+}
+
+/// A bounded buffer of one output stream.
+pub struct OutputBuf {
+    state: Mutex<OutState>,
+    cap: usize,
+    /// Signalled whenever data, room or eof changes.
+    changed: Notify,
+}
+
+impl OutputBuf {
+    pub fn new(cap: usize) -> Arc<Self> {
+        Arc::new(OutputBuf {
+            state: Mutex::new(OutState::default()),
+            cap,
+            changed: Notify::new(),
+        })
+    }
+
+    /// A stream that never carries data (stderr with a pty, or no stream at all).
+    pub fn closed() -> Arc<Self> {
+        let b = Self::new(0);
+        b.state.lock().unwrap().eof = true;
+        b
+    }
+
+    /// Waits until the buffer has room; returns how much.
+    async fn room(&self) -> usize {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let s = self.state.lock().unwrap();
+                let free = self.cap.saturating_sub(s.data.len());
+                if free > 0 {
+                    return free;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    fn push(&self, bytes: &[u8]) {
+        self.state.lock().unwrap().data.extend(bytes);
+        self.changed.notify_waiters();
+    }
+
+    pub fn set_eof(&self) {
+        self.state.lock().unwrap().eof = true;
+        self.changed.notify_waiters();
+    }
+
+    /// Takes what is buffered now: `Some((data, eof))`, or `None` if nothing yet.
+    pub fn try_take(&self, max: usize) -> Option<(Vec<u8>, bool)> {
+        let mut s = self.state.lock().unwrap();
+        if !s.data.is_empty() {
+            let n = max.max(1).min(s.data.len());
+            let out: Vec<u8> = s.data.drain(..n).collect();
+            drop(s);
+            self.changed.notify_waiters();
+            return Some((out, false));
+        }
+        if s.eof {
+            return Some((Vec::new(), true));
+        }
+        None
+    }
+
+    /// Long-polls: returns as soon as there is data or the stream ended.
+    pub async fn read(&self, max: usize) -> (Vec<u8>, bool) {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(r) = self.try_take(max) {
+                return r;
+            }
+            notified.await;
+        }
+    }
+
+    /// Reads `fd` into this buffer until EOF (EIO on a pty master counts as EOF).
+    pub fn spawn_reader(self: &Arc<Self>, fd: OwnedFd) {
+        let buf = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = buf.pump(fd).await {
+                tracing::debug!("output reader ended: {e}");
+            }
+            buf.set_eof();
+        });
+    }
+
+    async fn pump(&self, fd: OwnedFd) -> io::Result<()> {
+        sys::set_nonblocking(&fd)?;
+        let afd = crate::sys::async_fd(fd)?;
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            let room = self.room().await.min(chunk.len());
+            let mut guard = afd.readable().await?;
+            let res = guard.try_io(|inner| {
+                let n = unsafe {
+                    libc::read(
+                        inner.get_ref().as_raw_fd(),
+                        chunk.as_mut_ptr() as *mut libc::c_void,
+                        room,
+                    )
+                };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            });
+            match res {
+                Ok(Ok(0)) => return Ok(()),
+                Ok(Ok(n)) => self.push(&chunk[..n]),
+                Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return Ok(()),
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => {}
+            }
+        }
+    }
+}
+
+/// The agent's end of a process's stdin: a pipe write end or the pty master.
+pub struct StdinWriter {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl StdinWriter {
+    pub fn new(fd: OwnedFd) -> io::Result<Self> {
+        sys::set_nonblocking(&fd)?;
+        Ok(StdinWriter {
+            fd: crate::sys::async_fd(fd)?,
+        })
+    }
+
+    /// Writes all of `data`.
+    pub async fn write_all(&self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            let mut guard = self.fd.writable().await?;
+            match guard.try_io(|inner| {
+                let n = unsafe {
+                    libc::write(
+                        inner.get_ref().as_raw_fd(),
+                        data.as_ptr() as *const libc::c_void,
+                        data.len(),
+                    )
+                };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            }) {
+                Ok(Ok(n)) => data = &data[n..],
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Opens a pty pair; both ends close-on-exec. Returns (master, slave).
+pub fn open_pty() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut master: RawFd = -1;
+    let mut slave: RawFd = -1;
+    sys::check(unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    })?;
+    let (m, s) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    sys::set_cloexec(m.as_raw_fd(), true)?;
+    sys::set_cloexec(s.as_raw_fd(), true)?;
+    Ok((m, s))
+}
+
+pub fn resize_pty(master: RawFd, width: u32, height: u32) -> io::Result<()> {
+    let ws = libc::winsize {
+        ws_row: height.min(u16::MAX as u32) as u16,
+        ws_col: width.min(u16::MAX as u32) as u16,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    sys::check(unsafe { libc::ioctl(master, libc::TIOCSWINSZ, &ws) })?;
+    Ok(())
+}
+
+/// Opens /dev/null close-on-exec.
+pub fn dev_null() -> io::Result<OwnedFd> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    Ok(f.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn eof_only_after_all_data() {
+        let b = OutputBuf::new(8);
+        b.push(b"hello");
+        b.set_eof();
+        assert_eq!(b.read(3).await, (b"hel".to_vec(), false));
+        assert_eq!(b.read(100).await, (b"lo".to_vec(), false));
+        assert_eq!(b.read(100).await, (Vec::new(), true));
+        assert_eq!(b.read(100).await, (Vec::new(), true));
+    }
+
+    #[tokio::test]
+    async fn reader_respects_capacity() {
+        let (r, w) = sys::pipe().unwrap();
+        let b = OutputBuf::new(4096);
+        b.spawn_reader(r);
+        let writer = std::thread::spawn(move || {
+            let data = vec![7u8; 100_000];
+            sys::write_all(w.as_raw_fd(), &data).unwrap();
+        });
+        let mut total = 0;
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            assert!(b.state.lock().unwrap().data.len() <= 4096);
+            let (d, eof) = b.read(1000).await;
+            total += d.len();
+            if eof {
+                break;
+            }
+        }
+        writer.join().unwrap();
+        assert_eq!(total, 100_000);
+    }
+
+    #[tokio::test]
+    async fn closed_stream_is_eof() {
+        let b = OutputBuf::closed();
+        assert_eq!(b.read(10).await, (Vec::new(), true));
+    }
+}
