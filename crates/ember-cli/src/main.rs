@@ -1,5 +1,6 @@
 //! `ember`: the command line of Ember.
 
+mod client;
 mod info;
 mod vm;
 
@@ -16,6 +17,8 @@ struct Cli {
     /// Log level (error, warn, info, debug, trace).
     #[arg(long, global = true, env = "EMBER_LOG", default_value = "warn")]
     log_level: String,
+    #[command(flatten)]
+    client: client::ClientOpts,
     #[command(subcommand)]
     command: Command,
 }
@@ -27,6 +30,13 @@ enum Command {
     Vm(vm::VmCommand),
     /// Show the host's virtualisation support and the installed guest image.
     Info(info::InfoArgs),
+    Namespaces(client::namespaces::NamespacesArgs),
+    Content(client::content::ContentArgs),
+    Snapshots(client::snapshots::SnapshotsArgs),
+    Leases(client::leases::LeasesArgs),
+    Containers(client::containers::ContainersArgs),
+    Plugins(client::plugins::PluginsArgs),
+    Version(client::version::VersionArgs),
 }
 
 fn main() {
@@ -46,6 +56,13 @@ fn main() {
         match cli.command {
             Command::Vm(c) => vm::run(c).await,
             Command::Info(a) => info::run(a).await.map(|_| 0),
+            Command::Namespaces(a) => client::namespaces::run(&cli.client, a).await,
+            Command::Content(a) => client::content::run(&cli.client, a).await,
+            Command::Snapshots(a) => client::snapshots::run(&cli.client, a).await,
+            Command::Leases(a) => client::leases::run(&cli.client, a).await,
+            Command::Containers(a) => client::containers::run(&cli.client, a).await,
+            Command::Plugins(a) => client::plugins::run(&cli.client, a).await,
+            Command::Version(a) => client::version::run(&cli.client, a).await,
         }
     });
     match result {

@@ -1382,3 +1382,85 @@ async fn proxy_snapshotter_plugin() {
     assert!(dir.path().join("proxy-root/metadata.redb").exists());
     server.abort();
 }
+
+/// The `ember` client verbs against emberd (when `ember` is built next to emberd).
+#[test]
+fn ember_cli_verbs() {
+    if !can_run() {
+        return;
+    }
+    let ember = Path::new(env!("CARGO_BIN_EXE_emberd")).with_file_name("ember");
+    if !ember.exists() {
+        eprintln!(
+            "skipping: {} not built (cargo build -p ember-cli)",
+            ember.display()
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = Emberd::start(dir.path());
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&ember)
+            .arg("--address")
+            .arg(&d.socket)
+            .args(["-n", "cli"])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let ok = |args: &[&str]| {
+        let (ok, out, err) = run(args);
+        assert!(ok, "ember {args:?}: {err}");
+        out
+    };
+    assert!(ok(&["version"]).contains("Server:"));
+    assert!(ok(&["plugins"]).contains("overlayfs"));
+    ok(&["namespaces", "create", "other", "team=x"]);
+    let v: serde_json::Value = serde_json::from_str(&ok(&["namespaces", "ls", "--json"])).unwrap();
+    assert!(v
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n["name"] == "other" && n["labels"]["team"] == "x"));
+    ok(&["namespaces", "rm", "other"]);
+    ok(&["snapshots", "prepare", "k"]);
+    let mounts = ok(&["snapshots", "mounts", "/mnt", "k"]);
+    assert!(mounts.starts_with("mount -t bind "), "{mounts}");
+    ok(&["snapshots", "commit", "c", "k"]);
+    ok(&["snapshots", "prepare", "k2", "c"]);
+    let ls = ok(&["snapshots", "ls"]);
+    let row: Vec<&str> = ls
+        .lines()
+        .find(|l| l.starts_with("k2 "))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(row, ["k2", "c", "Active", "-"]);
+    assert!(ok(&["snapshots", "tree"]).contains("\\_ k2"));
+    assert!(ok(&["snapshots", "usage"]).starts_with("KEY"));
+    assert!(ok(&["snapshots", "--snapshotter", "native", "ls"]).starts_with("KEY"));
+    let (fail, _, err) = run(&["snapshots", "rm", "c"]);
+    assert!(!fail && err.contains("child"), "{err}");
+    ok(&["snapshots", "rm", "k2", "c"]);
+    assert_eq!(ok(&["leases", "create", "--id", "l1", "a=b"]).trim(), "l1");
+    assert!(ok(&["leases", "ls"]).contains("a=b"));
+    ok(&["leases", "rm", "l1"]);
+    assert_eq!(
+        ok(&["containers", "create", "c1", "--label", "x=y"]).trim(),
+        "c1"
+    );
+    assert!(ok(&["containers", "ls"]).contains("x=y"));
+    let info: serde_json::Value = serde_json::from_str(&ok(&["containers", "info", "c1"])).unwrap();
+    assert_eq!(info["spec"]["ociVersion"], "1.0.2");
+    ok(&["containers", "rm", "c1"]);
+    assert_eq!(ok(&["content", "ls", "--json"]).trim(), "[]");
+    // The same record is visible to ctr.
+    ok(&["containers", "create", "c2"]);
+    let ls = ctr(&d.socket, "cli", &["containers", "ls", "-q"]);
+    assert_eq!(ls.expect_ok().trim(), "c2");
+}
