@@ -66,8 +66,11 @@ fn is_not_found(e: &std::io::Error) -> bool {
 impl Store {
     pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
         let root = root.into();
-        fs::create_dir_all(root.join("blobs"))?;
-        fs::create_dir_all(root.join("ingest"))?;
+        for dir in ["blobs", "ingest"] {
+            fs::create_dir_all(root.join(dir)).map_err(|e| {
+                Error::Internal(format!("creating {}: {e}", root.join(dir).display()))
+            })?;
+        }
         Ok(Store {
             inner: Arc::new(Inner {
                 root,

@@ -78,7 +78,8 @@ impl LocalSnapshotter {
     /// is checked with a trial mount.
     pub fn open(root: impl Into<PathBuf>, driver: Driver) -> Result<Self> {
         let root = root.into();
-        std::fs::create_dir_all(root.join("snapshots"))?;
+        std::fs::create_dir_all(root.join("snapshots"))
+            .map_err(|e| Error::internal(&format!("creating {}", root.display()), e))?;
         if driver == Driver::Overlay {
             check_overlay(&root)?;
         }

@@ -1464,3 +1464,77 @@ fn ember_cli_verbs() {
     let ls = ctr(&d.socket, "cli", &["containers", "ls", "-q"]);
     assert_eq!(ls.expect_ok().trim(), "c2");
 }
+
+#[test]
+fn config_disables_and_reports_failed_plugins() {
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = r#"
+version = 2
+disabled_plugins = ["io.containerd.snapshotter.v1.overlayfs"]
+[plugins."io.containerd.snapshotter.v1.native"]
+  root_path = "/dev/null/not-a-directory"
+"#;
+    let d = Emberd::start_with_config(dir.path(), Some(config));
+    let plugins = ctr(&d.socket, "default", &["plugins", "ls"]);
+    let table = plugins.expect_ok();
+    assert!(!table.contains("overlayfs"), "{table}");
+    let row = table.lines().find(|l| l.contains(" native ")).unwrap();
+    assert!(row.trim_end().ends_with("error"), "{row}");
+    let detailed = ctr(&d.socket, "default", &["plugins", "ls", "-d", "id==native"]);
+    assert!(
+        detailed.expect_ok().contains("not-a-directory"),
+        "{}",
+        detailed.stdout
+    );
+    // Everything else still works.
+    ctr(&d.socket, "default", &["namespaces", "create", "fine"]).expect_ok();
+    assert_eq!(
+        ctr(
+            &d.socket,
+            "x",
+            &["snapshots", "--snapshotter", "native", "ls"]
+        )
+        .class(),
+        "invalid argument"
+    );
+
+    // A required plugin that fails stops the daemon.
+    let dir2 = tempfile::tempdir().unwrap();
+    let bad = format!("{config}\nrequired_plugins = [\"io.containerd.snapshotter.v1.native\"]\n");
+    // `required_plugins` must come before the tables in TOML.
+    let bad = bad.replacen(
+        "version = 2\n",
+        "version = 2\nrequired_plugins = [\"io.containerd.snapshotter.v1.native\"]\n",
+        1,
+    );
+    let bad = bad.trim_end().rsplit_once('\n').unwrap().0.to_string();
+    std::fs::write(dir2.path().join("c.toml"), &bad).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_emberd"))
+        .arg("--config")
+        .arg(dir2.path().join("c.toml"))
+        .arg("--root")
+        .arg(dir2.path().join("root"))
+        .arg("--state")
+        .arg(dir2.path().join("state"))
+        .arg("--address")
+        .arg(dir2.path().join("s.sock"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("required plugin"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A broken configuration file is an error, not a panic.
+    std::fs::write(dir2.path().join("broken.toml"), "root = [").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_emberd"))
+        .arg("--config")
+        .arg(dir2.path().join("broken.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
