@@ -278,6 +278,15 @@ pub async fn run(config: Config) -> Result<()> {
         tracing::info!("shutting down");
     };
     let served = tonic::transport::Server::builder()
+        .trace_fn(|req| {
+            let ns = req
+                .headers()
+                .get(services::NAMESPACE_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            tracing::debug!(method = %req.uri().path(), namespace = %ns, "request");
+            tracing::info_span!("grpc", method = %req.uri().path(), namespace = %ns)
+        })
         .add_routes(routes.routes())
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;

@@ -56,8 +56,16 @@ fn main() {
         .clone()
         .or_else(|| Some(config.debug.level.clone()).filter(|l| !l.is_empty()))
         .unwrap_or_else(|| "info".into());
+    // A bare level applies to emberd; the HTTP/2 stack stays quiet unless asked for
+    // with a full filter (`debug,h2=trace`).
+    let filter = if level.contains('=') || level.contains(',') {
+        level
+    } else {
+        format!("{level},h2=warn,hyper=warn,hyper_util=warn,tower=warn")
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&level))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&filter))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let rt = match tokio::runtime::Runtime::new() {
