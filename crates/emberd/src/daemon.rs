@@ -203,7 +203,11 @@ fn summarize(registry: &Registry) -> Vec<PluginSummary> {
         .collect()
 }
 
+/// Creates a directory with `mode`; an existing one is left as it is.
 fn prepare_dir(path: &Path, mode: u32) -> Result<()> {
+    if path.is_dir() {
+        return Ok(());
+    }
     std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("setting the mode of {}", path.display()))?;
