@@ -248,7 +248,9 @@ impl NsWriter {
         let ns = self.ns;
         let lease = self.lease;
         self.db.update(|tx| {
-            if let Some(lease) = &lease {
+            // The lease may have gone while the data was written; the blob is
+            // recorded all the same.
+            if let Some(lease) = lease.as_ref().filter(|l| tx.get_lease(&ns, l).is_ok()) {
                 let r = |id: &str, kind: &str| LeaseResource {
                     id: id.to_string(),
                     kind: kind.to_string(),
