@@ -141,7 +141,8 @@ impl SnapshotStore {
             if tx.get_snapshot(ns, &self.name, key).is_ok() {
                 return Err(Error::AlreadyExists(format!("snapshot {key:?}")));
             }
-            if let Some(lease) = lease {
+            // A lease deleted since the first check no longer holds anything.
+            if let Some(lease) = lease.filter(|l| tx.get_lease(ns, l).is_ok()) {
                 tx.add_lease_resource(ns, lease, &self.lease_resource(key))?;
             }
             tx.put_snapshot(ns, &record)
@@ -232,7 +233,8 @@ impl SnapshotStore {
                 return Err(Error::AlreadyExists(format!("snapshot {name:?}")));
             }
             tx.delete_snapshot(ns, &self.name, key)?;
-            if let Some(lease) = lease {
+            // A lease deleted since the first check no longer holds anything.
+            if let Some(lease) = lease.filter(|l| tx.get_lease(ns, l).is_ok()) {
                 tx.add_lease_resource(ns, lease, &self.lease_resource(name))?;
             }
             tx.put_snapshot(ns, &record)
