@@ -1538,3 +1538,79 @@ disabled_plugins = ["io.containerd.snapshotter.v1.overlayfs"]
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_header_records_resources() {
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = Emberd::start(dir.path());
+    let ch = d.channel().await;
+    let mut leases = LeasesClient::new(ch.clone());
+    leases
+        .create(req(
+            "l",
+            api::CreateRequest {
+                id: "hold".into(),
+                labels: HashMap::new(),
+            },
+        ))
+        .await
+        .unwrap();
+    fn leased<T>(mut r: Request<T>) -> Request<T> {
+        r.metadata_mut()
+            .insert("containerd-lease", "hold".parse().unwrap());
+        r
+    }
+    SnapshotsClient::new(ch.clone())
+        .prepare(leased(req(
+            "l",
+            snap_api::PrepareSnapshotRequest {
+                snapshotter: "native".into(),
+                key: "s1".into(),
+                ..Default::default()
+            },
+        )))
+        .await
+        .unwrap();
+    let data = b"leased".to_vec();
+    let mut commit = wreq(WriteAction::Commit, "r1", 0, &data);
+    commit.expected = sha256(&data);
+    let mut responses = ContentClient::new(ch.clone())
+        .write(leased(req("l", futures::stream::iter(vec![commit]))))
+        .await
+        .unwrap()
+        .into_inner();
+    while responses.message().await.unwrap().is_some() {}
+    let mut res: Vec<(String, String)> = leases
+        .list_resources(req("l", api::ListResourcesRequest { id: "hold".into() }))
+        .await
+        .unwrap()
+        .into_inner()
+        .resources
+        .into_iter()
+        .map(|r| (r.r#type, r.id))
+        .collect();
+    res.sort();
+    assert_eq!(
+        res,
+        [
+            ("content".to_string(), sha256(&data)),
+            ("snapshots/native".to_string(), "s1".to_string())
+        ]
+    );
+    // A missing lease makes the operation fail.
+    let mut r = req(
+        "l",
+        snap_api::PrepareSnapshotRequest {
+            snapshotter: "native".into(),
+            key: "s2".into(),
+            ..Default::default()
+        },
+    );
+    r.metadata_mut()
+        .insert("containerd-lease", "gone".parse().unwrap());
+    let e = SnapshotsClient::new(ch).prepare(r).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+}
