@@ -24,6 +24,12 @@ pub fn enable_controllers(dir: &Path) {
 
 /// Prepares `<root>/ember` as the parent of the container cgroups.
 pub fn init_parent(root: &Path) -> io::Result<PathBuf> {
+    if crate::sys::fs_magic(root)? != crate::sys::CGROUP2_MAGIC {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not on a cgroup v2 filesystem",
+        ));
+    }
     enable_controllers(root);
     let parent = root.join("ember");
     std::fs::create_dir_all(&parent)?;

@@ -202,7 +202,8 @@ fn setup_init(spec: &Spec, rootfs: &Path, terminal: bool, report_fd: RawFd) -> i
         None,
         libc::MS_REC | libc::MS_PRIVATE,
         None,
-    )?;
+    )
+    .map_err(|e| err("making / private", e))?;
     // pivot_root needs the new root to be a mount point.
     let root_str = rootfs.to_str().unwrap_or("");
     sys::mount(
@@ -211,7 +212,8 @@ fn setup_init(spec: &Spec, rootfs: &Path, terminal: bool, report_fd: RawFd) -> i
         None,
         libc::MS_BIND | libc::MS_REC,
         None,
-    )?;
+    )
+    .map_err(|e| err(format!("bind-mounting rootfs {}", rootfs.display()), e))?;
 
     let mounts = spec.mounts().clone().unwrap_or_default();
     let mut dev_is_tmpfs = false;
@@ -247,7 +249,8 @@ fn setup_init(spec: &Spec, rootfs: &Path, terminal: bool, report_fd: RawFd) -> i
     for p in linux.readonly_paths().clone().unwrap_or_default() {
         let p = Path::new(&p);
         if p.exists() {
-            sys::mount(p.to_str(), p, None, libc::MS_BIND | libc::MS_REC, None)?;
+            let ctx = |e| err(format!("read-only path {}", p.display()), e);
+            sys::mount(p.to_str(), p, None, libc::MS_BIND | libc::MS_REC, None).map_err(ctx)?;
             sys::mount(
                 None,
                 p,
@@ -260,16 +263,18 @@ fn setup_init(spec: &Spec, rootfs: &Path, terminal: bool, report_fd: RawFd) -> i
                     | libc::MS_NODEV
                     | libc::MS_NOEXEC,
                 None,
-            )?;
+            )
+            .map_err(ctx)?;
         }
     }
     for p in linux.masked_paths().clone().unwrap_or_default() {
         let p = Path::new(&p);
+        let ctx = |e| err(format!("masked path {}", p.display()), e);
         match std::fs::metadata(p) {
             Ok(md) if md.is_dir() => {
-                sys::mount(Some("tmpfs"), p, Some("tmpfs"), libc::MS_RDONLY, None)?
+                sys::mount(Some("tmpfs"), p, Some("tmpfs"), libc::MS_RDONLY, None).map_err(ctx)?
             }
-            Ok(_) => sys::mount(Some("/dev/null"), p, None, libc::MS_BIND, None)?,
+            Ok(_) => sys::mount(Some("/dev/null"), p, None, libc::MS_BIND, None).map_err(ctx)?,
             Err(_) => {}
         }
     }
@@ -285,7 +290,8 @@ fn setup_init(spec: &Spec, rootfs: &Path, terminal: bool, report_fd: RawFd) -> i
             None,
             libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
             None,
-        )?;
+        )
+        .map_err(|e| err("remounting / read-only", e))?;
     }
     if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
         check(unsafe { libc::sethostname(h.as_ptr() as *const libc::c_char, h.len()) })

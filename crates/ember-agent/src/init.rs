@@ -43,19 +43,33 @@ fn split_cmdline(s: &str) -> Vec<String> {
     out
 }
 
-fn mount_fs(
-    src: &str,
-    target: &str,
-    fstype: &str,
-    flags: libc::c_ulong,
-    data: &str,
-) -> io::Result<()> {
+/// Mounts `fstype` at `target` unless a filesystem of that type is already there.
+fn mount_fs(src: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &str) {
     let t = Path::new(target);
-    std::fs::create_dir_all(t)?;
-    match sys::mount(Some(src), t, Some(fstype), flags, Some(data)) {
-        Ok(()) => Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(()),
-        Err(e) => Err(e),
+    let magic = match fstype {
+        "proc" => 0x9fa0,
+        "sysfs" => 0x6265_6572,
+        "devtmpfs" | "tmpfs" => 0x0102_1994,
+        "devpts" => 0x1cd1,
+        "cgroup2" => sys::CGROUP2_MAGIC,
+        _ => -1,
+    };
+    // A tmpfs on /dev/shm sits on the devtmpfs (also tmpfs magic): only trust the
+    // magic for a mount point, i.e. when the parent is another filesystem.
+    let parent_magic = t.parent().and_then(|p| sys::fs_magic(p).ok());
+    if let Ok(m) = sys::fs_magic(t) {
+        // A proc of another pid namespace (PID 1 of a nested namespace) does not do.
+        let ours = fstype != "proc"
+            || std::fs::read_link("/proc/self")
+                .is_ok_and(|p| p.to_str() == Some(&std::process::id().to_string()));
+        if m == magic && parent_magic != Some(m) && ours {
+            return;
+        }
+    }
+    let res = std::fs::create_dir_all(t)
+        .and_then(|_| sys::mount(Some(src), t, Some(fstype), flags, Some(data)));
+    if let Err(e) = res {
+        eprintln!("ember-agent: mounting {fstype} on {target}: {e}");
     }
 }
 
@@ -93,7 +107,14 @@ fn leave_initramfs() -> io::Result<()> {
     if std::env::var_os(SWITCHED_ENV).is_some() || !Path::new("/init").is_file() {
         return Ok(());
     }
-    mount_fs("tmpfs", "/newroot", "tmpfs", 0, "mode=0755")?;
+    std::fs::create_dir_all("/newroot")?;
+    sys::mount(
+        Some("tmpfs"),
+        Path::new("/newroot"),
+        Some("tmpfs"),
+        0,
+        Some("mode=0755"),
+    )?;
     for d in ["dev", "proc", "sys", "run", "tmp", "mnt"] {
         std::fs::create_dir_all(Path::new("/newroot").join(d))?;
     }
@@ -112,12 +133,13 @@ fn leave_initramfs() -> io::Result<()> {
     Err(err)
 }
 
-/// Early boot as PID 1. Returns the kernel command line.
+/// Early boot as PID 1 (best effort: failures are reported on the console).
+/// Returns the kernel command line.
 pub fn pid1_setup() -> io::Result<String> {
     leave_initramfs()?;
     let nosuid_nodev = libc::MS_NOSUID | libc::MS_NODEV;
-    mount_fs("proc", "/proc", "proc", nosuid_nodev | libc::MS_NOEXEC, "")?;
-    mount_fs("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID, "mode=0755")?;
+    mount_fs("proc", "/proc", "proc", nosuid_nodev | libc::MS_NOEXEC, "");
+    mount_fs("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID, "mode=0755");
     attach_console();
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     if let Some(word) = cmdline_value(&cmdline, ember_agent_api::CMDLINE_PROBE) {
@@ -126,14 +148,14 @@ pub fn pid1_setup() -> io::Result<String> {
         let _ = out.flush();
         power_off();
     }
-    mount_fs("sysfs", "/sys", "sysfs", nosuid_nodev | libc::MS_NOEXEC, "")?;
+    mount_fs("sysfs", "/sys", "sysfs", nosuid_nodev | libc::MS_NOEXEC, "");
     mount_fs(
         "devpts",
         "/dev/pts",
         "devpts",
         libc::MS_NOSUID | libc::MS_NOEXEC,
         "newinstance,ptmxmode=0666,mode=0620,gid=5",
-    )?;
+    );
     let ptmx = Path::new("/dev/ptmx");
     if std::fs::symlink_metadata(ptmx).is_ok_and(|m| !m.file_type().is_symlink()) {
         let _ = std::fs::remove_file(ptmx);
@@ -141,16 +163,16 @@ pub fn pid1_setup() -> io::Result<String> {
     if std::fs::symlink_metadata(ptmx).is_err() {
         symlink("pts/ptmx", ptmx)?;
     }
-    mount_fs("shm", "/dev/shm", "tmpfs", nosuid_nodev, "mode=1777")?;
-    mount_fs("tmpfs", "/run", "tmpfs", nosuid_nodev, "mode=0755")?;
-    mount_fs("tmpfs", "/tmp", "tmpfs", nosuid_nodev, "mode=1777")?;
+    mount_fs("shm", "/dev/shm", "tmpfs", nosuid_nodev, "mode=1777");
+    mount_fs("tmpfs", "/run", "tmpfs", nosuid_nodev, "mode=0755");
+    mount_fs("tmpfs", "/tmp", "tmpfs", nosuid_nodev, "mode=1777");
     mount_fs(
         "cgroup2",
         "/sys/fs/cgroup",
         "cgroup2",
         nosuid_nodev | libc::MS_NOEXEC,
         "nsdelegate",
-    )?;
+    );
     let hostname = cmdline_value(&cmdline, "ember.hostname")
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "ember".into());

@@ -569,6 +569,8 @@ impl Agent {
                         .map_err(|e| internal("start", e))?;
                 tracing::debug!(container = %id, ?outcome, "started");
                 if let Some(err) = outcome.error {
+                    // The process exits right after reporting; let its status settle.
+                    let _ = tokio::time::timeout(Duration::from_secs(2), p.wait()).await;
                     return Err(Status::failed_precondition(format!(
                         "starting container {id:?}: {err}"
                     )));
@@ -606,6 +608,7 @@ impl Agent {
                     }
                 }
                 if let Some(err) = outcome.error {
+                    let _ = tokio::time::timeout(Duration::from_secs(2), p.wait()).await;
                     return Err(Status::failed_precondition(format!(
                         "starting process {exec_id:?} in container {id:?}: {err}"
                     )));

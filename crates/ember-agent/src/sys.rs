@@ -49,6 +49,7 @@ pub fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// mount(2). Errors keep their errno (callers add context).
 pub fn mount(
     source: Option<&str>,
     target: &Path,
@@ -69,10 +70,19 @@ pub fn mount(
             dat.as_ref()
                 .map_or(std::ptr::null(), |s| s.as_ptr() as *const libc::c_void),
         )
-    })
-    .map_err(|e| io::Error::new(e.kind(), format!("mount {}: {e}", target.display())))?;
+    })?;
     Ok(())
 }
+
+/// The filesystem magic of `path` (statfs `f_type`).
+pub fn fs_magic(path: &Path) -> io::Result<i64> {
+    let c = cpath(path)?;
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    check(unsafe { libc::statfs(c.as_ptr(), &mut st) })?;
+    Ok(st.f_type as i64)
+}
+
+pub const CGROUP2_MAGIC: i64 = 0x6367_7270;
 
 pub fn umount(target: &Path, flags: libc::c_int) -> io::Result<()> {
     let tgt = cpath(target)?;

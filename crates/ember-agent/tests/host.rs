@@ -76,7 +76,28 @@ impl Harness {
             std::fs::create_dir_all(cg).unwrap();
         }
         let sock = dir.join("agent.sock");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ember-agent"));
+        // EMBER_AGENT_TEST_AS_PID1=1 runs the agent as PID 1 of fresh pid, mount, uts
+        // and net namespaces (with TMPDIR outside /tmp, which the agent mounts over),
+        // exercising its PID 1 setup and reaping.
+        let as_pid1 = std::env::var_os("EMBER_AGENT_TEST_AS_PID1").is_some();
+        let mut cmd = if as_pid1 {
+            let mut c = Command::new("unshare");
+            c.args([
+                "--pid",
+                "--fork",
+                "--kill-child",
+                "--mount",
+                "--uts",
+                "--net",
+                "--propagation",
+                "private",
+                "--",
+                env!("CARGO_BIN_EXE_ember-agent"),
+            ]);
+            c
+        } else {
+            Command::new(env!("CARGO_BIN_EXE_ember-agent"))
+        };
         cmd.arg("--listen")
             .arg(format!("unix:{}", sock.display()))
             .arg("--state-dir")
@@ -85,6 +106,11 @@ impl Harness {
             .arg("debug")
             .stdout(Stdio::piped());
         match &cgroup {
+            // As PID 1 the agent mounts the cgroup2 root at /sys/fs/cgroup itself.
+            Some(cg) if as_pid1 => cmd.arg("--cgroup-root").arg(
+                Path::new("/sys/fs/cgroup")
+                    .join(cg.strip_prefix(cgroup2_mount().unwrap()).unwrap()),
+            ),
             Some(cg) => cmd.arg("--cgroup-root").arg(cg),
             None => cmd.arg("--cgroup-root").arg("none"),
         };
@@ -147,7 +173,13 @@ impl Harness {
 
     /// Runs a container to completion: (status, stdout, stderr).
     async fn run(&self, id: &str, args: &[&str]) -> (u32, String, String) {
-        self.create(id, args, StdioConfig::default()).await;
+        self.run_spec(id, spec(args, false)).await
+    }
+
+    async fn run_spec(&self, id: &str, spec: serde_json::Value) -> (u32, String, String) {
+        self.try_create(id, spec, StdioConfig::default())
+            .await
+            .unwrap();
         let out = tokio::spawn(read_all(
             self.client.clone(),
             id.into(),
@@ -368,6 +400,46 @@ async fn basics_and_errors() {
     let e = h.client.start_process("nopath", "").await.unwrap_err();
     assert!(e.to_string().contains("not found in $PATH"), "{e}");
     h.client.remove_container("nopath").await.unwrap();
+
+    // Setup failures are clear errors and leave nothing behind.
+    let mut sp = spec(&["true"], false);
+    sp["mounts"].as_array_mut().unwrap().push(json!({
+        "destination": "/data", "type": "bind", "source": "/nonexistent/src", "options": ["rbind"]
+    }));
+    let e = h
+        .try_create("badmount", sp, StdioConfig::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
+    assert!(e.to_string().contains("/nonexistent/src"), "{e}");
+    assert!(!h.dir.join("state/badmount").exists());
+    h.client.list_pids("badmount").await.unwrap_err();
+
+    // Read-only root, a read-only bind mount, rlimits, a non-root user.
+    let data = h.dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("hello"), "hi\n").unwrap();
+    let mut sp = spec(
+        &[
+            "sh",
+            "-c",
+            "cat /data/hello; touch /x 2>/dev/null && echo rw || echo ro; \
+           touch /data/y 2>/dev/null && echo rw || echo ro; ulimit -n; id -u; id -G; \
+           cat /proc/self/status | grep -E '^(NoNewPrivs|CapEff)'",
+        ],
+        false,
+    );
+    sp["root"]["readonly"] = json!(true);
+    sp["process"]["user"] = json!({"uid": 1000, "gid": 1000, "additionalGids": [10, 20]});
+    sp["mounts"].as_array_mut().unwrap().push(json!({
+        "destination": "/data", "type": "bind", "source": data, "options": ["rbind", "ro"]
+    }));
+    let (st, out, err) = h.run_spec("ro", sp).await;
+    assert_eq!(st, 0, "{err}");
+    assert_eq!(
+        out,
+        "hi\nro\nro\n1024\n1000\n1000 10 20\nCapEff:\t0000000000000000\nNoNewPrivs:\t1\n"
+    );
 
     // A removed-before-start container goes away cleanly.
     h.create("unstarted", &["true"], StdioConfig::default())
@@ -677,4 +749,23 @@ async fn garbage_does_not_kill_the_agent() {
     let c = AgentClient::new(s);
     c.ping(Duration::from_secs(5)).await.unwrap();
     h.client.ping(Duration::from_secs(5)).await.unwrap();
+
+    // Shutdown on a host: the agent cleans up and exits.
+    h.create("left", &["sleep", "1000"], StdioConfig::default())
+        .await;
+    h.client.start_process("left", "").await.unwrap();
+    h.client.shutdown().await.unwrap();
+    let mut h = h;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(st) = h.agent.try_wait().unwrap() {
+            // As PID 1 of a pid namespace, reboot(POWER_OFF) ends it with SIGINT.
+            use std::os::unix::process::ExitStatusExt;
+            assert!(st.success() || st.signal() == Some(libc::SIGINT), "{st:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "agent did not exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!h.dir.join("state/left").exists());
 }
