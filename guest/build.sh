@@ -15,7 +15,7 @@ echo "building ember-agent (static)" >&2
 (cd "$repo" && RUSTFLAGS="-C target-feature=+crt-static" \
   cargo build --release --locked -q -p ember-agent --target x86_64-unknown-linux-gnu >&2)
 agent="$repo/target/x86_64-unknown-linux-gnu/release/ember-agent"
-if ldd "$agent" >/dev/null 2>&1; then
+if ! ldd "$agent" 2>&1 | grep -qE "statically linked|not a dynamic executable"; then
   echo "ember-agent is not statically linked" >&2
   exit 1
 fi

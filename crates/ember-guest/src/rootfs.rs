@@ -128,6 +128,10 @@ pub fn make_ext4(dir: &Path, image: &Path, size_mib: u32) -> Result<(), Error> {
 /// The default OCI runtime spec (as `runc spec` makes it) running `args`.
 pub fn default_spec(args: &[&str], terminal: bool) -> oci_spec::runtime::Spec {
     let mut spec = oci_spec::runtime::Spec::default();
+    spec.set_hostname(Some("ember".into()));
+    if let Some(root) = spec.root_mut() {
+        root.set_readonly(Some(false));
+    }
     if let Some(p) = spec.process_mut() {
         p.set_args(Some(args.iter().map(|s| s.to_string()).collect()));
         p.set_terminal(Some(terminal));

@@ -61,10 +61,10 @@ async fn uname_exit_codes_and_stdin() {
 async fn twenty_mib_of_stdout_arrives_complete() {
     let dir = tempfile::tempdir().unwrap();
     let sb = boot(dir.path(), "bigout", &["c1"]).await;
-    // Distinct bytes, so a lost or repeated chunk changes the checksum.
-    let script =
-        "i=0; while [ $i -lt 20 ]; do head -c 1048576 /dev/urandom > /tmp/$i; i=$((i+1)); done; \
-                  cat /tmp/[0-9]* | tee /tmp/all | md5sum >&2; cat /tmp/all";
+    // Random bytes, checksummed in the guest as they are written: a lost, repeated or
+    // reordered chunk changes the checksum.
+    let script = "mkfifo /tmp/sum; md5sum < /tmp/sum >&2 & \
+                  head -c 20971520 /dev/urandom | tee /tmp/sum; wait";
     let out = run(&sb, "big", "c1", &["sh", "-c", script], None).await;
     assert_eq!(
         out.status,
@@ -72,7 +72,12 @@ async fn twenty_mib_of_stdout_arrives_complete() {
         "stderr: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(out.stdout.len(), 20 << 20);
+    assert_eq!(
+        out.stdout.len(),
+        20 << 20,
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let want = String::from_utf8_lossy(&out.stderr)
         .split_whitespace()
         .next()
