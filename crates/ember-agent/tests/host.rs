@@ -51,12 +51,59 @@ struct Harness {
     dir: PathBuf,
     rootfs: PathBuf,
     cgroup: Option<PathBuf>,
-    agent: Child,
+    agent: Option<Child>,
     client: AgentClient,
+    /// Talking to an agent inside a VM (see `vm()`), not one started here.
+    vm: Option<Vm>,
+}
+
+/// A booted guest to test against instead of a host agent: the QEMU chardev socket
+/// of the `ember.agent` port (EMBER_AGENT_TEST_VM_SOCK) and the serial of a virtio
+/// disk holding an ext4 busybox rootfs (EMBER_AGENT_TEST_VM_SERIAL). One
+/// connection at a time: run with `--test-threads 1`.
+#[derive(Clone)]
+struct Vm {
+    sock: PathBuf,
+    serial: String,
+}
+
+fn vm() -> Option<Vm> {
+    Some(Vm {
+        sock: std::env::var_os("EMBER_AGENT_TEST_VM_SOCK")?.into(),
+        serial: std::env::var("EMBER_AGENT_TEST_VM_SERIAL").unwrap_or_else(|_| "rootfs".into()),
+    })
+}
+
+/// Connects to the VM's agent port; the previous test's session may still be ending.
+async fn connect_vm(vm: &Vm) -> AgentClient {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(s) = tokio::net::UnixStream::connect(&vm.sock).await {
+            let c = AgentClient::new(s);
+            if c.ping(Duration::from_secs(2)).await.is_ok() {
+                return c;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "agent in the VM does not answer"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 impl Harness {
     async fn start(name: &str) -> Harness {
+        if let Some(vm) = vm() {
+            return Harness {
+                dir: PathBuf::from("/nonexistent"),
+                rootfs: PathBuf::from("/nonexistent"),
+                cgroup: None,
+                agent: None,
+                client: connect_vm(&vm).await,
+                vm: Some(vm),
+            };
+        }
         let dir = std::env::temp_dir().join(format!("ember-agent-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let rootfs = dir.join("rootfs");
@@ -132,12 +179,26 @@ impl Harness {
             dir,
             rootfs,
             cgroup,
-            agent,
+            agent: Some(agent),
             client,
+            vm: None,
         }
     }
 
+    fn has_cgroups(&self) -> bool {
+        self.cgroup.is_some() || self.vm.is_some()
+    }
+
     fn rootfs(&self) -> BlockRootfs {
+        if let Some(vm) = &self.vm {
+            return BlockRootfs {
+                serial: vm.serial.clone(),
+                fstype: "ext4".into(),
+                options: String::new(),
+                read_only: false,
+                subpath: String::new(),
+            };
+        }
         BlockRootfs {
             serial: format!("path:{}", self.rootfs.display()),
             fstype: String::new(),
@@ -177,6 +238,14 @@ impl Harness {
     }
 
     async fn run_spec(&self, id: &str, spec: serde_json::Value) -> (u32, String, String) {
+        let r = self.run_spec_keep(id, spec).await;
+        self.client.remove_container(id).await.unwrap();
+        eprintln!("[{id}] removed");
+        r
+    }
+
+    /// Runs a container to completion without removing it.
+    async fn run_spec_keep(&self, id: &str, spec: serde_json::Value) -> (u32, String, String) {
         self.try_create(id, spec, StdioConfig::default())
             .await
             .unwrap();
@@ -199,8 +268,6 @@ impl Harness {
         let out = String::from_utf8(out.await.unwrap()).unwrap();
         let err = String::from_utf8(err.await.unwrap()).unwrap();
         eprintln!("[{id}] output read");
-        self.client.remove_container(id).await.unwrap();
-        eprintln!("[{id}] removed");
         (st, out, err)
     }
 }
@@ -222,8 +289,9 @@ async fn read_all(c: AgentClient, id: String, exec: String, stream: OutputStream
 
 impl Drop for Harness {
     fn drop(&mut self) {
-        let _ = self.agent.kill();
-        let _ = self.agent.wait();
+        let Some(agent) = &mut self.agent else { return };
+        let _ = agent.kill();
+        let _ = agent.wait();
         if let Some(cg) = &self.cgroup {
             // Children first.
             if let Ok(rd) = std::fs::read_dir(cg.join("ember")) {
@@ -296,8 +364,11 @@ async fn basics_and_errors() {
     require_root!();
     let h = Harness::start("basics").await;
     let ping = h.client.ping(Duration::from_secs(5)).await.unwrap();
-    let uname =
-        String::from_utf8(Command::new("uname").arg("-r").output().unwrap().stdout).unwrap();
+    let uname = if h.vm.is_some() {
+        ping.kernel_release.clone()
+    } else {
+        String::from_utf8(Command::new("uname").arg("-r").output().unwrap().stdout).unwrap()
+    };
     assert_eq!(ping.kernel_release, uname.trim());
 
     let (st, out, _) = h.run("uname", &["uname", "-r"]).await;
@@ -412,23 +483,27 @@ async fn basics_and_errors() {
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
     assert!(e.to_string().contains("/nonexistent/src"), "{e}");
-    assert!(!h.dir.join("state/badmount").exists());
+    if h.vm.is_none() {
+        assert!(!h.dir.join("state/badmount").exists());
+    }
     h.client.list_pids("badmount").await.unwrap_err();
 
     // Read-only root, a read-only bind mount, rlimits, a non-root user.
-    let data = h.dir.join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    std::fs::write(data.join("hello"), "hi\n").unwrap();
-    let mut sp = spec(
-        &[
-            "sh",
-            "-c",
-            "cat /data/hello; touch /x 2>/dev/null && echo rw || echo ro; \
-           touch /data/y 2>/dev/null && echo rw || echo ro; ulimit -n; id -u; id -G; \
-           cat /proc/self/status | grep -E '^(NoNewPrivs|CapEff)'",
-        ],
-        false,
+    // (A directory of the agent's side with a known file in it.)
+    let (data, file, content) = if h.vm.is_some() {
+        (PathBuf::from("/proc/sys/kernel"), "ostype", "Linux")
+    } else {
+        let data = h.dir.join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("hello"), "hi\n").unwrap();
+        (data, "hello", "hi")
+    };
+    let script = format!(
+        "cat /data/{file}; touch /x 2>/dev/null && echo rw || echo ro; \
+         touch /data/y 2>/dev/null && echo rw || echo ro; ulimit -n; id -u; id -G; \
+         cat /proc/self/status | grep -E '^(NoNewPrivs|CapEff)'"
     );
+    let mut sp = spec(&["sh", "-c", &script], false);
     sp["root"]["readonly"] = json!(true);
     sp["process"]["user"] = json!({"uid": 1000, "gid": 1000, "additionalGids": [10, 20]});
     sp["mounts"].as_array_mut().unwrap().push(json!({
@@ -438,7 +513,7 @@ async fn basics_and_errors() {
     assert_eq!(st, 0, "{err}");
     assert_eq!(
         out,
-        "hi\nro\nro\n1024\n1000\n1000 10 20\nCapEff:\t0000000000000000\nNoNewPrivs:\t1\n"
+        format!("{content}\nro\nro\n1024\n1000\n1000 10 20\nCapEff:\t0000000000000000\nNoNewPrivs:\t1\n")
     );
 
     // A removed-before-start container goes away cleanly.
@@ -591,28 +666,35 @@ async fn exec_signal_pause_stats() {
         .await
         .unwrap();
     let e3 = h.client.start_process("svc", "e3").await.unwrap();
-    if let Some(cgroot) = &h.cgroup {
+    if h.has_cgroups() {
         let pids = h.client.list_pids("svc").await.unwrap();
         assert!(
             pids.contains(&pid) && pids.contains(&e3),
             "{pids:?} lacks {pid} or {e3}"
         );
         h.client.pause_container("svc").await.unwrap();
-        let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        let cg = cgroot.join("ember/svc/cgroup.events");
-        assert!(
-            std::fs::read_to_string(cg).unwrap().contains("frozen 1"),
-            "{st}"
-        );
+        if let Some(cgroot) = &h.cgroup {
+            let cg = cgroot.join("ember/svc/cgroup.events");
+            assert!(std::fs::read_to_string(cg).unwrap().contains("frozen 1"));
+        }
         h.client.resume_container("svc").await.unwrap();
         let e = h.client.resume_container("svc").await.unwrap_err();
         assert_eq!(e.code(), Code::FailedPrecondition);
-        let stats = h.client.stats("svc").await.unwrap();
-        println!("stats: {stats:?}");
         h.client
             .update_container("svc", br#"{"pids":{"limit":100}}"#.to_vec())
             .await
             .unwrap();
+        let stats = h.client.stats("svc").await.unwrap();
+        println!("stats: {stats:?}");
+        if h.vm.is_some() {
+            // All controllers are there in the guest.
+            assert_eq!(stats.pids_limit, 100);
+            assert_eq!(stats.pids_current, 2);
+            assert!(
+                stats.memory_usage_bytes > 0 && stats.cpu_usage_usec > 0,
+                "{stats:?}"
+            );
+        }
         let e = h
             .client
             .update_container("svc", b"nope".to_vec())
@@ -729,36 +811,72 @@ async fn pty_resize() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_does_not_kill_the_agent() {
     require_root!();
-    let h = Harness::start("garbage").await;
-    let sock = h.dir.join("agent.sock");
+    let mut h = Harness::start("garbage").await;
+    let sock = match &h.vm {
+        Some(vm) => {
+            // One connection at a time on a serial port: let go of ours.
+            let dead = AgentClient::new(tokio::io::duplex(1).0);
+            drop(std::mem::replace(&mut h.client, dead));
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            vm.sock.clone()
+        }
+        None => h.dir.join("agent.sock"),
+    };
     {
         use tokio::io::AsyncWriteExt;
         let mut s = tokio::net::UnixStream::connect(&sock).await.unwrap();
         s.write_all(b"GET / HTTP/1.1\r\n\r\n\x00\x00\x00\xff\xff\xff\xff\xff")
             .await
             .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // More garbage while the agent discards input.
+        let _ = s.write_all(&[0xffu8; 100_000]).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // A dropped connection with a pending long poll.
     {
-        let s = tokio::net::UnixStream::connect(&sock).await.unwrap();
-        let c = AgentClient::new(s);
+        let c = match &h.vm {
+            Some(vm) => connect_vm(vm).await,
+            None => AgentClient::new(tokio::net::UnixStream::connect(&sock).await.unwrap()),
+        };
         let _ = tokio::time::timeout(Duration::from_millis(200), c.wait_oom()).await;
     }
-    let s = tokio::net::UnixStream::connect(&sock).await.unwrap();
-    let c = AgentClient::new(s);
+    let c = match &h.vm {
+        Some(vm) => connect_vm(vm).await,
+        None => AgentClient::new(tokio::net::UnixStream::connect(&sock).await.unwrap()),
+    };
     c.ping(Duration::from_secs(5)).await.unwrap();
-    h.client.ping(Duration::from_secs(5)).await.unwrap();
+    if h.vm.is_none() {
+        h.client.ping(Duration::from_secs(5)).await.unwrap();
+    }
+}
 
-    // Shutdown on a host: the agent cleans up and exits.
+/// Shutdown: the agent cleans up and exits (powers off as PID 1). In VM mode only
+/// with EMBER_AGENT_TEST_VM_SHUTDOWN=1, as it ends the VM (named to run last).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zz_shutdown() {
+    require_root!();
+    if vm().is_some() && std::env::var_os("EMBER_AGENT_TEST_VM_SHUTDOWN").is_none() {
+        eprintln!("SKIPPED: shutdown would end the VM");
+        return;
+    }
+    let mut h = Harness::start("shutdown").await;
     h.create("left", &["sleep", "1000"], StdioConfig::default())
         .await;
     h.client.start_process("left", "").await.unwrap();
     h.client.shutdown().await.unwrap();
-    let mut h = h;
+    let Some(agent) = &mut h.agent else {
+        // The VM powers off: the connection ends.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !h.client.is_closed() {
+            assert!(std::time::Instant::now() < deadline, "VM did not power off");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        return;
+    };
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        if let Some(st) = h.agent.try_wait().unwrap() {
+        if let Some(st) = agent.try_wait().unwrap() {
             // As PID 1 of a pid namespace, reboot(POWER_OFF) ends it with SIGINT.
             use std::os::unix::process::ExitStatusExt;
             assert!(st.success() || st.signal() == Some(libc::SIGINT), "{st:?}");
@@ -768,4 +886,40 @@ async fn garbage_does_not_kill_the_agent() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(!h.dir.join("state/left").exists());
+}
+
+/// OOM kills reach WaitOom and Stats (needs the memory controller: VM mode).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oom() {
+    require_root!();
+    if vm().is_none() {
+        eprintln!("SKIPPED: no memory controller on the test host; run in VM mode");
+        return;
+    }
+    let h = Harness::start("oom").await;
+    let oom = tokio::spawn({
+        let c = h.client.clone();
+        async move { c.wait_oom().await }
+    });
+    let mut sp = spec(
+        &[
+            "sh",
+            "-c",
+            "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived",
+        ],
+        false,
+    );
+    sp["linux"]["resources"] = json!({"memory": {"limit": 33554432, "swap": 33554432}});
+    let (st, out, _) = h.run_spec_keep("hog", sp).await;
+    assert!(!out.contains("survived"), "{st} {out}");
+    let ev = tokio::time::timeout(Duration::from_secs(5), oom)
+        .await
+        .expect("no OOM event")
+        .unwrap()
+        .unwrap();
+    assert_eq!(ev.container_id, "hog");
+    let stats = h.client.stats("hog").await.unwrap();
+    assert!(stats.oom_kills >= 1, "{stats:?}");
+    assert_eq!(stats.memory_limit_bytes, 33554432);
+    h.client.remove_container("hog").await.unwrap();
 }
