@@ -1,0 +1,330 @@
+//! Thin wrappers over the `*at` system calls the applier is built from. Every
+//! path handed to them is one name relative to a directory descriptor, or is
+//! resolved with `openat2(RESOLVE_BENEATH)`, so nothing here follows a symlink out
+//! of the root.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+fn cstr(b: &[u8]) -> io::Result<CString> {
+    CString::new(b).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "name contains NUL"))
+}
+
+fn check(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// Opens a directory (not following a final symlink) by absolute or relative path.
+pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
+    let c = cstr(path.as_os_str().as_bytes())?;
+    let fd = check(unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+        )
+    })?;
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+const RESOLVE_BENEATH: u64 = 0x08;
+
+/// Opens `rel` below `dir`, resolving every symlink on the way inside `dir`; a
+/// resolution that would leave `dir` (absolute symlinks, `..` above it) fails with
+/// `EXDEV`. An empty `rel` opens `dir` itself.
+pub fn open_beneath(dir: &impl AsRawFd, rel: &[u8], flags: libc::c_int) -> io::Result<OwnedFd> {
+    let rel = if rel.is_empty() { &b"."[..] } else { rel };
+    let c = cstr(rel)?;
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS,
+    };
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Opens one name in `dir` without following it.
+pub fn open_at(
+    dir: &impl AsRawFd,
+    name: &[u8],
+    flags: libc::c_int,
+    mode: u32,
+) -> io::Result<OwnedFd> {
+    let c = cstr(name)?;
+    let fd = check(unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            flags | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+            mode as libc::c_uint,
+        )
+    })?;
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `lstat` of one name in `dir`; `None` when it does not exist.
+pub fn stat_at(dir: &impl AsRawFd, name: &[u8]) -> io::Result<Option<libc::stat>> {
+    let c = cstr(name)?;
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    let r = unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ENOENT) {
+            return Ok(None);
+        }
+        return Err(e);
+    }
+    Ok(Some(st))
+}
+
+pub fn fstat(fd: &impl AsRawFd) -> io::Result<libc::stat> {
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    check(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+    Ok(st)
+}
+
+pub fn mkdir_at(dir: &impl AsRawFd, name: &[u8], mode: u32) -> io::Result<()> {
+    let c = cstr(name)?;
+    check(unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), mode as libc::mode_t) })?;
+    Ok(())
+}
+
+pub fn mknod_at(dir: &impl AsRawFd, name: &[u8], mode: u32, dev: libc::dev_t) -> io::Result<()> {
+    let c = cstr(name)?;
+    check(unsafe { libc::mknodat(dir.as_raw_fd(), c.as_ptr(), mode as libc::mode_t, dev) })?;
+    Ok(())
+}
+
+pub fn symlink_at(target: &[u8], dir: &impl AsRawFd, name: &[u8]) -> io::Result<()> {
+    let t = cstr(target)?;
+    let c = cstr(name)?;
+    check(unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), c.as_ptr()) })?;
+    Ok(())
+}
+
+pub fn link_at(
+    from_dir: &impl AsRawFd,
+    from: &[u8],
+    to_dir: &impl AsRawFd,
+    to: &[u8],
+) -> io::Result<()> {
+    let f = cstr(from)?;
+    let t = cstr(to)?;
+    check(unsafe {
+        libc::linkat(
+            from_dir.as_raw_fd(),
+            f.as_ptr(),
+            to_dir.as_raw_fd(),
+            t.as_ptr(),
+            0,
+        )
+    })?;
+    Ok(())
+}
+
+pub fn unlink_at(dir: &impl AsRawFd, name: &[u8], is_dir: bool) -> io::Result<()> {
+    let c = cstr(name)?;
+    let flags = if is_dir { libc::AT_REMOVEDIR } else { 0 };
+    check(unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), flags) })?;
+    Ok(())
+}
+
+/// Removes one name in `dir`, recursively when it is a directory; never follows
+/// symlinks.
+pub fn remove_all_at(dir: &impl AsRawFd, name: &[u8]) -> io::Result<()> {
+    let Some(st) = stat_at(dir, name)? else {
+        return Ok(());
+    };
+    if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+        let sub = open_at(dir, name, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+        for child in list_dir(&sub)? {
+            remove_all_at(&sub, &child)?;
+        }
+        drop(sub);
+        unlink_at(dir, name, true)
+    } else {
+        unlink_at(dir, name, false)
+    }
+}
+
+/// The names in a directory (without `.` and `..`).
+pub fn list_dir(dir: &impl AsRawFd) -> io::Result<Vec<Vec<u8>>> {
+    let path = format!("/proc/self/fd/{}", dir.as_raw_fd());
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(path)? {
+        out.push(e?.file_name().as_bytes().to_vec());
+    }
+    Ok(out)
+}
+
+pub fn fchown(fd: &impl AsRawFd, uid: u32, gid: u32) -> io::Result<()> {
+    check(unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) })?;
+    Ok(())
+}
+
+pub fn fchmod(fd: &impl AsRawFd, mode: u32) -> io::Result<()> {
+    check(unsafe { libc::fchmod(fd.as_raw_fd(), mode as libc::mode_t) })?;
+    Ok(())
+}
+
+pub fn lchown_at(dir: &impl AsRawFd, name: &[u8], uid: u32, gid: u32) -> io::Result<()> {
+    let c = cstr(name)?;
+    check(unsafe {
+        libc::fchownat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            uid,
+            gid,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    Ok(())
+}
+
+/// chmod of a name known not to be a symlink (a device or fifo just made).
+pub fn chmod_at(dir: &impl AsRawFd, name: &[u8], mode: u32) -> io::Result<()> {
+    let c = cstr(name)?;
+    check(unsafe { libc::fchmodat(dir.as_raw_fd(), c.as_ptr(), mode as libc::mode_t, 0) })?;
+    Ok(())
+}
+
+fn timespec(t: (i64, u32)) -> libc::timespec {
+    libc::timespec {
+        tv_sec: t.0 as libc::time_t,
+        tv_nsec: t.1 as libc::c_long,
+    }
+}
+
+pub fn futimes(fd: &impl AsRawFd, atime: (i64, u32), mtime: (i64, u32)) -> io::Result<()> {
+    let ts = [timespec(atime), timespec(mtime)];
+    check(unsafe { libc::futimens(fd.as_raw_fd(), ts.as_ptr()) })?;
+    Ok(())
+}
+
+pub fn lutimes_at(
+    dir: &impl AsRawFd,
+    name: &[u8],
+    atime: (i64, u32),
+    mtime: (i64, u32),
+) -> io::Result<()> {
+    let c = cstr(name)?;
+    let ts = [timespec(atime), timespec(mtime)];
+    check(unsafe {
+        libc::utimensat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            ts.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    Ok(())
+}
+
+pub fn fsetxattr(fd: &impl AsRawFd, name: &str, value: &[u8]) -> io::Result<()> {
+    let n = cstr(name.as_bytes())?;
+    check(unsafe {
+        libc::fsetxattr(
+            fd.as_raw_fd(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    })?;
+    Ok(())
+}
+
+/// Sets an extended attribute on one name in `dir` without following it.
+pub fn lsetxattr_at(dir: &impl AsRawFd, name: &[u8], attr: &str, value: &[u8]) -> io::Result<()> {
+    let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+    p.extend_from_slice(name);
+    let p = cstr(&p)?;
+    let n = cstr(attr.as_bytes())?;
+    check(unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    })?;
+    Ok(())
+}
+
+/// The extended attributes of a path (not following a final symlink).
+pub fn lxattrs(path: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
+    let p = cstr(path.as_os_str().as_bytes())?;
+    let mut names = vec![0u8; 1024];
+    let n = loop {
+        let r = unsafe { libc::llistxattr(p.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::ERANGE) => {
+                    names.resize(names.len() * 4, 0);
+                    continue;
+                }
+                Some(libc::ENOTSUP) => return Ok(Vec::new()),
+                _ => return Err(e),
+            }
+        }
+        break r as usize;
+    };
+    let mut out = Vec::new();
+    for name in names[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let cn = cstr(name)?;
+        let mut val = vec![0u8; 256];
+        let len = loop {
+            let r = unsafe {
+                libc::lgetxattr(p.as_ptr(), cn.as_ptr(), val.as_mut_ptr().cast(), val.len())
+            };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::ERANGE) {
+                    val.resize(val.len() * 4, 0);
+                    continue;
+                }
+                return Err(e);
+            }
+            break r as usize;
+        };
+        val.truncate(len);
+        out.push((String::from_utf8_lossy(name).into_owned(), val));
+    }
+    out.sort();
+    Ok(out)
+}
