@@ -18,6 +18,20 @@ struct Containerd {
     sock: PathBuf,
 }
 
+/// Pids of processes whose command line contains all of `needles`.
+fn pids_matching(needles: &[&str]) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_string_lossy().parse().ok()?;
+            let b = std::fs::read(e.path().join("cmdline")).ok()?;
+            let s = String::from_utf8_lossy(&b).replace('\0', " ");
+            needles.iter().all(|n| s.contains(n)).then_some(pid)
+        })
+        .collect()
+}
+
 impl Containerd {
     fn start() -> Containerd {
         let dir = tempfile::Builder::new()
@@ -47,35 +61,9 @@ impl Containerd {
             ),
         )
         .unwrap();
-        let shim_dir = Path::new(env!("CARGO_BIN_EXE_containerd-shim-ember-v2"))
-            .parent()
-            .unwrap()
-            .to_path_buf();
-        let path = format!(
-            "{}:{}",
-            shim_dir.display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(d.join("config.toml"))
-            .env("PATH", path)
-            .env("EMBER_RUNTIME_CONFIG", d.join("runtime.toml"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("containerd (apt-get install containerd)");
+        let child = Self::spawn(d);
         let c = Containerd { dir, child, sock };
-        let t = Instant::now();
-        while !c.ctr(&["version"]).status.success() {
-            assert!(
-                t.elapsed() < Duration::from_secs(30),
-                "containerd did not start: {}",
-                c.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        c.wait_ready();
         let archive = c.dir.path().join("busybox.tar");
         ember_guest::busybox_docker_archive(&archive, IMAGE).unwrap();
         let out = c.ctr(&["images", "import", archive.to_str().unwrap()]);
@@ -85,6 +73,52 @@ impl Containerd {
             String::from_utf8_lossy(&out.stderr)
         );
         c
+    }
+
+    fn spawn(d: &Path) -> Child {
+        let shim_dir = Path::new(env!("CARGO_BIN_EXE_containerd-shim-ember-v2"))
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        let path = format!(
+            "{}:{}",
+            shim_dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.join("containerd.log"))
+            .unwrap();
+        Command::new("containerd")
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .env("PATH", path)
+            .env("EMBER_RUNTIME_CONFIG", d.join("runtime.toml"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("containerd (apt-get install containerd)")
+    }
+
+    fn wait_ready(&self) {
+        let t = Instant::now();
+        while !self.ctr(&["version"]).status.success() {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "containerd did not start: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Kills containerd (shims keep running) and starts it again on the same root.
+    fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(self.dir.path());
+        self.wait_ready();
     }
 
     fn cmd(&self) -> Command {
@@ -494,5 +528,103 @@ fn sequential_and_concurrent_runs_leave_nothing() {
         assert!(out.status.success(), "par{i}: {}", text(&out.stderr));
         assert_eq!(text(&out.stdout), format!("{i}\n"));
     }
+    c.assert_clean();
+}
+
+#[test]
+fn killed_shim_takes_its_vmm_along() {
+    let c = Containerd::start();
+    let out = c.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "orphan",
+        "sleep",
+        "1000",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let sock = c.sock.display().to_string();
+    let dir = c.dir.path().display().to_string();
+    let shims = pids_matching(&["containerd-shim-ember-v2", &sock, "serve"]);
+    assert_eq!(shims.len(), 1, "{shims:?}");
+    assert_eq!(pids_matching(&["qemu-system", &dir]).len(), 1);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shims[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let t = Instant::now();
+    while !pids_matching(&["qemu-system", &dir]).is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "the VMM outlived its shim by over a second"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // containerd notices the dead shim; the task is cleaned up through `shim delete`.
+    let t = Instant::now();
+    loop {
+        let _ = c.ctr(&["task", "delete", "-f", "orphan"]);
+        let _ = c.ctr(&["containers", "rm", "orphan"]);
+        if !text(&c.ctr(&["containers", "ls", "-q"]).stdout).contains("orphan") {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "container stayed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    c.assert_clean();
+}
+
+#[test]
+fn containerd_restart_reconnects_to_the_running_shim() {
+    let mut c = Containerd::start();
+    let out = c.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "survivor",
+        "sh",
+        "-c",
+        "exec sleep 1000",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let dir = c.dir.path().display().to_string();
+    let vmm = pids_matching(&["qemu-system", &dir]);
+    assert_eq!(vmm.len(), 1);
+    c.restart();
+    let out = c.ctr(&["task", "ls"]);
+    assert!(
+        text(&out.stdout).contains("RUNNING"),
+        "after restart: {}",
+        text(&out.stdout)
+    );
+    assert_eq!(
+        pids_matching(&["qemu-system", &dir]),
+        vmm,
+        "the VM was replaced"
+    );
+    let out = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "after",
+        "survivor",
+        "echo",
+        "still-here",
+    ]);
+    assert_eq!(text(&out.stdout), "still-here\n", "{}", text(&out.stderr));
+    let out = c.ctr(&["task", "kill", "-s", "SIGKILL", "survivor"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let t = Instant::now();
+    while !text(&c.ctr(&["task", "ls"]).stdout).contains("STOPPED") {
+        assert!(t.elapsed() < Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(c.ctr(&["task", "delete", "survivor"]).status.success());
+    assert!(c.ctr(&["containers", "rm", "survivor"]).status.success());
     c.assert_clean();
 }
