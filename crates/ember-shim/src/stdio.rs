@@ -89,7 +89,7 @@ async fn spawn_logger(uri: &str, namespace: &str, id: &str) -> Result<(Sink, Sin
         .split('&')
         .filter(|s| !s.is_empty())
         .map(|kv| match kv.split_once('=') {
-            Some((k, v)) if v.is_empty() => k.to_string(),
+            Some((k, "")) => k.to_string(),
             Some((k, v)) => format!("{k}={v}"),
             None => kv.to_string(),
         })
