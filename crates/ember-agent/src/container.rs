@@ -123,7 +123,7 @@ fn fail(report_fd: RawFd, e: io::Error, code: i32) -> ! {
 }
 
 /// Body of the cloned container init. Never returns.
-pub fn init_child(plan: &Plan, report_fd: RawFd, start_fd: RawFd) -> ! {
+pub fn init_child(plan: &Plan, report_fd: RawFd, start_fd: RawFd, console_fd: RawFd) -> ! {
     let Plan::Init {
         spec,
         rootfs,
@@ -134,7 +134,7 @@ pub fn init_child(plan: &Plan, report_fd: RawFd, start_fd: RawFd) -> ! {
         unsafe { libc::_exit(1) }
     };
     reset_signals();
-    if let Err(e) = setup_init(spec, rootfs, *terminal, report_fd) {
+    if let Err(e) = setup_init(spec, rootfs, *terminal, report_fd, console_fd) {
         fail(report_fd, e, 1);
     }
     report(report_fd, "ready", "");
@@ -158,7 +158,7 @@ pub fn init_child(plan: &Plan, report_fd: RawFd, start_fd: RawFd) -> ! {
 }
 
 /// Body of a cloned exec process (already in the container's namespaces).
-pub fn exec_child(plan: &Plan, report_fd: RawFd) -> ! {
+pub fn exec_child(plan: &Plan, report_fd: RawFd, console_fd: RawFd) -> ! {
     let Plan::Exec {
         process, terminal, ..
     } = plan
@@ -166,6 +166,9 @@ pub fn exec_child(plan: &Plan, report_fd: RawFd) -> ! {
         unsafe { libc::_exit(1) }
     };
     reset_signals();
+    if *terminal {
+        container_pty(console_fd);
+    }
     if let Err(e) = session(*terminal) {
         fail(report_fd, e, 1);
     }
@@ -194,7 +197,42 @@ fn session(terminal: bool) -> io::Result<()> {
     Ok(())
 }
 
-fn setup_init(spec: &Spec, rootfs: &Path, terminal: bool, report_fd: RawFd) -> io::Result<()> {
+/// Opens the process's terminal in the container's devpts (where `/dev/ptmx` leads
+/// now), makes it fds 0-2 and sends the master to the agent over `console_fd`.
+/// Without a devpts there, keeps the agent's fallback pty (already fds 0-2).
+/// Returns the pty number when it opened one.
+fn container_pty(console_fd: RawFd) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    if console_fd < 0 {
+        return None;
+    }
+    let res = crate::stdio::open_pty_here().and_then(|(master, slave)| {
+        let n = crate::stdio::pty_number(master.as_raw_fd())?;
+        for t in 0..3 {
+            check(unsafe { libc::dup2(slave.as_raw_fd(), t) })?;
+        }
+        drop(slave);
+        crate::stdio::send_fd(console_fd, Some(master.as_raw_fd()))?;
+        Ok(n)
+    });
+    let n = match res {
+        Ok(n) => Some(n),
+        Err(_) => {
+            let _ = crate::stdio::send_fd(console_fd, None);
+            None
+        }
+    };
+    unsafe { libc::close(console_fd) };
+    n
+}
+
+fn setup_init(
+    spec: &Spec,
+    rootfs: &Path,
+    terminal: bool,
+    report_fd: RawFd,
+    console_fd: RawFd,
+) -> io::Result<()> {
     // Nothing we mount may propagate back to the agent's namespace.
     sys::mount(
         None,
@@ -225,13 +263,6 @@ fn setup_init(spec: &Spec, rootfs: &Path, terminal: bool, report_fd: RawFd) -> i
     }
     if dev_is_tmpfs {
         create_default_devices(rootfs)?;
-        if terminal {
-            // /dev/console is the container's terminal.
-            let console = rootfs.join("dev/console");
-            if std::fs::File::create(&console).is_ok() {
-                let _ = sys::mount(Some("/proc/self/fd/0"), &console, None, libc::MS_BIND, None);
-            }
-        }
     }
     let linux = spec.linux().clone().unwrap_or_default();
     for d in linux.devices().clone().unwrap_or_default() {
@@ -300,6 +331,20 @@ fn setup_init(spec: &Spec, rootfs: &Path, terminal: bool, report_fd: RawFd) -> i
     if let Some(d) = spec.domainname().as_deref().filter(|h| !h.is_empty()) {
         check(unsafe { libc::setdomainname(d.as_ptr() as *const libc::c_char, d.len()) })
             .map_err(|e| err("setdomainname", e))?;
+    }
+    if terminal {
+        let n = container_pty(console_fd);
+        if dev_is_tmpfs {
+            // /dev/console is the container's terminal.
+            let console = Path::new("/dev/console");
+            let target = match n {
+                Some(n) => format!("/dev/pts/{n}"),
+                None => "/proc/self/fd/0".to_string(),
+            };
+            if std::fs::File::create(console).is_ok() {
+                let _ = sys::mount(Some(&target), console, None, libc::MS_BIND, None);
+            }
+        }
     }
     session(terminal)?;
     Ok(())

@@ -43,7 +43,19 @@ enum Pending {
     Exec {
         process: Box<Process>,
         stdio: [OwnedFd; 3],
+        /// The pty setup and the process's end of the console socket.
+        pty: Option<(PtySetup, OwnedFd)>,
     },
+}
+
+/// A terminal being set up. The process allocates its pty in the container's own
+/// devpts (so that `ttyname()` works there) and passes the master back over
+/// `console`; until then, and if that fails, it uses the `fallback` pair the agent
+/// allocated in its own devpts.
+struct PtySetup {
+    fallback_master: OwnedFd,
+    /// The agent's end of the console socket (the process's end goes to the helper).
+    console: OwnedFd,
 }
 
 pub struct Proc {
@@ -56,11 +68,43 @@ pub struct Proc {
     stdin_enabled: bool,
     stdout: Arc<OutputBuf>,
     stderr: Arc<OutputBuf>,
-    pty_master: Option<OwnedFd>,
+    /// The pty master, once known (terminal processes only).
+    pty_master: Mutex<Option<OwnedFd>>,
+    /// Window size asked for before the pty existed.
+    pty_size: Mutex<Option<(u32, u32)>>,
     exit: watch::Sender<Option<Exit>>,
 }
 
 impl Proc {
+    /// Wires the terminal of a spawned process: the master it sent, or the fallback.
+    async fn attach_pty(&self, setup: PtySetup) {
+        let master = match stdio::recv_fd(&setup.console) {
+            Ok(Some(fd)) => fd,
+            Ok(None) => setup.fallback_master,
+            Err(e) => {
+                tracing::warn!("receiving the pty master: {e}; using the fallback pty");
+                setup.fallback_master
+            }
+        };
+        if let Some((w, h)) = *self.pty_size.lock().unwrap() {
+            let _ = stdio::resize_pty(master.as_raw_fd(), w, h);
+        }
+        match master.try_clone() {
+            Ok(fd) => self.stdout.spawn_reader(fd),
+            Err(e) => {
+                tracing::warn!("pty: {e}");
+                self.stdout.set_eof();
+            }
+        }
+        if self.stdin_enabled {
+            match master.try_clone().and_then(StdinWriter::new) {
+                Ok(w) => *self.stdin.lock().await = Some(w),
+                Err(e) => tracing::warn!("pty stdin: {e}"),
+            }
+        }
+        *self.pty_master.lock().unwrap() = Some(master);
+    }
+
     fn exited(&self) -> Option<Exit> {
         *self.exit.borrow()
     }
@@ -139,28 +183,25 @@ struct StdioParts {
     stdin: Option<StdinWriter>,
     stdout: Arc<OutputBuf>,
     stderr: Arc<OutputBuf>,
-    master: Option<OwnedFd>,
+    pty: Option<(PtySetup, OwnedFd)>,
 }
 
-fn make_stdio(cfg: &StdioConfig, console: Option<(u32, u32)>) -> io::Result<StdioParts> {
+fn make_stdio(cfg: &StdioConfig) -> io::Result<StdioParts> {
     if cfg.terminal {
         let (master, slave) = stdio::open_pty()?;
-        if let Some((w, h)) = console {
-            let _ = stdio::resize_pty(master.as_raw_fd(), w, h);
-        }
-        let stdout = OutputBuf::new(OUTPUT_BUFFER);
-        stdout.spawn_reader(master.try_clone()?);
-        let stdin = if cfg.stdin {
-            Some(StdinWriter::new(master.try_clone()?)?)
-        } else {
-            None
-        };
+        let (console, console_child) = stdio::socketpair()?;
         Ok(StdioParts {
             child: [slave.try_clone()?, slave.try_clone()?, slave],
-            stdin,
-            stdout,
+            stdin: None,
+            stdout: OutputBuf::new(OUTPUT_BUFFER),
             stderr: OutputBuf::closed(),
-            master: Some(master),
+            pty: Some((
+                PtySetup {
+                    fallback_master: master,
+                    console,
+                },
+                console_child,
+            )),
         })
     } else {
         let (in_child, stdin) = if cfg.stdin {
@@ -180,7 +221,7 @@ fn make_stdio(cfg: &StdioConfig, console: Option<(u32, u32)>) -> io::Result<Stdi
             stdin,
             stdout,
             stderr,
-            master: None,
+            pty: None,
         })
     }
 }
@@ -431,14 +472,16 @@ impl Agent {
             .console_size()
             .map(|b| (b.width() as u32, b.height() as u32));
         let terminal = stdio_cfg.terminal;
-        let parts = make_stdio(&stdio_cfg, console).map_err(|e| internal("creating stdio", e))?;
+        let mut parts = make_stdio(&stdio_cfg).map_err(|e| internal("creating stdio", e))?;
+        let pty = parts.pty.take();
         let plan = Plan::Init {
             spec: Box::new(spec.clone()),
             rootfs,
             cgroup: cg.as_ref().map(|c| c.path.clone()),
             terminal,
         };
-        let (spawned, outcome) = spawn::spawn(&plan, parts.child)
+        let (pty, console_child) = pty.unzip();
+        let (spawned, outcome) = spawn::spawn(&plan, parts.child, console_child)
             .await
             .map_err(|e| internal("spawning container init", e))?;
         self.reaper.register(spawned.helper_pid);
@@ -451,9 +494,13 @@ impl Agent {
             stdin_enabled: stdio_cfg.stdin,
             stdout: parts.stdout,
             stderr: parts.stderr,
-            pty_master: parts.master,
+            pty_master: Mutex::new(None),
+            pty_size: Mutex::new(console),
             exit: watch::channel(None).0,
         });
+        if let Some(setup) = pty {
+            init.attach_pty(setup).await;
+        }
         let container = Arc::new(Container {
             id: id.clone(),
             cgroup: cg,
@@ -518,7 +565,7 @@ impl Agent {
                 req.exec_id, c.id
             )));
         }
-        let parts = make_stdio(&cfg, console).map_err(|e| internal("creating stdio", e))?;
+        let mut parts = make_stdio(&cfg).map_err(|e| internal("creating stdio", e))?;
         let p = Arc::new(Proc {
             exec_id: req.exec_id.clone(),
             terminal: cfg.terminal,
@@ -526,12 +573,14 @@ impl Agent {
             pending: tokio::sync::Mutex::new(Some(Pending::Exec {
                 process: Box::new(process),
                 stdio: parts.child,
+                pty: parts.pty.take(),
             })),
             stdin: tokio::sync::Mutex::new(parts.stdin),
             stdin_enabled: cfg.stdin,
             stdout: parts.stdout,
             stderr: parts.stderr,
-            pty_master: parts.master,
+            pty_master: Mutex::new(None),
+            pty_size: Mutex::new(console),
             exit: watch::channel(None).0,
         });
         execs.insert(req.exec_id, p);
@@ -577,7 +626,11 @@ impl Agent {
                 }
                 Ok(p.pid() as u32)
             }
-            Pending::Exec { process, stdio } => {
+            Pending::Exec {
+                process,
+                stdio,
+                pty,
+            } => {
                 let init_pid = c.init.pid();
                 if c.init.exited().is_some() || init_pid <= 0 || c.removing.load(Ordering::SeqCst) {
                     let _ = p.exit.send_replace(Some(Exit {
@@ -594,9 +647,13 @@ impl Agent {
                     cgroup: c.cgroup.as_ref().map(|cg| cg.path.clone()),
                     terminal: p.terminal,
                 };
-                let (spawned, outcome) = spawn::spawn(&plan, stdio)
+                let (pty, console_child) = pty.unzip();
+                let (spawned, outcome) = spawn::spawn(&plan, stdio, console_child)
                     .await
                     .map_err(|e| internal("spawning exec process", e))?;
+                if let Some(setup) = pty {
+                    p.attach_pty(setup).await;
+                }
                 self.reaper.register(spawned.helper_pid);
                 match outcome.pid {
                     Some(pid) => self.watch_exit(&c, &p, pid),
@@ -732,10 +789,18 @@ impl Agent {
 
     pub fn resize_pty(&self, id: &str, exec_id: &str, w: u32, h: u32) -> R<()> {
         let (_c, p) = self.process(id, exec_id)?;
-        let Some(m) = &p.pty_master else {
+        if !p.terminal {
             return Err(Status::failed_precondition("process has no terminal"));
-        };
-        stdio::resize_pty(m.as_raw_fd(), w, h).map_err(|e| internal("TIOCSWINSZ", e))
+        }
+        *p.pty_size.lock().unwrap() = Some((w, h));
+        let master = p.pty_master.lock().unwrap();
+        match master.as_ref() {
+            Some(m) => {
+                stdio::resize_pty(m.as_raw_fd(), w, h).map_err(|e| internal("TIOCSWINSZ", e))
+            }
+            // Not started yet: applied once the pty exists.
+            None => Ok(()),
+        }
     }
 
     fn cgroup_of(&self, id: &str) -> R<(Arc<Container>, Cgroup)> {

@@ -1,7 +1,7 @@
 //! Creating container processes without forking the multi-threaded agent.
 //!
 //! The agent runs itself again (`/proc/self/exe __spawn <plan-fd> <report-fd>
-//! <start-fd>`) through `std::process::Command`, i.e. a plain fork+exec. That helper
+//! <start-fd> <console-fd>`) through `std::process::Command`, i.e. a plain fork+exec. That helper
 //! is single-threaded, so it may `setns`, join cgroups and `clone` freely. It clones
 //! the container process with `CLONE_PARENT`, so the process becomes a child of the
 //! agent (whose reaper collects its exit status), reports the pid and exits.
@@ -14,6 +14,9 @@
 //! * `ready`     — (init only) setup done, waiting on the start pipe;
 //! * `log <msg>` — a warning the agent logs;
 //! * `error <msg>` — setup or exec failed; the process exits.
+//!
+//! Terminal processes also get `console-fd`, a unix socket over which the process
+//! sends the master of the pty it opened in the container's devpts.
 //!
 //! After a successful `execve` the report pipe reaches EOF. The container init waits
 //! for one byte on `start-fd` before its `execve`.
@@ -138,7 +141,12 @@ pub fn read_report(r: &mut BufReader<File>, stop_at_ready: bool) -> ReportOutcom
 
 /// Starts the helper for `plan` with the given stdio; returns once it reported the
 /// pid (or failed). `stdio` are the process's fds 0, 1, 2.
-pub async fn spawn(plan: &Plan, stdio: [OwnedFd; 3]) -> io::Result<(Spawned, ReportOutcome)> {
+/// `console` is the process's end of the console socket for terminal processes.
+pub async fn spawn(
+    plan: &Plan,
+    stdio: [OwnedFd; 3],
+    console: Option<OwnedFd>,
+) -> io::Result<(Spawned, ReportOutcome)> {
     let plan_json = serde_json::to_vec(plan)?;
     let (plan_r, plan_w) = sys::pipe()?;
     let (report_r, report_w) = sys::pipe()?;
@@ -147,13 +155,20 @@ pub async fn spawn(plan: &Plan, stdio: [OwnedFd; 3]) -> io::Result<(Spawned, Rep
         Plan::Exec { .. } => None,
     };
     let start_r_fd = start.as_ref().map_or(-1, |(r, _)| r.as_raw_fd());
-    let inherit = [plan_r.as_raw_fd(), report_w.as_raw_fd(), start_r_fd];
+    let console_fd = console.as_ref().map_or(-1, |c| c.as_raw_fd());
+    let inherit = [
+        plan_r.as_raw_fd(),
+        report_w.as_raw_fd(),
+        start_r_fd,
+        console_fd,
+    ];
     let [fd0, fd1, fd2] = stdio;
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg(HELPER_ARG)
         .arg(inherit[0].to_string())
         .arg(inherit[1].to_string())
         .arg(inherit[2].to_string())
+        .arg(inherit[3].to_string())
         .env_clear()
         .stdin(Stdio::from(fd0))
         .stdout(Stdio::from(fd1))
@@ -184,6 +199,7 @@ pub async fn spawn(plan: &Plan, stdio: [OwnedFd; 3]) -> io::Result<(Spawned, Rep
         None => (None, None),
     };
     drop(start_r);
+    drop(console);
 
     let mut report = BufReader::new(File::from(report_r));
     let stop_at_ready = matches!(plan, Plan::Init { .. });
@@ -215,16 +231,18 @@ pub async fn spawn(plan: &Plan, stdio: [OwnedFd; 3]) -> io::Result<(Spawned, Rep
 /// Entry point of the helper process (`ember-agent __spawn ...`). Never returns.
 pub fn helper_main(args: &[String]) -> ! {
     let fd = |i: usize| -> RawFd { args.get(i).and_then(|s| s.parse().ok()).unwrap_or(-1) };
-    let (plan_fd, report_fd, start_fd) = (fd(0), fd(1), fd(2));
+    let (plan_fd, report_fd, start_fd, console_fd) = (fd(0), fd(1), fd(2), fd(3));
     if plan_fd < 0 || report_fd < 0 {
         eprintln!("ember-agent {HELPER_ARG}: internal helper, not for direct use");
         unsafe { libc::_exit(2) };
     }
     let _ = sys::set_cloexec(report_fd, true);
-    if start_fd >= 0 {
-        let _ = sys::set_cloexec(start_fd, true);
+    for extra in [start_fd, console_fd] {
+        if extra >= 0 {
+            let _ = sys::set_cloexec(extra, true);
+        }
     }
-    let code = match run_helper(plan_fd, report_fd, start_fd) {
+    let code = match run_helper(plan_fd, report_fd, start_fd, console_fd) {
         Ok(()) => 0,
         Err(e) => {
             report(report_fd, "error", &e.to_string());
@@ -234,7 +252,12 @@ pub fn helper_main(args: &[String]) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-fn run_helper(plan_fd: RawFd, report_fd: RawFd, start_fd: RawFd) -> io::Result<()> {
+fn run_helper(
+    plan_fd: RawFd,
+    report_fd: RawFd,
+    start_fd: RawFd,
+    console_fd: RawFd,
+) -> io::Result<()> {
     let mut buf = Vec::new();
     {
         let mut f = unsafe { File::from_raw_fd(plan_fd) };
@@ -256,7 +279,7 @@ fn run_helper(plan_fd: RawFd, report_fd: RawFd, start_fd: RawFd) -> io::Result<(
             let flags = crate::container::prepare_init_namespaces(spec, report_fd)?;
             let pid = clone_parent(flags)?;
             if pid == 0 {
-                crate::container::init_child(&plan, report_fd, start_fd);
+                crate::container::init_child(&plan, report_fd, start_fd, console_fd);
             }
             report(report_fd, "pid", &pid.to_string());
         }
@@ -264,7 +287,7 @@ fn run_helper(plan_fd: RawFd, report_fd: RawFd, start_fd: RawFd) -> io::Result<(
             crate::container::join_namespaces(*init_pid)?;
             let pid = clone_parent(0)?;
             if pid == 0 {
-                crate::container::exec_child(&plan, report_fd);
+                crate::container::exec_child(&plan, report_fd, console_fd);
             }
             report(report_fd, "pid", &pid.to_string());
         }

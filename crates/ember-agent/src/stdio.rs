@@ -220,6 +220,120 @@ pub fn resize_pty(master: RawFd, width: u32, height: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// A close-on-exec unix stream socket pair.
+pub fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    sys::check(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    })?;
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Sends `fd` (or, with `None`, just a byte saying "none") over a unix socket.
+pub fn send_fd(sock: RawFd, fd: Option<RawFd>) -> io::Result<()> {
+    let mut byte = [if fd.is_some() { b'y' } else { b'n' }];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr() as *mut libc::c_void,
+        iov_len: 1,
+    };
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    let mut cbuf = vec![0u8; space];
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if let Some(fd) = fd {
+        msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = space as _;
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut RawFd, fd);
+        }
+    }
+    let n = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Receives an fd sent with [`send_fd`] if one is waiting (never blocks):
+/// `Ok(None)` when nothing, or "none", was sent.
+pub fn recv_fd(sock: &OwnedFd) -> io::Result<Option<OwnedFd>> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr() as *mut libc::c_void,
+        iov_len: 1,
+    };
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    let mut cbuf = vec![0u8; space];
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = space as _;
+    let n = unsafe {
+        libc::recvmsg(
+            sock.as_raw_fd(),
+            &mut msg,
+            libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+        )
+    };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::WouldBlock {
+            return Ok(None);
+        }
+        return Err(e);
+    }
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        if !c.is_null() && (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS
+        {
+            let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const RawFd);
+            return Ok(Some(OwnedFd::from_raw_fd(fd)));
+        }
+    }
+    Ok(None)
+}
+
+/// Opens a new pty in the devpts that `/dev/ptmx` leads to (the container's, when
+/// called inside it). Returns (master, slave), both close-on-exec.
+pub fn open_pty_here() -> io::Result<(OwnedFd, OwnedFd)> {
+    let path = c"/dev/ptmx";
+    let m = sys::check(unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    })?;
+    let master = unsafe { OwnedFd::from_raw_fd(m) };
+    let unlock: libc::c_int = 0;
+    sys::check(unsafe { libc::ioctl(m, libc::TIOCSPTLCK, &unlock) })?;
+    let s = sys::check(unsafe {
+        libc::ioctl(
+            m,
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    })?;
+    Ok((master, unsafe { OwnedFd::from_raw_fd(s) }))
+}
+
+/// The pty number of a master (`/dev/pts/<n>`).
+pub fn pty_number(master: RawFd) -> io::Result<u32> {
+    let mut n: libc::c_uint = 0;
+    sys::check(unsafe { libc::ioctl(master, libc::TIOCGPTN, &mut n) })?;
+    Ok(n)
+}
+
 /// Opens /dev/null close-on-exec.
 pub fn dev_null() -> io::Result<OwnedFd> {
     let f = std::fs::OpenOptions::new()

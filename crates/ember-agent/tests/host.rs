@@ -738,7 +738,11 @@ async fn pty_resize() {
     };
     h.create(
         "tty",
-        &["sh", "-c", "stty size; read x; stty size"],
+        &[
+            "sh",
+            "-c",
+            "stty size; read x; stty size; tty; ls -l /dev/console",
+        ],
         stdio.clone(),
     )
     .await;
@@ -763,6 +767,8 @@ async fn pty_resize() {
     let out = String::from_utf8_lossy(&out.await.unwrap()).into_owned();
     assert!(out.contains("40 100"), "{out:?}");
     assert!(out.contains("50 132"), "{out:?}");
+    // The terminal lives in the container's devpts: ttyname() works there.
+    assert!(out.contains("/dev/pts/"), "{out:?}");
     // stderr of a terminal process is empty and ended.
     let r = h
         .client
@@ -774,6 +780,33 @@ async fn pty_resize() {
     assert_eq!(e.code(), Code::NotFound);
     h.client.remove_container("tty").await.unwrap();
 
+    // Without a devpts in the container the agent's own pty serves (fallback).
+    let mut sp = spec(&["sh", "-c", "stty size"], true);
+    sp["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|m| m["type"] != "devpts");
+    sp["process"]["consoleSize"] = json!({"height": 33, "width": 77});
+    h.try_create("nopts", sp, stdio.clone()).await.unwrap();
+    let out = tokio::spawn(read_all(
+        h.client.clone(),
+        "nopts".into(),
+        "".into(),
+        OutputStream::Stdout,
+    ));
+    h.client.start_process("nopts", "").await.unwrap();
+    assert_eq!(
+        h.client
+            .wait_process("nopts", "")
+            .await
+            .unwrap()
+            .exit_status,
+        0
+    );
+    let out = String::from_utf8_lossy(&out.await.unwrap()).into_owned();
+    assert!(out.contains("33 77"), "{out:?}");
+    h.client.remove_container("nopts").await.unwrap();
+
     // An exec with a terminal.
     h.create("host", &["sleep", "1000"], StdioConfig::default())
         .await;
@@ -782,7 +815,7 @@ async fn pty_resize() {
         .create_process(&CreateProcessRequest {
             container_id: "host".into(),
             exec_id: "t".into(),
-            process_json: process_json(&["sh", "-c", "stty size"], true),
+            process_json: process_json(&["sh", "-c", "stty size; tty"], true),
             stdio: Some(stdio),
         })
         .await
@@ -805,6 +838,7 @@ async fn pty_resize() {
     );
     let out = String::from_utf8_lossy(&out.await.unwrap()).into_owned();
     assert!(out.contains("21 81"), "{out:?}");
+    assert!(out.contains("/dev/pts/"), "{out:?}");
     h.client.remove_container("host").await.unwrap();
 }
 
