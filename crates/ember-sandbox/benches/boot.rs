@@ -40,10 +40,14 @@ async fn main() {
         c
     };
 
-    // 1. Bare boot: the agent sees ember.probe=..., prints it and powers off.
+    // Bare and full boots alternate, so both see the same load on the host.
     let mut bare = Vec::new();
+    let mut ready = Vec::new();
+    let mut first = Vec::new();
+    let mut teardown = Vec::new();
     let mut accel = String::new();
     for i in 0..runs {
+        // 1. Bare boot: the agent sees ember.probe=..., prints it and powers off.
         let mut c = base(&format!("bare{i}"));
         c.kernel_args = "ember.probe=bare".into();
         let mut vm = QemuVm::new(c.vm_config()).unwrap();
@@ -58,13 +62,8 @@ async fn main() {
         );
         assert!(vm.console_tail(4096).contains("ember-probe: bare"));
         accel = format!("{:?}", vm.accel());
-    }
 
-    // 2. Boot to agent-ready, 3. first output of a container, 4. shutdown.
-    let mut ready = Vec::new();
-    let mut first = Vec::new();
-    let mut teardown = Vec::new();
-    for i in 0..runs {
+        // 2. Boot to agent-ready, 3. first output of a container, 4. teardown.
         let image = work.path().join(format!("r{i}.ext4"));
         std::fs::copy(&bundle.image, &image).unwrap();
         let mut c = base(&format!("full{i}"));
@@ -99,6 +98,18 @@ async fn main() {
     let sb = Sandbox::boot(base("rss")).await.unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss = sb.vm().stats().unwrap().rss_bytes;
+    let anon_kib: u64 = std::fs::read_to_string(format!("/proc/{}/status", sb.vm().pid().unwrap()))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    let anon_kib: u64 = std::fs::read_to_string(format!("/proc/{}/status", sb.vm().pid().unwrap()))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
     sb.shutdown().await.unwrap();
 
     // Reference: runc runs the same bundle on the host.
@@ -133,8 +144,9 @@ async fn main() {
         );
     }
     println!(
-        "| QEMU RSS, 128 MiB guest, idle | {:.1} MiB |",
-        rss as f64 / (1 << 20) as f64
+        "| QEMU RSS, 128 MiB guest, idle (of which anonymous) | {:.1} MiB ({:.1} MiB) |",
+        rss as f64 / (1 << 20) as f64,
+        anon_kib as f64 / 1024.0
     );
     let size = std::fs::metadata(&guest.kernel)
         .map(|m| m.len())

@@ -198,7 +198,7 @@ async fn wait_for_agent(
     deadline: Instant,
     timeout: Duration,
 ) -> Result<(AgentClient, ember_agent_api::PingResponse), Error> {
-    let attempt = Duration::from_millis(250);
+    let attempt = Duration::from_millis(50);
     let mut client: Option<AgentClient> = None;
     loop {
         if Instant::now() > deadline {
