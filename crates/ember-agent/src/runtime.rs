@@ -882,7 +882,13 @@ impl Agent {
             .chain(c.execs.lock().unwrap().values().cloned())
             .collect();
         for p in &procs {
-            p.pending.lock().await.take();
+            if p.pending.lock().await.take().is_some() && p.pid() <= 0 {
+                // Never started: its waiters learn that it never ran.
+                p.exit.send_replace(Some(Exit {
+                    status: 255,
+                    at_ns: crate::reaper::now_ns(),
+                }));
+            }
             if p.pid() > 0
                 && tokio::time::timeout(Duration::from_secs(10), p.wait())
                     .await

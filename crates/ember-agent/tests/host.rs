@@ -704,6 +704,20 @@ async fn exec_signal_pause_stats() {
     } else {
         eprintln!("no cgroup v2 on this host: pause/stats not tested");
     }
+    // An exec that is never started: its waiters learn at removal.
+    h.client
+        .create_process(&CreateProcessRequest {
+            container_id: "svc".into(),
+            exec_id: "never".into(),
+            process_json: process_json(&["true"], false),
+            stdio: None,
+        })
+        .await
+        .unwrap();
+    let never = tokio::spawn({
+        let c = h.client.clone();
+        async move { c.wait_process("svc", "never").await }
+    });
     // SIGKILL the init: 137, and the exec dies with it.
     h.client.signal_process("svc", "", 9, false).await.unwrap();
     assert_eq!(
@@ -724,8 +738,13 @@ async fn exec_signal_pause_stats() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
+    let e = h.client.start_process("svc", "never").await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
     h.client.remove_container("svc").await.unwrap();
-    assert!(!h.dir.join("state/svc").exists());
+    assert_eq!(never.await.unwrap().unwrap().exit_status, 255);
+    if h.vm.is_none() {
+        assert!(!h.dir.join("state/svc").exists());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
