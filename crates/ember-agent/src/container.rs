@@ -501,11 +501,6 @@ fn do_mount(rootfs: &Path, m: &Mount, report_fd: RawFd) -> io::Result<()> {
         if extra != 0 {
             sys::mount(None, &dest, None, base | libc::MS_REMOUNT | extra, None).map_err(ctx)?;
         }
-    } else if typ == "devpts" {
-        // Terminals are allocated by the agent on the guest's devpts; share that
-        // instance so ttyname() finds /dev/pts/N inside (the VM is the boundary).
-        std::fs::create_dir_all(&dest).map_err(ctx)?;
-        sys::mount(Some("/dev/pts"), &dest, None, libc::MS_BIND, None).map_err(ctx)?;
     } else {
         std::fs::create_dir_all(&dest).map_err(ctx)?;
         let fstype = if typ == "cgroup" { "cgroup2" } else { typ };

@@ -16,6 +16,14 @@ use ember_vmm::{Accel, Drive, VmmKind};
 pub enum VmCommand {
     /// Boot a microVM, run one container in it, and power it off.
     Run(RunArgs),
+    /// Write the busybox demo image as a docker-archive tar (for `ctr images import`).
+    BusyboxImage {
+        /// Output tar file.
+        out: PathBuf,
+        /// Image name.
+        #[arg(long, default_value = "docker.io/ember/busybox:latest")]
+        name: String,
+    },
 }
 
 #[derive(Args)]
@@ -72,6 +80,11 @@ fn parse_accel(s: &str) -> Result<Accel, String> {
 pub async fn run(cmd: VmCommand) -> Result<i32> {
     match cmd {
         VmCommand::Run(a) => run_container(a).await,
+        VmCommand::BusyboxImage { out, name } => {
+            ember_guest::busybox_docker_archive(&out, &name)?;
+            eprintln!("wrote {} ({name})", out.display());
+            Ok(0)
+        }
     }
 }
 

@@ -15,6 +15,9 @@ use crate::proto::{Request, Response};
 use crate::status::Status;
 use crate::Error;
 
+/// How long in-flight calls may still answer after the client closed the connection.
+const DISCONNECT_GRACE: Duration = Duration::from_secs(1);
+
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// A method handler: takes the request payload, returns the reply payload or a status.
@@ -99,7 +102,10 @@ impl Server {
                 }
             }
         });
+        let mut handlers = tokio::task::JoinSet::new();
         let result = loop {
+            // Reap finished handlers so the set does not grow without bound.
+            while handlers.try_join_next().is_some() {}
             let (hdr, payload) = match read_frame(&mut rd).await {
                 Ok(Some(f)) => f,
                 Ok(None) => break Ok(()),
@@ -125,7 +131,7 @@ impl Server {
             };
             let handler = self.lookup(&req.service, &req.method);
             let tx = tx.clone();
-            tokio::spawn(async move {
+            handlers.spawn(async move {
                 let fut = async {
                     match handler {
                         Ok(h) => h(req.payload).await,
@@ -159,9 +165,14 @@ impl Server {
         };
         drop(tx);
         if result.is_ok() {
-            // Let in-flight replies go out on a clean close.
-            let _ = writer.await;
+            // On a clean close, replies already under way may still go out; calls that
+            // would wait longer (long polls) are abandoned with the connection.
+            let drain = async { while handlers.join_next().await.is_some() {} };
+            let _ = tokio::time::timeout(DISCONNECT_GRACE, drain).await;
+            handlers.abort_all();
+            let _ = tokio::time::timeout(DISCONNECT_GRACE, writer).await;
         } else {
+            handlers.abort_all();
             writer.abort();
         }
         result
@@ -263,6 +274,34 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, Error::Timeout(_)));
+    }
+
+    #[tokio::test]
+    async fn a_closed_connection_abandons_long_calls() {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let srv = server();
+        let h = tokio::spawn(async move { srv.serve_connection(b).await });
+        let c = Client::new(a);
+        let pending = {
+            let c = c.clone();
+            tokio::spawn(async move {
+                c.call::<_, Echo>(
+                    "test.Echo",
+                    "Echo",
+                    &Echo {
+                        text: "long".into(),
+                        delay_ms: 60_000,
+                    },
+                    None,
+                )
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        pending.abort();
+        drop(c);
+        let r = tokio::time::timeout(Duration::from_secs(5), h).await;
+        assert!(matches!(r, Ok(Ok(Ok(())))), "{r:?}");
     }
 
     #[tokio::test]
