@@ -8,6 +8,7 @@
 //! "shared" policy).
 
 use std::fs::File;
+use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use ember_content::{Digest, Store};
@@ -21,6 +22,9 @@ use crate::{ContentInfo, Error, IngestStatus, Labels, LeaseResource, Result};
 pub struct ContentStore {
     db: Db,
     store: Store,
+    /// Held shared from a blob's arrival on disk until its record is written;
+    /// exclusively by garbage collection while it deletes blobs.
+    gate: Arc<RwLock<()>>,
 }
 
 fn backing_ref(ns: &str, reference: &str) -> String {
@@ -53,7 +57,16 @@ fn check_ref(reference: &str) -> Result<()> {
 
 impl ContentStore {
     pub fn new(db: Db, store: Store) -> Self {
-        ContentStore { db, store }
+        ContentStore {
+            db,
+            store,
+            gate: Arc::new(RwLock::new(())),
+        }
+    }
+
+    /// See the `gate` field: garbage collection holds it exclusively.
+    pub fn gate(&self) -> Arc<RwLock<()>> {
+        self.gate.clone()
     }
 
     pub fn backing(&self) -> &Store {
@@ -79,21 +92,11 @@ impl ContentStore {
         self.db.update(|tx| tx.update_content(ns, info, fieldpaths))
     }
 
-    /// Removes a blob from a namespace; the blob itself goes when no namespace
-    /// holds it any more.
+    /// Removes a blob from a namespace; the blob itself goes at the next garbage
+    /// collection when no namespace holds it any more (see [`crate::gc`]).
     pub fn delete(&self, ns: &str, digest: &str) -> Result<()> {
         check_digest(digest)?;
-        let unreferenced = self.db.update(|tx| {
-            tx.delete_content(ns, digest)?;
-            tx.blob_referenced(digest).map(|r| !r)
-        })?;
-        if unreferenced {
-            match self.store.delete(digest) {
-                Ok(()) | Err(ember_content::Error::NotFound(_)) => {}
-                Err(e) => tracing::warn!(%digest, error = %e, "removing blob"),
-            }
-        }
-        Ok(())
+        self.db.update(|tx| tx.delete_content(ns, digest))
     }
 
     /// Opens a blob the namespace holds; returns the file and its size.
@@ -137,8 +140,10 @@ impl ContentStore {
         check_ref(reference)?;
         if !expected.is_empty() {
             check_digest(expected)?;
-            let shared = self.store.info(expected).ok();
             let exists = self.db.update(|tx| {
+                // Looked at inside the transaction: garbage collection deletes
+                // blobs inside its own.
+                let shared = self.store.info(expected).ok();
                 if let Some(lease) = lease {
                     tx.add_lease_resource(
                         ns,
@@ -197,6 +202,8 @@ impl ContentStore {
             reference: reference.to_string(),
             lease: lease.map(str::to_string),
             db: self.db.clone(),
+            store: self.store.clone(),
+            gate: self.gate.clone(),
             inner,
         })
     }
@@ -208,6 +215,8 @@ pub struct NsWriter {
     reference: String,
     lease: Option<String>,
     db: Db,
+    store: Store,
+    gate: Arc<RwLock<()>>,
     inner: ember_content::Writer,
 }
 
@@ -244,9 +253,12 @@ impl NsWriter {
     /// digest. `AlreadyExists` when the namespace held it already.
     pub fn commit(self, size: i64, expected: &str, labels: Labels) -> Result<String> {
         validate_labels(&labels)?;
+        let gate = self.gate.clone();
+        let _gate = gate.read().unwrap_or_else(|e| e.into_inner());
         let c = self.inner.commit(size, expected)?;
         let ns = self.ns;
         let lease = self.lease;
+        let store = self.store;
         self.db.update(|tx| {
             // The lease may have gone while the data was written; the blob is
             // recorded all the same.
@@ -260,6 +272,12 @@ impl NsWriter {
             }
             if tx.get_content(&ns, &c.digest).is_ok() {
                 return Err(Error::AlreadyExists(format!("content {}", c.digest)));
+            }
+            if !store.exists(&c.digest) {
+                return Err(Error::Unavailable(format!(
+                    "content {} was collected while it was committed; write it again",
+                    c.digest
+                )));
             }
             let now = SystemTime::now();
             tx.put_content(
@@ -326,7 +344,6 @@ mod tests {
         cs.delete("a", &d).unwrap();
         assert!(cs.backing().exists(&d));
         cs.delete("b", &d).unwrap();
-        assert!(!cs.backing().exists(&d));
         assert!(matches!(cs.delete("b", &d), Err(Error::NotFound(_))));
         assert!(matches!(
             cs.info("a", "sha256:zz"),

@@ -15,7 +15,7 @@
 //! snapshots       <ns> \0 <snapshotter> \0 <key>     -> Snapshot { backing key, parent key, kind, labels, times }
 //! leases          <ns> \0 <id>                       -> Lease { id, labels, created_at }
 //! lease_resources <ns> \0 <lease> \0 <type> \0 <id>  -> LeaseResource { id, type }
-//! images          <ns> \0 <name>                     -> (reserved for the image store)
+//! images          <ns> \0 <name>                     -> Image { name, labels, target descriptor, times }
 //! ```
 //!
 //! A namespace exists when it has a record in `namespaces`; creating any object in
@@ -37,7 +37,7 @@ use serde::Serialize;
 use crate::filters::Filter;
 use crate::identifiers::{validate, validate_labels};
 use crate::{
-    Container, ContentInfo, Error, Labels, Lease, LeaseResource, Namespace, Result, Snapshot,
+    Container, ContentInfo, Error, Image, Labels, Lease, LeaseResource, Namespace, Result, Snapshot,
 };
 
 pub const SCHEMA_VERSION: u64 = 1;
@@ -214,6 +214,21 @@ pub trait Reader {
             .scan::<Container>(CONTAINERS, &prefix(&[ns]))?
             .into_iter()
             .filter(|c| filter.matches(c))
+            .collect())
+    }
+
+    // Images.
+
+    fn get_image(&self, ns: &str, name: &str) -> Result<Image> {
+        self.get(IMAGES, &key(&[ns, name]))?
+            .ok_or_else(|| Error::NotFound(format!("image {name:?}")))
+    }
+
+    fn list_images(&self, ns: &str, filter: &Filter) -> Result<Vec<Image>> {
+        Ok(self
+            .scan::<Image>(IMAGES, &prefix(&[ns]))?
+            .into_iter()
+            .filter(|i| filter.matches(i))
             .collect())
     }
 
@@ -567,6 +582,83 @@ impl WriteTx {
         Ok(())
     }
 
+    // Images.
+
+    pub fn create_image(&self, ns: &str, i: &Image) -> Result<Image> {
+        validate_image(i)?;
+        self.ensure_namespace(ns)?;
+        let k = key(&[ns, &i.name]);
+        if self.get_raw(IMAGES, &k)?.is_some() {
+            return Err(Error::AlreadyExists(format!("image {:?}", i.name)));
+        }
+        let now = SystemTime::now();
+        let mut i = i.clone();
+        i.created_at = now;
+        i.updated_at = now;
+        self.put(IMAGES, &k, &i)?;
+        Ok(i)
+    }
+
+    /// Updates an image as containerd does: with no field paths, labels and target
+    /// are replaced; otherwise `labels`, `labels.KEY`, `target`, `annotations`,
+    /// `annotations.KEY` name what changes.
+    pub fn update_image(&self, ns: &str, u: &Image, fieldpaths: &[String]) -> Result<Image> {
+        if u.name.is_empty() {
+            return Err(Error::InvalidArgument("image name is required".into()));
+        }
+        let mut i = self.get_image(ns, &u.name)?;
+        if fieldpaths.is_empty() {
+            i.labels = u.labels.clone();
+            i.target = u.target.clone();
+        }
+        for path in fieldpaths {
+            if let Some(k) = path.strip_prefix("labels.") {
+                match u.labels.get(k) {
+                    Some(v) if !v.is_empty() => {
+                        i.labels.insert(k.to_string(), v.clone());
+                    }
+                    _ => {
+                        i.labels.remove(k);
+                    }
+                }
+                continue;
+            }
+            if let Some(k) = path.strip_prefix("annotations.") {
+                match u.target.annotations.get(k) {
+                    Some(v) => {
+                        i.target.annotations.insert(k.to_string(), v.clone());
+                    }
+                    None => {
+                        i.target.annotations.remove(k);
+                    }
+                }
+                continue;
+            }
+            match path.as_str() {
+                "labels" => i.labels = u.labels.clone(),
+                "target" => i.target = u.target.clone(),
+                "annotations" => i.target.annotations = u.target.annotations.clone(),
+                _ => {
+                    return Err(Error::InvalidArgument(format!(
+                        "cannot update {path:?} field on image {:?}",
+                        u.name
+                    )))
+                }
+            }
+        }
+        validate_image(&i)?;
+        i.updated_at = SystemTime::now();
+        self.put(IMAGES, &key(&[ns, &i.name]), &i)?;
+        Ok(i)
+    }
+
+    pub fn delete_image(&self, ns: &str, name: &str) -> Result<()> {
+        if !self.delete(IMAGES, &key(&[ns, name]))? {
+            return Err(Error::NotFound(format!("image {name:?}")));
+        }
+        Ok(())
+    }
+
     // Content.
 
     /// Records that a namespace holds a blob (keeping labels already there unless
@@ -680,6 +772,31 @@ fn validate_resource(r: &LeaseResource) -> Result<()> {
             )))
         }
     }
+    Ok(())
+}
+
+fn validate_image(i: &Image) -> Result<()> {
+    if i.name.is_empty() {
+        return Err(Error::InvalidArgument(
+            "image.Name field is required".into(),
+        ));
+    }
+    check_no_nul("image name", &i.name)?;
+    validate_labels(&i.labels)?;
+    if i.target.media_type.is_empty() {
+        return Err(Error::InvalidArgument(
+            "image.Target.MediaType field is required".into(),
+        ));
+    }
+    if i.target.digest.is_empty() {
+        return Err(Error::InvalidArgument(
+            "image.Target.Digest field is required".into(),
+        ));
+    }
+    i.target
+        .digest
+        .parse::<ember_content::Digest>()
+        .map_err(|e| Error::InvalidArgument(format!("image.Target.Digest: {e}")))?;
     Ok(())
 }
 

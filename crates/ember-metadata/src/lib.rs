@@ -7,6 +7,7 @@
 pub mod content;
 pub mod db;
 pub mod filters;
+pub mod gc;
 pub mod identifiers;
 pub mod snapshots;
 mod types;

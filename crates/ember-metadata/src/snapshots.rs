@@ -67,6 +67,12 @@ impl SnapshotStore {
         &self.name
     }
 
+    /// Holds off every change of this snapshotter while the guard lives (garbage
+    /// collection removes records under it).
+    pub async fn exclusive(&self) -> tokio::sync::OwnedRwLockWriteGuard<()> {
+        self.gate.clone().write_owned().await
+    }
+
     pub fn backing(&self) -> &Arc<dyn Snapshotter> {
         &self.inner
     }

@@ -179,3 +179,48 @@ pub struct LeaseResource {
 
 /// The label holding a lease's expiry time (RFC 3339).
 pub const LABEL_GC_EXPIRE: &str = "containerd.io/gc.expire";
+
+/// What an image points at: an OCI descriptor.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Descriptor {
+    pub media_type: String,
+    pub digest: String,
+    pub size: i64,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// A named image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Image {
+    pub name: String,
+    pub labels: Labels,
+    pub target: Descriptor,
+    pub created_at: SystemTime,
+    pub updated_at: SystemTime,
+}
+
+impl Fields for Image {
+    fn field(&self, path: &[String]) -> Option<String> {
+        match path[0].as_str() {
+            "name" => present(&self.name),
+            "labels" => label_field(&self.labels, &path[1..]),
+            "target" if path.len() >= 2 => match path[1].as_str() {
+                "digest" => present(&self.target.digest),
+                "mediatype" | "media_type" => present(&self.target.media_type),
+                "annotations" => label_field(&self.target.annotations, &path[2..]),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+/// Labels that make an object a garbage collection root.
+pub const LABEL_GC_ROOT: &str = "containerd.io/gc.root";
+/// Prefix of labels that reference content from an object.
+pub const LABEL_GC_REF_CONTENT: &str = "containerd.io/gc.ref.content";
+/// Prefix of labels that reference snapshots (`...snapshot.<snapshotter>`).
+pub const LABEL_GC_REF_SNAPSHOT: &str = "containerd.io/gc.ref.snapshot.";
+/// A lease whose resources are kept without what they reference.
+pub const LABEL_GC_FLAT: &str = "containerd.io/gc.flat";

@@ -58,6 +58,7 @@ pub struct Metadata {
     pub db: Db,
     pub content: ContentStore,
     pub snapshotters: BTreeMap<String, SnapshotStore>,
+    pub gc: crate::gc::Gc,
 }
 
 impl Metadata {
@@ -151,12 +152,13 @@ pub fn builtins(config: &Config) -> Vec<Registration> {
                 .first::<Store>(CONTENT)
                 .map_err(InitError::Failed)?;
             let content = ContentStore::new(db.clone(), (*store).clone());
-            let snapshotters = ctx
+            let snapshotters: BTreeMap<String, SnapshotStore> = ctx
                 .registry
                 .all::<SnapshotterPlugin>(SNAPSHOTTER)
                 .into_iter()
                 .map(|(id, s)| (id.clone(), SnapshotStore::new(id, db.clone(), s.0.clone())))
                 .collect();
+            let gc = crate::gc::Gc::start(db.clone(), content.clone(), snapshotters.clone());
             ctx.exports.insert(
                 "path".into(),
                 ctx.root.join("meta.redb").display().to_string(),
@@ -165,6 +167,7 @@ pub fn builtins(config: &Config) -> Vec<Registration> {
                 db,
                 content,
                 snapshotters,
+                gc,
             }) as Instance)
         }),
     ];

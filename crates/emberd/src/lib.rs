@@ -4,6 +4,8 @@
 pub mod config;
 pub mod daemon;
 pub mod events;
+pub mod gc;
+pub mod mounts;
 pub mod plugin;
 pub mod services;
 

@@ -222,6 +222,7 @@ impl Containers for Service {
         let db = self.md.db.clone();
         let (n, i) = (ns.clone(), id.clone());
         blocking(move || db.update(|tx| tx.delete_container(&n, &i))).await?;
+        self.md.gc.schedule();
         self.events
             .publish(&ns, "/containers/delete", &ContainerDelete { id });
         Ok(Response::new(()))

@@ -140,6 +140,8 @@ impl Content for Service {
         let cs = self.md.content.clone();
         let (n, d) = (ns.clone(), digest.clone());
         blocking(move || cs.delete(&n, &d)).await?;
+        // The blob goes once nothing holds it.
+        self.md.gc.run().await.map_err(status)?;
         self.events
             .publish(&ns, "/content/delete", &ContentDelete { digest });
         Ok(Response::new(()))

@@ -21,6 +21,7 @@ pub fn registration() -> Registration {
     Registration::new(GRPC, "leases", &[METADATA], |ctx| {
         let md: Arc<Metadata> = ctx.registry.first(METADATA).map_err(InitError::Failed)?;
         let db = md.db.clone();
+        let gc = md.gc.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(EXPIRY_SWEEP);
             loop {
@@ -29,7 +30,8 @@ pub fn registration() -> Registration {
                 match tokio::task::spawn_blocking(move || expire(&db, SystemTime::now())).await {
                     Ok(Err(e)) => tracing::warn!(error = %e, "expiring leases"),
                     Err(e) => tracing::warn!(error = %e, "expiring leases"),
-                    Ok(Ok(_)) => {}
+                    Ok(Ok(0)) => {}
+                    Ok(Ok(_)) => gc.schedule(),
                 }
             }
         });
@@ -170,9 +172,15 @@ impl Leases for Service {
 
     async fn delete(&self, r: Request<wire::DeleteRequest>) -> Result<Response<()>, Status> {
         let ns = namespace(&r)?;
-        let id = r.into_inner().id;
+        let r = r.into_inner();
+        let (id, sync) = (r.id, r.sync);
         let db = self.md.db.clone();
         blocking(move || db.update(|tx| tx.delete_lease(&ns, &id))).await?;
+        if sync {
+            self.md.gc.run().await.map_err(crate::services::status)?;
+        } else {
+            self.md.gc.schedule();
+        }
         Ok(Response::new(()))
     }
 

@@ -8,7 +8,9 @@
 
 pub mod containers;
 pub mod content;
+pub mod diff;
 pub mod events;
+pub mod images;
 pub mod introspection;
 pub mod leases;
 pub mod namespaces;
@@ -56,6 +58,8 @@ pub fn registrations(info: Arc<DaemonInfo>) -> Vec<Registration> {
         leases::registration(),
         events::registration(),
         snapshots::registration(),
+        images::registration(),
+        diff::registration(),
     ]
 }
 
