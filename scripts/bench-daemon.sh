@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# emberd vs Debian's containerd, same machine, same run:
+#  (a) `ctr images import` + unpack of a ~200 MB Debian (debootstrap minbase) image,
+#      median of 3, each on a fresh daemon root;
+#  (b) Containers Create + Delete over gRPC, 1000 ops (examples/bench_containers.rs).
+# Needs root, ctr and containerd (apt-get install containerd), debootstrap.
+# Prints a markdown table for docs/benchmarks.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RUNS=${RUNS:-3}
+OPS=${OPS:-1000}
+CACHE=/var/cache/ember/bench
+WORK=$(mktemp -d /var/tmp/ember-bench.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+    umount -R "$WORK"/*/root/* 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+[ "$(id -u)" = 0 ] || { echo "needs root" >&2; exit 1; }
+command -v debootstrap >/dev/null || apt-get install -y debootstrap
+command -v containerd >/dev/null || apt-get install -y containerd
+
+# The mirror apt uses.
+MIRROR=$(grep -rhoE '^URIs: *\S+|^deb +\S+' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null \
+    | awk '{print $2}' | grep -v security | head -1 || true)
+MIRROR=${MIRROR:-http://deb.debian.org/debian}
+
+mkdir -p "$CACHE"
+if [ ! -f "$CACHE/rootfs.tar" ]; then
+    rm -rf "$CACHE/rootfs"
+    debootstrap --variant=minbase bookworm "$CACHE/rootfs" "$MIRROR"
+    tar --numeric-owner --sort=name -C "$CACHE/rootfs" -cf "$CACHE/rootfs.tar.part" .
+    mv "$CACHE/rootfs.tar.part" "$CACHE/rootfs.tar"
+fi
+
+# A docker-archive image with the rootfs as one gzip layer.
+ARCHIVE=$CACHE/debian-image.tar
+if [ ! -f "$ARCHIVE" ]; then
+    S=$WORK/staging
+    mkdir -p "$S"
+    DIFF=$(sha256sum "$CACHE/rootfs.tar" | cut -d' ' -f1)
+    mkdir -p "$S/$DIFF"
+    gzip -n -c "$CACHE/rootfs.tar" > "$S/$DIFF/layer.tar"
+    CONFIG="{\"architecture\":\"amd64\",\"os\":\"linux\",\"config\":{\"Cmd\":[\"bash\"]},\"rootfs\":{\"type\":\"layers\",\"diff_ids\":[\"sha256:$DIFF\"]}}"
+    CH=$(printf '%s' "$CONFIG" | sha256sum | cut -d' ' -f1)
+    printf '%s' "$CONFIG" > "$S/$CH.json"
+    printf '[{"Config":"%s.json","RepoTags":["docker.io/ember/bench-debian:latest"],"Layers":["%s/layer.tar"]}]' "$CH" "$DIFF" > "$S/manifest.json"
+    tar -C "$S" -cf "$ARCHIVE.part" .
+    mv "$ARCHIVE.part" "$ARCHIVE"
+    rm -rf "$S"
+fi
+
+cargo build --release -p emberd --bin emberd --example bench_containers >&2
+EMBERD=target/release/emberd
+BENCH=target/release/examples/bench_containers
+
+wait_sock() { for _ in $(seq 200); do [ -S "$1" ] && return 0; sleep 0.05; done; echo "no socket $1" >&2; exit 1; }
+
+start_emberd() { # DIR -> socket path in SOCK, pid in DPID
+    mkdir -p "$1"
+    "$EMBERD" --root "$1/root" --state "$1/state" --address "$1/s.sock" --log-level warn 2>"$1/log" &
+    DPID=$!; PIDS+=("$DPID"); SOCK=$1/s.sock; wait_sock "$SOCK"
+}
+
+start_containerd() {
+    mkdir -p "$1"
+    cat > "$1/config.toml" <<CFG
+version = 2
+root = "$1/root"
+state = "$1/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$1/s.sock"
+[ttrpc]
+  address = "$1/t.sock"
+CFG
+    containerd --config "$1/config.toml" 2>"$1/log" &
+    DPID=$!; PIDS+=("$DPID"); SOCK=$1/s.sock; wait_sock "$SOCK"
+}
+
+stop() { kill "$DPID"; wait "$DPID" 2>/dev/null || true; }
+
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+import_once() { # start-function name
+    local d=$WORK/$2-$RANDOM
+    "$1" "$d"
+    sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
+    local t0 t1
+    t0=$(date +%s.%N)
+    ctr -a "$SOCK" images import "$ARCHIVE" >/dev/null
+    t1=$(date +%s.%N)
+    ctr -a "$SOCK" snapshots ls | grep -q Committed
+    stop
+    rm -rf "$d" 2>/dev/null || true
+    echo "$t1 - $t0" | bc -l
+}
+
+E_IMPORT=(); C_IMPORT=()
+for _ in $(seq "$RUNS"); do
+    E_IMPORT+=("$(import_once start_emberd emberd)")
+    C_IMPORT+=("$(import_once start_containerd containerd)")
+done
+E_MED=$(printf '%s\n' "${E_IMPORT[@]}" | median)
+C_MED=$(printf '%s\n' "${C_IMPORT[@]}" | median)
+
+d=$WORK/ops-e; start_emberd "$d"; E_OPS=$("$BENCH" "$SOCK" "$OPS" | sed 's/.*ops_per_sec=//'); stop
+d=$WORK/ops-c; start_containerd "$d"; C_OPS=$("$BENCH" "$SOCK" "$OPS" | sed 's/.*ops_per_sec=//'); stop
+
+SIZE=$(du -sm "$CACHE/rootfs.tar" | cut -f1)
+LAYER=$(du -sm "$ARCHIVE" | cut -f1)
+cat <<OUT
+image: debootstrap --variant=minbase bookworm, ${SIZE} MB uncompressed, one gzip layer (archive ${LAYER} MB)
+| benchmark | emberd | containerd $(containerd --version | awk '{print $3}') | ratio |
+| --- | --- | --- | --- |
+| \`ctr images import\` + unpack, median of $RUNS (s) | $(printf %.2f "$E_MED") (runs: $(printf '%.2f ' "${E_IMPORT[@]}")) | $(printf %.2f "$C_MED") (runs: $(printf '%.2f ' "${C_IMPORT[@]}")) | $(echo "$C_MED / $E_MED" | bc -l | xargs printf %.2f)x |
+| Containers Create+Delete, $OPS ops (ops/s) | $E_OPS | $C_OPS | $(echo "$E_OPS / $C_OPS" | bc -l | xargs printf %.2f)x |
+OUT
