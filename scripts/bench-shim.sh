@@ -11,9 +11,10 @@ export PATH="$HOME/.cargo/bin:$PATH"
 bin="$repo/target/release"
 work=$(mktemp -d /tmp/ember-bench-shim.XXXXXX)
 cleanup() {
-  ctr -a "$work/c.sock" task kill -s KILL idle-ember >/dev/null 2>&1 || true
-  ctr -a "$work/c.sock" task kill -s KILL idle-runc >/dev/null 2>&1 || true
-  sleep 1
+  for id in idle-ember idle-runc; do
+    ctr -a "$work/c.sock" task delete --force "$id" >/dev/null 2>&1 || true
+    ctr -a "$work/c.sock" containers rm "$id" >/dev/null 2>&1 || true
+  done
   [ -n "${cpid:-}" ] && kill "$cpid" 2>/dev/null && wait "$cpid" 2>/dev/null || true
   grep " $work" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
   rm -rf "$work"
@@ -64,6 +65,7 @@ rss() { awk '/VmRSS/ {print $2}' /proc/"$1"/status; }
 shim_pid() { pgrep -f "containerd-shim-$1-v2 .*$work/c.sock" | head -1; }
 rss_runc=$(rss "$(shim_pid runc)")
 rss_ember=$(rss "$(shim_pid ember)")
+anon_ember=$(awk '/RssAnon/ {print $2}' /proc/"$(shim_pid ember)"/status)
 
 breakdown=$(python3 - "$work/timings.jsonl" <<'PY'
 import json, statistics, sys
@@ -85,4 +87,4 @@ echo "| io.containerd.ember.v2 (QEMU microvm, $(ember info --json 2>/dev/null | 
 echo "| ratio ember / runc | $(python3 -c "print(f'{${med[ember]}/${med[runc]}:.1f}x')") |"
 echo "$breakdown"
 echo "| idle shim RSS: containerd-shim-runc-v2 | $((rss_runc / 1024)).$(( (rss_runc % 1024) * 10 / 1024 )) MiB |"
-echo "| idle shim RSS: containerd-shim-ember-v2 | $((rss_ember / 1024)).$(( (rss_ember % 1024) * 10 / 1024 )) MiB |"
+echo "| idle shim RSS: containerd-shim-ember-v2 (anonymous) | $((rss_ember / 1024)).$(( (rss_ember % 1024) * 10 / 1024 )) MiB ($((anon_ember / 1024)).$(( (anon_ember % 1024) * 10 / 1024 )) MiB) |"

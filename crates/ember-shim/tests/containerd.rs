@@ -16,6 +16,21 @@ struct Containerd {
     dir: tempfile::TempDir,
     child: Child,
     sock: PathBuf,
+    /// Container ids run in the default namespace, to check their shim sockets.
+    used_ids: std::sync::Mutex<Vec<String>>,
+}
+
+/// Where the shim of container `id` in namespace "default" listens: the digest of
+/// containerd's address, the namespace and the id (see the shim's `start`).
+fn shim_socket(containerd: &Path, id: &str) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in [containerd.to_str().unwrap(), "default", id] {
+        h.update(p.as_bytes());
+        h.update([0]);
+    }
+    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Path::new("/run/ember/s").join(&hex[..32])
 }
 
 /// Pids of processes whose command line contains all of `needles`.
@@ -62,7 +77,12 @@ impl Containerd {
         )
         .unwrap();
         let child = Self::spawn(d);
-        let c = Containerd { dir, child, sock };
+        let c = Containerd {
+            dir,
+            child,
+            sock,
+            used_ids: Default::default(),
+        };
         c.wait_ready();
         let archive = c.dir.path().join("busybox.tar");
         ember_guest::busybox_docker_archive(&archive, IMAGE).unwrap();
@@ -148,6 +168,7 @@ impl Containerd {
 
     /// `ctr run --rm` of the test image with the Ember runtime.
     fn run(&self, id: &str, args: &[&str]) -> Output {
+        self.used_ids.lock().unwrap().push(id.to_string());
         let mut a = vec!["run", "--rm", "--runtime", RUNTIME, IMAGE, id];
         a.extend_from_slice(args);
         self.ctr(&a)
@@ -197,6 +218,12 @@ impl Containerd {
         if let Ok(rd) = std::fs::read_dir(self.dir.path().join("shim-state")) {
             for e in rd.flatten() {
                 left.push(format!("state: {}", e.path().display()));
+            }
+        }
+        for id in self.used_ids.lock().unwrap().iter() {
+            let sock = shim_socket(&self.sock, id);
+            if sock.exists() {
+                left.push(format!("socket of {id}: {}", sock.display()));
             }
         }
         left
@@ -509,6 +536,7 @@ fn sequential_and_concurrent_runs_leave_nothing() {
     let handles: Vec<_> = (0..4)
         .map(|i| {
             let mut cmd = c.cmd();
+            c.used_ids.lock().unwrap().push(format!("par{i}"));
             cmd.args([
                 "run",
                 "--rm",
@@ -626,5 +654,74 @@ fn containerd_restart_reconnects_to_the_running_shim() {
     }
     assert!(c.ctr(&["task", "delete", "survivor"]).status.success());
     assert!(c.ctr(&["containers", "rm", "survivor"]).status.success());
+    c.assert_clean();
+}
+
+#[test]
+fn log_uris_file_and_binary() {
+    let c = Containerd::start();
+    let d = c.dir.path();
+    let file_log = d.join("logs/file.log");
+    let uri = format!("file://{}", file_log.display());
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--log-uri",
+        &uri,
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "flog",
+        "sh",
+        "-c",
+        "echo to-file; echo err-to-file >&2",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let logged = std::fs::read_to_string(&file_log).unwrap();
+    assert!(
+        logged.contains("to-file") && logged.contains("err-to-file"),
+        "{logged:?}"
+    );
+
+    // A logging binary gets stdout on fd 3, stderr on fd 4 and closes fd 5 when ready.
+    let logger = d.join("logger.sh");
+    let bin_log = d.join("binary.log");
+    std::fs::write(
+        &logger,
+        format!(
+            "#!/bin/sh\ncat <&3 >> {0}.out &\ncat <&4 >> {0}.err &\nexec 5>&-\nwait\n",
+            bin_log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&logger, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let uri = format!("binary://{}", logger.display());
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--log-uri",
+        &uri,
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "blog",
+        "sh",
+        "-c",
+        "echo to-binary; echo err-to-binary >&2",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let t = Instant::now();
+    loop {
+        let o = std::fs::read_to_string(format!("{}.out", bin_log.display())).unwrap_or_default();
+        let e = std::fs::read_to_string(format!("{}.err", bin_log.display())).unwrap_or_default();
+        if o.contains("to-binary") && e.contains("err-to-binary") {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "logger got {o:?} / {e:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     c.assert_clean();
 }
