@@ -26,7 +26,7 @@ command -v containerd >/dev/null || apt-get install -y containerd
 
 # The mirror apt uses.
 MIRROR=$(grep -rhoE '^URIs: *\S+|^deb +\S+' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null \
-    | awk '{print $2}' | grep -v security | head -1 || true)
+    | awk '{print $2}' | grep -E '/debian/?$' | head -1 || true)
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
 
 mkdir -p "$CACHE"

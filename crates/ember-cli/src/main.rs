@@ -35,6 +35,7 @@ enum Command {
     Snapshots(client::snapshots::SnapshotsArgs),
     Leases(client::leases::LeasesArgs),
     Containers(client::containers::ContainersArgs),
+    Images(client::images::ImagesArgs),
     Plugins(client::plugins::PluginsArgs),
     Version(client::version::VersionArgs),
 }
@@ -61,6 +62,7 @@ fn main() {
             Command::Snapshots(a) => client::snapshots::run(&cli.client, a).await,
             Command::Leases(a) => client::leases::run(&cli.client, a).await,
             Command::Containers(a) => client::containers::run(&cli.client, a).await,
+            Command::Images(a) => client::images::run(&cli.client, a).await,
             Command::Plugins(a) => client::plugins::run(&cli.client, a).await,
             Command::Version(a) => client::version::run(&cli.client, a).await,
         }

@@ -223,7 +223,7 @@ impl Archive {
                 layers,
                 annotations: BTreeMap::new(),
             };
-            let bytes = serde_json::to_vec_pretty(&manifest).expect("manifests serialise");
+            let bytes = serde_json::to_vec(&manifest).expect("manifests serialise");
             let target = Descriptor {
                 media_type: MEDIA_TYPE_DOCKER_MANIFEST.into(),
                 digest: sha256_digest(&bytes),

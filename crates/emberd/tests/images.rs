@@ -453,3 +453,96 @@ fn malicious_layers_are_refused() {
         assert!(committed_snapshots(s).is_empty(), "{what}");
     }
 }
+
+#[test]
+fn ember_images_verbs() {
+    if !can_run() || !Path::new("/bin/busybox").exists() {
+        return;
+    }
+    let ember = Path::new(env!("CARGO_BIN_EXE_emberd")).with_file_name("ember");
+    if !ember.exists() {
+        eprintln!(
+            "skipping: {} not built (cargo build -p ember-cli)",
+            ember.display()
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let docker = work.join("busybox.tar");
+    ember_guest::busybox_docker_archive(&docker, "docker.io/ember/busybox:latest").unwrap();
+    let oci = oci_layout(&work, "docker.io/ember/oci:1.0");
+    std::fs::create_dir_all(dir.path().join("ember")).unwrap();
+    let d = Emberd::start(&dir.path().join("ember"));
+    let s = &d.socket;
+    let run = |args: &[&str]| -> String {
+        let out = Command::new(&ember)
+            .arg("--address")
+            .arg(s)
+            .args(["-n", NS])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ember {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = run(&["images", "import", "-q", docker.to_str().unwrap()]);
+    assert!(out.contains("docker.io/ember/busybox:latest"), "{out}");
+    run(&["images", "import", "-q", oci.to_str().unwrap()]);
+    // The same manifests ctr makes and reads.
+    let ctr_rows = image_rows(ctr(s, NS, &["images", "ls"]).expect_ok());
+    assert_eq!(ctr_rows.len(), 2);
+    let check = ctr(s, NS, &["images", "check"]);
+    assert_eq!(
+        check.expect_ok().matches("complete").count(),
+        2,
+        "{}",
+        check.stdout
+    );
+    assert_eq!(committed_snapshots(s).len(), 2);
+    if let Some(c) = Containerd::start() {
+        ctr(
+            &c.socket,
+            NS,
+            &["images", "import", docker.to_str().unwrap()],
+        )
+        .expect_ok();
+        let theirs = image_rows(ctr(&c.socket, NS, &["images", "ls"]).expect_ok());
+        assert_eq!(theirs[0], ctr_rows[0]);
+    }
+    run(&[
+        "images",
+        "tag",
+        "docker.io/ember/busybox:latest",
+        "docker.io/ember/busybox:v2",
+    ]);
+    let ls = run(&["images", "ls", "-q"]);
+    assert_eq!(ls.lines().count(), 3, "{ls}");
+    let exported = dir.path().join("exp.tar");
+    run(&[
+        "images",
+        "export",
+        exported.to_str().unwrap(),
+        "docker.io/ember/busybox:v2",
+    ]);
+    run(&[
+        "images",
+        "rm",
+        "docker.io/ember/busybox:latest",
+        "docker.io/ember/busybox:v2",
+        "docker.io/ember/oci:1.0",
+        "--sync",
+    ]);
+    assert!(first_column(ctr(s, NS, &["content", "ls"]).expect_ok()).is_empty());
+    assert!(committed_snapshots(s).is_empty());
+    // The export imports again, with ctr too.
+    ctr(s, NS, &["images", "import", exported.to_str().unwrap()]).expect_ok();
+    let rows = image_rows(ctr(s, NS, &["images", "ls"]).expect_ok());
+    assert_eq!(rows[0].0, "docker.io/ember/busybox:v2");
+    assert_eq!(rows[0].1, ctr_rows[0].1);
+}

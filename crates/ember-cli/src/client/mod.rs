@@ -4,6 +4,7 @@
 
 pub mod containers;
 pub mod content;
+pub mod images;
 pub mod leases;
 pub mod namespaces;
 pub mod plugins;

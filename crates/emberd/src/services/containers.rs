@@ -221,8 +221,19 @@ impl Containers for Service {
         let id = r.into_inner().id;
         let db = self.md.db.clone();
         let (n, i) = (ns.clone(), id.clone());
-        blocking(move || db.update(|tx| tx.delete_container(&n, &i))).await?;
-        self.md.gc.schedule();
+        let held = blocking(move || {
+            db.update(|tx| {
+                let c = tx.get_container(&n, &i)?;
+                tx.delete_container(&n, &i)?;
+                Ok(!c.snapshot_key.is_empty()
+                    || c.labels.keys().any(|k| k.starts_with("containerd.io/gc.")))
+            })
+        })
+        .await?;
+        // A container that referenced nothing frees nothing.
+        if held {
+            self.md.gc.schedule();
+        }
         self.events
             .publish(&ns, "/containers/delete", &ContainerDelete { id });
         Ok(Response::new(()))
