@@ -10,6 +10,9 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use nix::sys::socket::{
+    accept4, bind, listen, socket, AddressFamily, Backlog, Shutdown, SockFlag, SockType, VsockAddr,
+};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
@@ -28,20 +31,15 @@ impl FdStream {
 
     /// One non-blocking read: `Ok(None)` when nothing is there yet.
     fn try_read(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
-        let n = unsafe {
-            libc::read(
-                self.0.as_raw_fd(),
-                buf.as_mut_ptr() as *mut libc::c_void,
-                buf.len(),
-            )
-        };
-        if n >= 0 {
-            return Ok(Some(n as usize));
-        }
-        let e = io::Error::last_os_error();
-        match e.kind() {
-            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(None),
-            _ => Err(e),
+        match nix::unistd::read(self.0.get_ref(), buf) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) => {
+                let e = io::Error::from(e);
+                match e.kind() {
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(None),
+                    _ => Err(e),
+                }
+            }
         }
     }
 }
@@ -55,20 +53,7 @@ impl AsyncRead for FdStream {
         loop {
             let mut guard = ready!(self.0.poll_read_ready(cx))?;
             let unfilled = buf.initialize_unfilled();
-            match guard.try_io(|fd| {
-                let n = unsafe {
-                    libc::read(
-                        fd.as_raw_fd(),
-                        unfilled.as_mut_ptr() as *mut libc::c_void,
-                        unfilled.len(),
-                    )
-                };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
-            }) {
+            match guard.try_io(|fd| Ok(nix::unistd::read(fd.get_ref(), unfilled)?)) {
                 Ok(Ok(n)) => {
                     buf.advance(n);
                     return Poll::Ready(Ok(()));
@@ -89,20 +74,7 @@ impl AsyncWrite for FdStream {
     ) -> Poll<io::Result<usize>> {
         loop {
             let mut guard = ready!(self.0.poll_write_ready(cx))?;
-            match guard.try_io(|fd| {
-                let n = unsafe {
-                    libc::write(
-                        fd.as_raw_fd(),
-                        data.as_ptr() as *const libc::c_void,
-                        data.len(),
-                    )
-                };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
-            }) {
+            match guard.try_io(|fd| Ok(nix::unistd::write(fd.get_ref(), data)?)) {
                 Ok(Ok(n)) => return Poll::Ready(Ok(n)),
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Ok(Err(e)) => return Poll::Ready(Err(e)),
@@ -116,7 +88,7 @@ impl AsyncWrite for FdStream {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        unsafe { libc::shutdown(self.0.as_raw_fd(), libc::SHUT_WR) };
+        let _ = nix::sys::socket::shutdown(self.0.as_raw_fd(), Shutdown::Write);
         Poll::Ready(Ok(()))
     }
 }
@@ -285,26 +257,14 @@ use std::os::unix::fs::OpenOptionsExt;
 
 /// Binds the AF_VSOCK listener; `Err` when the kernel has no vsock.
 pub fn vsock_listener(port: u32) -> io::Result<AsyncFd<OwnedFd>> {
-    let fd = crate::sys::check(unsafe {
-        libc::socket(
-            libc::AF_VSOCK,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    })?;
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
-    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
-    addr.svm_port = port;
-    addr.svm_cid = libc::VMADDR_CID_ANY;
-    crate::sys::check(unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            &addr as *const libc::sockaddr_vm as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
-        )
-    })?;
-    crate::sys::check(unsafe { libc::listen(fd.as_raw_fd(), 64) })?;
+    let fd = socket(
+        AddressFamily::Vsock,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    bind(fd.as_raw_fd(), &VsockAddr::new(libc::VMADDR_CID_ANY, port))?;
+    listen(&fd, Backlog::new(64)?)?;
     crate::sys::async_fd(fd)
 }
 
@@ -312,19 +272,13 @@ pub async fn serve_vsock(agent: Arc<Agent>, listener: AsyncFd<OwnedFd>) -> io::R
     loop {
         let mut guard = listener.readable().await?;
         let res = guard.try_io(|l| {
-            let fd = unsafe {
-                libc::accept4(
-                    l.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                    libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                )
-            };
-            if fd < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-            }
+            let fd = accept4(
+                l.as_raw_fd(),
+                SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            )?;
+            // SAFETY: accept4 succeeded, so `fd` is a new connection fd that nothing
+            // else in the process knows of; the OwnedFd becomes its only owner.
+            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
         });
         match res {
             Ok(Ok(conn)) => {

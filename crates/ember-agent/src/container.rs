@@ -8,6 +8,11 @@ use std::os::fd::RawFd;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
+use nix::errno::Errno;
+use nix::sched::{setns, CloneFlags};
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
+use nix::sys::stat::{Mode, SFlag};
+use nix::unistd::{AccessFlags, Gid, Uid};
 use oci_spec::runtime::{LinuxNamespaceType, Mount, Process, Spec};
 
 use crate::spawn::{report, Plan};
@@ -59,10 +64,8 @@ pub fn prepare_init_namespaces(spec: &Spec, report_fd: RawFd) -> io::Result<libc
             Some(path) => {
                 // Join the given namespace instead of creating one.
                 flags &= !flag;
-                let res = std::fs::File::open(path).and_then(|f| {
-                    use std::os::fd::AsRawFd;
-                    check(unsafe { libc::setns(f.as_raw_fd(), flag) }).map(|_| ())
-                });
+                let res = std::fs::File::open(path)
+                    .and_then(|f| Ok(setns(&f, CloneFlags::from_bits_retain(flag))?));
                 if let Err(e) = res {
                     report(
                         report_fd,
@@ -81,7 +84,6 @@ pub fn prepare_init_namespaces(spec: &Spec, report_fd: RawFd) -> io::Result<libc
 
 /// Joins the namespaces of a running container init (for exec processes).
 pub fn join_namespaces(init_pid: i32) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
     let mut fds = Vec::new();
     // The mount namespace last: after it, /proc/<pid> paths may no longer resolve.
     for (name, flag) in [
@@ -111,15 +113,15 @@ pub fn join_namespaces(init_pid: i32) -> io::Result<()> {
         fds.push((f, flag, theirs));
     }
     for (f, flag, name) in &fds {
-        check(unsafe { libc::setns(f.as_raw_fd(), *flag) })
-            .map_err(|e| err(format!("setns {name}"), e))?;
+        setns(f, CloneFlags::from_bits_retain(*flag))
+            .map_err(|e| err(format!("setns {name}"), e.into()))?;
     }
     Ok(())
 }
 
 fn fail(report_fd: RawFd, e: io::Error, code: i32) -> ! {
     report(report_fd, "error", &e.to_string());
-    unsafe { libc::_exit(code) }
+    sys::exit_now(code)
 }
 
 /// Body of the cloned container init. Never returns.
@@ -131,27 +133,27 @@ pub fn init_child(plan: &Plan, report_fd: RawFd, start_fd: RawFd, console_fd: Ra
         ..
     } = plan
     else {
-        unsafe { libc::_exit(1) }
+        sys::exit_now(1)
     };
     reset_signals();
     if let Err(e) = setup_init(spec, rootfs, *terminal, report_fd, console_fd) {
         fail(report_fd, e, 1);
     }
     report(report_fd, "ready", "");
-    // Wait for StartProcess.
+    // Wait for StartProcess. Only this process takes the start pipe's read end.
+    let Some(start) = sys::take_inherited_fd(start_fd) else {
+        sys::exit_now(1)
+    };
     let mut b = [0u8; 1];
     loop {
-        let n = unsafe { libc::read(start_fd, b.as_mut_ptr() as *mut libc::c_void, 1) };
-        if n == 1 {
-            break;
+        match nix::unistd::read(&start, &mut b) {
+            Ok(1) => break,
+            Err(Errno::EINTR) => continue,
+            // The agent dropped the start pipe: the container was removed before start.
+            _ => sys::exit_now(1),
         }
-        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-            continue;
-        }
-        // The agent dropped the start pipe: the container was removed before start.
-        unsafe { libc::_exit(1) };
     }
-    unsafe { libc::close(start_fd) };
+    drop(start);
     let process = spec.process().clone().unwrap_or_default();
     let e = exec_process(&process);
     fail(report_fd, e, 127)
@@ -163,7 +165,7 @@ pub fn exec_child(plan: &Plan, report_fd: RawFd, console_fd: RawFd) -> ! {
         process, terminal, ..
     } = plan
     else {
-        unsafe { libc::_exit(1) }
+        sys::exit_now(1)
     };
     reset_signals();
     if *terminal {
@@ -177,21 +179,23 @@ pub fn exec_child(plan: &Plan, report_fd: RawFd, console_fd: RawFd) -> ! {
 }
 
 fn reset_signals() {
-    unsafe {
-        for sig in 1..libc::SIGRTMAX() {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::signal(sig, libc::SIG_DFL);
-            }
+    // Raw signal(), not nix's: its `Signal` cannot name the real-time signals.
+    for sig in 1..libc::SIGRTMAX() {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            // SAFETY: SIG_DFL installs no handler of ours, so no Rust code can run in
+            // signal context; signal() only changes the disposition (a number that
+            // cannot be changed, e.g. reserved by libc, just fails with EINVAL).
+            unsafe { libc::signal(sig, libc::SIG_DFL) };
         }
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
     }
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
 }
 
 fn session(terminal: bool) -> io::Result<()> {
-    unsafe { libc::setsid() };
+    let _ = nix::unistd::setsid();
     if terminal {
+        // SAFETY: TIOCSCTTY takes an integer argument (0: do not steal), no pointer;
+        // fd 0 is the process's stdin (a bad fd gives an error).
         check(unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) }).map_err(|e| err("TIOCSCTTY", e))?;
     }
     Ok(())
@@ -203,26 +207,25 @@ fn session(terminal: bool) -> io::Result<()> {
 /// Returns the pty number when it opened one.
 fn container_pty(console_fd: RawFd) -> Option<u32> {
     use std::os::fd::AsRawFd;
-    if console_fd < 0 {
-        return None;
-    }
+    // Only this process takes the console socket (once).
+    let console = sys::take_inherited_fd(console_fd)?;
     let res = crate::stdio::open_pty_here().and_then(|(master, slave)| {
         let n = crate::stdio::pty_number(master.as_raw_fd())?;
         for t in 0..3 {
-            check(unsafe { libc::dup2(slave.as_raw_fd(), t) })?;
+            sys::dup_onto_stdio(slave.as_raw_fd(), t)?;
         }
         drop(slave);
-        crate::stdio::send_fd(console_fd, Some(master.as_raw_fd()))?;
+        crate::stdio::send_fd(console.as_raw_fd(), Some(master.as_raw_fd()))?;
         Ok(n)
     });
     let n = match res {
         Ok(n) => Some(n),
         Err(_) => {
-            let _ = crate::stdio::send_fd(console_fd, None);
+            let _ = crate::stdio::send_fd(console.as_raw_fd(), None);
             None
         }
     };
-    unsafe { libc::close(console_fd) };
+    drop(console);
     n
 }
 
@@ -325,10 +328,11 @@ fn setup_init(
         .map_err(|e| err("remounting / read-only", e))?;
     }
     if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
-        check(unsafe { libc::sethostname(h.as_ptr() as *const libc::c_char, h.len()) })
-            .map_err(|e| err("sethostname", e))?;
+        nix::unistd::sethostname(h).map_err(|e| err("sethostname", e.into()))?;
     }
     if let Some(d) = spec.domainname().as_deref().filter(|h| !h.is_empty()) {
+        // SAFETY: the pointer and length describe the live bytes of `d`, which
+        // setdomainname only reads (no NUL terminator needed with a length).
         check(unsafe { libc::setdomainname(d.as_ptr() as *const libc::c_char, d.len()) })
             .map_err(|e| err("setdomainname", e))?;
     }
@@ -352,10 +356,7 @@ fn setup_init(
 
 fn pivot_root(rootfs: &Path) -> io::Result<()> {
     std::env::set_current_dir(rootfs).map_err(|e| err("chdir rootfs", e))?;
-    let dot = cstr(".")?;
-    if unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) } < 0 {
-        return Err(err("pivot_root", io::Error::last_os_error()));
-    }
+    nix::unistd::pivot_root(".", ".").map_err(|e| err("pivot_root", e.into()))?;
     // The old root is stacked under the new one at "."; detach it.
     sys::umount(Path::new("."), libc::MNT_DETACH).map_err(|e| err("umount old root", e))?;
     std::env::set_current_dir("/")?;
@@ -531,12 +532,17 @@ fn do_mount(rootfs: &Path, m: &Mount, report_fd: RawFd) -> io::Result<()> {
 }
 
 fn mknod(path: &Path, kind: libc::mode_t, major: u32, minor: u32, mode: u32) -> io::Result<()> {
-    let c = cpath(path)?;
     let dev = libc::makedev(major, minor);
-    match check(unsafe { libc::mknod(c.as_ptr(), kind | (mode & 0o7777), dev) }) {
-        Ok(_) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => return Ok(()),
-        Err(e) => return Err(err(format!("mknod {}", path.display()), e)),
+    let res = nix::sys::stat::mknod(
+        path,
+        SFlag::from_bits_retain(kind),
+        Mode::from_bits_retain(mode & 0o7777),
+        dev,
+    );
+    match res {
+        Ok(()) => {}
+        Err(Errno::EEXIST) => return Ok(()),
+        Err(e) => return Err(err(format!("mknod {}", path.display()), e.into())),
     }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o7777))
 }
@@ -587,10 +593,11 @@ fn create_device(rootfs: &Path, d: &oci_spec::runtime::LinuxDevice) -> io::Resul
         d.file_mode().unwrap_or(0o666),
     )?;
     if d.uid().is_some() || d.gid().is_some() {
-        let c = cpath(&path)?;
-        let uid = d.uid().map_or(u32::MAX, |u| u);
-        let gid = d.gid().map_or(u32::MAX, |g| g);
-        check(unsafe { libc::chown(c.as_ptr(), uid, gid) })?;
+        nix::unistd::chown(
+            &path,
+            d.uid().map(Uid::from_raw),
+            d.gid().map(Gid::from_raw),
+        )?;
     }
     Ok(())
 }
@@ -699,6 +706,8 @@ fn drop_bounding(caps: &oci_spec::runtime::LinuxCapabilities) {
     let bounding = cap_mask(caps.bounding().as_ref());
     for c in 0..=last_cap().min(63) {
         if bounding & (1 << c) == 0 {
+            // SAFETY: PR_CAPBSET_DROP takes integer arguments only (no pointers);
+            // a capability the kernel does not know gives EINVAL.
             unsafe { libc::prctl(libc::PR_CAPBSET_DROP, c as libc::c_ulong, 0, 0, 0) };
         }
     }
@@ -725,11 +734,17 @@ fn apply_caps(caps: &oci_spec::runtime::LinuxCapabilities) -> io::Result<()> {
             inheritable: (inheritable >> 32) as u32,
         },
     ];
+    // SAFETY: capset reads a `struct __user_cap_header_struct` and, for version 3,
+    // two `struct __user_cap_data_struct`s: `hdr` and `data` are live #[repr(C)]
+    // copies of exactly those layouts (u32+i32; three u32 each), and capset may
+    // write back only the header's version, which `hdr` allows (mutable).
     if unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) } < 0 {
         return Err(err("capset", io::Error::last_os_error()));
     }
     for c in 0..64 {
         if ambient & (1 << c) != 0 {
+            // SAFETY: PR_CAP_AMBIENT_RAISE takes integer arguments only (no
+            // pointers); a capability not in the permitted set gives EPERM.
             unsafe {
                 libc::prctl(
                     libc::PR_CAP_AMBIENT,
@@ -761,9 +776,8 @@ pub fn resolve_executable(
 }
 
 fn is_executable(p: &Path) -> bool {
-    let Ok(c) = cpath(p) else { return false };
     std::fs::metadata(p).map(|m| m.is_file()).unwrap_or(false)
-        && unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0
+        && nix::unistd::access(p, AccessFlags::X_OK).is_ok()
 }
 
 /// Applies the OCI process attributes and execs. Returns only on failure.
@@ -794,6 +808,7 @@ fn exec_process_inner(p: &Process) -> io::Result<std::convert::Infallible> {
             rlim_cur: rl.soft(),
             rlim_max: rl.hard(),
         };
+        // SAFETY: setrlimit only reads `lim`, a live rlimit.
         check(unsafe { libc::setrlimit(res, &lim) })
             .map_err(|e| err(format!("setrlimit {name}"), e))?;
     }
@@ -806,28 +821,31 @@ fn exec_process_inner(p: &Process) -> io::Result<std::convert::Infallible> {
     let _ = std::env::set_current_dir(&cwd);
     if let Some(caps) = p.capabilities() {
         // Keep the permitted set across setuid; capset below trims it.
-        unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) };
+        let _ = nix::sys::prctl::set_keepcaps(true);
         drop_bounding(caps);
     }
-    let gids: Vec<libc::gid_t> = user.additional_gids().clone().unwrap_or_default();
-    check(unsafe { libc::setgroups(gids.len(), gids.as_ptr()) })
-        .map_err(|e| err("setgroups", e))?;
-    check(unsafe { libc::setresgid(user.gid(), user.gid(), user.gid()) })
-        .map_err(|e| err("setgid", e))?;
-    check(unsafe { libc::setresuid(user.uid(), user.uid(), user.uid()) })
-        .map_err(|e| err("setuid", e))?;
+    let gids: Vec<Gid> = user
+        .additional_gids()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(Gid::from_raw)
+        .collect();
+    nix::unistd::setgroups(&gids).map_err(|e| err("setgroups", e.into()))?;
+    let (gid, uid) = (Gid::from_raw(user.gid()), Uid::from_raw(user.uid()));
+    nix::unistd::setresgid(gid, gid, gid).map_err(|e| err("setgid", e.into()))?;
+    nix::unistd::setresuid(uid, uid, uid).map_err(|e| err("setuid", e.into()))?;
     if let Some(caps) = p.capabilities() {
         apply_caps(caps)?;
     }
     if let Some(mask) = user.umask() {
-        unsafe { libc::umask(mask as libc::mode_t) };
+        nix::sys::stat::umask(Mode::from_bits_truncate(mask as libc::mode_t));
     }
     if !cwd.as_os_str().is_empty() {
         std::env::set_current_dir(&cwd).map_err(|e| err(format!("chdir {}", cwd.display()), e))?;
     }
     if p.no_new_privileges().unwrap_or(false) {
-        check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })
-            .map_err(|e| err("no_new_privs", e))?;
+        nix::sys::prctl::set_no_new_privs().map_err(|e| err("no_new_privs", e.into()))?;
     }
     let env = p.env().clone().unwrap_or_default();
     let path_var = env
@@ -844,13 +862,8 @@ fn exec_process_inner(p: &Process) -> io::Result<std::convert::Infallible> {
     let c_exe = cpath(&exe)?;
     let c_args: Vec<CString> = args.iter().map(|a| cstr(a)).collect::<io::Result<_>>()?;
     let c_env: Vec<CString> = env.iter().map(|a| cstr(a)).collect::<io::Result<_>>()?;
-    let mut argv: Vec<*const libc::c_char> = c_args.iter().map(|c| c.as_ptr()).collect();
-    argv.push(std::ptr::null());
-    let mut envp: Vec<*const libc::c_char> = c_env.iter().map(|c| c.as_ptr()).collect();
-    envp.push(std::ptr::null());
-    unsafe { libc::execve(c_exe.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
-    let e = io::Error::last_os_error();
-    Err(err(format!("exec {}", exe.display()), e))
+    let Err(e) = nix::unistd::execve(&c_exe, &c_args, &c_env);
+    Err(err(format!("exec {}", exe.display()), e.into()))
 }
 
 #[cfg(test)]

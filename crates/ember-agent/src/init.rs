@@ -1,8 +1,12 @@
 //! PID 1 duties: the early mounts, the console, the boot probe and power-off.
 
 use std::io::{self, Write};
+use std::os::fd::{AsRawFd, IntoRawFd};
 use std::os::unix::fs::symlink;
 use std::path::Path;
+
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
 
 use crate::runtime::Agent;
 use crate::sys;
@@ -76,23 +80,26 @@ fn mount_fs(src: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &
 /// Makes sure fds 0, 1 and 2 are the console (an initramfs without /dev/console
 /// leaves PID 1 without any).
 fn attach_console() {
-    if unsafe { libc::fcntl(2, libc::F_GETFD) } >= 0
-        && unsafe { libc::fcntl(1, libc::F_GETFD) } >= 0
-    {
+    if sys::is_open(2) && sys::is_open(1) {
         return;
     }
-    let c = c"/dev/console";
-    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_NOCTTY) };
-    if fd < 0 {
+    // Not close-on-exec: it may itself become one of fds 0-2.
+    let Ok(fd) = nix::fcntl::open(
+        c"/dev/console",
+        OFlag::O_RDWR | OFlag::O_NOCTTY,
+        Mode::empty(),
+    ) else {
         return;
-    }
+    };
+    let raw = fd.as_raw_fd();
     for t in 0..3 {
-        if fd != t {
-            unsafe { libc::dup2(fd, t) };
+        if raw != t {
+            let _ = sys::dup_onto_stdio(raw, t);
         }
     }
-    if fd > 2 {
-        unsafe { libc::close(fd) };
+    if raw <= 2 {
+        // It is one of the console fds now: keep it open.
+        let _ = fd.into_raw_fd();
     }
 }
 
@@ -176,39 +183,47 @@ pub fn pid1_setup() -> io::Result<String> {
     let hostname = cmdline_value(&cmdline, "ember.hostname")
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "ember".into());
-    unsafe { libc::sethostname(hostname.as_ptr() as *const libc::c_char, hostname.len()) };
+    let _ = nix::unistd::sethostname(&hostname);
     bring_up_loopback();
     Ok(cmdline)
 }
 
 /// `ip link set lo up`, so that containers sharing the guest network have localhost.
 fn bring_up_loopback() {
-    unsafe {
-        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if s < 0 {
-            return;
-        }
-        let mut req: libc::ifreq = std::mem::zeroed();
-        for (i, b) in b"lo\0".iter().enumerate() {
-            req.ifr_name[i] = *b as libc::c_char;
-        }
-        if libc::ioctl(s, libc::SIOCGIFFLAGS, &mut req) == 0 {
-            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-            libc::ioctl(s, libc::SIOCSIFFLAGS, &req);
-        }
-        libc::close(s);
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    let Ok(s) = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    ) else {
+        return;
+    };
+    // SAFETY: ifreq is plain C data (a name array and a union of integers and
+    // plain structs) for which all-zero bytes are a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (i, b) in b"lo\0".iter().enumerate() {
+        req.ifr_name[i] = *b as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads the NUL-terminated name from and writes the flags
+    // into a `struct ifreq`; `req` is a live, writable one. `s` is an open socket
+    // owned by `s` for the whole call.
+    if unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } == 0 {
+        // SAFETY: the kernel just filled in `ifru_flags` (SIOCGIFFLAGS), the union
+        // member read here; every bit pattern is a valid c_short.
+        unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+        // SAFETY: SIOCSIFFLAGS only reads the name and flags of `req`, a live ifreq.
+        unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCSIFFLAGS, &req) };
     }
 }
 
 /// sync and power off at once. Never returns.
 pub fn power_off() -> ! {
-    unsafe {
-        libc::sync();
-        libc::reboot(libc::RB_POWER_OFF);
-    }
+    nix::unistd::sync();
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
     // reboot() only fails without privilege; there is nothing left to do.
     loop {
-        unsafe { libc::pause() };
+        nix::unistd::pause();
     }
 }
 
@@ -217,7 +232,7 @@ pub fn power_off() -> ! {
 pub async fn shutdown(agent: &Agent) {
     tracing::info!("shutting down");
     agent.remove_all().await;
-    unsafe { libc::sync() };
+    nix::unistd::sync();
     if agent.is_pid1() {
         for m in ["/run", "/tmp"] {
             let _ = sys::umount(Path::new(m), libc::MNT_DETACH);

@@ -11,6 +11,8 @@
 //!            --state-dir <dir>          (default /run/ember/containers)
 //!            --log <filter>             (default info; env EMBER_AGENT_LOG)
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod cgroup;
 mod channel;
 mod container;
@@ -159,7 +161,7 @@ async fn run(opts: Opts, is_pid1: bool) -> Result<()> {
     let reaper = reaper::Reaper::start().context("installing the SIGCHLD handler")?;
     if !is_pid1 {
         // Orphans of our containers come back to us, as they would to PID 1.
-        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        let _ = nix::sys::prctl::set_child_subreaper(true);
     }
     std::fs::create_dir_all(&opts.state_dir)
         .with_context(|| format!("creating {}", opts.state_dir.display()))?;

@@ -84,6 +84,10 @@ impl Reaper {
     pub fn reap_all(&self) {
         loop {
             let mut raw: libc::c_int = 0;
+            // Raw waitpid, not nix's: its WaitStatus cannot represent a death by a
+            // real-time signal and would lose that (already reaped) status.
+            // SAFETY: `raw` is a live, writable c_int for the status; waitpid touches
+            // no other memory of ours.
             let pid = unsafe { libc::waitpid(-1, &mut raw, libc::WNOHANG | libc::__WALL) };
             if pid <= 0 {
                 break;

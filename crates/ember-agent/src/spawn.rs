@@ -23,7 +23,7 @@
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -173,15 +173,16 @@ pub async fn spawn(
         .stdin(Stdio::from(fd0))
         .stdout(Stdio::from(fd1))
         .stderr(Stdio::from(fd2));
+    // SAFETY: the closure runs in the forked child of the multi-threaded agent,
+    // before exec. It only calls `sys::set_cloexec` (fcntl F_GETFD/F_SETFD:
+    // async-signal-safe, no allocation, no locks) on a copied array of integers, and
+    // its error is an OS error code (no allocation either). The fds are open in the
+    // child: the parent keeps them open until `spawn` has returned.
     unsafe {
         cmd.pre_exec(move || {
-            // Only async-signal-safe calls here: fcntl.
             for fd in inherit {
                 if fd >= 0 {
-                    let flags = libc::fcntl(fd, libc::F_GETFD);
-                    if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
+                    sys::set_cloexec(fd, false)?;
                 }
             }
             Ok(())
@@ -234,7 +235,7 @@ pub fn helper_main(args: &[String]) -> ! {
     let (plan_fd, report_fd, start_fd, console_fd) = (fd(0), fd(1), fd(2), fd(3));
     if plan_fd < 0 || report_fd < 0 {
         eprintln!("ember-agent {HELPER_ARG}: internal helper, not for direct use");
-        unsafe { libc::_exit(2) };
+        sys::exit_now(2);
     }
     let _ = sys::set_cloexec(report_fd, true);
     for extra in [start_fd, console_fd] {
@@ -249,7 +250,7 @@ pub fn helper_main(args: &[String]) -> ! {
             1
         }
     };
-    unsafe { libc::_exit(code) }
+    sys::exit_now(code)
 }
 
 fn run_helper(
@@ -259,9 +260,8 @@ fn run_helper(
     console_fd: RawFd,
 ) -> io::Result<()> {
     let mut buf = Vec::new();
-    {
-        let mut f = unsafe { File::from_raw_fd(plan_fd) };
-        f.read_to_end(&mut buf)?;
+    if let Some(fd) = sys::take_inherited_fd(plan_fd) {
+        File::from(fd).read_to_end(&mut buf)?;
     }
     let plan: Plan = serde_json::from_slice(&buf)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad plan: {e}")))?;
@@ -299,6 +299,13 @@ fn run_helper(
 /// agent as the parent of the new process. Returns 0 in the child.
 fn clone_parent(ns_flags: libc::c_int) -> io::Result<i32> {
     let flags = (ns_flags | libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong;
+    // SAFETY: the raw clone syscall with a null stack behaves like fork: the child
+    // runs on a copy of this stack and address space, and the null ptid/ctid/tls
+    // arguments are unused without CLONE_PARENT_SETTID/CHILD_SETTID/SETTLS. The
+    // helper is single-threaded (it runs before any runtime or thread is started),
+    // so the child inherits no lock held by another thread and may allocate; it
+    // never returns into the caller's frames past `run_helper`, ending in execve or
+    // `sys::exit_now`. (libc's clone() wrapper is not used: it needs a new stack.)
     let pid = unsafe {
         libc::syscall(
             libc::SYS_clone,

@@ -11,6 +11,9 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
 
+use nix::fcntl::OFlag;
+use nix::sys::socket::{AddressFamily, SockFlag, SockType};
+use nix::sys::stat::Mode;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
 
@@ -123,20 +126,8 @@ impl OutputBuf {
         loop {
             let room = self.room().await.min(chunk.len());
             let mut guard = afd.readable().await?;
-            let res = guard.try_io(|inner| {
-                let n = unsafe {
-                    libc::read(
-                        inner.get_ref().as_raw_fd(),
-                        chunk.as_mut_ptr() as *mut libc::c_void,
-                        room,
-                    )
-                };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
-            });
+            let res =
+                guard.try_io(|inner| Ok(nix::unistd::read(inner.get_ref(), &mut chunk[..room])?));
             match res {
                 Ok(Ok(0)) => return Ok(()),
                 Ok(Ok(n)) => self.push(&chunk[..n]),
@@ -166,20 +157,7 @@ impl StdinWriter {
     pub async fn write_all(&self, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {
             let mut guard = self.fd.writable().await?;
-            match guard.try_io(|inner| {
-                let n = unsafe {
-                    libc::write(
-                        inner.get_ref().as_raw_fd(),
-                        data.as_ptr() as *const libc::c_void,
-                        data.len(),
-                    )
-                };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
-            }) {
+            match guard.try_io(|inner| Ok(nix::unistd::write(inner.get_ref(), data)?)) {
                 Ok(Ok(n)) => data = &data[n..],
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
                 Ok(Err(e)) => return Err(e),
@@ -192,18 +170,11 @@ impl StdinWriter {
 
 /// Opens a pty pair; both ends close-on-exec. Returns (master, slave).
 pub fn open_pty() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut master: RawFd = -1;
-    let mut slave: RawFd = -1;
-    sys::check(unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    })?;
-    let (m, s) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let pty = nix::pty::openpty(
+        None::<&nix::pty::Winsize>,
+        None::<&nix::sys::termios::Termios>,
+    )?;
+    let (m, s) = (pty.master, pty.slave);
     sys::set_cloexec(m.as_raw_fd(), true)?;
     sys::set_cloexec(s.as_raw_fd(), true)?;
     Ok((m, s))
@@ -216,23 +187,30 @@ pub fn resize_pty(master: RawFd, width: u32, height: u32) -> io::Result<()> {
         ws_xpixel: 0,
         ws_ypixel: 0,
     };
+    // SAFETY: TIOCSWINSZ reads a `struct winsize`, and `ws` is a live one that
+    // outlives the call. A bad or non-tty `master` gives an error.
     sys::check(unsafe { libc::ioctl(master, libc::TIOCSWINSZ, &ws) })?;
     Ok(())
 }
 
 /// A close-on-exec unix stream socket pair.
 pub fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as RawFd; 2];
-    sys::check(unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    })?;
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    Ok(nix::sys::socket::socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?)
 }
+
+/// Control-message space for one fd (CMSG_SPACE(sizeof(int))).
+// SAFETY: CMSG_SPACE is pure arithmetic on its argument; it reads no memory.
+const FD_CMSG_SPACE: usize =
+    unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+
+/// A control buffer for one fd, aligned for `cmsghdr` (whose widest field is a
+/// `size_t`).
+type FdCmsgBuf = [u64; FD_CMSG_SPACE.div_ceil(8)];
 
 /// Sends `fd` (or, with `None`, just a byte saying "none") over a unix socket.
 pub fn send_fd(sock: RawFd, fd: Option<RawFd>) -> io::Result<()> {
@@ -241,14 +219,20 @@ pub fn send_fd(sock: RawFd, fd: Option<RawFd>) -> io::Result<()> {
         iov_base: byte.as_mut_ptr() as *mut libc::c_void,
         iov_len: 1,
     };
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
-    let mut cbuf = vec![0u8; space];
+    let space = FD_CMSG_SPACE;
+    let mut cbuf: FdCmsgBuf = [0; FD_CMSG_SPACE.div_ceil(8)];
+    // SAFETY: msghdr is plain C data for which all-zero bytes are a valid value
+    // (null pointers, zero lengths).
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     if let Some(fd) = fd {
         msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
         msg.msg_controllen = space as _;
+        // SAFETY: msg_control points at `cbuf`: zeroed, 8-aligned (as cmsghdr needs)
+        // and at least `space` = CMSG_SPACE(one fd) bytes, which is msg_controllen.
+        // So CMSG_FIRSTHDR returns a non-null header at its start, and the fd
+        // payload at CMSG_DATA lies inside it (written unaligned all the same).
         unsafe {
             let c = libc::CMSG_FIRSTHDR(&msg);
             (*c).cmsg_level = libc::SOL_SOCKET;
@@ -257,6 +241,8 @@ pub fn send_fd(sock: RawFd, fd: Option<RawFd>) -> io::Result<()> {
             std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut RawFd, fd);
         }
     }
+    // SAFETY: `msg` points at `iov` (one byte in `byte`) and, with an fd, at `cbuf`,
+    // all alive until the call returns; sendmsg only reads them.
     let n = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
     if n < 0 {
         return Err(io::Error::last_os_error());
@@ -272,13 +258,17 @@ pub fn recv_fd(sock: &OwnedFd) -> io::Result<Option<OwnedFd>> {
         iov_base: byte.as_mut_ptr() as *mut libc::c_void,
         iov_len: 1,
     };
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
-    let mut cbuf = vec![0u8; space];
+    let space = FD_CMSG_SPACE;
+    let mut cbuf: FdCmsgBuf = [0; FD_CMSG_SPACE.div_ceil(8)];
+    // SAFETY: msghdr is plain C data for which all-zero bytes are a valid value.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
     msg.msg_controllen = space as _;
+    // SAFETY: `msg` points at `iov` (the one-byte `byte`) and at `cbuf` (at least
+    // `space` bytes, 8-aligned), both alive and writable for the call; the kernel
+    // writes at most those lengths.
     let n = unsafe {
         libc::recvmsg(
             sock.as_raw_fd(),
@@ -293,6 +283,11 @@ pub fn recv_fd(sock: &OwnedFd) -> io::Result<Option<OwnedFd>> {
         }
         return Err(e);
     }
+    // SAFETY: after a successful recvmsg, `msg` describes `cbuf` with the kernel's
+    // msg_controllen, so CMSG_FIRSTHDR is null or a header inside `cbuf`; an
+    // SCM_RIGHTS header of ours carries one fd at CMSG_DATA (read unaligned). With
+    // MSG_CMSG_CLOEXEC that fd is new in this process and owned by nobody else, so
+    // the OwnedFd becomes its only owner.
     unsafe {
         let c = libc::CMSG_FIRSTHDR(&msg);
         if !c.is_null() && (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS
@@ -307,16 +302,18 @@ pub fn recv_fd(sock: &OwnedFd) -> io::Result<Option<OwnedFd>> {
 /// Opens a new pty in the devpts that `/dev/ptmx` leads to (the container's, when
 /// called inside it). Returns (master, slave), both close-on-exec.
 pub fn open_pty_here() -> io::Result<(OwnedFd, OwnedFd)> {
-    let path = c"/dev/ptmx";
-    let m = sys::check(unsafe {
-        libc::open(
-            path.as_ptr(),
-            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
-        )
-    })?;
-    let master = unsafe { OwnedFd::from_raw_fd(m) };
+    let master = nix::fcntl::open(
+        c"/dev/ptmx",
+        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    let m = master.as_raw_fd();
     let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads one int, and `unlock` is a live one; `m` is the open
+    // master owned by `master`.
     sys::check(unsafe { libc::ioctl(m, libc::TIOCSPTLCK, &unlock) })?;
+    // SAFETY: TIOCGPTPEER takes open flags by value (no pointer) and returns a new
+    // fd for the slave, or -1.
     let s = sys::check(unsafe {
         libc::ioctl(
             m,
@@ -324,12 +321,16 @@ pub fn open_pty_here() -> io::Result<(OwnedFd, OwnedFd)> {
             libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
         )
     })?;
+    // SAFETY: `s` is the new fd TIOCGPTPEER just returned (check passed it as
+    // non-negative); nothing else owns it.
     Ok((master, unsafe { OwnedFd::from_raw_fd(s) }))
 }
 
 /// The pty number of a master (`/dev/pts/<n>`).
 pub fn pty_number(master: RawFd) -> io::Result<u32> {
     let mut n: libc::c_uint = 0;
+    // SAFETY: TIOCGPTN writes one unsigned int, and `n` is a live, writable one. A
+    // bad or non-master fd gives an error.
     sys::check(unsafe { libc::ioctl(master, libc::TIOCGPTN, &mut n) })?;
     Ok(n)
 }

@@ -1,10 +1,18 @@
 //! Thin wrappers over the raw system calls the agent and its spawn helper use.
+//!
+//! Where `nix` has a safe wrapper it is used; the few raw calls left (on fds known
+//! only by number, or with arguments `nix` cannot express) each carry their own
+//! `// SAFETY:` reasoning. Helpers marked allocation-free may run between
+//! fork/clone and exec.
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::mount::{MntFlags, MsFlags};
 
 /// Turns a `-1` return into the current `errno`.
 pub fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
@@ -26,25 +34,42 @@ pub fn cpath(p: &Path) -> io::Result<CString> {
 
 /// A close-on-exec pipe: (read end, write end).
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as RawFd; 2];
-    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    Ok(nix::unistd::pipe2(OFlag::O_CLOEXEC)?)
 }
 
-pub fn set_nonblocking(fd: &impl AsRawFd) -> io::Result<()> {
-    let fd = fd.as_raw_fd();
-    let flags = check(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
-    check(unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) })?;
+pub fn set_nonblocking(fd: &impl AsFd) -> io::Result<()> {
+    let flags = fcntl(fd.as_fd(), FcntlArg::F_GETFL)?;
+    fcntl(
+        fd.as_fd(),
+        FcntlArg::F_SETFL(OFlag::from_bits_retain(flags) | OFlag::O_NONBLOCK),
+    )?;
     Ok(())
 }
 
+/// The fd flags (`F_GETFD`) of `fd`; `Err(EBADF)` when it is not open.
+fn fd_flags(fd: RawFd) -> io::Result<libc::c_int> {
+    // SAFETY: F_GETFD takes no argument and only reads the fd table; any integer
+    // is fine (an fd that is not open gives EBADF). Async-signal-safe.
+    check(unsafe { libc::fcntl(fd, libc::F_GETFD) })
+}
+
+/// Whether `fd` is open in this process.
+pub fn is_open(fd: RawFd) -> bool {
+    fd_flags(fd).is_ok()
+}
+
+/// Sets or clears `FD_CLOEXEC` on a descriptor known by number (fds passed to the
+/// spawn helper). Async-signal-safe and allocation-free: the spawn code calls it
+/// between fork and exec.
 pub fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
-    let flags = check(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
+    let flags = fd_flags(fd)?;
     let flags = if on {
         flags | libc::FD_CLOEXEC
     } else {
         flags & !libc::FD_CLOEXEC
     };
+    // SAFETY: F_SETFD takes an integer argument and touches no memory of ours; it
+    // changes only the close-on-exec flag of `fd`, which the callers own.
     check(unsafe { libc::fcntl(fd, libc::F_SETFD, flags) })?;
     Ok(())
 }
@@ -57,63 +82,100 @@ pub fn mount(
     flags: libc::c_ulong,
     data: Option<&str>,
 ) -> io::Result<()> {
-    let src = source.map(cstr).transpose()?;
-    let tgt = cpath(target)?;
-    let fst = fstype.map(cstr).transpose()?;
-    let dat = data.filter(|d| !d.is_empty()).map(cstr).transpose()?;
-    check(unsafe {
-        libc::mount(
-            src.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
-            tgt.as_ptr(),
-            fst.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
-            flags,
-            dat.as_ref()
-                .map_or(std::ptr::null(), |s| s.as_ptr() as *const libc::c_void),
-        )
-    })?;
+    nix::mount::mount(
+        source,
+        target,
+        fstype,
+        MsFlags::from_bits_retain(flags),
+        data.filter(|d| !d.is_empty()),
+    )?;
     Ok(())
 }
 
 /// The filesystem magic of `path` (statfs `f_type`).
 pub fn fs_magic(path: &Path) -> io::Result<i64> {
-    let c = cpath(path)?;
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    check(unsafe { libc::statfs(c.as_ptr(), &mut st) })?;
-    Ok(st.f_type as i64)
+    let st = nix::sys::statfs::statfs(path)?;
+    Ok(st.filesystem_type().0 as i64)
 }
 
 pub const CGROUP2_MAGIC: i64 = 0x6367_7270;
 
 pub fn umount(target: &Path, flags: libc::c_int) -> io::Result<()> {
-    let tgt = cpath(target)?;
-    check(unsafe { libc::umount2(tgt.as_ptr(), flags) })?;
+    nix::mount::umount2(target, MntFlags::from_bits_retain(flags))?;
     Ok(())
 }
 
+/// kill(2) with a raw signal number (real-time signals included, which nix's
+/// `Signal` cannot name).
 pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
+    // SAFETY: kill takes only integers and touches no memory of this process.
     check(unsafe { libc::kill(pid, sig) })?;
     Ok(())
+}
+
+/// write(2) on a descriptor known by number. Allocation-free.
+pub fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is a live slice, valid for reads of `buf.len()` bytes for the
+    // whole call; the kernel only reads from it. A bad `fd` gives EBADF.
+    let n = unsafe { libc::write(fd, buf.as_ptr() as *const libc::c_void, buf.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
 }
 
 /// Writes the whole buffer to a blocking fd.
 pub fn write_all(fd: RawFd, mut buf: &[u8]) -> io::Result<()> {
     while !buf.is_empty() {
-        let n = unsafe { libc::write(fd, buf.as_ptr() as *const libc::c_void, buf.len()) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
+        match write(fd, buf) {
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
-        buf = &buf[n as usize..];
     }
     Ok(())
 }
 
+/// dup2(2) onto one of the standard descriptors 0-2 (the only targets used here:
+/// no `OwnedFd` of this crate holds those numbers, so nothing is closed behind an
+/// owner's back). Allocation-free.
+pub fn dup_onto_stdio(fd: RawFd, target: RawFd) -> io::Result<()> {
+    debug_assert!((0..=2).contains(&target));
+    // SAFETY: dup2 takes only integers and touches no memory of ours; `target` is a
+    // standard descriptor (see above), so replacing it breaks no ownership.
+    check(unsafe { libc::dup2(fd, target) })?;
+    Ok(())
+}
+
+/// Takes ownership of a descriptor this process got by number (from its argument
+/// list): it is closed when the `OwnedFd` drops. `None` for a negative number.
+///
+/// Only for fds that nothing else in the process owns or closes; the spawn helper
+/// and its clone use it for the fds the agent passed them (each taken once).
+pub fn take_inherited_fd(fd: RawFd) -> Option<OwnedFd> {
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is non-negative and, per this function's contract, an open fd
+    // that no other owner in this process holds, so the OwnedFd is its only owner.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `_exit(2)`: ends the process at once, without running atexit handlers or
+/// flushing stdio buffers (what a forked/cloned child must do). Async-signal-safe.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit has no preconditions; it never returns, so no Rust state is
+    // observed afterwards (destructors are skipped, which is the point).
+    unsafe { libc::_exit(code) }
+}
+
 /// Kernel release, as `uname -r` prints it.
 pub fn kernel_release() -> String {
+    // SAFETY: utsname is plain C data (arrays of c_char) for which all-zero bytes
+    // are a valid value.
     let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is a live, writable utsname; uname only fills it in.
     if unsafe { libc::uname(&mut u) } != 0 {
         return String::new();
     }
@@ -128,13 +190,20 @@ pub fn kernel_release() -> String {
 
 /// Monotonic time since boot (CLOCK_BOOTTIME) in milliseconds.
 pub fn uptime_ms() -> u64 {
-    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a live, writable timespec; clock_gettime only fills it in
+    // (on failure it stays zero).
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
 
 /// Registers an owned fd with tokio's reactor.
 pub fn async_fd(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
-    // SAFETY: the OwnedFd is owned by the AsyncFd and only closed when it drops.
+    // SAFETY: the OwnedFd is moved into the AsyncFd, so it is open now and stays open
+    // (and the same fd, which `OwnedFd::as_raw_fd` always returns) until the AsyncFd
+    // drops it; no one else can close it meanwhile.
     Ok(unsafe { tokio::io::unix::AsyncFd::register(fd) }?)
 }

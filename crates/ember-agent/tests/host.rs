@@ -5,6 +5,8 @@
 //! throw-away sub-cgroup of the host's cgroup v2 mount and uses the `path:` rootfs
 //! escape hatch instead of a virtio block device.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -16,7 +18,7 @@ use serde_json::json;
 const BUSYBOX: &str = "/bin/busybox";
 
 fn skip_reason() -> Option<String> {
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         return Some("not root".into());
     }
     if !Path::new(BUSYBOX).exists() {
