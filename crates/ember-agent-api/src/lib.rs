@@ -21,6 +21,11 @@ pub const SERVICE: &str = "ember.agent.v1.Agent";
 pub const VSOCK_PORT: u32 = 1024;
 /// Name of the virtio-serial port the agent serves on (`/sys/class/virtio-ports/*/name`).
 pub const SERIAL_PORT_NAME: &str = "ember.agent";
+/// Marker the host writes at the start of every connection on the virtio-serial
+/// channel. A serial port has no connection boundaries of its own, so the agent skips
+/// everything up to this marker before speaking ttrpc: stale bytes of an earlier
+/// connection, or garbage after which a session was dropped.
+pub const SERIAL_SYNC: &[u8] = b"\n\0EMBER-AGENT-SYNC-1\0\n";
 /// Largest chunk one `ReadOutput` or `WriteStdin` moves.
 pub const MAX_IO_CHUNK: u32 = 1 << 20;
 /// Kernel command line key whose value the agent prints to the console before

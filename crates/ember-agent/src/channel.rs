@@ -1,6 +1,7 @@
 //! Where the agent serves: the `ember.agent` virtio-serial port, an AF_VSOCK
 //! listener and (for host-side tests) a unix socket.
 
+use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -89,6 +90,66 @@ impl AsyncWrite for FdStream {
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let _ = nix::sys::socket::shutdown(self.0.as_raw_fd(), Shutdown::Write);
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The virtio-serial port as one session's stream. A port reads EOF (or EIO) while no
+/// host is connected, and a host that reconnects quickly may or may not show that gap
+/// to the guest, so the end of a host connection is no reliable session boundary here:
+/// a session on the port ends only at a protocol error, which is also what the next
+/// connection's sync marker causes. "Not connected" just means no data yet.
+struct SerialPort {
+    port: FdStream,
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl SerialPort {
+    fn new(port: FdStream) -> Self {
+        SerialPort { port, idle: None }
+    }
+}
+
+impl AsyncRead for SerialPort {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if let Some(idle) = self.idle.as_mut() {
+                ready!(idle.as_mut().poll(cx));
+                self.idle = None;
+            }
+            let before = buf.filled().len();
+            let res = ready!(Pin::new(&mut self.port).poll_read(cx, buf));
+            let disconnected = match &res {
+                Ok(()) => buf.filled().len() == before && buf.remaining() > 0,
+                Err(e) => e.raw_os_error() == Some(libc::EIO),
+            };
+            if !disconnected {
+                return Poll::Ready(res);
+            }
+            self.idle = Some(Box::pin(tokio::time::sleep(Duration::from_millis(20))));
+        }
+    }
+}
+
+impl AsyncWrite for SerialPort {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.port).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.port).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // The port outlives every session: never shut it down.
         Poll::Ready(Ok(()))
     }
 }
@@ -215,42 +276,46 @@ pub async fn serve_serial(agent: Arc<Agent>, path: PathBuf) -> io::Result<()> {
     tracing::info!("serving on virtio-serial port {}", path.display());
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        // Wait for the host: EOF (0) while nobody is connected.
-        let first = loop {
-            match port.try_read(&mut buf) {
-                Ok(Some(n)) if n > 0 => break buf[..n].to_vec(),
-                Ok(Some(_)) | Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-                Ok(None) => {
-                    // Connected but idle: wait for readiness (bounded, to notice HUP).
-                    if let Ok(Ok(mut g)) =
-                        tokio::time::timeout(Duration::from_millis(200), port.0.readable()).await
-                    {
-                        g.clear_ready();
-                    }
-                }
-            }
-        };
-        match serve_session(agent.clone(), port.clone(), first).await {
+        // Every host connection begins with the sync marker: skip anything before it.
+        let rest = wait_for_sync(&port, &mut buf).await;
+        match serve_session(agent.clone(), SerialPort::new(port.clone()), rest).await {
             Ok(()) => tracing::info!("serial session ended"),
-            Err(e) => {
-                tracing::warn!("serial session: {e}; discarding input until the host disconnects");
-                loop {
-                    match port.try_read(&mut buf) {
-                        Ok(Some(0)) | Err(_) => break,
-                        Ok(Some(_)) => {}
-                        Ok(None) => {
-                            if let Ok(Ok(mut g)) =
-                                tokio::time::timeout(Duration::from_millis(200), port.0.readable())
-                                    .await
-                            {
-                                g.clear_ready();
-                            }
-                        }
-                    }
+            Err(e) => tracing::warn!("serial session: {e}; waiting for the next connection"),
+        }
+    }
+}
+
+/// Reads the port until the host's sync marker went by; returns the bytes after it.
+async fn wait_for_sync(port: &FdStream, buf: &mut [u8]) -> Vec<u8> {
+    let marker = ember_agent_api::SERIAL_SYNC;
+    let mut window: Vec<u8> = Vec::new();
+    loop {
+        match port.try_read(buf) {
+            Ok(Some(n)) if n > 0 => {
+                window.extend_from_slice(&buf[..n]);
+                if let Some(at) = find(&window, marker) {
+                    return window.split_off(at + marker.len());
+                }
+                // Keep only what could be the start of a marker split across reads.
+                let keep = window.len().min(marker.len() - 1);
+                window.drain(..window.len() - keep);
+            }
+            // EOF while no host is connected, or a passing error.
+            Ok(Some(_)) | Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Ok(None) => {
+                // Connected but idle: wait for readiness (bounded, to notice HUP).
+                if let Ok(Ok(mut g)) =
+                    tokio::time::timeout(Duration::from_millis(200), port.0.readable()).await
+                {
+                    g.clear_ready();
                 }
             }
         }
     }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 use std::os::unix::fs::OpenOptionsExt;
@@ -312,5 +377,21 @@ pub async fn serve_unix(agent: Arc<Agent>, listener: tokio::net::UnixListener) -
                 tracing::warn!("unix connection: {e}");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::find;
+
+    #[test]
+    fn marker_is_found_anywhere() {
+        let m = ember_agent_api::SERIAL_SYNC;
+        let mut data = b"garbage".to_vec();
+        data.extend_from_slice(m);
+        data.extend_from_slice(b"rest");
+        let at = find(&data, m).unwrap();
+        assert_eq!(&data[at + m.len()..], b"rest");
+        assert!(find(b"no marker here", m).is_none());
     }
 }

@@ -104,12 +104,6 @@ async fn main() {
         .find_map(|l| l.strip_prefix("RssAnon:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0);
-    let anon_kib: u64 = std::fs::read_to_string(format!("/proc/{}/status", sb.vm().pid().unwrap()))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
     sb.shutdown().await.unwrap();
 
     // Reference: runc runs the same bundle on the host.

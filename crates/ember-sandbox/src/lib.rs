@@ -199,6 +199,10 @@ async fn wait_for_agent(
     timeout: Duration,
 ) -> Result<(AgentClient, ember_agent_api::PingResponse), Error> {
     let attempt = Duration::from_millis(50);
+    // Unanswered pings for this long on one connection: connect afresh (on a serial
+    // channel, the new connection's sync marker lets the agent find its start again).
+    let reconnect_after = 20;
+    let mut unanswered = 0;
     let mut client: Option<AgentClient> = None;
     loop {
         if Instant::now() > deadline {
@@ -235,7 +239,13 @@ async fn wait_for_agent(
         // its port, so keep pinging on the same connection until it answers.
         match c.ping(attempt).await {
             Ok(p) => return Ok((c, p)),
-            Err(ember_ttrpc::Error::Timeout(_)) => {}
+            Err(ember_ttrpc::Error::Timeout(_)) => {
+                unanswered += 1;
+                if unanswered >= reconnect_after {
+                    unanswered = 0;
+                    client = None;
+                }
+            }
             Err(_) => {
                 client = None;
                 tokio::time::sleep(Duration::from_millis(10)).await;

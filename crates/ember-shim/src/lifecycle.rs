@@ -156,9 +156,8 @@ pub fn serve(args: &Args) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
         Ok::<_, anyhow::Error>(())
     })?;
-    if let Ok(addr) = std::fs::read_to_string(std::env::current_dir()?.join("address")) {
-        let _ = std::fs::remove_file(addr.trim_start_matches("unix://"));
-    }
+    // The bundle (and its address file) may already be gone; the path is derived.
+    let _ = std::fs::remove_file(socket_path(args));
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

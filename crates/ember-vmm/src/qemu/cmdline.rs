@@ -131,6 +131,11 @@ pub fn build_args(
     a
 }
 
+/// Written at the start of every connection to the agent's virtio-serial port, so the
+/// agent can find where a connection's bytes begin (a serial port has no connection
+/// boundaries of its own).
+pub const SERIAL_SYNC: &[u8] = b"\n\0EMBER-AGENT-SYNC-1\0\n";
+
 /// Name of the virtio-serial port the agent serves on.
 pub const AGENT_PORT_NAME: &str = "ember.agent";
 

@@ -20,7 +20,7 @@ use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
 
 pub use accel::{host_tsc_khz, kvm_device_usable, resolve as resolve_accel, AccelVerdict};
-pub use cmdline::{base_kernel_args, AGENT_PORT_NAME};
+pub use cmdline::{base_kernel_args, AGENT_PORT_NAME, SERIAL_SYNC};
 use cmdline::{build_args, QemuPaths};
 pub use qmp::{Qmp, QmpEvent};
 
@@ -275,7 +275,8 @@ impl Vm for QemuVm {
         if self.child.is_none() {
             return Err(Error::NotRunning);
         }
-        let s = UnixStream::connect(&self.paths.agent).await?;
+        let mut s = UnixStream::connect(&self.paths.agent).await?;
+        tokio::io::AsyncWriteExt::write_all(&mut s, SERIAL_SYNC).await?;
         Ok(Box::pin(s))
     }
 
