@@ -3,7 +3,7 @@
 //! once it is ready). Output is pulled from the agent and written here; stdin is read
 //! here and pushed to the agent until containerd's `CloseIO`.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::Stdio as ProcStdio;
 
@@ -94,11 +94,20 @@ async fn spawn_logger(uri: &str, namespace: &str, id: &str) -> Result<(Sink, Sin
             None => kv.to_string(),
         })
         .collect();
-    let (out_r, out_w) = nix::unistd::pipe().map_err(|e| StdioError::Open(uri.into(), e.into()))?;
-    let (err_r, err_w) = nix::unistd::pipe().map_err(|e| StdioError::Open(uri.into(), e.into()))?;
-    let (ready_r, ready_w) =
-        nix::unistd::pipe().map_err(|e| StdioError::Open(uri.into(), e.into()))?;
-    let fds = [out_r.as_raw_fd(), err_r.as_raw_fd(), ready_w.as_raw_fd()];
+    let pipe = || {
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| StdioError::Open(uri.into(), e.into()))
+    };
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let (ready_r, ready_w) = pipe()?;
+    // Copies above the target numbers, so the dup2 onto 3, 4 and 5 cannot clobber one
+    // another; all are close-on-exec, so the logger inherits only 3, 4 and 5.
+    let high = |fd: &OwnedFd| {
+        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))
+            .map_err(|e| StdioError::Open(uri.into(), e.into()))
+    };
+    let fds = [high(&out_r)?, high(&err_r)?, high(&ready_w)?];
     let mut cmd = std::process::Command::new(path);
     cmd.args(&args)
         .env("CONTAINER_ID", id)
@@ -120,6 +129,9 @@ async fn spawn_logger(uri: &str, namespace: &str, id: &str) -> Result<(Sink, Sin
         });
     }
     let child = cmd.spawn().map_err(|e| StdioError::Open(uri.into(), e))?;
+    for fd in fds {
+        let _ = nix::unistd::close(fd);
+    }
     drop((out_r, err_r, ready_w));
     // Wait for the logger to close its end of the ready pipe.
     let mut ready = tokio::fs::File::from_std(std::fs::File::from(ready_r));

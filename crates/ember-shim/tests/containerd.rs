@@ -689,7 +689,7 @@ fn log_uris_file_and_binary() {
     std::fs::write(
         &logger,
         format!(
-            "#!/bin/sh\ncat <&3 >> {0}.out &\ncat <&4 >> {0}.err &\nexec 5>&-\nwait\n",
+            "#!/bin/sh\nexec 5>&-\ncat <&3 >> {0}.out &\ncat <&4 >> {0}.err &\nwait\n",
             bin_log.display()
         ),
     )
