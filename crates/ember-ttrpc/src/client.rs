@@ -93,7 +93,7 @@ impl Client {
 
         Client {
             inner: Arc::new(Inner {
-                next_id: Mutex::new(1),
+                next_id: Mutex::new(first_stream_id()),
                 pending,
                 tx,
             }),
@@ -183,10 +183,36 @@ impl Client {
     }
 }
 
+/// A distinct odd stream id to start from. A byte stream may carry replies meant for
+/// an earlier client (a virtio-serial port, which has no connections of its own):
+/// starting elsewhere keeps such stale replies from matching this client's calls.
+fn first_stream_id() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static CLIENTS: AtomicU32 = AtomicU32::new(0);
+    let n = CLIENTS.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32))
+        .unwrap_or(0);
+    ((t ^ n.wrapping_mul(0x9E37_79B9)) & 0x3fff_fffe) | 1
+}
+
 fn fail_all(p: &Pending) {
     if let Some(map) = p.lock().unwrap().take() {
         for (_, w) in map {
             let _ = w.send(Err(Error::Closed));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn clients_start_at_distinct_odd_ids() {
+        let a = super::first_stream_id();
+        let b = super::first_stream_id();
+        assert_eq!(a % 2, 1);
+        assert_eq!(b % 2, 1);
+        assert_ne!(a, b);
     }
 }
