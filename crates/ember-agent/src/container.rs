@@ -162,14 +162,17 @@ pub fn init_child(plan: &Plan, report_fd: RawFd, start_fd: RawFd, console_fd: Ra
 /// Body of a cloned exec process (already in the container's namespaces).
 pub fn exec_child(plan: &Plan, report_fd: RawFd, console_fd: RawFd) -> ! {
     let Plan::Exec {
-        process, terminal, ..
+        process,
+        terminal,
+        winsize,
+        ..
     } = plan
     else {
         sys::exit_now(1)
     };
     reset_signals();
     if *terminal {
-        container_pty(console_fd);
+        container_pty(console_fd, *winsize);
     }
     if let Err(e) = session(*terminal) {
         fail(report_fd, e, 1);
@@ -205,12 +208,15 @@ fn session(terminal: bool) -> io::Result<()> {
 /// now), makes it fds 0-2 and sends the master to the agent over `console_fd`.
 /// Without a devpts there, keeps the agent's fallback pty (already fds 0-2).
 /// Returns the pty number when it opened one.
-fn container_pty(console_fd: RawFd) -> Option<u32> {
+fn container_pty(console_fd: RawFd, winsize: Option<(u32, u32)>) -> Option<u32> {
     use std::os::fd::AsRawFd;
     // Only this process takes the console socket (once).
     let console = sys::take_inherited_fd(console_fd)?;
     let res = crate::stdio::open_pty_here().and_then(|(master, slave)| {
         let n = crate::stdio::pty_number(master.as_raw_fd())?;
+        if let Some((w, h)) = winsize {
+            crate::stdio::resize_pty(master.as_raw_fd(), w, h)?;
+        }
         for t in 0..3 {
             sys::dup_onto_stdio(slave.as_raw_fd(), t)?;
         }
@@ -337,7 +343,7 @@ fn setup_init(
             .map_err(|e| err("setdomainname", e))?;
     }
     if terminal {
-        let n = container_pty(console_fd);
+        let n = container_pty(console_fd, None);
         if dev_is_tmpfs {
             // /dev/console is the container's terminal.
             let console = Path::new("/dev/console");

@@ -646,6 +646,7 @@ impl Agent {
                     init_pid,
                     cgroup: c.cgroup.as_ref().map(|cg| cg.path.clone()),
                     terminal: p.terminal,
+                    winsize: *p.pty_size.lock().unwrap(),
                 };
                 let (pty, console_child) = pty.unzip();
                 let (spawned, outcome) = spawn::spawn(&plan, stdio, console_child)

@@ -51,6 +51,10 @@ pub enum Plan {
         init_pid: i32,
         cgroup: Option<PathBuf>,
         terminal: bool,
+        /// Window size asked for before the start: set on the new pty before exec, so
+        /// the program never sees a 0x0 terminal.
+        #[serde(default)]
+        winsize: Option<(u32, u32)>,
     },
 }
 
