@@ -469,19 +469,9 @@ fn killing_the_vmm_fails_the_task() {
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let dir = c.dir.path().display().to_string();
-    let vmm = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .find(|e| {
-            std::fs::read(e.path().join("cmdline"))
-                .map(|b| {
-                    let s = String::from_utf8_lossy(&b);
-                    s.contains("qemu-system") && s.contains(&dir)
-                })
-                .unwrap_or(false)
-        })
-        .expect("the VMM process");
-    let pid: i32 = vmm.file_name().to_string_lossy().parse().unwrap();
+    let vmms = pids_matching(&["qemu-system", &dir]);
+    assert_eq!(vmms.len(), 1, "the VMM process: {vmms:?}");
+    let pid = vmms[0];
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
