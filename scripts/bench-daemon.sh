@@ -2,7 +2,8 @@
 # emberd vs Debian's containerd, same machine, same run:
 #  (a) `ctr images import` + unpack of a ~200 MB Debian (debootstrap minbase) image,
 #      median of 3, each on a fresh daemon root;
-#  (b) Containers Create + Delete over gRPC, 1000 ops (examples/bench_containers.rs).
+#  (b) Containers Create + Delete over gRPC, 1000 pairs, from 1 and from 16
+#      concurrent clients (examples/bench_containers.rs), median of 3.
 # Needs root, ctr and containerd (apt-get install containerd), debootstrap.
 # Prints a markdown table for docs/benchmarks.md.
 set -euo pipefail
@@ -108,8 +109,26 @@ done
 E_MED=$(printf '%s\n' "${E_IMPORT[@]}" | median)
 C_MED=$(printf '%s\n' "${C_IMPORT[@]}" | median)
 
-d=$WORK/ops-e; start_emberd "$d"; E_OPS=$("$BENCH" "$SOCK" "$OPS" | sed 's/.*ops_per_sec=//'); stop
-d=$WORK/ops-c; start_containerd "$d"; C_OPS=$("$BENCH" "$SOCK" "$OPS" | sed 's/.*ops_per_sec=//'); stop
+# Create+Delete pairs: one client (sequential), then 16 concurrent clients; each
+# daemon fresh, the two alternating, median of $RUNS.
+ops_once() { # start-function name concurrency
+    local d=$WORK/ops-$2-$RANDOM
+    "$1" "$d"
+    "$BENCH" "$SOCK" "$OPS" "$3" | sed 's/.*ops_per_sec=//'
+    stop
+    rm -rf "$d" 2>/dev/null || true
+}
+declare -A OPS_E OPS_C
+for conc in 1 16; do
+    E=(); C=()
+    for _ in $(seq "$RUNS"); do
+        E+=("$(ops_once start_emberd emberd "$conc")")
+        C+=("$(ops_once start_containerd containerd "$conc")")
+    done
+    OPS_E[$conc]="$(printf '%s\n' "${E[@]}" | median) (runs: ${E[*]})"
+    OPS_C[$conc]="$(printf '%s\n' "${C[@]}" | median) (runs: ${C[*]})"
+done
+ratio() { echo "${1%% *} / ${2%% *}" | bc -l | xargs printf %.2f; }
 
 SIZE=$(du -sm "$CACHE/rootfs.tar" | cut -f1)
 LAYER=$(du -sm "$ARCHIVE" | cut -f1)
@@ -118,5 +137,6 @@ image: debootstrap --variant=minbase bookworm, ${SIZE} MB uncompressed, one gzip
 | benchmark | emberd | containerd $(containerd --version | awk '{print $3}') | ratio |
 | --- | --- | --- | --- |
 | \`ctr images import\` + unpack, median of $RUNS (s) | $(printf %.2f "$E_MED") (runs: $(printf '%.2f ' "${E_IMPORT[@]}")) | $(printf %.2f "$C_MED") (runs: $(printf '%.2f ' "${C_IMPORT[@]}")) | $(echo "$C_MED / $E_MED" | bc -l | xargs printf %.2f)x |
-| Containers Create+Delete, $OPS ops (ops/s) | $E_OPS | $C_OPS | $(echo "$E_OPS / $C_OPS" | bc -l | xargs printf %.2f)x |
+| Containers Create+Delete, $OPS pairs, 1 client (pairs/s, median of $RUNS) | ${OPS_E[1]} | ${OPS_C[1]} | $(ratio "${OPS_E[1]}" "${OPS_C[1]}")x |
+| same, 16 concurrent clients | ${OPS_E[16]} | ${OPS_C[16]} | $(ratio "${OPS_E[16]}" "${OPS_C[16]}")x |
 OUT

@@ -8,6 +8,7 @@
 //! ```text
 //! schema          "version"                          -> u64 (SCHEMA_VERSION)
 //! counters        "snapshot"                         -> u64, last snapshot sequence number
+//!                 "wal_lsn"                          -> u64, last log record applied
 //! namespaces      <ns>                               -> Namespace { name, labels }
 //! containers      <ns> \0 <id>                       -> Container
 //! content         <ns> \0 <digest>                   -> ContentInfo { digest, size, labels, times }
@@ -25,17 +26,23 @@
 //! snapshotter uses (`<ns>/<seq>/<key>`).
 //!
 //! Every operation runs in a redb transaction: a crash leaves the previous or the
-//! next state, never a mix.
+//! next state, never a mix. Transactions commit to redb without syncing and are
+//! made durable by a redo log beside the file (`meta.redb.wal`, see
+//! [`crate::wal`]), replayed on open; `counters["wal_lsn"]` is the last record
+//! the database holds.
 
-use std::sync::Arc;
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::filters::Filter;
 use crate::identifiers::{validate, validate_labels};
+use crate::wal::{self, Op, Wal};
 use crate::{
     Container, ContentInfo, Error, Image, Labels, Lease, LeaseResource, Namespace, Result, Snapshot,
 };
@@ -64,7 +71,7 @@ const NAMESPACE_BLOCKERS: &[(Def, &str)] = &[
     (SNAPSHOTS, "snapshots"),
 ];
 
-fn db_err(e: impl Into<redb::Error>) -> Error {
+pub(crate) fn db_err(e: impl Into<redb::Error>) -> Error {
     Error::Internal(format!("metadata database: {}", e.into()))
 }
 
@@ -101,10 +108,36 @@ fn check_no_nul(what: &str, s: &str) -> Result<()> {
 #[derive(Clone)]
 pub struct Db {
     db: Arc<Database>,
+    wal: Arc<Wal>,
+    /// Held from a write transaction's start until its record is in the log, so
+    /// log order is commit order.
+    order: Arc<Mutex<()>>,
 }
 
 pub struct ReadTx(redb::ReadTransaction);
-pub struct WriteTx(redb::WriteTransaction);
+/// A write transaction and the write set it has built so far.
+pub struct WriteTx(redb::WriteTransaction, RefCell<Vec<Op>>);
+
+/// The tables a log record may name.
+const TABLES: &[Def] = &[
+    NAMESPACES,
+    CONTAINERS,
+    CONTENT,
+    BLOB_REFS,
+    SNAPSHOTS,
+    LEASES,
+    LEASE_RESOURCES,
+    IMAGES,
+];
+
+/// The counter holding the sequence number of the last logged transaction.
+const WAL_LSN: &str = "wal_lsn";
+
+fn wal_path(db: &Path) -> PathBuf {
+    let mut p = db.as_os_str().to_owned();
+    p.push(".wal");
+    PathBuf::from(p)
+}
 
 impl Db {
     /// Opens or creates the database file.
@@ -129,21 +162,18 @@ impl Db {
                 Some(_) => {}
             }
             txn.open_table(COUNTERS).map_err(db_err)?;
-            for t in [
-                NAMESPACES,
-                CONTAINERS,
-                CONTENT,
-                BLOB_REFS,
-                SNAPSHOTS,
-                LEASES,
-                LEASE_RESOURCES,
-                IMAGES,
-            ] {
-                txn.open_table(t).map_err(db_err)?;
+            for t in TABLES {
+                txn.open_table(*t).map_err(db_err)?;
             }
         }
         txn.commit().map_err(db_err)?;
-        Ok(Db { db: Arc::new(db) })
+        let log = wal_path(path.as_ref());
+        let last = recover(&db, &log)?;
+        Ok(Db {
+            db: Arc::new(db),
+            wal: Arc::new(Wal::open(&log, last)?),
+            order: Arc::default(),
+        })
     }
 
     /// Runs `f` in a read transaction.
@@ -152,20 +182,109 @@ impl Db {
         f(&tx)
     }
 
-    /// Runs `f` in a write transaction, committed when `f` succeeds.
+    /// Runs `f` in a write transaction, committed when `f` succeeds; returns once
+    /// the commit is durable (through the log, see [`crate::wal`]).
     pub fn update<T>(&self, f: impl FnOnce(&WriteTx) -> Result<T>) -> Result<T> {
-        let tx = WriteTx(self.db.begin_write().map_err(db_err)?);
-        match f(&tx) {
-            Ok(v) => {
-                tx.0.commit().map_err(db_err)?;
-                Ok(v)
-            }
+        let order = self.order.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = WriteTx(self.db.begin_write().map_err(db_err)?, RefCell::default());
+        let v = match f(&tx) {
+            Ok(v) => v,
             Err(e) => {
                 let _ = tx.0.abort();
-                Err(e)
+                return Err(e);
+            }
+        };
+        let WriteTx(mut tx, ops) = tx;
+        let ops = ops.into_inner();
+        if ops.is_empty() {
+            let _ = tx.abort();
+            return Ok(v);
+        }
+        let lsn = self.wal.next_lsn();
+        set_counter(&tx, WAL_LSN, lsn)?;
+        let record = wal::encode(lsn, &ops);
+        if self.wal.wants_checkpoint(record.len()) {
+            tx.commit().map_err(db_err)?;
+            self.wal.checkpointed(lsn);
+            return Ok(v);
+        }
+        tx.set_durability(Durability::None).map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+        if let Err(e) = self.wal.append(lsn, &record) {
+            // The log cannot take it: make the database itself durable.
+            tracing::warn!("{e}; checkpointing instead");
+            self.checkpoint(lsn)?;
+            return Ok(v);
+        }
+        drop(order);
+        self.wal.wait_synced(lsn)?;
+        Ok(v)
+    }
+
+    /// A durable redb commit of everything committed so far (up to `lsn`).
+    fn checkpoint(&self, lsn: u64) -> Result<()> {
+        self.db
+            .begin_write()
+            .map_err(db_err)?
+            .commit()
+            .map_err(db_err)?;
+        self.wal.checkpointed(lsn);
+        Ok(())
+    }
+}
+
+fn get_counter(tx: &redb::WriteTransaction, name: &str) -> Result<u64> {
+    let table = tx.open_table(COUNTERS).map_err(db_err)?;
+    let v = table.get(name).map_err(db_err)?.map(|v| v.value());
+    Ok(v.unwrap_or(0))
+}
+
+fn set_counter(tx: &redb::WriteTransaction, name: &str, value: u64) -> Result<()> {
+    let mut table = tx.open_table(COUNTERS).map_err(db_err)?;
+    table.insert(name, value).map_err(db_err)?;
+    Ok(())
+}
+
+/// Applies the log records the database lacks (after a crash) in one durable
+/// commit; returns the last sequence number the database now holds.
+fn recover(db: &Database, log: &Path) -> Result<u64> {
+    let tx = db.begin_write().map_err(db_err)?;
+    let last = get_counter(&tx, WAL_LSN)?;
+    let records = wal::replay(log, last)?;
+    let Some(&(newest, _)) = records.last() else {
+        let _ = tx.abort();
+        return Ok(last);
+    };
+    for (_, ops) in &records {
+        for op in ops {
+            match op {
+                Op::Put { table, key, value } => {
+                    let mut t = tx.open_table(table_def(table)?).map_err(db_err)?;
+                    t.insert(key.as_str(), value.as_slice()).map_err(db_err)?;
+                }
+                Op::Delete { table, key } => {
+                    let mut t = tx.open_table(table_def(table)?).map_err(db_err)?;
+                    t.remove(key.as_str()).map_err(db_err)?;
+                }
+                Op::Counter { name, value } => set_counter(&tx, name, *value)?,
             }
         }
     }
+    set_counter(&tx, WAL_LSN, newest)?;
+    tx.commit().map_err(db_err)?;
+    tracing::info!(
+        records = records.len(),
+        "metadata: applied the log's records to the database"
+    );
+    Ok(newest)
+}
+
+fn table_def(name: &str) -> Result<Def> {
+    TABLES
+        .iter()
+        .find(|t| t.name() == name)
+        .copied()
+        .ok_or_else(|| Error::Internal(format!("metadata log names an unknown table {name:?}")))
 }
 
 /// Reading, for both kinds of transaction.
@@ -375,8 +494,14 @@ pub fn update_labels(
 
 impl WriteTx {
     pub fn put<T: Serialize>(&self, t: Def, k: &str, v: &T) -> Result<()> {
+        let value = encode(v);
         let mut table = self.0.open_table(t).map_err(db_err)?;
-        table.insert(k, encode(v).as_slice()).map_err(db_err)?;
+        table.insert(k, value.as_slice()).map_err(db_err)?;
+        self.1.borrow_mut().push(Op::Put {
+            table: t.name().to_string(),
+            key: k.to_string(),
+            value,
+        });
         Ok(())
     }
 
@@ -384,6 +509,12 @@ impl WriteTx {
     pub fn delete(&self, t: Def, k: &str) -> Result<bool> {
         let mut table = self.0.open_table(t).map_err(db_err)?;
         let existed = table.remove(k).map_err(db_err)?.is_some();
+        if existed {
+            self.1.borrow_mut().push(Op::Delete {
+                table: t.name().to_string(),
+                key: k.to_string(),
+            });
+        }
         Ok(existed)
     }
 
@@ -396,14 +527,12 @@ impl WriteTx {
 
     /// The next value of a named counter.
     pub fn next_seq(&self, name: &str) -> Result<u64> {
-        let mut table = self.0.open_table(COUNTERS).map_err(db_err)?;
-        let next = table
-            .get(name)
-            .map_err(db_err)?
-            .map(|v| v.value())
-            .unwrap_or(0)
-            + 1;
-        table.insert(name, next).map_err(db_err)?;
+        let next = get_counter(&self.0, name)? + 1;
+        set_counter(&self.0, name, next)?;
+        self.1.borrow_mut().push(Op::Counter {
+            name: name.to_string(),
+            value: next,
+        });
         Ok(next)
     }
 
@@ -832,27 +961,18 @@ fn validate_container(c: &Container) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{AnyValue, Runtime};
+    use crate::AnyValue;
 
     fn container(id: &str) -> Container {
+        let spec = AnyValue {
+            type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
+            value: b"{}".to_vec(),
+        };
         Container {
-            id: id.into(),
-            labels: Labels::new(),
             image: "img".into(),
-            runtime: Runtime {
-                name: "io.containerd.runc.v2".into(),
-                options: None,
-            },
-            spec: Some(AnyValue {
-                type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
-                value: b"{}".to_vec(),
-            }),
             snapshotter: "overlayfs".into(),
             snapshot_key: "k".into(),
-            created_at: SystemTime::UNIX_EPOCH,
-            updated_at: SystemTime::UNIX_EPOCH,
-            extensions: Default::default(),
-            sandbox: String::new(),
+            ..Container::new(id, "io.containerd.runc.v2", spec)
         }
     }
 

@@ -11,6 +11,7 @@ pub mod gc;
 pub mod identifiers;
 pub mod snapshots;
 mod types;
+mod wal;
 
 pub use db::Db;
 pub use filters::{Fields, Filter};

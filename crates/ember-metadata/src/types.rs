@@ -68,6 +68,28 @@ pub struct Container {
     pub sandbox: String,
 }
 
+impl Container {
+    /// A container with only what containerd requires: an id, a runtime and a spec.
+    pub fn new(id: &str, runtime: &str, spec: AnyValue) -> Container {
+        Container {
+            id: id.to_string(),
+            labels: Labels::new(),
+            image: String::new(),
+            runtime: Runtime {
+                name: runtime.to_string(),
+                options: None,
+            },
+            spec: Some(spec),
+            snapshotter: String::new(),
+            snapshot_key: String::new(),
+            created_at: SystemTime::now(),
+            updated_at: SystemTime::now(),
+            extensions: BTreeMap::new(),
+            sandbox: String::new(),
+        }
+    }
+}
+
 impl Fields for Container {
     fn field(&self, path: &[String]) -> Option<String> {
         match path[0].as_str() {
