@@ -252,6 +252,7 @@ async fn missing_and_broken_kernels_fail_clearly_and_leave_nothing() {
     let state = dir.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
     let mut cfg = SandboxConfig::new("broken", &guest(), state.clone());
+    cfg.vmm = vmm();
     cfg.kernel = dir.path().join("no-such-vmlinux");
     let e = Sandbox::boot(cfg.clone()).await.err().unwrap().to_string();
     assert!(
@@ -261,6 +262,7 @@ async fn missing_and_broken_kernels_fail_clearly_and_leave_nothing() {
 
     // A kernel with no usable init: the error carries the console tail, no VMM is left.
     let mut cfg = SandboxConfig::new("noinit", &guest(), state.clone());
+    cfg.vmm = vmm();
     cfg.initrd = dir.path().join("empty.cpio");
     std::fs::write(&cfg.initrd, b"").unwrap();
     cfg.boot_timeout = Duration::from_secs(60);

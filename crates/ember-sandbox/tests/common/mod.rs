@@ -1,5 +1,7 @@
 //! Shared helpers of the sandbox integration tests: they boot the real guest image
-//! under QEMU (TCG here), so `guest/build.sh` must have run.
+//! under QEMU (KVM when a probe boot works, else TCG), so `guest/build.sh` must
+//! have run. `EMBER_TEST_VMM=firecracker` runs them under Firecracker instead
+//! (`FIRECRACKER_BIN`, and a KVM that boots Linux guests).
 
 #![allow(dead_code)]
 
@@ -10,7 +12,7 @@ use std::time::Duration;
 use ember_agent_api::{OutputStream, StdioConfig};
 use ember_guest::{BusyboxBundle, GuestImage};
 use ember_sandbox::{read_all_output, Sandbox, SandboxConfig};
-use ember_vmm::Drive;
+use ember_vmm::{Drive, VmmKind};
 
 pub fn guest() -> GuestImage {
     GuestImage::locate().unwrap_or_else(|e| panic!("{e}"))
@@ -34,11 +36,21 @@ pub fn rootfs_copy(dir: &Path, name: &str) -> PathBuf {
     p
 }
 
-/// Boots a QEMU sandbox with one rootfs drive per entry of `drives`.
+/// The backend the tests use.
+pub fn vmm() -> VmmKind {
+    match std::env::var("EMBER_TEST_VMM").as_deref() {
+        Ok("firecracker") => VmmKind::Firecracker,
+        Ok("qemu") | Err(_) => VmmKind::Qemu,
+        Ok(other) => panic!("EMBER_TEST_VMM={other}: expected qemu or firecracker"),
+    }
+}
+
+/// Boots a sandbox with one rootfs drive per entry of `drives`.
 pub async fn boot(dir: &Path, id: &str, drives: &[&str]) -> Sandbox {
     let state = dir.join("state");
     std::fs::create_dir_all(&state).unwrap();
     let mut cfg = SandboxConfig::new(id, &guest(), state);
+    cfg.vmm = vmm();
     cfg.boot_timeout = Duration::from_secs(90);
     for d in drives {
         cfg.drives.push(Drive {
@@ -114,7 +126,11 @@ pub async fn run(
 
 /// Whether a QEMU process of the sandbox `id` is running.
 pub fn vmm_running(id: &str) -> bool {
-    let needle = format!("ember-{id},");
+    // QEMU's `-name ember-ID,...` or Firecracker's `--id ID`.
+    let needle = match vmm() {
+        VmmKind::Qemu => format!("ember-{id},"),
+        VmmKind::Firecracker => format!("--id\0{id}\0"),
+    };
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok())
