@@ -23,10 +23,18 @@ pub enum Error {
     Vmm(#[from] ember_vmm::Error),
     #[error("agent: {0}")]
     Agent(#[from] ember_ttrpc::Error),
-    #[error("the agent did not answer within {timeout:?}\n--- console tail ---\n{console}")]
-    AgentTimeout { timeout: Duration, console: String },
-    #[error("the VM exited before its agent answered ({exit:?})\n--- console tail ---\n{console}")]
-    EarlyExit { exit: VmExit, console: String },
+    #[error("the agent did not answer within {timeout:?}\n--- console tail ---\n{console}\n--- VMM log tail ---\n{log}")]
+    AgentTimeout {
+        timeout: Duration,
+        console: String,
+        log: String,
+    },
+    #[error("the VM exited before its agent answered ({exit:?})\n--- console tail ---\n{console}\n--- VMM log tail ---\n{log}")]
+    EarlyExit {
+        exit: VmExit,
+        console: String,
+        log: String,
+    },
     #[error("{0}")]
     Invalid(String),
     #[error("i/o: {0}")]
@@ -209,6 +217,7 @@ async fn wait_for_agent(
             return Err(Error::AgentTimeout {
                 timeout,
                 console: vm.console_tail(4096),
+                log: vm.log_tail(2048),
             });
         }
         // A zero timeout polls the exit once: a VM that died ends the wait at once.
@@ -216,6 +225,7 @@ async fn wait_for_agent(
             return Err(Error::EarlyExit {
                 exit: exit?,
                 console: vm.console_tail(4096),
+                log: vm.log_tail(2048),
             });
         }
         let c = match client.as_ref().filter(|c| !c.is_closed()) {

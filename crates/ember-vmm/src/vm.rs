@@ -137,4 +137,7 @@ pub trait Vm: Send + Sync {
 
     /// The last `max_bytes` of the guest console.
     fn console_tail(&self, max_bytes: usize) -> String;
+
+    /// The last `max_bytes` of the VMM's own log (its errors).
+    fn log_tail(&self, max_bytes: usize) -> String;
 }

@@ -553,6 +553,10 @@ impl Vm for FirecrackerVm {
     fn console_tail(&self, max_bytes: usize) -> String {
         file_tail(&self.paths.console, max_bytes)
     }
+
+    fn log_tail(&self, max_bytes: usize) -> String {
+        file_tail(&self.paths.vmm_log, max_bytes)
+    }
 }
 
 #[cfg(test)]

@@ -114,8 +114,9 @@ pub async fn resolve(config: &VmConfig) -> AccelVerdict {
             return v;
         }
     }
-    let verdict = probe_kvm(config).await;
-    if std::fs::create_dir_all(cache_dir()).is_ok() {
+    let (verdict, settled) = probe_kvm(config).await;
+    // A QEMU that could not run at all says nothing about KVM: probe again next time.
+    if settled && std::fs::create_dir_all(cache_dir()).is_ok() {
         let tmp = cache.with_extension("tmp");
         if std::fs::write(&tmp, serde_json::to_vec(&verdict).unwrap_or_default()).is_ok() {
             let _ = std::fs::rename(&tmp, &cache);
@@ -124,16 +125,20 @@ pub async fn resolve(config: &VmConfig) -> AccelVerdict {
     verdict
 }
 
-/// Boots the guest under KVM with `ember.probe=kvm` and waits for the marker.
-async fn probe_kvm(config: &VmConfig) -> AccelVerdict {
+/// Boots the guest under KVM with `ember.probe=kvm` and waits for the marker;
+/// also says whether the verdict is about KVM (and may be cached).
+async fn probe_kvm(config: &VmConfig) -> (AccelVerdict, bool) {
     let timeout = probe_timeout();
     let dir = match tempfile_dir() {
         Ok(d) => d,
         Err(e) => {
-            return AccelVerdict {
-                accel: Accel::Tcg,
-                reason: format!("KVM probe could not run ({e}): using TCG"),
-            }
+            return (
+                AccelVerdict {
+                    accel: Accel::Tcg,
+                    reason: format!("KVM probe could not run ({e}): using TCG"),
+                },
+                false,
+            )
         }
     };
     let paths = QemuPaths::new(&dir);
@@ -146,42 +151,65 @@ async fn probe_kvm(config: &VmConfig) -> AccelVerdict {
     let mut cmd = Command::new(&config.vmm_binary);
     cmd.args(build_args(&probe, Accel::Kvm, &paths, None));
     let started = Instant::now();
-    let verdict = match spawn_supervised(cmd, Stdio::null(), Stdio::null()) {
-        Err(e) => AccelVerdict {
-            accel: Accel::Tcg,
-            reason: format!("KVM probe could not start QEMU ({e}): using TCG"),
-        },
+    let stderr = std::fs::File::create(&paths.log)
+        .map(Stdio::from)
+        .unwrap_or_else(|_| Stdio::null());
+    let verdict = match spawn_supervised(cmd, Stdio::null(), stderr) {
+        Err(e) => (
+            AccelVerdict {
+                accel: Accel::Tcg,
+                reason: format!("KVM probe could not start QEMU ({e}): using TCG"),
+            },
+            false,
+        ),
         Ok(mut child) => {
             let marker = "ember-probe: kvm";
             let mut seen = false;
+            let mut exited = None;
             while started.elapsed() < timeout {
                 if file_tail(&paths.console, 4096).contains(marker) {
                     seen = true;
                     break;
                 }
-                if let Ok(Some(_)) = child.try_wait() {
+                if let Ok(Some(status)) = child.try_wait() {
                     seen = file_tail(&paths.console, 4096).contains(marker);
+                    exited = Some(status);
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             let _ = child.kill().await;
-            if seen {
-                AccelVerdict {
-                    accel: Accel::Kvm,
-                    reason: format!(
-                        "KVM probe boot reached the guest init in {} ms: using KVM",
-                        started.elapsed().as_millis()
-                    ),
-                }
-            } else {
-                AccelVerdict {
-                    accel: Accel::Tcg,
-                    reason: format!(
-                        "KVM probe boot did not reach the guest init within {} ms (slow or nested KVM): using TCG",
-                        timeout.as_millis()
-                    ),
-                }
+            match (seen, exited) {
+                (true, _) => (
+                    AccelVerdict {
+                        accel: Accel::Kvm,
+                        reason: format!(
+                            "KVM probe boot reached the guest init in {} ms: using KVM",
+                            started.elapsed().as_millis()
+                        ),
+                    },
+                    true,
+                ),
+                (false, Some(status)) => (
+                    AccelVerdict {
+                        accel: Accel::Tcg,
+                        reason: format!(
+                            "KVM probe: QEMU exited ({status}) before the guest init: {}: using TCG",
+                            file_tail(&paths.log, 400).trim()
+                        ),
+                    },
+                    false,
+                ),
+                (false, None) => (
+                    AccelVerdict {
+                        accel: Accel::Tcg,
+                        reason: format!(
+                            "KVM probe boot did not reach the guest init within {} ms (slow or nested KVM): using TCG",
+                            timeout.as_millis()
+                        ),
+                    },
+                    true,
+                ),
             }
         }
     };

@@ -302,6 +302,10 @@ impl Vm for QemuVm {
     fn console_tail(&self, max_bytes: usize) -> String {
         file_tail(&self.paths.console, max_bytes)
     }
+
+    fn log_tail(&self, max_bytes: usize) -> String {
+        file_tail(&self.paths.log, max_bytes)
+    }
 }
 
 #[cfg(test)]
