@@ -1,8 +1,13 @@
 //! Generates the server side of `containerd.services.snapshots.v1.Snapshots`; the
 //! messages and the client come from `containerd-client`.
 
+/// containerd's API definitions, shared by the workspace.
+const PROTO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../proto");
+
 fn main() {
-    let proto = "proto/github.com/containerd/containerd/api/services/snapshots/v1/snapshots.proto";
+    let proto = format!(
+        "{PROTO}/github.com/containerd/containerd/api/services/snapshots/v1/snapshots.proto"
+    );
     println!("cargo:rerun-if-changed={proto}");
     tonic_prost_build::configure()
         .build_client(false)
@@ -12,6 +17,6 @@ fn main() {
             "::containerd_client::services::v1::snapshots",
         )
         .extern_path(".containerd.types", "::containerd_client::types")
-        .compile_protos(&[proto], &["proto"])
+        .compile_protos(&[proto.as_str()], &[PROTO])
         .expect("generating the snapshots server");
 }

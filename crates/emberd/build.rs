@@ -30,10 +30,13 @@ const V1_PACKAGES: &[&str] = &[
     "version",
 ];
 
+/// containerd's API definitions, shared by the workspace.
+const PROTO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../proto");
+
 fn main() {
-    let root = "proto/github.com/containerd/containerd/api/services";
+    let root = format!("{PROTO}/github.com/containerd/containerd/api/services");
     let protos: Vec<String> = SERVICES.iter().map(|s| format!("{root}/{s}")).collect();
-    println!("cargo:rerun-if-changed=proto");
+    println!("cargo:rerun-if-changed={PROTO}");
     let mut b = tonic_prost_build::configure()
         .build_client(false)
         .build_server(true)
@@ -59,6 +62,6 @@ fn main() {
             "::containerd_client::services::v1",
         );
     }
-    b.compile_protos(&protos, &["proto".to_string()])
+    b.compile_protos(&protos, &[PROTO.to_string()])
         .expect("generating the gRPC servers");
 }

@@ -7,126 +7,76 @@ use ember_ttrpc::{Code, Service, Status};
 use crate::protos::*;
 use crate::task::Task;
 
+/// Registers method `$name` on `$svc`: each call gets its own handle `$t` on the
+/// task and its decoded request `$r`, and answers with `$body`.
+macro_rules! forward {
+    ($svc:ident, $task:ident, $name:literal, |$t:ident, $r:ident: $req:ty| $body:expr) => {
+        let $svc = {
+            let task = $task.clone();
+            $svc.method($name, move |$r: $req| {
+                let $t = task.clone();
+                async move { $body }
+            })
+        };
+    };
+}
+
 pub fn task_service(task: Arc<Task>) -> Service {
-    let t = task;
     let svc = Service::new();
-    let svc = {
-        let t = t.clone();
-        svc.method("State", move |r: ProcessRequest| {
-            let t = t.clone();
-            async move { t.state(&r.id, &r.exec_id) }
-        })
-    };
-    let svc = {
-        let t = t.clone();
-        svc.method("Create", move |r: CreateTaskRequest| {
-            let t = t.clone();
-            async move { t.create(r).await.map(|pid| CreateTaskResponse { pid }) }
-        })
-    };
-    let svc = {
-        let t = t.clone();
-        svc.method("Start", move |r: ProcessRequest| {
-            let t = t.clone();
-            async move {
-                t.start(&r.id, &r.exec_id)
-                    .await
-                    .map(|pid| PidResponse { pid })
-            }
-        })
-    };
-    let svc = {
-        let t = t.clone();
-        svc.method("Delete", move |r: ProcessRequest| {
-            let t = t.clone();
-            async move { t.delete(&r.id, &r.exec_id).await }
-        })
-    };
-    let svc = {
-        let t = t.clone();
-        svc.method("Pids", move |r: IdRequest| {
-            let t = t.clone();
-            async move { t.pids(&r.id).await }
-        })
-    };
-    let svc = {
-        let t = t.clone();
-        svc.method("Pause", move |r: IdRequest| {
-            let t = t.clone();
-            async move { t.pause(&r.id).await.map(|_| Empty {}) }
-        })
-    };
-    let svc = {
-        let t = t.clone();
-        svc.method("Resume", move |r: IdRequest| {
-            let t = t.clone();
-            async move { t.resume(&r.id).await.map(|_| Empty {}) }
-        })
-    };
+    forward!(svc, task, "State", |t, r: ProcessRequest| t
+        .state(&r.id, &r.exec_id));
+    forward!(svc, task, "Create", |t, r: CreateTaskRequest| t
+        .create(r)
+        .await
+        .map(|pid| CreateTaskResponse { pid }));
+    forward!(svc, task, "Start", |t, r: ProcessRequest| t
+        .start(&r.id, &r.exec_id)
+        .await
+        .map(|pid| PidResponse { pid }));
+    forward!(svc, task, "Delete", |t, r: ProcessRequest| t
+        .delete(&r.id, &r.exec_id)
+        .await);
+    forward!(svc, task, "Pids", |t, r: IdRequest| t.pids(&r.id).await);
+    forward!(svc, task, "Pause", |t, r: IdRequest| t
+        .pause(&r.id)
+        .await
+        .map(|_| Empty {}));
+    forward!(svc, task, "Resume", |t, r: IdRequest| t
+        .resume(&r.id)
+        .await
+        .map(|_| Empty {}));
     let svc = svc.method("Checkpoint", |_: IdRequest| async move {
         Err::<Empty, _>(Status::new(
             Code::Unimplemented,
             "checkpoint is not supported",
         ))
     });
-    let svc = {
-        let t = t.clone();
-        svc.method("Kill", move |r: KillRequest| {
-            let t = t.clone();
-            async move { t.kill(r).await.map(|_| Empty {}) }
-        })
-    };
-    let svc = {
-        let t = t.clone();
-        svc.method("Exec", move |r: ExecProcessRequest| {
-            let t = t.clone();
-            async move { t.exec(r).await.map(|_| Empty {}) }
-        })
-    };
-    let svc = {
-        let t = t.clone();
-        svc.method("ResizePty", move |r: ResizePtyRequest| {
-            let t = t.clone();
-            async move { t.resize_pty(r).await.map(|_| Empty {}) }
-        })
-    };
-    let svc = {
-        let t = t.clone();
-        svc.method("CloseIO", move |r: CloseIoRequest| {
-            let t = t.clone();
-            async move { t.close_io(r).map(|_| Empty {}) }
-        })
-    };
-    let svc = {
-        let t = t.clone();
-        svc.method("Update", move |r: UpdateTaskRequest| {
-            let t = t.clone();
-            async move { t.update(r).await.map(|_| Empty {}) }
-        })
-    };
-    let svc = {
-        let t = t.clone();
-        svc.method("Wait", move |r: ProcessRequest| {
-            let t = t.clone();
-            async move { t.wait(&r.id, &r.exec_id).await }
-        })
-    };
-    let svc = {
-        let t = t.clone();
-        svc.method("Stats", move |r: IdRequest| {
-            let t = t.clone();
-            async move { t.stats(&r.id).await }
-        })
-    };
-    let svc = {
-        let t = t.clone();
-        svc.method("Connect", move |r: IdRequest| {
-            let t = t.clone();
-            async move { t.connect(&r.id) }
-        })
-    };
-    svc.method("Shutdown", move |r: ShutdownRequest| {
-        let t = t.clone();
-        async move { t.request_shutdown(r.now).map(|_| Empty {}) }
-    })
+    forward!(svc, task, "Kill", |t, r: KillRequest| t
+        .kill(r)
+        .await
+        .map(|_| Empty {}));
+    forward!(svc, task, "Exec", |t, r: ExecProcessRequest| t
+        .exec(r)
+        .await
+        .map(|_| Empty {}));
+    forward!(svc, task, "ResizePty", |t, r: ResizePtyRequest| t
+        .resize_pty(r)
+        .await
+        .map(|_| Empty {}));
+    forward!(svc, task, "CloseIO", |t, r: CloseIoRequest| t
+        .close_io(r)
+        .map(|_| Empty {}));
+    forward!(svc, task, "Update", |t, r: UpdateTaskRequest| t
+        .update(r)
+        .await
+        .map(|_| Empty {}));
+    forward!(svc, task, "Wait", |t, r: ProcessRequest| t
+        .wait(&r.id, &r.exec_id)
+        .await);
+    forward!(svc, task, "Stats", |t, r: IdRequest| t.stats(&r.id).await);
+    forward!(svc, task, "Connect", |t, r: IdRequest| t.connect(&r.id));
+    forward!(svc, task, "Shutdown", |t, r: ShutdownRequest| t
+        .request_shutdown(r.now)
+        .map(|_| Empty {}));
+    svc
 }

@@ -134,10 +134,10 @@ pub fn build_args(
 /// Written at the start of every connection to the agent's virtio-serial port, so the
 /// agent can find where a connection's bytes begin (a serial port has no connection
 /// boundaries of its own).
-pub const SERIAL_SYNC: &[u8] = b"\n\0EMBER-AGENT-SYNC-1\0\n";
+pub use ember_agent_api::SERIAL_SYNC;
 
 /// Name of the virtio-serial port the agent serves on.
-pub const AGENT_PORT_NAME: &str = "ember.agent";
+pub use ember_agent_api::SERIAL_PORT_NAME as AGENT_PORT_NAME;
 
 /// QEMU option values escape a comma by doubling it.
 fn escape_opt(s: &str) -> String {
