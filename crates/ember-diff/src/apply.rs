@@ -63,6 +63,7 @@ impl Default for ApplyOptions {
 }
 
 fn is_root() -> bool {
+    // SAFETY: `geteuid` takes no arguments, cannot fail and touches no memory.
     unsafe { libc::geteuid() == 0 }
 }
 

@@ -4,6 +4,8 @@
 //! A layer blob is a tar stream, plain, gzip or zstd compressed (detected by its
 //! magic bytes). Its diff id is the sha256 digest of the uncompressed tar.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod apply;
 mod compression;
 mod diff;

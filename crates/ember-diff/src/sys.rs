@@ -24,12 +24,15 @@ fn check(r: libc::c_int) -> io::Result<libc::c_int> {
 /// Opens a directory (not following a final symlink) by absolute or relative path.
 pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
     let c = cstr(path.as_os_str().as_bytes())?;
+    // SAFETY: `c` is a NUL-terminated string that outlives the call; `open` only
+    // reads it.
     let fd = check(unsafe {
         libc::open(
             c.as_ptr(),
             libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
         )
     })?;
+    // SAFETY: `open` succeeded, so `fd` is a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
@@ -54,6 +57,10 @@ pub fn open_beneath(dir: &impl AsRawFd, rel: &[u8], flags: libc::c_int) -> io::R
         mode: 0,
         resolve: RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS,
     };
+    // SAFETY: `c` is a NUL-terminated string and `how` an `OpenHow` laid out as the
+    // kernel's `struct open_how` (three u64s, `repr(C)`), passed with its exact
+    // size; both outlive the call and the kernel only reads them. `dir` is borrowed
+    // for the call, so its descriptor stays open.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_openat2,
@@ -66,6 +73,8 @@ pub fn open_beneath(dir: &impl AsRawFd, rel: &[u8], flags: libc::c_int) -> io::R
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
+    // SAFETY: `openat2` succeeded, so `fd` is a new descriptor (it fits a `RawFd`)
+    // that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
@@ -77,6 +86,8 @@ pub fn open_at(
     mode: u32,
 ) -> io::Result<OwnedFd> {
     let c = cstr(name)?;
+    // SAFETY: `c` is a NUL-terminated string that outlives the call, and `dir` is
+    // borrowed for it, so its descriptor stays open.
     let fd = check(unsafe {
         libc::openat(
             dir.as_raw_fd(),
@@ -85,13 +96,18 @@ pub fn open_at(
             mode as libc::c_uint,
         )
     })?;
+    // SAFETY: `openat` succeeded, so `fd` is a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// `lstat` of one name in `dir`; `None` when it does not exist.
 pub fn stat_at(dir: &impl AsRawFd, name: &[u8]) -> io::Result<Option<libc::stat>> {
     let c = cstr(name)?;
+    // SAFETY: `libc::stat` is a plain C struct of integers, for which all zero bytes
+    // are a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated string and `st` a writable `stat` that both
+    // outlive the call; `dir` is borrowed for it.
     let r = unsafe {
         libc::fstatat(
             dir.as_raw_fd(),
@@ -111,19 +127,27 @@ pub fn stat_at(dir: &impl AsRawFd, name: &[u8]) -> io::Result<Option<libc::stat>
 }
 
 pub fn fstat(fd: &impl AsRawFd) -> io::Result<libc::stat> {
+    // SAFETY: `libc::stat` is a plain C struct of integers, for which all zero bytes
+    // are a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a writable `stat` that outlives the call; `fd` is borrowed for
+    // it.
     check(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
     Ok(st)
 }
 
 pub fn mkdir_at(dir: &impl AsRawFd, name: &[u8], mode: u32) -> io::Result<()> {
     let c = cstr(name)?;
+    // SAFETY: `c` is a NUL-terminated string that outlives the call; `dir` is
+    // borrowed for it.
     check(unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), mode as libc::mode_t) })?;
     Ok(())
 }
 
 pub fn mknod_at(dir: &impl AsRawFd, name: &[u8], mode: u32, dev: libc::dev_t) -> io::Result<()> {
     let c = cstr(name)?;
+    // SAFETY: `c` is a NUL-terminated string that outlives the call; `dir` is
+    // borrowed for it.
     check(unsafe { libc::mknodat(dir.as_raw_fd(), c.as_ptr(), mode as libc::mode_t, dev) })?;
     Ok(())
 }
@@ -131,6 +155,8 @@ pub fn mknod_at(dir: &impl AsRawFd, name: &[u8], mode: u32, dev: libc::dev_t) ->
 pub fn symlink_at(target: &[u8], dir: &impl AsRawFd, name: &[u8]) -> io::Result<()> {
     let t = cstr(target)?;
     let c = cstr(name)?;
+    // SAFETY: `t` and `c` are NUL-terminated strings that outlive the call; `dir` is
+    // borrowed for it.
     check(unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), c.as_ptr()) })?;
     Ok(())
 }
@@ -143,6 +169,8 @@ pub fn link_at(
 ) -> io::Result<()> {
     let f = cstr(from)?;
     let t = cstr(to)?;
+    // SAFETY: `f` and `t` are NUL-terminated strings that outlive the call; both
+    // directories are borrowed for it.
     check(unsafe {
         libc::linkat(
             from_dir.as_raw_fd(),
@@ -158,6 +186,8 @@ pub fn link_at(
 pub fn unlink_at(dir: &impl AsRawFd, name: &[u8], is_dir: bool) -> io::Result<()> {
     let c = cstr(name)?;
     let flags = if is_dir { libc::AT_REMOVEDIR } else { 0 };
+    // SAFETY: `c` is a NUL-terminated string that outlives the call; `dir` is
+    // borrowed for it.
     check(unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), flags) })?;
     Ok(())
 }
@@ -191,17 +221,21 @@ pub fn list_dir(dir: &impl AsRawFd) -> io::Result<Vec<Vec<u8>>> {
 }
 
 pub fn fchown(fd: &impl AsRawFd, uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: no pointers are passed; `fd` is borrowed for the call.
     check(unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) })?;
     Ok(())
 }
 
 pub fn fchmod(fd: &impl AsRawFd, mode: u32) -> io::Result<()> {
+    // SAFETY: no pointers are passed; `fd` is borrowed for the call.
     check(unsafe { libc::fchmod(fd.as_raw_fd(), mode as libc::mode_t) })?;
     Ok(())
 }
 
 pub fn lchown_at(dir: &impl AsRawFd, name: &[u8], uid: u32, gid: u32) -> io::Result<()> {
     let c = cstr(name)?;
+    // SAFETY: `c` is a NUL-terminated string that outlives the call; `dir` is
+    // borrowed for it.
     check(unsafe {
         libc::fchownat(
             dir.as_raw_fd(),
@@ -217,6 +251,8 @@ pub fn lchown_at(dir: &impl AsRawFd, name: &[u8], uid: u32, gid: u32) -> io::Res
 /// chmod of a name known not to be a symlink (a device or fifo just made).
 pub fn chmod_at(dir: &impl AsRawFd, name: &[u8], mode: u32) -> io::Result<()> {
     let c = cstr(name)?;
+    // SAFETY: `c` is a NUL-terminated string that outlives the call; `dir` is
+    // borrowed for it.
     check(unsafe { libc::fchmodat(dir.as_raw_fd(), c.as_ptr(), mode as libc::mode_t, 0) })?;
     Ok(())
 }
@@ -230,6 +266,8 @@ fn timespec(t: (i64, u32)) -> libc::timespec {
 
 pub fn futimes(fd: &impl AsRawFd, atime: (i64, u32), mtime: (i64, u32)) -> io::Result<()> {
     let ts = [timespec(atime), timespec(mtime)];
+    // SAFETY: `ts` is an array of the two `timespec`s `futimens` reads, alive for
+    // the call; `fd` is borrowed for it.
     check(unsafe { libc::futimens(fd.as_raw_fd(), ts.as_ptr()) })?;
     Ok(())
 }
@@ -242,6 +280,8 @@ pub fn lutimes_at(
 ) -> io::Result<()> {
     let c = cstr(name)?;
     let ts = [timespec(atime), timespec(mtime)];
+    // SAFETY: `c` is a NUL-terminated string and `ts` the two `timespec`s
+    // `utimensat` reads, both alive for the call; `dir` is borrowed for it.
     check(unsafe {
         libc::utimensat(
             dir.as_raw_fd(),
@@ -255,6 +295,9 @@ pub fn lutimes_at(
 
 pub fn fsetxattr(fd: &impl AsRawFd, name: &str, value: &[u8]) -> io::Result<()> {
     let n = cstr(name.as_bytes())?;
+    // SAFETY: `n` is a NUL-terminated string and `value` a slice whose pointer and
+    // length are passed together; both outlive the call, which only reads them.
+    // `fd` is borrowed for it.
     check(unsafe {
         libc::fsetxattr(
             fd.as_raw_fd(),
@@ -273,6 +316,9 @@ pub fn lsetxattr_at(dir: &impl AsRawFd, name: &[u8], attr: &str, value: &[u8]) -
     p.extend_from_slice(name);
     let p = cstr(&p)?;
     let n = cstr(attr.as_bytes())?;
+    // SAFETY: `p` and `n` are NUL-terminated strings and `value` a slice whose
+    // pointer and length are passed together; all outlive the call, which only reads
+    // them. `dir` is borrowed for it, so the `/proc/self/fd` path names it.
     check(unsafe {
         libc::lsetxattr(
             p.as_ptr(),
@@ -290,6 +336,9 @@ pub fn lxattrs(path: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
     let p = cstr(path.as_os_str().as_bytes())?;
     let mut names = vec![0u8; 1024];
     let n = loop {
+        // SAFETY: `p` is a NUL-terminated string and `names` a buffer whose pointer
+        // and length are passed together; the kernel writes at most `names.len()`
+        // bytes.
         let r = unsafe { libc::llistxattr(p.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
         if r < 0 {
             let e = io::Error::last_os_error();
@@ -309,6 +358,9 @@ pub fn lxattrs(path: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
         let cn = cstr(name)?;
         let mut val = vec![0u8; 256];
         let len = loop {
+            // SAFETY: `p` and `cn` are NUL-terminated strings and `val` a buffer
+            // whose pointer and length are passed together; the kernel writes at
+            // most `val.len()` bytes.
             let r = unsafe {
                 libc::lgetxattr(p.as_ptr(), cn.as_ptr(), val.as_mut_ptr().cast(), val.len())
             };
