@@ -8,7 +8,7 @@ use prost_types::Any;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
-use crate::protos::{timestamp, Empty, Envelope, ForwardRequest, EVENTS_SERVICE};
+use ember_shim_api::{timestamp, Empty, Envelope, ForwardRequest, EVENTS_SERVICE};
 
 /// An event for containerd: topic (`/tasks/exit`, …) and payload.
 #[derive(Debug, Clone)]

@@ -13,8 +13,8 @@ use sha2::{Digest, Sha256};
 use crate::args::Args;
 use crate::config::RuntimeConfig;
 use crate::events::Publisher;
-use crate::protos::{timestamp, DeleteResponse, TASK_SERVICE};
 use crate::task::Task;
+use ember_shim_api::{timestamp, DeleteResponse, TASK_SERVICE};
 
 /// Environment variable carrying the listening socket's fd to `serve`.
 const LISTEN_FD_ENV: &str = "EMBER_SHIM_LISTEN_FD";

@@ -5,7 +5,6 @@ mod args;
 mod config;
 mod events;
 mod lifecycle;
-mod protos;
 mod rootfs;
 mod service;
 mod stdio;

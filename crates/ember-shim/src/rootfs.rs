@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
-use crate::protos::Mount;
+use ember_shim_api::Mount;
 
 /// Filesystem types handed to the guest without a copy.
 const BLOCK_FS: &[&str] = &["ext4", "ext3", "ext2", "erofs", "xfs", "squashfs"];

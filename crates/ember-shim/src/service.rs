@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use ember_ttrpc::{Code, Service, Status};
 
-use crate::protos::*;
 use crate::task::Task;
+use ember_shim_api::*;
 
 /// Registers method `$name` on `$svc`: each call gets its own handle `$t` on the
 /// task and its decoded request `$r`, and answers with `$body`.

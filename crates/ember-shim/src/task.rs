@@ -16,9 +16,9 @@ use tokio::sync::{watch, Notify};
 
 use crate::config::RuntimeConfig;
 use crate::events::Publisher;
-use crate::protos::*;
 use crate::rootfs::{self, BlockRootfs};
 use crate::stdio;
+use ember_shim_api::*;
 
 /// Drive id (virtio-blk serial) of the container rootfs.
 const ROOTFS_DRIVE: &str = "rootfs";

@@ -21,9 +21,10 @@ use tonic::service::RoutesBuilder;
 use crate::config::{parse_duration, plugin_section, Config};
 use crate::events::Exchange;
 use crate::plugin::{
-    init_all, InitError, Instance, Registration, Registry, CONTENT, EVENT, GRPC, METADATA,
+    init_all, InitError, Instance, Registration, Registry, CONTENT, EVENT, GRPC, METADATA, RUNTIME,
     SNAPSHOTTER,
 };
+use crate::runtime::TaskManager;
 use crate::services::{self, GrpcService};
 
 /// What the introspection service reports about the daemon's plugins.
@@ -171,6 +172,13 @@ pub fn builtins(config: &Config) -> Vec<Registration> {
             }) as Instance)
         }),
     ];
+    let address = config.grpc.address.clone();
+    regs.push(Registration::new(RUNTIME, "task", &[EVENT], move |ctx| {
+        std::fs::create_dir_all(&ctx.state)?;
+        ctx.exports
+            .insert("state".into(), ctx.state.display().to_string());
+        Ok(Arc::new(TaskManager::new(ctx.state.clone(), &address)) as Instance)
+    }));
     for (name, proxy) in &config.proxy_plugins {
         let address = proxy.address.clone();
         let id = name.clone();
@@ -272,6 +280,12 @@ pub async fn run(config: Config) -> Result<()> {
         svc.register(&mut routes);
     }
 
+    if let Ok(events) = registry.first::<Exchange>(EVENT) {
+        crate::ttrpc::serve(crate::ttrpc::address(&config.grpc.address), events)?;
+    }
+    if let Ok(tasks) = registry.first::<TaskManager>(RUNTIME) {
+        tasks.recover().await;
+    }
     let listener = bind(&config)?;
     tracing::info!(address = %config.grpc.address.display(), "emberd serving");
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
@@ -298,6 +312,7 @@ pub async fn run(config: Config) -> Result<()> {
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     let _ = std::fs::remove_file(&config.grpc.address);
+    let _ = std::fs::remove_file(crate::ttrpc::address(&config.grpc.address));
     served.context("serving gRPC")?;
     drop(registry);
     Ok(())

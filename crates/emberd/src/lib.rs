@@ -7,7 +7,9 @@ pub mod events;
 pub mod gc;
 pub mod mounts;
 pub mod plugin;
+pub mod runtime;
 pub mod services;
+pub mod ttrpc;
 
 /// Server stubs generated from containerd's protos (see `build.rs`).
 #[allow(clippy::all)]

@@ -15,6 +15,7 @@ pub mod introspection;
 pub mod leases;
 pub mod namespaces;
 pub mod snapshots;
+pub mod tasks;
 pub mod version;
 
 use std::collections::HashMap;
@@ -60,6 +61,7 @@ pub fn registrations(info: Arc<DaemonInfo>) -> Vec<Registration> {
         snapshots::registration(),
         images::registration(),
         diff::registration(),
+        tasks::registration(),
     ]
 }
 

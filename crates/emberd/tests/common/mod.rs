@@ -89,6 +89,11 @@ impl Emberd {
             .open(&log)
             .unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_emberd"));
+        // Shims are found on PATH: the workspace's own (containerd-shim-ember-v2)
+        // first, then Debian's.
+        let bin = Path::new(env!("CARGO_BIN_EXE_emberd")).parent().unwrap();
+        let path = std::env::var("PATH").unwrap_or_default();
+        cmd.env("PATH", format!("{}:{path}", bin.display()));
         cmd.arg("--root")
             .arg(&self.root)
             .arg("--state")
@@ -235,6 +240,8 @@ impl Drop for Containerd {
 
 /// The result of one `ctr` run.
 pub struct Ctr {
+    /// The exit code (`ctr run` exits with the task's).
+    pub code: Option<i32>,
     pub ok: bool,
     pub stdout: String,
     pub stderr: String,
@@ -288,6 +295,7 @@ pub fn ctr(socket: &Path, ns: &str, args: &[&str]) -> Ctr {
         .expect("running ctr");
     Ctr {
         ok: out.status.success(),
+        code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }

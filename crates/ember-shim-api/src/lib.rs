@@ -1,6 +1,11 @@
 //! Messages of `containerd.task.v2.Task` (the shim v2 API) and of the ttrpc events
-//! service, written as prost messages. Shared containerd types (mounts, task status,
-//! process info, events) come from `containerd-client`.
+//! service, written as prost messages, and [`ShimClient`], a typed client of a shim.
+//! Shared containerd types (mounts, task status, process info, events) come from
+//! `containerd-client`.
+
+mod client;
+
+pub use client::ShimClient;
 
 pub use containerd_client::types::v1::{ProcessInfo, Status as TaskStatus};
 pub use containerd_client::types::Mount;

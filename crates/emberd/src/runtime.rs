@@ -1,0 +1,374 @@
+//! The v2 runtime (`io.containerd.runtime.v2.task`): one shim process per task,
+//! started through the shim binary that the container's runtime name selects
+//! (`io.containerd.ember.v2` → `containerd-shim-ember-v2`), spoken to over ttrpc.
+//!
+//! Each task has a bundle directory, `<state>/<namespace>/<id>/`, holding the
+//! spec (`config.json`), the `rootfs` mount point, the shim's `address` and the
+//! runtime name (`runtime`). After a restart the daemon finds its tasks again from
+//! these directories: a shim that still answers is adopted, one that does not is
+//! cleaned up through the binary's `delete` action.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use ember_shim_api::{CreateTaskRequest, Mount, ShimClient};
+use tokio::io::AsyncWriteExt;
+
+/// Why a runtime call failed: the daemon's own error classes, or a shim's answer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Daemon(#[from] ember_metadata::Error),
+    #[error("{0}")]
+    Shim(#[from] ember_ttrpc::Error),
+}
+
+use ember_metadata::Error as E;
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// One task: its shim and where it lives.
+pub struct ShimTask {
+    pub namespace: String,
+    pub id: String,
+    pub runtime: String,
+    pub bundle: PathBuf,
+    pub client: ShimClient,
+    /// The init process's pid.
+    pub pid: u32,
+    /// Copies the shim's log into the daemon's; stopped when the task goes.
+    log: tokio::task::AbortHandle,
+}
+
+impl Drop for ShimTask {
+    fn drop(&mut self) {
+        self.log.abort();
+    }
+}
+
+/// Opens the bundle's `log` FIFO (creating it), which shims write their log to,
+/// and copies what arrives into the daemon's log.
+fn follow_shim_log(bundle: &Path, ns: &str, id: &str) -> Result<tokio::task::AbortHandle> {
+    use tokio::io::AsyncBufReadExt;
+    let path = bundle.join("log");
+    if !path.exists() {
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o700))
+            .map_err(|e| E::Internal(format!("creating {}: {e}", path.display())))?;
+    }
+    // Read-write, so the reader never sees end-of-file between shim writers.
+    let rx = tokio::net::unix::pipe::OpenOptions::new()
+        .read_write(true)
+        .open_receiver(&path)
+        .map_err(|e| E::Internal(format!("opening {}: {e}", path.display())))?;
+    let (ns, id) = (ns.to_string(), id.to_string());
+    let task = tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(rx).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            tracing::info!(target: "emberd::shim", namespace = %ns, id = %id, "{line}");
+        }
+    });
+    Ok(task.abort_handle())
+}
+
+/// What `create` needs besides the container.
+pub struct CreateOpts {
+    pub rootfs: Vec<Mount>,
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub terminal: bool,
+    pub options: Option<prost_types::Any>,
+}
+
+/// The task manager: starts, tracks and removes shims.
+pub struct TaskManager {
+    state: PathBuf,
+    grpc_address: String,
+    ttrpc_address: String,
+    tasks: Mutex<HashMap<(String, String), Arc<ShimTask>>>,
+}
+
+/// The shim binary for a runtime name: `io.containerd.NAME.VERSION` →
+/// `containerd-shim-NAME-VERSION`; an absolute path is used as is.
+pub fn shim_binary(runtime: &str) -> Result<String> {
+    if runtime.starts_with('/') {
+        return Ok(runtime.to_string());
+    }
+    let parts: Vec<&str> = runtime.split('.').collect();
+    if parts.len() < 2 || parts.iter().any(|p| p.is_empty()) {
+        return Err(E::InvalidArgument(format!(
+            "runtime name {runtime:?} is not of the form io.containerd.NAME.VERSION"
+        ))
+        .into());
+    }
+    let (name, version) = (parts[parts.len() - 2], parts[parts.len() - 1]);
+    Ok(format!("containerd-shim-{name}-{version}"))
+}
+
+impl TaskManager {
+    pub fn new(state: PathBuf, grpc_address: &Path) -> TaskManager {
+        TaskManager {
+            state,
+            grpc_address: grpc_address.display().to_string(),
+            ttrpc_address: format!("{}.ttrpc", grpc_address.display()),
+            tasks: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Arc<ShimTask>>> {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn get(&self, ns: &str, id: &str) -> Result<Arc<ShimTask>> {
+        self.lock()
+            .get(&(ns.to_string(), id.to_string()))
+            .cloned()
+            .ok_or_else(|| E::NotFound(format!("task {id}")).into())
+    }
+
+    pub fn list(&self, ns: &str) -> Vec<Arc<ShimTask>> {
+        let mut v: Vec<_> = self
+            .lock()
+            .values()
+            .filter(|t| t.namespace == ns)
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    fn bundle(&self, ns: &str, id: &str) -> PathBuf {
+        self.state.join(ns).join(id)
+    }
+
+    /// Creates the task of a container: bundle, shim, shim's Create.
+    pub async fn create(
+        &self,
+        ns: &str,
+        id: &str,
+        runtime: &str,
+        spec: &[u8],
+        opts: CreateOpts,
+    ) -> Result<Arc<ShimTask>> {
+        let key = (ns.to_string(), id.to_string());
+        if self.lock().contains_key(&key) {
+            return Err(E::AlreadyExists(format!("task {id}")).into());
+        }
+        let binary = shim_binary(runtime)?;
+        let bundle = self.bundle(ns, id);
+        if bundle.exists() {
+            // Left over from a task that was not deleted cleanly.
+            self.cleanup_bundle(ns, id, &bundle).await;
+        }
+        let io = |e: std::io::Error| E::Internal(format!("bundle {}: {e}", bundle.display()));
+        std::fs::create_dir_all(bundle.join("rootfs")).map_err(io)?;
+        std::fs::write(bundle.join("config.json"), spec).map_err(io)?;
+        std::fs::write(bundle.join("runtime"), runtime).map_err(io)?;
+        let log = follow_shim_log(&bundle, ns, id)?;
+        let started = async {
+            let address = self.start_shim(&binary, ns, id, &bundle).await?;
+            std::fs::write(bundle.join("address"), &address).map_err(io)?;
+            let client = ShimClient::connect(&address)
+                .await
+                .map_err(|e| E::Internal(format!("connecting to the shim at {address}: {e}")))?;
+            let resp = client
+                .create(&CreateTaskRequest {
+                    id: id.to_string(),
+                    bundle: bundle.display().to_string(),
+                    rootfs: opts.rootfs,
+                    terminal: opts.terminal,
+                    stdin: opts.stdin,
+                    stdout: opts.stdout,
+                    stderr: opts.stderr,
+                    options: opts.options,
+                    ..Default::default()
+                })
+                .await;
+            match resp {
+                Ok(r) => Ok((client, r.pid)),
+                Err(e) => {
+                    let _ = client.shutdown(id, true).await;
+                    Err(Error::from(e))
+                }
+            }
+        };
+        match started.await {
+            Ok((client, pid)) => {
+                let task = Arc::new(ShimTask {
+                    namespace: ns.to_string(),
+                    id: id.to_string(),
+                    runtime: runtime.to_string(),
+                    bundle,
+                    client,
+                    pid,
+                    log,
+                });
+                self.lock().insert(key, task.clone());
+                Ok(task)
+            }
+            Err(e) => {
+                log.abort();
+                self.cleanup_bundle(ns, id, &bundle).await;
+                Err(e)
+            }
+        }
+    }
+
+    fn shim_command(
+        &self,
+        binary: &str,
+        ns: &str,
+        id: &str,
+        bundle: &Path,
+    ) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(binary);
+        let publish = std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "emberd".into());
+        cmd.args(["-namespace", ns, "-address", &self.grpc_address])
+            .args(["-publish-binary", &publish, "-id", id])
+            .current_dir(bundle)
+            .env("TTRPC_ADDRESS", &self.ttrpc_address)
+            .env("GRPC_ADDRESS", &self.grpc_address)
+            .env("NAMESPACE", ns)
+            .env("MAX_SHIM_VERSION", "2");
+        cmd
+    }
+
+    /// Runs `BINARY ... start` and returns the address it prints.
+    async fn start_shim(&self, binary: &str, ns: &str, id: &str, bundle: &Path) -> Result<String> {
+        let mut cmd = self.shim_command(binary, ns, id, bundle);
+        cmd.arg("start")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| {
+            E::FailedPrecondition(format!("starting shim {binary}: {e} (is it on PATH?)"))
+        })?;
+        // No runtime options on stdin: close it.
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.shutdown().await;
+        }
+        let out = child
+            .wait_with_output()
+            .await
+            .map_err(|e| E::Internal(format!("running {binary} start: {e}")))?;
+        if !out.status.success() {
+            return Err(E::Internal(format!(
+                "{binary} start failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+            .into());
+        }
+        let address = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if address.is_empty() {
+            return Err(E::Internal(format!("{binary} start printed no address")).into());
+        }
+        Ok(address)
+    }
+
+    /// Deletes a task: the shim's Delete, then its shutdown and the bundle.
+    pub async fn delete(&self, ns: &str, id: &str) -> Result<ember_shim_api::DeleteResponse> {
+        let task = self.get(ns, id)?;
+        let resp = task.client.delete(id, "").await?;
+        let _ = task.client.shutdown(id, false).await;
+        self.lock().remove(&(ns.to_string(), id.to_string()));
+        let _ = std::fs::remove_dir_all(&task.bundle);
+        Ok(resp)
+    }
+
+    /// Runs the shim binary's `delete` action for a task whose shim is gone, and
+    /// removes its bundle.
+    async fn cleanup_bundle(&self, ns: &str, id: &str, bundle: &Path) {
+        let runtime = std::fs::read_to_string(bundle.join("runtime")).unwrap_or_default();
+        if let Ok(binary) = shim_binary(runtime.trim()) {
+            let mut cmd = self.shim_command(&binary, ns, id, bundle);
+            cmd.args(["-bundle", &bundle.display().to_string(), "delete"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            match cmd.status().await {
+                Ok(s) if s.success() => {}
+                r => tracing::warn!(namespace = ns, id, "{binary} delete: {r:?}"),
+            }
+        }
+        let rootfs = bundle.join("rootfs");
+        let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
+        if let Err(e) = std::fs::remove_dir_all(bundle) {
+            tracing::warn!(bundle = %bundle.display(), "removing the bundle: {e}");
+        }
+    }
+
+    /// Adopts the tasks of a previous run whose shims still answer; cleans up the rest.
+    pub async fn recover(&self) {
+        let Ok(namespaces) = std::fs::read_dir(&self.state) else {
+            return;
+        };
+        for ns in namespaces.flatten() {
+            let ns_name = ns.file_name().to_string_lossy().into_owned();
+            let Ok(ids) = std::fs::read_dir(ns.path()) else {
+                continue;
+            };
+            for entry in ids.flatten() {
+                let id = entry.file_name().to_string_lossy().into_owned();
+                let bundle = entry.path();
+                match self.adopt(&ns_name, &id, &bundle).await {
+                    Ok(task) => {
+                        tracing::info!(namespace = %ns_name, %id, pid = task.pid, "reconnected to a running shim");
+                        self.lock().insert((ns_name.clone(), id), task);
+                    }
+                    Err(e) => {
+                        tracing::info!(namespace = %ns_name, %id, "cleaning up a task whose shim is gone: {e}");
+                        self.cleanup_bundle(&ns_name, &id, &bundle).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn adopt(&self, ns: &str, id: &str, bundle: &Path) -> Result<Arc<ShimTask>> {
+        let read = |name: &str| {
+            std::fs::read_to_string(bundle.join(name))
+                .map(|s| s.trim().to_string())
+                .map_err(|e| E::Internal(format!("{name}: {e}")))
+        };
+        let address = read("address")?;
+        let runtime = read("runtime")?;
+        let client = ShimClient::connect(&address)
+            .await
+            .map_err(|e| E::Internal(format!("connecting to {address}: {e}")))?;
+        let state = client.state(id, "").await?;
+        Ok(Arc::new(ShimTask {
+            namespace: ns.to_string(),
+            id: id.to_string(),
+            runtime,
+            bundle: bundle.to_path_buf(),
+            client,
+            pid: state.pid,
+            log: follow_shim_log(bundle, ns, id)?,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shim_binaries_follow_the_runtime_name() {
+        assert_eq!(
+            shim_binary("io.containerd.ember.v2").unwrap(),
+            "containerd-shim-ember-v2"
+        );
+        assert_eq!(
+            shim_binary("io.containerd.runc.v2").unwrap(),
+            "containerd-shim-runc-v2"
+        );
+        assert_eq!(shim_binary("/opt/shim").unwrap(), "/opt/shim");
+        assert!(shim_binary("runc").is_err());
+        assert!(shim_binary("io..v2").is_err());
+    }
+}

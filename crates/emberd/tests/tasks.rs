@@ -1,0 +1,266 @@
+//! Tasks with Debian's `ctr` against `emberd`: containers run by Debian's runc shim
+//! and by Ember's microVM shim, task events forwarded by the shims, and running
+//! tasks that survive a restart and a `kill -9` of the daemon.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+// Not "tasks": on cgroup v1 hosts that name collides with the cgroup tasks file.
+const NS: &str = "ember-tasks";
+const IMAGE: &str = "docker.io/ember/busybox:latest";
+
+fn on_path(binary: &str) -> bool {
+    std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .any(|d| Path::new(d).join(binary).exists())
+}
+
+/// Whether a shim process for task `id` is alive.
+fn shim_running(id: &str) -> bool {
+    let needle = format!("-id\0{id}\0");
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        std::fs::read(e.path().join("cmdline"))
+            .map(|c| {
+                let c = String::from_utf8_lossy(&c);
+                c.contains("containerd-shim") && c.contains(&needle)
+            })
+            .unwrap_or(false)
+    })
+}
+
+/// Waits (up to 10 s) for the shim of task `id` to exit.
+fn wait_shim_gone(id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while shim_running(id) {
+        assert!(
+            Instant::now() < deadline,
+            "the shim of {id} outlived its task"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn task_status(s: &Path, id: &str) -> Option<String> {
+    let out = ctr(s, NS, &["tasks", "ls"]);
+    out.stdout
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|w| w.first() == Some(&id))
+        .and_then(|w| w.get(2).map(|s| s.to_string()))
+}
+
+fn wait_status(s: &Path, id: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while task_status(s, id).as_deref() != Some(want) {
+        assert!(
+            Instant::now() < deadline,
+            "task {id} never became {want}: {:?}",
+            task_status(s, id)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn import_busybox(d: &Emberd, work: &Path) {
+    let archive = work.join("busybox.tar");
+    ember_guest::busybox_docker_archive(&archive, IMAGE).unwrap();
+    ctr(
+        &d.socket,
+        NS,
+        &["images", "import", archive.to_str().unwrap()],
+    )
+    .expect_ok();
+}
+
+/// Removes what a failed run may leave of runc containers `ids`: their shims and
+/// runc's own state.
+struct RuncLeftovers(Vec<String>);
+
+impl Drop for RuncLeftovers {
+    fn drop(&mut self) {
+        for id in &self.0 {
+            let _ = std::process::Command::new("runc")
+                .args([
+                    "--root",
+                    &format!("/run/containerd/runc/{NS}"),
+                    "delete",
+                    "-f",
+                    id,
+                ])
+                .stderr(std::process::Stdio::null())
+                .status();
+            let _ = std::process::Command::new("pkill")
+                .args([
+                    "-f",
+                    &format!("containerd-shim-runc-v2 -namespace {NS} .*-id {id} "),
+                ])
+                .status();
+        }
+    }
+}
+
+#[test]
+fn runc_tasks_run_stream_exit_and_survive_daemon_restarts() {
+    if !can_run() || !Path::new("/bin/busybox").exists() {
+        return;
+    }
+    if !on_path("containerd-shim-runc-v2") || !on_path("runc") {
+        eprintln!(
+            "skipping: containerd-shim-runc-v2 or runc missing (apt-get install containerd runc)"
+        );
+        return;
+    }
+    let (r1, d1) = (
+        format!("r{}", std::process::id()),
+        format!("d{}", std::process::id()),
+    );
+    let _leftovers = RuncLeftovers(vec![r1.clone(), d1.clone()]);
+    let (r1, d1) = (r1.as_str(), d1.as_str());
+    let work = tempfile::tempdir().unwrap();
+    let mut d = Emberd::start(work.path());
+    import_busybox(&d, work.path());
+    let s = d.socket.clone();
+
+    // Output and the exit code come back through ctr.
+    let out = ctr(
+        &s,
+        NS,
+        &[
+            "run",
+            "--rm",
+            IMAGE,
+            r1,
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 3",
+        ],
+    );
+    assert_eq!(out.code, Some(3), "{}{}", out.stdout, out.stderr);
+    assert_eq!(out.stdout, "out\n");
+    assert!(out.stderr.contains("err"), "{}", out.stderr);
+    wait_shim_gone(r1);
+
+    // A detached task, listed, exec'd into, and still there after a restart and a
+    // kill -9 of the daemon.
+    ctr(&s, NS, &["run", "-d", IMAGE, d1, "sleep", "600"]).expect_ok();
+    wait_status(&s, d1, "RUNNING");
+    let pid = ctr(&s, NS, &["tasks", "ls"]).stdout;
+    let exec = ctr(
+        &s,
+        NS,
+        &[
+            "tasks",
+            "exec",
+            "--exec-id",
+            "e1",
+            d1,
+            "sh",
+            "-c",
+            "echo in-container",
+        ],
+    );
+    assert_eq!(exec.stdout, "in-container\n", "{}", exec.stderr);
+    d.restart();
+    wait_status(&s, d1, "RUNNING");
+    assert_eq!(
+        ctr(&s, NS, &["tasks", "ls"]).stdout,
+        pid,
+        "the task changed across a restart"
+    );
+    d.kill9();
+    assert!(shim_running(d1), "the shim died with the daemon");
+    d.start_again();
+    wait_status(&s, d1, "RUNNING");
+    let ps = ctr(&s, NS, &["tasks", "ps", d1]).expect_ok().to_string();
+    assert!(ps.lines().count() >= 2, "{ps}");
+
+    ctr(&s, NS, &["tasks", "kill", "-s", "SIGKILL", d1]).expect_ok();
+    wait_status(&s, d1, "STOPPED");
+    ctr(&s, NS, &["tasks", "rm", d1]).expect_ok();
+    ctr(&s, NS, &["containers", "rm", d1]).expect_ok();
+    assert!(task_status(&s, d1).is_none());
+    wait_shim_gone(d1);
+    // Unknown tasks are NotFound.
+    assert_eq!(ctr(&s, NS, &["tasks", "kill", "nope"]).class(), "not found");
+}
+
+#[test]
+fn microvm_tasks_run_through_the_ember_shim_with_events() {
+    if !can_run() || !Path::new("/bin/busybox").exists() {
+        return;
+    }
+    let shim = Path::new(env!("CARGO_BIN_EXE_emberd")).with_file_name("containerd-shim-ember-v2");
+    let guest = ember_guest::GuestImage::locate();
+    let (true, Ok(guest)) = (shim.exists(), guest) else {
+        eprintln!(
+            "skipping: the ember shim is not built or the guest image is missing (guest/build.sh)"
+        );
+        return;
+    };
+    let release = std::fs::read_to_string(guest.kernel.with_file_name("kernel-release"))
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let work = tempfile::tempdir().unwrap();
+    let d = Emberd::start(work.path());
+    import_busybox(&d, work.path());
+    let s = d.socket.clone();
+
+    let mut events = std::process::Command::new(CTR)
+        .args(["-a", s.to_str().unwrap(), "events"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = ctr(
+        &s,
+        NS,
+        &[
+            "run",
+            "--rm",
+            "--runtime",
+            "io.containerd.ember.v2",
+            IMAGE,
+            "vm1",
+            "sh",
+            "-c",
+            "uname -r; exit 4",
+        ],
+    );
+    assert_eq!(out.code, Some(4), "{}{}", out.stdout, out.stderr);
+    let guest_release = out.stdout.trim();
+    assert!(!guest_release.is_empty());
+    if !release.is_empty() {
+        assert_eq!(guest_release, release, "not the guest kernel");
+    }
+    let host = nix::sys::utsname::uname().unwrap();
+    assert_ne!(
+        guest_release,
+        host.release().to_string_lossy(),
+        "ran on the host kernel"
+    );
+    wait_shim_gone("vm1");
+
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = events.kill();
+    let out = events.wait_with_output().unwrap();
+    let events = String::from_utf8_lossy(&out.stdout);
+    for topic in [
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exit",
+        "/tasks/delete",
+    ] {
+        assert!(
+            events
+                .lines()
+                .any(|l| l.contains(topic) && l.contains("vm1")),
+            "no {topic} event:\n{events}"
+        );
+    }
+}
