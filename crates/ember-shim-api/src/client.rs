@@ -40,6 +40,11 @@ impl ShimClient {
         self.inner.is_closed()
     }
 
+    /// Returns when the connection is gone (the shim exited or died).
+    pub async fn closed(&self) {
+        self.inner.closed().await
+    }
+
     async fn call<Req: prost::Message, Resp: prost::Message + Default>(
         &self,
         method: &str,

@@ -30,6 +30,8 @@ struct Inner {
     next_id: Mutex<u32>,
     pending: Pending,
     tx: mpsc::Sender<Outgoing>,
+    /// Becomes true when the reading side ends.
+    closed: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Client {
@@ -64,6 +66,7 @@ impl Client {
         });
 
         let rpending = pending.clone();
+        let (closed_tx, closed_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             loop {
                 match read_frame(&mut rd).await {
@@ -89,6 +92,7 @@ impl Client {
                 }
             }
             fail_all(&rpending);
+            let _ = closed_tx.send(true);
         });
 
         Client {
@@ -96,8 +100,15 @@ impl Client {
                 next_id: Mutex::new(first_stream_id()),
                 pending,
                 tx,
+                closed: closed_rx,
             }),
         }
+    }
+
+    /// Returns when the connection has ended (the peer closed it or it failed).
+    pub async fn closed(&self) {
+        let mut rx = self.inner.closed.clone();
+        let _ = rx.wait_for(|c| *c).await;
     }
 
     /// Whether the connection has ended.

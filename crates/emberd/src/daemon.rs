@@ -177,7 +177,11 @@ pub fn builtins(config: &Config) -> Vec<Registration> {
         std::fs::create_dir_all(&ctx.state)?;
         ctx.exports
             .insert("state".into(), ctx.state.display().to_string());
-        Ok(Arc::new(TaskManager::new(ctx.state.clone(), &address)) as Instance)
+        let events = ctx
+            .registry
+            .first::<Exchange>(EVENT)
+            .map_err(InitError::Failed)?;
+        Ok(TaskManager::new(ctx.state.clone(), &address, events) as Instance)
     }));
     for (name, proxy) in &config.proxy_plugins {
         let address = proxy.address.clone();

@@ -13,7 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
+use containerd_client::events::TaskExit;
 use ember_shim_api::{CreateTaskRequest, Mount, ShimClient};
+
+use crate::events::Exchange;
 use tokio::io::AsyncWriteExt;
 
 /// Why a runtime call failed: the daemon's own error classes, or a shim's answer.
@@ -72,6 +75,9 @@ fn follow_shim_log(bundle: &Path, ns: &str, id: &str) -> Result<tokio::task::Abo
     Ok(task.abort_handle())
 }
 
+/// The exit status reported for a task whose shim died.
+pub const SHIM_GONE_STATUS: u32 = 255;
+
 /// What `create` needs besides the container.
 pub struct CreateOpts {
     pub rootfs: Vec<Mount>,
@@ -84,6 +90,9 @@ pub struct CreateOpts {
 
 /// The task manager: starts, tracks and removes shims.
 pub struct TaskManager {
+    /// This manager, for the tasks that watch shims.
+    me: std::sync::Weak<TaskManager>,
+    events: Arc<Exchange>,
     state: PathBuf,
     grpc_address: String,
     ttrpc_address: String,
@@ -108,13 +117,55 @@ pub fn shim_binary(runtime: &str) -> Result<String> {
 }
 
 impl TaskManager {
-    pub fn new(state: PathBuf, grpc_address: &Path) -> TaskManager {
-        TaskManager {
+    pub fn new(state: PathBuf, grpc_address: &Path, events: Arc<Exchange>) -> Arc<TaskManager> {
+        Arc::new_cyclic(|me| TaskManager {
+            me: me.clone(),
+            events,
             state,
             grpc_address: grpc_address.display().to_string(),
             ttrpc_address: format!("{}.ttrpc", grpc_address.display()),
             tasks: Mutex::default(),
-        }
+        })
+    }
+
+    /// Tracks a task, and cleans it up if its shim goes away while it is tracked.
+    fn track(&self, task: Arc<ShimTask>) {
+        let key = (task.namespace.clone(), task.id.clone());
+        self.lock().insert(key.clone(), task.clone());
+        let me = self.me.clone();
+        tokio::spawn(async move {
+            task.client.closed().await;
+            let Some(me) = me.upgrade() else { return };
+            let still = {
+                let mut tasks = me.lock();
+                match tasks.get(&key) {
+                    Some(t) if Arc::ptr_eq(t, &task) => tasks.remove(&key).is_some(),
+                    _ => false,
+                }
+            };
+            if still {
+                me.shim_gone(&task).await;
+            }
+        });
+    }
+
+    /// A shim died under a tracked task: the task exits with 255 and is cleaned up,
+    /// as containerd does.
+    async fn shim_gone(&self, task: &ShimTask) {
+        tracing::warn!(namespace = %task.namespace, id = %task.id, "the shim went away: cleaning up its task");
+        self.events.publish(
+            &task.namespace,
+            "/tasks/exit",
+            &TaskExit {
+                container_id: task.id.clone(),
+                id: task.id.clone(),
+                pid: task.pid,
+                exit_status: SHIM_GONE_STATUS,
+                exited_at: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
+            },
+        );
+        self.cleanup_bundle(&task.namespace, &task.id, &task.bundle)
+            .await;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Arc<ShimTask>>> {
@@ -205,7 +256,7 @@ impl TaskManager {
                     pid,
                     log,
                 });
-                self.lock().insert(key, task.clone());
+                self.track(task.clone());
                 Ok(task)
             }
             Err(e) => {
@@ -271,12 +322,33 @@ impl TaskManager {
     }
 
     /// Deletes a task: the shim's Delete, then its shutdown and the bundle.
+    ///
+    /// A shim that is gone (killed, crashed) cannot answer: its task is cleaned up
+    /// through the shim binary's `delete` action and reported as exited with 255,
+    /// as containerd does.
     pub async fn delete(&self, ns: &str, id: &str) -> Result<ember_shim_api::DeleteResponse> {
         let task = self.get(ns, id)?;
-        let resp = task.client.delete(id, "").await?;
-        let _ = task.client.shutdown(id, false).await;
-        self.lock().remove(&(ns.to_string(), id.to_string()));
-        let _ = std::fs::remove_dir_all(&task.bundle);
+        let key = (ns.to_string(), id.to_string());
+        let resp = match task.client.delete(id, "").await {
+            Ok(r) => {
+                // Untracked first: the shim's exit is expected now.
+                self.lock().remove(&key);
+                let _ = task.client.shutdown(id, false).await;
+                let _ = std::fs::remove_dir_all(&task.bundle);
+                r
+            }
+            Err(ember_ttrpc::Error::Status(s)) => return Err(ember_ttrpc::Error::Status(s).into()),
+            Err(e) => {
+                tracing::warn!(namespace = ns, id, "the shim is gone ({e}): cleaning up");
+                self.lock().remove(&key);
+                self.cleanup_bundle(ns, id, &task.bundle).await;
+                ember_shim_api::DeleteResponse {
+                    pid: task.pid,
+                    exit_status: SHIM_GONE_STATUS,
+                    exited_at: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
+                }
+            }
+        };
         Ok(resp)
     }
 
@@ -318,7 +390,7 @@ impl TaskManager {
                 match self.adopt(&ns_name, &id, &bundle).await {
                     Ok(task) => {
                         tracing::info!(namespace = %ns_name, %id, pid = task.pid, "reconnected to a running shim");
-                        self.lock().insert((ns_name.clone(), id), task);
+                        self.track(task);
                     }
                     Err(e) => {
                         tracing::info!(namespace = %ns_name, %id, "cleaning up a task whose shim is gone: {e}");

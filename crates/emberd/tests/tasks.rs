@@ -20,17 +20,27 @@ fn on_path(binary: &str) -> bool {
         .any(|d| Path::new(d).join(binary).exists())
 }
 
+/// The pids of shim processes for task `id`.
+fn shim_pids(id: &str) -> Vec<i32> {
+    let needle = format!("-id\0{id}\0");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .map(|c| {
+                    let c = String::from_utf8_lossy(&c);
+                    c.contains("containerd-shim") && c.contains(&needle)
+                })
+                .unwrap_or(false)
+        })
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
 /// Whether a shim process for task `id` is alive.
 fn shim_running(id: &str) -> bool {
-    let needle = format!("-id\0{id}\0");
-    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
-        std::fs::read(e.path().join("cmdline"))
-            .map(|c| {
-                let c = String::from_utf8_lossy(&c);
-                c.contains("containerd-shim") && c.contains(&needle)
-            })
-            .unwrap_or(false)
-    })
+    !shim_pids(id).is_empty()
 }
 
 /// Waits (up to 10 s) for the shim of task `id` to exit.
@@ -186,6 +196,26 @@ fn runc_tasks_run_stream_exit_and_survive_daemon_restarts() {
     ctr(&s, NS, &["containers", "rm", d1]).expect_ok();
     assert!(task_status(&s, d1).is_none());
     wait_shim_gone(d1);
+    // A shim killed with SIGKILL.
+    let k1 = format!("k{}", std::process::id());
+    let _more = RuncLeftovers(vec![k1.clone()]);
+    ctr(&s, NS, &["run", "-d", IMAGE, &k1, "sleep", "600"]).expect_ok();
+    wait_status(&s, &k1, "RUNNING");
+    let shim = shim_pids(&k1);
+    assert!(!shim.is_empty());
+    for p in shim {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    // The daemon notices and cleans the task up; the container can then go.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while task_status(&s, &k1).is_some() {
+        assert!(Instant::now() < deadline, "a task whose shim died is still listed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ctr(&s, NS, &["containers", "rm", &k1]).expect_ok();
     // Unknown tasks are NotFound.
     assert_eq!(ctr(&s, NS, &["tasks", "kill", "nope"]).class(), "not found");
 }
