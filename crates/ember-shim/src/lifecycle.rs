@@ -30,9 +30,12 @@ fn digest(parts: &[&str]) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// This shim's private directory, derived from namespace and id so `delete` finds it.
-pub fn state_dir(config: &RuntimeConfig, namespace: &str, id: &str) -> PathBuf {
-    config.state_dir.join(&digest(&[namespace, id])[..16])
+/// This shim's private directory, derived from the daemon's address, namespace and
+/// id, so `delete` finds it and two daemons' tasks of the same name never share it.
+pub fn state_dir(config: &RuntimeConfig, args: &Args) -> PathBuf {
+    config
+        .state_dir
+        .join(&digest(&[&args.address, &args.namespace, &args.id])[..16])
 }
 
 fn socket_path(args: &Args) -> PathBuf {
@@ -103,7 +106,7 @@ fn write_address(address: &str) -> Result<()> {
 /// `serve`: the long-running shim.
 pub fn serve(args: &Args) -> Result<()> {
     let config = RuntimeConfig::load()?;
-    let dir = state_dir(&config, &args.namespace, &args.id);
+    let dir = state_dir(&config, args);
     std::fs::create_dir_all(&dir)?;
     std::fs::write(
         dir.join("meta.json"),
@@ -188,7 +191,7 @@ pub fn delete(args: &Args) -> Result<()> {
         bail!("-id is required");
     }
     let config = RuntimeConfig::load()?;
-    let dir = state_dir(&config, &args.namespace, &args.id);
+    let dir = state_dir(&config, args);
     for name in ["vmm.pid", "vm/qemu.pid"] {
         if let Ok(pid) = std::fs::read_to_string(dir.join(name)) {
             if let Ok(pid) = pid.trim().parse::<i32>() {
