@@ -181,6 +181,61 @@ fn parse_time(s: &str) -> Option<Time> {
     Some((sec, ns))
 }
 
+/// Writes a GNU sparse file entry as `name` in `dir`, its holes left as holes.
+///
+/// Reading such an entry yields every byte of the size its header declares, the
+/// holes as zeros, and nothing bounds that size: a few hundred bytes of layer can
+/// declare terabytes. tar's own unpacking seeks over the holes instead, so writing
+/// the file costs what the layer stores. It gets the name through the directory's
+/// descriptor ([`sys::fd_path`]) and creates it with `O_EXCL`, so never through a
+/// symlink.
+fn sparse_file<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    dir: &OwnedFd,
+    name: &[u8],
+    raw: &[u8],
+) -> Result<std::fs::File, Error> {
+    let size = entry.size();
+    if i64::try_from(size).is_err() {
+        return Err(Error::Invalid(format!(
+            "sparse file {} declares {size} bytes, more than a file can have",
+            lossy(raw)
+        )));
+    }
+    if raw.ends_with(b"/") {
+        // tar would unpack it as a directory.
+        return Err(Error::Invalid(format!(
+            "sparse file {} is named as a directory",
+            lossy(raw)
+        )));
+    }
+    match entry.unpack(sys::fd_path(dir, name)) {
+        Ok(tar::Unpacked::File(f)) => Ok(f),
+        Ok(_) => Err(Error::Invalid(format!(
+            "sparse file {} was not unpacked as a file",
+            lossy(raw)
+        ))),
+        // A system call failing (no space left, ...) is the host's problem; tar's
+        // own complaints (the layer ends inside the file) are the layer's.
+        Err(e) if os_error(&e) => Err(Error::io(format!("writing {}", lossy(raw)), e)),
+        Err(e) => Err(Error::Invalid(format!("sparse file {}: {e}", lossy(raw)))),
+    }
+}
+
+/// Whether an error is, or was caused by, a failed system call.
+fn os_error(e: &io::Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cur {
+        if c.downcast_ref::<io::Error>()
+            .is_some_and(|e| e.raw_os_error().is_some())
+        {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
+}
+
 struct Applier<'o> {
     root: OwnedFd,
     opts: &'o ApplyOptions,
@@ -225,33 +280,50 @@ impl Applier<'_> {
         Ok(fd)
     }
 
+    /// Opens the directory at `comps`, first creating the missing ones on the way
+    /// down from the nearest that exists. A loop, not recursion, and every prefix
+    /// a slice of one joined path: a layer's path can be thousands of directories
+    /// deep.
     fn ensure_dir(&mut self, comps: &[Vec<u8>], entry: &[u8]) -> Result<OwnedFd, Error> {
-        let rel = join(comps);
-        match sys::open_beneath(&self.root, &rel, libc::O_RDONLY | libc::O_DIRECTORY) {
-            Ok(fd) => Ok(fd),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) && !comps.is_empty() => {
-                let parent = self.ensure_dir(&comps[..comps.len() - 1], entry)?;
-                let name = &comps[comps.len() - 1];
-                let below = self.lower_dir(&rel);
-                let mode = below.map(|s| s.st_mode & 0o7777).unwrap_or(0o755);
-                match sys::mkdir_at(&parent, name, mode) {
-                    Ok(()) => {}
-                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-                    Err(e) => return Err(Error::io(format!("creating {}", lossy(&rel)), e)),
-                }
-                let fd = sys::open_at(&parent, name, libc::O_RDONLY | libc::O_DIRECTORY, 0)
-                    .map_err(|e| Self::resolve_err(entry, e))?;
-                if let Some(st) = below {
-                    if self.root_user {
-                        let _ = sys::fchown(&fd, st.st_uid, st.st_gid);
-                    }
-                    let _ = sys::fchmod(&fd, st.st_mode & 0o7777);
-                }
-                self.created.insert(rel);
-                Ok(fd)
-            }
-            Err(e) => Err(Self::resolve_err(entry, e)),
+        let path = join(comps);
+        // `path[..ends[n]]` is the path of the first `n` components.
+        let mut ends = vec![0];
+        for (i, c) in comps.iter().enumerate() {
+            ends.push(ends[i] + usize::from(i > 0) + c.len());
         }
+        let mut have = comps.len();
+        let mut fd = loop {
+            match sys::open_beneath(
+                &self.root,
+                &path[..ends[have]],
+                libc::O_RDONLY | libc::O_DIRECTORY,
+            ) {
+                Ok(fd) => break fd,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) && have > 0 => have -= 1,
+                Err(e) => return Err(Self::resolve_err(entry, e)),
+            }
+        };
+        for depth in have + 1..=comps.len() {
+            let rel = &path[..ends[depth]];
+            let name = &comps[depth - 1];
+            let below = self.lower_dir(rel);
+            let mode = below.map(|s| s.st_mode & 0o7777).unwrap_or(0o755);
+            match sys::mkdir_at(&fd, name, mode) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => return Err(Error::io(format!("creating {}", lossy(rel)), e)),
+            }
+            fd = sys::open_at(&fd, name, libc::O_RDONLY | libc::O_DIRECTORY, 0)
+                .map_err(|e| Self::resolve_err(entry, e))?;
+            if let Some(st) = below {
+                if self.root_user {
+                    let _ = sys::fchown(&fd, st.st_uid, st.st_gid);
+                }
+                let _ = sys::fchmod(&fd, st.st_mode & 0o7777);
+            }
+            self.created.insert(rel.to_vec());
+        }
+        Ok(fd)
     }
 
     /// The directory at `rel` in the nearest lower layer that has one.
@@ -316,7 +388,13 @@ impl Applier<'_> {
         }
         let ctx = |what: &str| format!("{what} {}", lossy(&rel));
         match etype {
-            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+            EntryType::GNUSparse => {
+                let f = sparse_file(&mut entry, &parent, &base, &raw)?;
+                self.owner_mode_xattrs(&f, uid, gid, mode, &pax.xattrs, &rel)?;
+                sys::futimes(&f, atime, mtime)
+                    .map_err(|e| Error::io(ctx("setting times of"), e))?;
+            }
+            EntryType::Regular | EntryType::Continuous => {
                 let fd = sys::open_at(
                     &*parent,
                     &base,

@@ -3,11 +3,11 @@
 //! resolved with `openat2(RESOLVE_BENEATH)`, so nothing here follows a symlink out
 //! of the root.
 
-use std::ffi::CString;
+use std::ffi::{CString, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
 
 fn cstr(b: &[u8]) -> io::Result<CString> {
     CString::new(b).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "name contains NUL"))
@@ -192,21 +192,52 @@ pub fn unlink_at(dir: &impl AsRawFd, name: &[u8], is_dir: bool) -> io::Result<()
     Ok(())
 }
 
+/// A directory [`remove_all_at`] is emptying: its name in the directory it is in,
+/// and the children still to remove.
+struct Emptying {
+    fd: OwnedFd,
+    name: Vec<u8>,
+    children: Vec<Vec<u8>>,
+}
+
 /// Removes one name in `dir`, recursively when it is a directory; never follows
-/// symlinks.
+/// symlinks. A loop over a stack of open directories, not recursion: a tree can be
+/// thousands of directories deep.
 pub fn remove_all_at(dir: &impl AsRawFd, name: &[u8]) -> io::Result<()> {
-    let Some(st) = stat_at(dir, name)? else {
-        return Ok(());
-    };
-    if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
-        let sub = open_at(dir, name, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
-        for child in list_dir(&sub)? {
-            remove_all_at(&sub, &child)?;
+    // Outermost first; the first is in `dir`, each next one in the one before.
+    let mut levels: Vec<Emptying> = Vec::new();
+    let innermost =
+        |levels: &[Emptying]| levels.last().map_or(dir.as_raw_fd(), |l| l.fd.as_raw_fd());
+    let mut next = name.to_vec();
+    loop {
+        let parent = innermost(&levels);
+        match stat_at(&parent, &next)? {
+            Some(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
+                let fd = open_at(&parent, &next, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+                let children = list_dir(&fd)?;
+                levels.push(Emptying {
+                    fd,
+                    name: next,
+                    children,
+                });
+            }
+            Some(_) => unlink_at(&parent, &next, false)?,
+            None => {}
         }
-        drop(sub);
-        unlink_at(dir, name, true)
-    } else {
-        unlink_at(dir, name, false)
+        // On to the next child of the innermost directory, removing the
+        // directories emptied on the way out.
+        next = loop {
+            let Some(level) = levels.last_mut() else {
+                return Ok(());
+            };
+            if let Some(child) = level.children.pop() {
+                break child;
+            }
+            if let Some(emptied) = levels.pop() {
+                drop(emptied.fd);
+                unlink_at(&innermost(&levels), &emptied.name, true)?;
+            }
+        };
     }
 }
 
@@ -310,11 +341,18 @@ pub fn fsetxattr(fd: &impl AsRawFd, name: &str, value: &[u8]) -> io::Result<()> 
     Ok(())
 }
 
-/// Sets an extended attribute on one name in `dir` without following it.
-pub fn lsetxattr_at(dir: &impl AsRawFd, name: &[u8], attr: &str, value: &[u8]) -> io::Result<()> {
+/// A path for one name in `dir`: `/proc/self/fd/N/name`. Resolving it enters
+/// `dir` itself (wherever it is now) and then looks up `name` alone, so only that
+/// last name is for the caller to not follow.
+pub fn fd_path(dir: &impl AsRawFd, name: &[u8]) -> PathBuf {
     let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
     p.extend_from_slice(name);
-    let p = cstr(&p)?;
+    PathBuf::from(OsString::from_vec(p))
+}
+
+/// Sets an extended attribute on one name in `dir` without following it.
+pub fn lsetxattr_at(dir: &impl AsRawFd, name: &[u8], attr: &str, value: &[u8]) -> io::Result<()> {
+    let p = cstr(fd_path(dir, name).as_os_str().as_bytes())?;
     let n = cstr(attr.as_bytes())?;
     // SAFETY: `p` and `n` are NUL-terminated strings and `value` a slice whose
     // pointer and length are passed together; all outlive the call, which only reads

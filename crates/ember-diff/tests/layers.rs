@@ -360,6 +360,117 @@ fn truncated_and_garbage_layers_fail_cleanly() {
     .is_err());
 }
 
+/// A tar number field: octal, or base-256 when octal does not fit.
+fn num_field(field: &mut [u8; 12], v: u64) {
+    if v < 0o77777777777 {
+        field.copy_from_slice(format!("{v:011o}\0").as_bytes());
+    } else {
+        field.fill(0);
+        field[0] = 0x80;
+        field[4..].copy_from_slice(&v.to_be_bytes());
+    }
+}
+
+/// A GNU sparse file entry of `size` bytes: `data` at `offset`, holes elsewhere.
+fn sparse_entry(out: &mut Vec<u8>, name: &str, data: &[u8], offset: u64, size: u64) {
+    let mut h = tar::Header::new_gnu();
+    h.set_path(name).unwrap();
+    h.set_entry_type(tar::EntryType::GNUSparse);
+    h.set_mode(0o640);
+    h.set_mtime(1_600_000_000);
+    h.set_size(data.len() as u64);
+    let g = h.as_gnu_mut().unwrap();
+    num_field(&mut g.realsize, size);
+    num_field(&mut g.sparse[0].offset, offset);
+    num_field(&mut g.sparse[0].numbytes, data.len() as u64);
+    // The hole after the data, as GNU tar writes it: an empty block at the end.
+    num_field(&mut g.sparse[1].offset, size);
+    num_field(&mut g.sparse[1].numbytes, 0);
+    h.set_cksum();
+    out.extend_from_slice(h.as_bytes());
+    out.extend_from_slice(data);
+    out.extend(std::iter::repeat_n(0u8, (512 - data.len() % 512) % 512));
+}
+
+/// A sparse file's holes stay holes: a 1 KiB layer declaring a 1 GiB file does
+/// not write 1 GiB (nor take the time to), and one declaring more than a file can
+/// hold is refused.
+#[test]
+fn sparse_files_are_written_sparse() {
+    let d = tempfile::tempdir().unwrap();
+    let size = 1 << 30;
+    let mut t = Vec::new();
+    sparse_entry(&mut t, "big", b"hello", 1 << 20, size);
+    end(&mut t);
+    apply(d.path(), &t[..], &ApplyOptions::default()).unwrap();
+    let big = d.path().join("big");
+    let m = std::fs::metadata(&big).unwrap();
+    assert_eq!(m.len(), size);
+    assert_eq!(m.mode() & 0o7777, 0o640);
+    assert_eq!(m.mtime(), 1_600_000_000);
+    assert!(m.blocks() * 512 < 1 << 20, "{} blocks written", m.blocks());
+    let mut f = std::fs::File::open(&big).unwrap();
+    let mut buf = [1u8; 8];
+    std::io::Read::read_exact(&mut f, &mut buf).unwrap();
+    assert_eq!(buf, [0; 8]);
+    std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(1 << 20)).unwrap();
+    std::io::Read::read_exact(&mut f, &mut buf[..5]).unwrap();
+    assert_eq!(&buf[..5], b"hello");
+
+    for size in [u64::MAX, 1 << 63] {
+        let mut t = Vec::new();
+        sparse_entry(&mut t, "huge", b"x", 0, size);
+        end(&mut t);
+        let e = apply(d.path(), &t[..], &ApplyOptions::default()).unwrap_err();
+        assert!(matches!(e, Error::Invalid(_)), "{e}");
+    }
+
+    // Cut inside the data: the layer is invalid, not the host.
+    let mut t = Vec::new();
+    sparse_entry(&mut t, "cut", b"hello", 4096, 8192);
+    t.truncate(514);
+    let e = apply(d.path(), &t[..], &ApplyOptions::default()).unwrap_err();
+    assert!(matches!(e, Error::Invalid(_)), "{e}");
+}
+
+/// A path thousands of directories deep is created, replaced and whited out
+/// without recursion: on a thread with a small stack (tokio's blocking threads,
+/// where emberd applies layers, have 2 MiB) the stack does not overflow.
+#[test]
+fn deep_paths_do_not_exhaust_the_stack() {
+    let deep = |top: &str| format!("{top}/{}f", "d/".repeat(2000));
+    let mut b = tar::Builder::new(Vec::new());
+    let file = |b: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, path, data).unwrap();
+    };
+    file(&mut b, &deep("a"), b"1");
+    file(&mut b, "a", b"2"); // replaces the whole tree
+    file(&mut b, &deep("b"), b"3");
+    let layer = b.into_inner().unwrap();
+    let mut whiteout = tar::Builder::new(Vec::new());
+    file(&mut whiteout, ".wh.b", b"");
+    let whiteout = whiteout.into_inner().unwrap();
+
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().to_path_buf();
+    std::thread::Builder::new()
+        .stack_size(1 << 20)
+        .spawn(move || {
+            apply(&root, &layer[..], &ApplyOptions::default()).unwrap();
+            assert_eq!(std::fs::read(root.join("a")).unwrap(), b"2");
+            assert_eq!(std::fs::read(root.join(deep("b"))).unwrap(), b"3");
+            apply(&root, &whiteout[..], &ApplyOptions::default()).unwrap();
+            assert!(!root.join("b").exists());
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
 fn copy_tree(from: &Path, to: &Path) {
     let s = std::process::Command::new("cp")
         .arg("-a")
