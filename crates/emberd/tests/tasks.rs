@@ -212,7 +212,10 @@ fn runc_tasks_run_stream_exit_and_survive_daemon_restarts() {
     // The daemon notices and cleans the task up; the container can then go.
     let deadline = Instant::now() + Duration::from_secs(10);
     while task_status(&s, &k1).is_some() {
-        assert!(Instant::now() < deadline, "a task whose shim died is still listed");
+        assert!(
+            Instant::now() < deadline,
+            "a task whose shim died is still listed"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     ctr(&s, NS, &["containers", "rm", &k1]).expect_ok();
