@@ -2,7 +2,8 @@
 //! messages and the client come from `containerd-client`.
 
 /// containerd's API definitions, shared by the workspace.
-const PROTO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../proto");
+/// Relative to the package directory, where cargo runs build scripts.
+const PROTO: &str = "../../proto";
 
 fn main() {
     let proto = format!(

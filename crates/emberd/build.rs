@@ -31,7 +31,8 @@ const V1_PACKAGES: &[&str] = &[
 ];
 
 /// containerd's API definitions, shared by the workspace.
-const PROTO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../proto");
+/// Relative to the package directory, where cargo runs build scripts.
+const PROTO: &str = "../../proto";
 
 fn main() {
     let root = format!("{PROTO}/github.com/containerd/containerd/api/services");
