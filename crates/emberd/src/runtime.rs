@@ -14,10 +14,10 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use containerd_client::events::TaskExit;
+use ember_metadata::Error as E;
 use ember_shim_api::{CreateTaskRequest, Mount, ShimClient};
 
 use crate::events::Exchange;
-use tokio::io::AsyncWriteExt;
 
 /// Why a runtime call failed: the daemon's own error classes, or a shim's answer.
 #[derive(Debug, thiserror::Error)]
@@ -27,8 +27,6 @@ pub enum Error {
     #[error("{0}")]
     Shim(#[from] ember_ttrpc::Error),
 }
-
-use ember_metadata::Error as E;
 
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -123,7 +121,7 @@ impl TaskManager {
             events,
             state,
             grpc_address: grpc_address.display().to_string(),
-            ttrpc_address: format!("{}.ttrpc", grpc_address.display()),
+            ttrpc_address: crate::ttrpc::address(grpc_address).display().to_string(),
             tasks: Mutex::default(),
         })
     }
@@ -291,17 +289,14 @@ impl TaskManager {
     /// Runs `BINARY ... start` and returns the address it prints.
     async fn start_shim(&self, binary: &str, ns: &str, id: &str, bundle: &Path) -> Result<String> {
         let mut cmd = self.shim_command(binary, ns, id, bundle);
+        // No runtime options on stdin.
         cmd.arg("start")
-            .stdin(Stdio::piped())
+            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(|e| {
+        let child = cmd.spawn().map_err(|e| {
             E::FailedPrecondition(format!("starting shim {binary}: {e} (is it on PATH?)"))
         })?;
-        // No runtime options on stdin: close it.
-        if let Some(mut stdin) = child.stdin.take() {
-            let _ = stdin.shutdown().await;
-        }
         let out = child
             .wait_with_output()
             .await

@@ -45,7 +45,7 @@ fn any_in(a: prost_types::Any) -> AnyValue {
     }
 }
 
-fn any_out(a: &AnyValue) -> prost_types::Any {
+pub(crate) fn any_out(a: &AnyValue) -> prost_types::Any {
     prost_types::Any {
         type_url: a.type_url.clone(),
         value: a.value.clone(),

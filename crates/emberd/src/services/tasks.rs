@@ -9,13 +9,15 @@ use containerd_client::types::v1::Process;
 use containerd_client::types::{Metric, Mount};
 use ember_metadata::db::Reader;
 use ember_shim_api as shim;
+use ember_snapshot::convert::mount_to_wire;
 use tonic::{Code, Request, Response, Status};
 
 use crate::daemon::Metadata;
 use crate::grpc::tasks::tasks_server::{Tasks, TasksServer};
 use crate::plugin::{InitError, Registration, GRPC, METADATA, RUNTIME};
 use crate::runtime::{CreateOpts, Error, ShimTask, TaskManager};
-use crate::services::{blocking, namespace, GrpcService};
+use crate::services::containers::any_out;
+use crate::services::{blocking, namespace, timestamp, GrpcService};
 
 pub fn registration() -> Registration {
     Registration::new(GRPC, "tasks", &[METADATA, RUNTIME], |ctx| {
@@ -91,15 +93,7 @@ impl Service {
             .mounts(ns, &c.snapshot_key)
             .await
             .map_err(crate::services::status)?;
-        Ok(mounts
-            .into_iter()
-            .map(|m| Mount {
-                r#type: m.kind,
-                source: m.source,
-                target: m.target,
-                options: m.options,
-            })
-            .collect())
+        Ok(mounts.iter().map(mount_to_wire).collect())
     }
 }
 
@@ -130,12 +124,9 @@ impl Tasks for Service {
             r.runtime_path.clone()
         };
         let rootfs = self.rootfs(&ns, &c, r.rootfs).await?;
-        let options = r.options.or_else(|| {
-            c.runtime.options.as_ref().map(|o| prost_types::Any {
-                type_url: o.type_url.clone(),
-                value: o.value.clone(),
-            })
-        });
+        let options = r
+            .options
+            .or_else(|| c.runtime.options.as_ref().map(any_out));
         let task = self
             .tasks
             .create(
@@ -376,7 +367,7 @@ impl Tasks for Service {
             }
             match t.client.stats(&t.id).await {
                 Ok(s) => metrics.push(Metric {
-                    timestamp: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
+                    timestamp: timestamp(std::time::SystemTime::now()),
                     id: t.id.clone(),
                     data: s.stats,
                 }),
