@@ -8,6 +8,9 @@ packages=(
   busybox-static e2fsprogs erofs-utils                                # guest and test root filesystems
   protobuf-compiler pkg-config                                        # builds
   containerd runc                                                     # peers for tests and benchmarks
+  docker.io docker-registry skopeo                                    # client compatibility: dockerd, a loopback registry
+  golang-go golang-github-containerd-containerd-dev                   # Go tests with containerd's 1.6 client
+  python3-grpcio python3-grpc-tools                                   # Python gRPC client tests
   curl ca-certificates
 )
 missing=()
@@ -25,3 +28,6 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "installing the Rust toolchain (rustup)" >&2
   curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c rustfmt,clippy >&2
 fi
+# containerd 1.7 (its ctr and shims) from Debian trixie, unpacked aside, never installed
+# over the system's packages.
+"$(dirname "$0")/trixie.sh" containerd >/dev/null
