@@ -292,7 +292,12 @@ pub async fn run(config: Config) -> Result<()> {
     }
     let listener = bind(&config)?;
     tracing::info!(address = %config.grpc.address.display(), "emberd serving");
-    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    // Clients' `:authority` is not always a valid one on unix sockets (see
+    // `authority`); containerd ignores it, so emberd must not refuse it either.
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::UnixListenerStream::new(listener),
+        |conn| conn.map(crate::authority::Http2Conn::new),
+    );
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("installing the SIGTERM handler");

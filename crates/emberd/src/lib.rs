@@ -1,6 +1,7 @@
 //! emberd's library: configuration, plugins, the event exchange and the gRPC
 //! services; `main.rs` is the command line around [`daemon::run`].
 
+pub mod authority;
 pub mod config;
 pub mod daemon;
 pub mod events;

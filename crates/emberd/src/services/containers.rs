@@ -27,7 +27,7 @@ pub fn registration() -> Registration {
             events: ctx.registry.first(EVENT).map_err(InitError::Failed)?,
         };
         Ok(GrpcService::instance(move |r| {
-            r.add_service(ContainersServer::new(service.clone()));
+            r.add_service(limited!(ContainersServer::new(service.clone())));
         }))
     })
 }

@@ -37,7 +37,7 @@ pub fn registration() -> Registration {
             tmp: ctx.state.join("mounts"),
         };
         Ok(GrpcService::instance(move |r| {
-            r.add_service(DiffServer::new(service.clone()));
+            r.add_service(limited!(DiffServer::new(service.clone())));
         }))
     })
 }

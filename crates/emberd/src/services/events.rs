@@ -23,7 +23,7 @@ pub fn registration() -> Registration {
             events: ctx.registry.first(EVENT).map_err(InitError::Failed)?,
         };
         Ok(GrpcService::instance(move |r| {
-            r.add_service(EventsServer::new(service.clone()));
+            r.add_service(limited!(EventsServer::new(service.clone())));
         }))
     })
 }

@@ -26,7 +26,7 @@ pub fn registration() -> Registration {
             events: ctx.registry.first(EVENT).map_err(InitError::Failed)?,
         };
         Ok(GrpcService::instance(move |r| {
-            r.add_service(ImagesServer::new(service.clone()));
+            r.add_service(limited!(ImagesServer::new(service.clone())));
         }))
     })
 }

@@ -24,7 +24,7 @@ pub fn registration(info: Arc<DaemonInfo>) -> Registration {
             uuid,
         };
         Ok(GrpcService::instance(move |r| {
-            r.add_service(IntrospectionServer::new(service.clone()));
+            r.add_service(limited!(IntrospectionServer::new(service.clone())));
         }))
     })
 }

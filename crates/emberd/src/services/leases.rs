@@ -37,7 +37,7 @@ pub fn registration() -> Registration {
         });
         let service = Service { md };
         Ok(GrpcService::instance(move |r| {
-            r.add_service(LeasesServer::new(service.clone()));
+            r.add_service(limited!(LeasesServer::new(service.clone())));
         }))
     })
 }

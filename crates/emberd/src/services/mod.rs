@@ -6,10 +6,26 @@
 //! stores (`ember-metadata`, `ember-content`, `ember-snapshot`); errors become
 //! statuses with containerd's codes through [`status`].
 
+/// containerd's default limit on a message a server receives.
+pub const MAX_RECV_MESSAGE: usize = 16 << 20;
+/// containerd's default limit on a message a server sends.
+pub const MAX_SEND_MESSAGE: usize = 16 << 20;
+
+/// A generated gRPC server with containerd's message size limits (tonic's own
+/// default refuses requests over 4 MiB).
+macro_rules! limited {
+    ($server:expr) => {
+        $server
+            .max_decoding_message_size($crate::services::MAX_RECV_MESSAGE)
+            .max_encoding_message_size($crate::services::MAX_SEND_MESSAGE)
+    };
+}
+
 pub mod containers;
 pub mod content;
 pub mod diff;
 pub mod events;
+pub mod health;
 pub mod images;
 pub mod introspection;
 pub mod leases;
@@ -62,6 +78,7 @@ pub fn registrations(info: Arc<DaemonInfo>) -> Vec<Registration> {
         images::registration(),
         diff::registration(),
         tasks::registration(),
+        health::registration(),
     ]
 }
 

@@ -21,7 +21,7 @@ pub fn registration() -> Registration {
             events: ctx.registry.first(EVENT).map_err(InitError::Failed)?,
         };
         Ok(GrpcService::instance(move |r| {
-            r.add_service(NamespacesServer::new(service.clone()));
+            r.add_service(limited!(NamespacesServer::new(service.clone())));
         }))
     })
 }
@@ -45,9 +45,21 @@ impl Namespaces for Service {
         &self,
         r: Request<wire::GetNamespaceRequest>,
     ) -> Result<Response<wire::GetNamespaceResponse>, Status> {
+        // Like containerd, any name answers: a namespace without a record has no
+        // labels yet (it comes into being with its first object). containerd's
+        // clients rely on this, dockerd for its `moby` namespace.
         let name = r.into_inner().name;
         let db = self.md.db.clone();
-        let ns = blocking(move || db.view(|tx| tx.get_namespace(&name))).await?;
+        let ns = blocking(move || {
+            db.view(|tx| match tx.get_namespace(&name) {
+                Err(ember_metadata::Error::NotFound(_)) => Ok(Namespace {
+                    name: name.clone(),
+                    labels: Default::default(),
+                }),
+                other => other,
+            })
+        })
+        .await?;
         Ok(Response::new(wire::GetNamespaceResponse {
             namespace: Some(to_wire(&ns)),
         }))

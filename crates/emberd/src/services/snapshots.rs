@@ -29,7 +29,7 @@ pub fn registration() -> Registration {
             events: ctx.registry.first(EVENT).map_err(InitError::Failed)?,
         };
         Ok(GrpcService::instance(move |r| {
-            r.add_service(SnapshotsServer::new(service.clone()));
+            r.add_service(limited!(SnapshotsServer::new(service.clone())));
         }))
     })
 }

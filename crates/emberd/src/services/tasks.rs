@@ -26,7 +26,7 @@ pub fn registration() -> Registration {
             tasks: ctx.registry.first(RUNTIME).map_err(InitError::Failed)?,
         };
         Ok(GrpcService::instance(move |r| {
-            r.add_service(TasksServer::new(service.clone()));
+            r.add_service(limited!(TasksServer::new(service.clone())));
         }))
     })
 }

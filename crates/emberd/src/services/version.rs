@@ -16,7 +16,7 @@ pub const REVISION: &str = match option_env!("EMBER_REVISION") {
 pub fn registration() -> Registration {
     Registration::new(GRPC, "version", &[], |_| {
         Ok(GrpcService::instance(|r| {
-            r.add_service(VersionServer::new(Service));
+            r.add_service(limited!(VersionServer::new(Service)));
         }))
     })
 }
