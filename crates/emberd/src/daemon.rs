@@ -317,6 +317,9 @@ pub async fn run(config: Config) -> Result<()> {
             tracing::debug!(method = %req.uri().path(), namespace = %ns, "request");
             tracing::info_span!("grpc", method = %req.uri().path(), namespace = %ns)
         })
+        .layer(tower::util::MapResponseLayer::new(
+            crate::limits::resource_exhausted,
+        ))
         .add_routes(routes.routes())
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;

@@ -6,6 +6,7 @@ pub mod config;
 pub mod daemon;
 pub mod events;
 pub mod gc;
+pub mod limits;
 pub mod mounts;
 pub mod plugin;
 pub mod runtime;
