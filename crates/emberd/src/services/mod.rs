@@ -15,7 +15,9 @@ pub mod introspection;
 pub mod leases;
 pub mod namespaces;
 pub mod snapshots;
+pub mod streaming;
 pub mod tasks;
+pub mod transfer;
 pub mod version;
 
 use std::collections::HashMap;
@@ -62,6 +64,9 @@ pub fn registrations(info: Arc<DaemonInfo>) -> Vec<Registration> {
         images::registration(),
         diff::registration(),
         tasks::registration(),
+        streaming::manager_registration(),
+        streaming::registration(),
+        transfer::registration(),
     ]
 }
 
