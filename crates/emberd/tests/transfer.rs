@@ -216,6 +216,66 @@ fn ctr17_import_push_pull_tag_export_run_against_emberd_and_containerd17() {
         run.stderr
     );
 
+    // A registry asking for a password: refused without, pulled with --user.
+    let secured = TestRegistry::start(
+        &work.join("reg-auth"),
+        &RegistryOptions {
+            storage: Some(plain.storage.clone()),
+            basic_auth: Some(("ember".into(), "s3cret".into())),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let sref = format!("{}/ember/busybox:latest", secured.host);
+    let denied = pull(&d.socket, &sref);
+    assert!(
+        !denied.ok && denied.stderr.contains("unauthorized"),
+        "{}",
+        denied.stderr
+    );
+    let wrong = ctr17(
+        &d.socket,
+        &[
+            "images",
+            "pull",
+            "--local=false",
+            "--user",
+            "ember:nope",
+            &sref,
+        ],
+    );
+    assert!(
+        !wrong.ok && wrong.stderr.contains("unauthorized"),
+        "{}",
+        wrong.stderr
+    );
+    ctr17(
+        &d.socket,
+        &[
+            "images",
+            "pull",
+            "--local=false",
+            "--user",
+            "ember:s3cret",
+            &sref,
+        ],
+    )
+    .expect_ok();
+    let pushed = format!("{}/ember/pushed:1", secured.host);
+    ctr17(
+        &d.socket,
+        &[
+            "images",
+            "push",
+            "--local=false",
+            "--user",
+            "ember:s3cret",
+            &pushed,
+            &sref,
+        ],
+    )
+    .expect_ok();
+
     // Bad input; nothing left half-recorded.
     let all: Vec<String> = images(&d.socket, &plain.host)
         .into_iter()

@@ -8,23 +8,27 @@ use tokio::sync::Mutex;
 
 use crate::services::streaming::{pack, unpack, Stream};
 
-/// Credentials from the client, one question at a time.
-pub struct StreamCredentials(pub Mutex<Stream>);
+/// Credentials from the client, one question at a time. The question names the
+/// reference as the client gave it (ctr answers only for that one).
+pub struct StreamCredentials {
+    pub stream: Mutex<Stream>,
+    pub reference: String,
+}
 
 #[async_trait::async_trait]
 impl ember_registry::CredentialSource for StreamCredentials {
     async fn credentials(
         &self,
         host: &str,
-        reference: &str,
+        _reference: &str,
         challenges: &[String],
     ) -> Result<Credentials, ember_registry::Error> {
         let lost =
             |what: String| ember_registry::Error::Auth(format!("asking for credentials: {what}"));
-        let mut s = self.0.lock().await;
+        let mut s = self.stream.lock().await;
         s.send(pack(&AuthRequest {
             host: host.to_string(),
-            reference: reference.to_string(),
+            reference: self.reference.clone(),
             wwwauthenticate: challenges.to_vec(),
         }))
         .await

@@ -18,7 +18,10 @@ fn client(job: &Job<'_>, reg: &OciRegistry) -> Result<Arc<Registry>, Status> {
         Arc::new(ember_registry::auth::Anonymous)
     } else {
         let s = job.inner.streams.take(&job.ns, &resolver.auth_stream)?;
-        Arc::new(StreamCredentials(Mutex::new(s)))
+        Arc::new(StreamCredentials {
+            stream: Mutex::new(s),
+            reference: reg.reference.clone(),
+        })
     };
     let hosts = HostsConfig {
         dir: if resolver.host_dir.is_empty() {
