@@ -371,34 +371,25 @@ async fn push_pull_mount_resume_platforms_auth_and_errors() {
     )
     .unwrap();
     let r = reference(&secured.host, "ember/a:1");
-    let e = anonymous()
-        .repository(&r, false)
-        .unwrap()
-        .resolve()
-        .await
-        .unwrap_err();
-    assert!(matches!(e, Error::Auth(_)), "{e}");
-    let wrong = Registry::new(
-        HostsConfig::default(),
-        Arc::new(Static(Credentials::Basic {
-            username: "ember".into(),
-            secret: "wrong".into(),
-        })),
-    );
-    let e = wrong
-        .repository(&r, false)
-        .unwrap()
-        .resolve()
-        .await
-        .unwrap_err();
-    assert!(matches!(e, Error::Auth(_)), "{e}");
-    let right = Registry::new(
-        HostsConfig::default(),
-        Arc::new(Static(Credentials::Basic {
-            username: "ember".into(),
-            secret: "s3cret".into(),
-        })),
-    );
+    let user = |secret: &str| {
+        Registry::new(
+            HostsConfig::default(),
+            Arc::new(Static(Credentials::Basic {
+                username: "ember".into(),
+                secret: secret.into(),
+            })),
+        )
+    };
+    for refused in [anonymous(), user("wrong")] {
+        let e = refused
+            .repository(&r, false)
+            .unwrap()
+            .resolve()
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Auth(_)), "{e}");
+    }
+    let right = user("s3cret");
     let store = Arc::new(MemStore::default());
     let repo = right.repository(&r, false).unwrap();
     let p = ember_registry::pull(&repo, store, &PullOptions::default(), &NoProgress)
