@@ -11,7 +11,9 @@ const SERVICES: &[&str] = &[
     "introspection/v1/introspection.proto",
     "leases/v1/leases.proto",
     "namespaces/v1/namespace.proto",
+    "streaming/v1/streaming.proto",
     "tasks/v1/tasks.proto",
+    "transfer/v1/transfer.proto",
     "version/v1/version.proto",
 ];
 

@@ -7,6 +7,7 @@
 //! them over containerd's gRPC API, as `ctr images import` does).
 
 pub mod archive;
+pub mod layout;
 pub mod oci;
 pub mod reference;
 

@@ -127,7 +127,8 @@ pub struct DockerManifestEntry {
     pub layers: Vec<String>,
 }
 
-fn check_digest(what: &str, d: &str) -> Result<()> {
+/// Checks a digest's form: `algorithm:hex` with the algorithm's hex length.
+pub fn check_digest(what: &str, d: &str) -> Result<()> {
     let (alg, hex) = d
         .split_once(':')
         .ok_or_else(|| Error::Invalid(format!("{what}: digest {d:?} has no algorithm")))?;

@@ -40,8 +40,14 @@ pub mod grpc {
     pub mod namespaces {
         tonic::include_proto!("containerd.services.namespaces.v1");
     }
+    pub mod streaming {
+        tonic::include_proto!("containerd.services.streaming.v1");
+    }
     pub mod tasks {
         tonic::include_proto!("containerd.services.tasks.v1");
+    }
+    pub mod transfer {
+        tonic::include_proto!("containerd.services.transfer.v1");
     }
     pub mod version {
         tonic::include_proto!("containerd.services.version.v1");

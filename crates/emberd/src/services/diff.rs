@@ -84,6 +84,39 @@ fn direct_target(mounts: &[Mount]) -> Option<(PathBuf, ApplyOptions)> {
     }
 }
 
+/// Applies the layer blob `digest` of namespace `ns` onto `mounts` (blocking).
+pub(crate) fn apply_blob(
+    cs: &ember_metadata::content::ContentStore,
+    ns: &str,
+    digest: &str,
+    mounts: &[Mount],
+    tmp: &std::path::Path,
+    sync_fs: bool,
+) -> Result<ember_diff::Applied, Status> {
+    let (file, _) = cs.open_blob(ns, digest).map_err(status)?;
+    let reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let (applied, dir) = match direct_target(mounts) {
+        Some((dir, opts)) => (
+            ember_diff::apply(&dir, reader, &opts).map_err(diff_err)?,
+            dir,
+        ),
+        None => {
+            let m = TempMount::new(mounts, tmp)
+                .map_err(|e| Status::unknown(format!("mounting: {e}")))?;
+            let a =
+                ember_diff::apply(&m.path(), reader, &ApplyOptions::default()).map_err(diff_err)?;
+            if sync_fs {
+                sync_dir(&m.path());
+            }
+            return Ok(a);
+        }
+    };
+    if sync_fs {
+        sync_dir(&dir);
+    }
+    Ok(applied)
+}
+
 /// Writes into a namespaced ingest.
 struct IngestWriter(NsWriter);
 
@@ -123,33 +156,11 @@ impl Diff for Service {
         let sync_fs = r.sync_fs;
         let digest = desc.digest.clone();
         let started = std::time::Instant::now();
-        let applied =
-            tokio::task::spawn_blocking(move || -> Result<ember_diff::Applied, Status> {
-                let (file, _) = cs.open_blob(&ns, &digest).map_err(status)?;
-                let reader = std::io::BufReader::with_capacity(1 << 20, file);
-                let (applied, dir) = match direct_target(&mounts) {
-                    Some((dir, opts)) => (
-                        ember_diff::apply(&dir, reader, &opts).map_err(diff_err)?,
-                        dir,
-                    ),
-                    None => {
-                        let m = TempMount::new(&mounts, &tmp)
-                            .map_err(|e| Status::unknown(format!("mounting: {e}")))?;
-                        let a = ember_diff::apply(&m.path(), reader, &ApplyOptions::default())
-                            .map_err(diff_err)?;
-                        if sync_fs {
-                            sync_dir(&m.path());
-                        }
-                        return Ok(a);
-                    }
-                };
-                if sync_fs {
-                    sync_dir(&dir);
-                }
-                Ok(applied)
-            })
-            .await
-            .map_err(|e| Status::internal(format!("apply task: {e}")))??;
+        let applied = tokio::task::spawn_blocking(move || {
+            apply_blob(&cs, &ns, &digest, &mounts, &tmp, sync_fs)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("apply task: {e}")))??;
         tracing::debug!(layer = %desc.digest, diff_id = %applied.diff_id, elapsed = ?started.elapsed(), "applied layer");
         Ok(Response::new(wire::ApplyResponse {
             applied: Some(WireDescriptor {

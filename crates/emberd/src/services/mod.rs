@@ -31,7 +31,9 @@ pub mod introspection;
 pub mod leases;
 pub mod namespaces;
 pub mod snapshots;
+pub mod streaming;
 pub mod tasks;
+pub mod transfer;
 pub mod version;
 
 use std::collections::HashMap;
@@ -79,6 +81,9 @@ pub fn registrations(info: Arc<DaemonInfo>) -> Vec<Registration> {
         diff::registration(),
         tasks::registration(),
         health::registration(),
+        streaming::manager_registration(),
+        streaming::registration(),
+        transfer::registration(),
     ]
 }
 

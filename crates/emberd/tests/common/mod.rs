@@ -179,8 +179,13 @@ pub struct Containerd {
 
 impl Containerd {
     pub fn start() -> Option<Containerd> {
-        if !Path::new(CONTAINERD).exists() {
-            eprintln!("containerd missing: not comparing");
+        Self::start_with(CONTAINERD, &[])
+    }
+
+    /// Starts the containerd binary `bin` with extra environment `env`.
+    pub fn start_with(bin: &str, env: &[(&str, &str)]) -> Option<Containerd> {
+        if !Path::new(bin).exists() {
+            eprintln!("{bin} missing: not comparing");
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -203,7 +208,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         );
         std::fs::write(d.join("config.toml"), config).unwrap();
         let log = d.join("containerd.log");
-        let mut child = Command::new(CONTAINERD)
+        let mut child = Command::new(bin)
+            .envs(env.iter().copied())
             .arg("--config")
             .arg(d.join("config.toml"))
             .stdout(Stdio::null())
@@ -285,7 +291,12 @@ impl Ctr {
 
 /// Runs `ctr -a SOCKET -n NS ARGS...`.
 pub fn ctr(socket: &Path, ns: &str, args: &[&str]) -> Ctr {
-    let out: Output = Command::new(CTR)
+    ctr_with(CTR, socket, ns, args)
+}
+
+/// Runs the `ctr` binary `bin` (`-a SOCKET -n NS ARGS...`).
+pub fn ctr_with(bin: &str, socket: &Path, ns: &str, args: &[&str]) -> Ctr {
+    let out: Output = Command::new(bin)
         .arg("-a")
         .arg(socket)
         .arg("-n")
