@@ -259,7 +259,10 @@ impl NsWriter {
         let ns = self.ns;
         let lease = self.lease;
         let store = self.store;
-        self.db.update(|tx| {
+        // A blob the namespace holds already is still added to the lease (and the
+        // ingest leaves it) before the commit answers `AlreadyExists`: the client's
+        // lease is what keeps the blob from the next collection.
+        let held = self.db.update(|tx| {
             // The lease may have gone while the data was written; the blob is
             // recorded all the same.
             if let Some(lease) = lease.as_ref().filter(|l| tx.get_lease(&ns, l).is_ok()) {
@@ -271,7 +274,7 @@ impl NsWriter {
                 tx.delete_lease_resource(&ns, lease, &r(&self.reference, "ingests"))?;
             }
             if tx.get_content(&ns, &c.digest).is_ok() {
-                return Err(Error::AlreadyExists(format!("content {}", c.digest)));
+                return Ok(true);
             }
             if !store.exists(&c.digest) {
                 return Err(Error::Unavailable(format!(
@@ -289,8 +292,12 @@ impl NsWriter {
                     created_at: now,
                     updated_at: now,
                 },
-            )
+            )?;
+            Ok(false)
         })?;
+        if held {
+            return Err(Error::AlreadyExists(format!("content {}", c.digest)));
+        }
         Ok(c.digest)
     }
 }

@@ -245,7 +245,7 @@ pub async fn collect(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Descriptor, LeaseResource};
+    use crate::{Descriptor, Error, LeaseResource};
     use ember_content::{Algorithm, Digest, Store};
     use ember_snapshot::local::{Driver, LocalSnapshotter};
     use ember_snapshot::Snapshotter;
@@ -363,5 +363,53 @@ mod tests {
         assert!(cs.backing().exists(&rooted));
         assert!(!cs.backing().exists(&manifest));
         assert!(native.walk().await.unwrap().is_empty());
+    }
+
+    /// Writing a blob the namespace still holds (unreferenced, as after an image's
+    /// removal) under a lease answers `AlreadyExists` and leaves the blob in the
+    /// lease, so collection keeps it.
+    #[tokio::test]
+    async fn a_blob_committed_again_stays_in_the_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path().join("meta.redb")).unwrap();
+        let cs = ContentStore::new(db.clone(), Store::open(dir.path().join("content")).unwrap());
+        let sns = BTreeMap::new();
+        let data = b"layer again";
+        let d = put(&cs, "ns", data, &[]);
+        db.update(|tx| {
+            tx.create_lease(
+                "ns",
+                &Lease {
+                    id: "import".into(),
+                    labels: Labels::new(),
+                    created_at: SystemTime::now(),
+                },
+            )
+        })
+        .unwrap();
+        // Unannounced write (the digest is known only at commit).
+        let mut w = cs.writer("ns", "again", 0, "", Some("import")).unwrap();
+        w.write(data).unwrap();
+        assert!(matches!(
+            w.commit(0, "", Labels::new()),
+            Err(Error::AlreadyExists(_))
+        ));
+        // Announced write of the same blob.
+        assert!(matches!(
+            cs.writer("ns", "again2", 0, &d, Some("import")),
+            Err(Error::AlreadyExists(_))
+        ));
+        let held = db
+            .view(|tx| tx.list_lease_resources("ns", "import"))
+            .unwrap();
+        assert!(
+            held.iter().any(|r| r.kind == "content" && r.id == d),
+            "{held:?}"
+        );
+        assert!(!held.iter().any(|r| r.kind == "ingests"), "{held:?}");
+        let never = |_: &Lease| false;
+        collect(&db, &cs, &sns, never).await.unwrap();
+        assert!(cs.backing().exists(&d));
+        assert!(cs.info("ns", &d).is_ok());
     }
 }

@@ -37,6 +37,15 @@ pub fn validate(id: &str) -> Result<()> {
     Ok(())
 }
 
+/// [`validate`] for an identifier of a given role, with containerd's message:
+/// `invalid <what> <id>: identifier ... must match ...`.
+pub fn validate_as(what: &str, id: &str) -> Result<()> {
+    validate(id).map_err(|e| match e {
+        Error::InvalidArgument(m) => Error::InvalidArgument(format!("invalid {what} {id}: {m}")),
+        e => e,
+    })
+}
+
 pub fn validate_labels(labels: &Labels) -> Result<()> {
     for (k, v) in labels {
         if k.is_empty() {

@@ -4,8 +4,10 @@
 //! `containerd-client`.
 
 mod client;
+mod options;
 
 pub use client::ShimClient;
+pub use options::{RuncOptions, RUNC_OPTIONS_TYPE_URL};
 
 pub use containerd_client::types::v1::{ProcessInfo, Status as TaskStatus};
 pub use containerd_client::types::Mount;

@@ -192,6 +192,9 @@ pub fn delete(args: &Args) -> Result<()> {
     }
     let config = RuntimeConfig::load()?;
     let dir = state_dir(&config, args);
+    // The daemon may have lost a shim that still runs (it died while the task was
+    // being created): that shim goes too, or the next task of this id would meet it.
+    kill_serving_shim(&dir, args);
     for name in ["vmm.pid", "vm/qemu.pid"] {
         if let Ok(pid) = std::fs::read_to_string(dir.join(name)) {
             if let Ok(pid) = pid.trim().parse::<i32>() {
@@ -209,6 +212,7 @@ pub fn delete(args: &Args) -> Result<()> {
         .unwrap_or_default();
     let _ = nix::mount::umount2(&bundle.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(socket_path(args));
     let resp = DeleteResponse {
         pid: 0,
         exit_status: 137,
@@ -217,4 +221,37 @@ pub fn delete(args: &Args) -> Result<()> {
     use std::io::Write;
     std::io::stdout().write_all(&resp.encode_to_vec())?;
     Ok(())
+}
+
+/// Kills the `serve` process recorded in `dir/meta.json` if it is still this task's
+/// shim (its command line names the action and the id), and waits until it is gone.
+fn kill_serving_shim(dir: &Path, args: &Args) {
+    let Some(pid) = std::fs::read(dir.join("meta.json"))
+        .ok()
+        .and_then(|m| serde_json::from_slice::<serde_json::Value>(&m).ok())
+        .and_then(|m| m.get("pid").and_then(|p| p.as_i64()))
+        .and_then(|p| i32::try_from(p).ok())
+        .filter(|p| *p > 1 && *p as u32 != std::process::id())
+    else {
+        return;
+    };
+    let is_ours = |pid: i32| {
+        std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+            let argv: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+            argv.contains(&b"serve".as_slice()) && argv.contains(&args.id.as_bytes())
+        })
+    };
+    if !is_ours(pid) {
+        return;
+    }
+    tracing::info!(pid, "killing the shim left serving");
+    let pid = nix::unistd::Pid::from_raw(pid);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    // Not our child: wait for it to leave the process table (bounded).
+    for _ in 0..100 {
+        if nix::sys::signal::kill(pid, None).is_err() || !is_ours(pid.as_raw()) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

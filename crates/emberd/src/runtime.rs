@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use containerd_client::events::TaskExit;
 use ember_metadata::Error as E;
-use ember_shim_api::{CreateTaskRequest, Mount, ShimClient};
+use ember_shim_api::{CreateTaskRequest, Mount, RuncOptions, ShimClient};
 
 use crate::events::Exchange;
 
@@ -95,6 +95,40 @@ pub struct TaskManager {
     grpc_address: String,
     ttrpc_address: String,
     tasks: Mutex<HashMap<(String, String), Arc<ShimTask>>>,
+    /// runc's state root for the tasks of runc shims: the daemon's own, so that its
+    /// tasks never meet a containerd's (runc's default root) on the same host.
+    runc_root: PathBuf,
+}
+
+/// Whether a runtime is run by the runc shim (which takes runc's options).
+fn is_runc(runtime: &str, binary: &str) -> bool {
+    runtime.starts_with("io.containerd.runc.")
+        || Path::new(binary)
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("containerd-shim-runc-"))
+}
+
+/// The options of a runc task: the client's, with runc's root set to `root` unless
+/// the client chose one.
+fn with_runc_root(
+    options: Option<prost_types::Any>,
+    root: &Path,
+) -> Result<Option<prost_types::Any>> {
+    let mut o = match &options {
+        None => RuncOptions::default(),
+        Some(any) => match RuncOptions::from_any(any) {
+            Ok(Some(o)) => o,
+            // Another type: the shim decides what it makes of it.
+            Ok(None) => return Ok(options),
+            Err(e) => {
+                return Err(E::InvalidArgument(format!("runc options: {e}")).into());
+            }
+        },
+    };
+    if o.root.is_empty() {
+        o.root = root.display().to_string();
+    }
+    Ok(Some(o.to_any()))
 }
 
 /// The shim binary for a runtime name: `io.containerd.NAME.VERSION` →
@@ -116,7 +150,13 @@ pub fn shim_binary(runtime: &str) -> Result<String> {
 
 impl TaskManager {
     pub fn new(state: PathBuf, grpc_address: &Path, events: Arc<Exchange>) -> Arc<TaskManager> {
+        // Beside the bundles' directory, in the daemon's state directory.
+        let runc_root = state
+            .parent()
+            .map(|p| p.join("runc"))
+            .unwrap_or_else(|| state.join("runc"));
         Arc::new_cyclic(|me| TaskManager {
+            runc_root,
             me: me.clone(),
             events,
             state,
@@ -206,6 +246,11 @@ impl TaskManager {
             return Err(E::AlreadyExists(format!("task {id}")).into());
         }
         let binary = shim_binary(runtime)?;
+        let options = if is_runc(runtime, &binary) {
+            with_runc_root(opts.options, &self.runc_root)?
+        } else {
+            opts.options
+        };
         let bundle = self.bundle(ns, id);
         if bundle.exists() {
             // Left over from a task that was not deleted cleanly.
@@ -231,7 +276,7 @@ impl TaskManager {
                     stdin: opts.stdin,
                     stdout: opts.stdout,
                     stderr: opts.stderr,
-                    options: opts.options,
+                    options,
                     ..Default::default()
                 })
                 .await;
@@ -388,7 +433,8 @@ impl TaskManager {
                         self.track(task);
                     }
                     Err(e) => {
-                        tracing::info!(namespace = %ns_name, %id, "cleaning up a task whose shim is gone: {e}");
+                        tracing::info!(namespace = %ns_name, %id, "cleaning up a task that cannot be adopted: {e}");
+                        stop_unadopted_shim(&id, &bundle).await;
                         self.cleanup_bundle(&ns_name, &id, &bundle).await;
                     }
                 }
@@ -420,6 +466,25 @@ impl TaskManager {
     }
 }
 
+/// Asks a shim that still serves but holds no task the daemon can adopt (the daemon
+/// died while the task was being created or started) to exit at once. The shim
+/// binary's `delete` action runs after this for whatever is left.
+async fn stop_unadopted_shim(id: &str, bundle: &Path) {
+    const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+    let Ok(address) = std::fs::read_to_string(bundle.join("address")) else {
+        return;
+    };
+    let stop = async {
+        let client = ShimClient::connect(address.trim()).await.ok()?;
+        client.shutdown(id, true).await.ok()?;
+        client.closed().await;
+        Some(())
+    };
+    if tokio::time::timeout(TIMEOUT, stop).await.is_ok() {
+        tracing::info!(%id, "stopped a shim whose task was never adopted");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -437,5 +502,41 @@ mod tests {
         assert_eq!(shim_binary("/opt/shim").unwrap(), "/opt/shim");
         assert!(shim_binary("runc").is_err());
         assert!(shim_binary("io..v2").is_err());
+    }
+
+    #[test]
+    fn runc_tasks_get_the_daemon_runc_root() {
+        let root = Path::new("/run/emberd/runc");
+        assert!(is_runc("io.containerd.runc.v2", "containerd-shim-runc-v2"));
+        assert!(is_runc(
+            "/usr/bin/containerd-shim-runc-v2",
+            "/usr/bin/containerd-shim-runc-v2"
+        ));
+        assert!(!is_runc(
+            "io.containerd.ember.v2",
+            "containerd-shim-ember-v2"
+        ));
+        let o = with_runc_root(None, root).unwrap().unwrap();
+        let o = RuncOptions::from_any(&o).unwrap().unwrap();
+        assert_eq!(o.root, "/run/emberd/runc");
+        // The client's other options stay; its own root wins.
+        let mine = RuncOptions {
+            binary_name: "crun".into(),
+            ..Default::default()
+        };
+        let o = with_runc_root(Some(mine.to_any()), root).unwrap().unwrap();
+        let o = RuncOptions::from_any(&o).unwrap().unwrap();
+        assert_eq!(
+            (o.binary_name.as_str(), o.root.as_str()),
+            ("crun", "/run/emberd/runc")
+        );
+        let chosen = RuncOptions {
+            root: "/x".into(),
+            ..Default::default()
+        };
+        let o = with_runc_root(Some(chosen.to_any()), root)
+            .unwrap()
+            .unwrap();
+        assert_eq!(RuncOptions::from_any(&o).unwrap().unwrap().root, "/x");
     }
 }

@@ -7,86 +7,11 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::tasks::*;
 use common::*;
 
 // Not "tasks": on cgroup v1 hosts that name collides with the cgroup tasks file.
 const NS: &str = "ember-tasks";
-const IMAGE: &str = "docker.io/ember/busybox:latest";
-
-fn on_path(binary: &str) -> bool {
-    std::env::var("PATH")
-        .unwrap_or_default()
-        .split(':')
-        .any(|d| Path::new(d).join(binary).exists())
-}
-
-/// The pids of shim processes for task `id`.
-fn shim_pids(id: &str) -> Vec<i32> {
-    let needle = format!("-id\0{id}\0");
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            std::fs::read(e.path().join("cmdline"))
-                .map(|c| {
-                    let c = String::from_utf8_lossy(&c);
-                    c.contains("containerd-shim") && c.contains(&needle)
-                })
-                .unwrap_or(false)
-        })
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect()
-}
-
-/// Whether a shim process for task `id` is alive.
-fn shim_running(id: &str) -> bool {
-    !shim_pids(id).is_empty()
-}
-
-/// Waits (up to 10 s) for the shim of task `id` to exit.
-fn wait_shim_gone(id: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while shim_running(id) {
-        assert!(
-            Instant::now() < deadline,
-            "the shim of {id} outlived its task"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn task_status(s: &Path, id: &str) -> Option<String> {
-    let out = ctr(s, NS, &["tasks", "ls"]);
-    out.stdout
-        .lines()
-        .skip(1)
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|w| w.first() == Some(&id))
-        .and_then(|w| w.get(2).map(|s| s.to_string()))
-}
-
-fn wait_status(s: &Path, id: &str, want: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while task_status(s, id).as_deref() != Some(want) {
-        assert!(
-            Instant::now() < deadline,
-            "task {id} never became {want}: {:?}",
-            task_status(s, id)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn import_busybox(d: &Emberd, work: &Path) {
-    let archive = work.join("busybox.tar");
-    ember_guest::busybox_docker_archive(&archive, IMAGE).unwrap();
-    ctr(
-        &d.socket,
-        NS,
-        &["images", "import", archive.to_str().unwrap()],
-    )
-    .expect_ok();
-}
 
 /// Removes what a failed run may leave of runc containers `ids`: their shims and
 /// runc's own state.
@@ -117,13 +42,7 @@ impl Drop for RuncLeftovers {
 
 #[test]
 fn runc_tasks_run_stream_exit_and_survive_daemon_restarts() {
-    if !can_run() || !Path::new("/bin/busybox").exists() {
-        return;
-    }
-    if !on_path("containerd-shim-runc-v2") || !on_path("runc") {
-        eprintln!(
-            "skipping: containerd-shim-runc-v2 or runc missing (apt-get install containerd runc)"
-        );
+    if !can_run_runc() {
         return;
     }
     let (r1, d1) = (
@@ -134,7 +53,7 @@ fn runc_tasks_run_stream_exit_and_survive_daemon_restarts() {
     let (r1, d1) = (r1.as_str(), d1.as_str());
     let work = tempfile::tempdir().unwrap();
     let mut d = Emberd::start(work.path());
-    import_busybox(&d, work.path());
+    import_busybox(&d.socket, NS, work.path());
     let s = d.socket.clone();
 
     // Output and the exit code come back through ctr.
@@ -159,7 +78,7 @@ fn runc_tasks_run_stream_exit_and_survive_daemon_restarts() {
     // A detached task, listed, exec'd into, and still there after a restart and a
     // kill -9 of the daemon.
     ctr(&s, NS, &["run", "-d", IMAGE, d1, "sleep", "600"]).expect_ok();
-    wait_status(&s, d1, "RUNNING");
+    wait_status(&s, NS, d1, "RUNNING");
     let pid = ctr(&s, NS, &["tasks", "ls"]).stdout;
     let exec = ctr(
         &s,
@@ -177,30 +96,30 @@ fn runc_tasks_run_stream_exit_and_survive_daemon_restarts() {
     );
     assert_eq!(exec.stdout, "in-container\n", "{}", exec.stderr);
     d.restart();
-    wait_status(&s, d1, "RUNNING");
+    wait_status(&s, NS, d1, "RUNNING");
     assert_eq!(
         ctr(&s, NS, &["tasks", "ls"]).stdout,
         pid,
         "the task changed across a restart"
     );
     d.kill9();
-    assert!(shim_running(d1), "the shim died with the daemon");
+    assert!(!shim_pids(d1).is_empty(), "the shim died with the daemon");
     d.start_again();
-    wait_status(&s, d1, "RUNNING");
+    wait_status(&s, NS, d1, "RUNNING");
     let ps = ctr(&s, NS, &["tasks", "ps", d1]).expect_ok().to_string();
     assert!(ps.lines().count() >= 2, "{ps}");
 
     ctr(&s, NS, &["tasks", "kill", "-s", "SIGKILL", d1]).expect_ok();
-    wait_status(&s, d1, "STOPPED");
+    wait_status(&s, NS, d1, "STOPPED");
     ctr(&s, NS, &["tasks", "rm", d1]).expect_ok();
     ctr(&s, NS, &["containers", "rm", d1]).expect_ok();
-    assert!(task_status(&s, d1).is_none());
+    assert!(task_status(&s, NS, d1).is_none());
     wait_shim_gone(d1);
     // A shim killed with SIGKILL.
     let k1 = format!("k{}", std::process::id());
     let _more = RuncLeftovers(vec![k1.clone()]);
     ctr(&s, NS, &["run", "-d", IMAGE, &k1, "sleep", "600"]).expect_ok();
-    wait_status(&s, &k1, "RUNNING");
+    wait_status(&s, NS, &k1, "RUNNING");
     let shim = shim_pids(&k1);
     assert!(!shim.is_empty());
     for p in shim {
@@ -211,7 +130,7 @@ fn runc_tasks_run_stream_exit_and_survive_daemon_restarts() {
     }
     // The daemon notices and cleans the task up; the container can then go.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while task_status(&s, &k1).is_some() {
+    while task_status(&s, NS, &k1).is_some() {
         assert!(
             Instant::now() < deadline,
             "a task whose shim died is still listed"
@@ -242,7 +161,7 @@ fn microvm_tasks_run_through_the_ember_shim_with_events() {
         .to_string();
     let work = tempfile::tempdir().unwrap();
     let d = Emberd::start(work.path());
-    import_busybox(&d, work.path());
+    import_busybox(&d.socket, NS, work.path());
     let s = d.socket.clone();
 
     let mut events = std::process::Command::new(CTR)

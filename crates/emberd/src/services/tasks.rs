@@ -253,9 +253,12 @@ impl Tasks for Service {
         let ns = namespace(&r)?;
         let r = r.into_inner();
         if r.exec_id.is_empty() {
-            return Err(Status::invalid_argument("exec_id is required"));
+            return Err(Status::invalid_argument("exec id cannot be empty"));
         }
         let t = self.task(&ns, &r.container_id)?;
+        // The shim names files after the exec id (the runc shim its pid file).
+        ember_metadata::identifiers::validate_as("exec id", &r.exec_id)
+            .map_err(crate::services::status)?;
         t.client
             .exec(&shim::ExecProcessRequest {
                 id: r.container_id,

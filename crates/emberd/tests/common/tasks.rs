@@ -1,0 +1,93 @@
+//! Helpers for task tests: shim processes, task states through `ctr`, the busybox
+//! test image.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::ctr;
+
+pub const IMAGE: &str = "docker.io/ember/busybox:latest";
+
+pub fn on_path(binary: &str) -> bool {
+    std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .any(|d| Path::new(d).join(binary).exists())
+}
+
+/// The pids of shim processes for task `id` (any daemon's).
+pub fn shim_pids(id: &str) -> Vec<i32> {
+    let needle = format!("-id\0{id}\0");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .map(|c| {
+                    let c = String::from_utf8_lossy(&c);
+                    c.contains("containerd-shim") && c.contains(&needle)
+                })
+                .unwrap_or(false)
+        })
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// Waits (up to 10 s) for the shims of task `id` to exit.
+pub fn wait_shim_gone(id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !shim_pids(id).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the shim of {id} outlived its task"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The status column of task `id` in `ctr tasks ls`.
+pub fn task_status(s: &Path, ns: &str, id: &str) -> Option<String> {
+    let out = ctr(s, ns, &["tasks", "ls"]);
+    out.stdout
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|w| w.first() == Some(&id))
+        .and_then(|w| w.get(2).map(|s| s.to_string()))
+}
+
+/// Waits (up to 30 s) for task `id` to reach `want`.
+pub fn wait_status(s: &Path, ns: &str, id: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while task_status(s, ns, id).as_deref() != Some(want) {
+        assert!(
+            Instant::now() < deadline,
+            "task {id} never became {want}: {:?}",
+            task_status(s, ns, id)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Imports the busybox test image (built from the host's busybox) into `ns`.
+pub fn import_busybox(socket: &Path, ns: &str, work: &Path) {
+    let archive = work.join("busybox.tar");
+    if !archive.exists() {
+        ember_guest::busybox_docker_archive(&archive, IMAGE).unwrap();
+    }
+    ctr(socket, ns, &["images", "import", archive.to_str().unwrap()]).expect_ok();
+}
+
+/// Whether runc tasks can run here; prints why not.
+pub fn can_run_runc() -> bool {
+    if !super::can_run() || !Path::new("/bin/busybox").exists() {
+        return false;
+    }
+    if !on_path("containerd-shim-runc-v2") || !on_path("runc") {
+        eprintln!(
+            "skipping: containerd-shim-runc-v2 or runc missing (apt-get install containerd runc)"
+        );
+        return false;
+    }
+    true
+}
