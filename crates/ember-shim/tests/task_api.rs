@@ -47,12 +47,15 @@ fn code<T>(r: Result<T, containerd_client::tonic::Status>) -> Code {
     r.err().map(|s| s.code()).unwrap_or(Code::Ok)
 }
 
-fn seconds_from_now(t: Option<prost_types::Timestamp>) -> i64 {
-    let now = SystemTime::now()
+fn host_now() -> i64 {
+    SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
-        .as_secs() as i64;
-    t.map(|t| t.seconds - now).unwrap_or(i64::MIN)
+        .as_secs() as i64
+}
+
+fn seconds_from_now(t: Option<prost_types::Timestamp>) -> i64 {
+    t.map(|t| t.seconds - host_now()).unwrap_or(i64::MIN)
 }
 
 /// What one runtime answered, step by step.
@@ -158,19 +161,22 @@ impl Flow<'_> {
     }
 
     /// The flows on a running task of this runtime.
-    async fn run(&mut self, runtime: &str) -> Answers {
+    /// `run_args` go to `ctr run`.
+    async fn run(&mut self, runtime: &str, run_args: &[&str]) -> Answers {
         let mut a = Answers(vec![]);
-        let out = self.c.ctr(&[
-            "run",
-            "-d",
-            "--runtime",
-            runtime,
-            IMAGE,
-            &self.id,
-            "sleep",
-            "600",
-        ]);
+        let mut args = vec!["run", "-d", "--runtime", runtime];
+        args.extend_from_slice(run_args);
+        args.extend_from_slice(&[IMAGE, &self.id, "sleep", "600"]);
+        let out = self.c.ctr(&args);
         assert!(out.status.success(), "{}", text(&out.stderr));
+
+        // The container's wall clock is the host's.
+        let guest: i64 = self.ctr_exec("clock", "date +%s").parse().unwrap_or(0);
+        let skew = guest - host_now();
+        assert!(
+            skew.abs() <= 1,
+            "{runtime}: the container's clock is {skew} s off"
+        );
 
         // An exec created and never started: listed as created, deleted, gone, and
         // its id free again; a signal to it is refused.
@@ -330,7 +336,12 @@ impl Flow<'_> {
     }
 }
 
-async fn flows(c: &Containerd, runtime: &str, id: &str) -> (Answers, (Code, String)) {
+async fn flows(
+    c: &Containerd,
+    runtime: &str,
+    run_args: &[&str],
+    id: &str,
+) -> (Answers, (Code, String)) {
     let ch = containerd_client::connect(&c.sock).await.unwrap();
     let mut f = Flow {
         c,
@@ -338,7 +349,7 @@ async fn flows(c: &Containerd, runtime: &str, id: &str) -> (Answers, (Code, Stri
         ch,
         id: id.into(),
     };
-    let answers = f.run(runtime).await;
+    let answers = f.run(runtime, run_args).await;
     (answers, f.missing_binary(runtime).await)
 }
 
@@ -357,8 +368,10 @@ async fn the_task_api_answers_as_under_runc() {
     }
     let c = Containerd::start();
     let id = format!("api{}", std::process::id());
-    let (runc, runc_nobin) = flows(&c, RUNC, &format!("{id}-runc")).await;
-    let (ember, ember_nobin) = flows(&c, RUNTIME, &format!("{id}-ember")).await;
+    let (runc, runc_nobin) = flows(&c, RUNC, &[], &format!("{id}-runc")).await;
+    // Under TCG, where the guest's clock is the furthest from the host's.
+    let tcg = ["--annotation", "io.ember.vm.accel=tcg"];
+    let (ember, ember_nobin) = flows(&c, RUNTIME, &tcg, &format!("{id}-ember")).await;
     for (r, e) in runc.0.iter().zip(&ember.0) {
         assert_eq!(r, e, "runc and ember differ\n{}", c.shim_logs());
     }

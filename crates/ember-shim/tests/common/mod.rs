@@ -260,6 +260,14 @@ impl Drop for Containerd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Shims a failed test left (their VMMs die with them).
+        let sock = self.sock.display().to_string();
+        for pid in pids_matching(&["containerd-shim", &sock]) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         // Containerd's own mounts of its temporary root.
         let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
         for m in mounts.lines() {
