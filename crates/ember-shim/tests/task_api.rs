@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
@@ -30,7 +31,12 @@ fn req<T>(msg: T) -> Request<T> {
 }
 
 fn process(args: &[&str]) -> prost_types::Any {
+    process_on(args, false)
+}
+
+fn process_on(args: &[&str], terminal: bool) -> prost_types::Any {
     let p = serde_json::json!({
+        "terminal": terminal,
         "args": args,
         "cwd": "/",
         "env": ["PATH=/bin:/usr/bin"],
@@ -230,6 +236,7 @@ impl Flow<'_> {
             }))
             .await;
         a.push("resize", code(r));
+        a.push("terminal exec", self.terminal_exec().await);
 
         // The processes: the init alone.
         let pids = self
@@ -295,6 +302,56 @@ impl Flow<'_> {
         let out = self.c.ctr(&["containers", "rm", &self.id]);
         assert!(out.status.success(), "{}", text(&out.stderr));
         a
+    }
+
+    /// An exec on a terminal given a stderr FIFO that nobody reads: the terminal
+    /// carries all output, stderr is never opened. Returns what came out.
+    async fn terminal_exec(&mut self) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let (out, errs) = (dir.path().join("out"), dir.path().join("err"));
+        for f in [&out, &errs] {
+            nix::unistd::mkfifo(f, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        }
+        let reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&out)
+            .unwrap();
+        let r = self
+            .tasks
+            .exec(req(api::ExecProcessRequest {
+                container_id: self.id.clone(),
+                exec_id: "tty".into(),
+                terminal: true,
+                stdout: out.display().to_string(),
+                stderr: errs.display().to_string(),
+                spec: Some(process_on(
+                    &["sh", "-c", "echo on-tty; echo to-err >&2"],
+                    true,
+                )),
+                ..Default::default()
+            }))
+            .await;
+        if let Err(e) = r {
+            return format!("exec: {:?}", e.code());
+        }
+        let started = tokio::time::timeout(Duration::from_secs(20), self.start("tty")).await;
+        if started.is_err() {
+            return "start hung".into();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(20), self.wait("tty")).await;
+        let mut seen = String::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut reader = reader;
+        while !seen.contains("to-err") && std::time::Instant::now() < deadline {
+            let mut buf = [0u8; 256];
+            match std::io::Read::read(&mut reader, &mut buf) {
+                Ok(n) if n > 0 => seen += &String::from_utf8_lossy(&buf[..n]),
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        let _ = self.delete_exec("tty").await;
+        seen.replace('\r', "").trim().to_string()
     }
 
     /// Creates a task whose process does not exist: the create fails.
@@ -376,6 +433,11 @@ async fn the_task_api_answers_as_under_runc() {
         assert_eq!(r, e, "runc and ember differ\n{}", c.shim_logs());
     }
     assert_eq!(runc.0.len(), ember.0.len());
+    let tty = ember.0.iter().find(|(step, _)| *step == "terminal exec");
+    assert!(
+        tty.is_some_and(|(_, out)| out.contains("on-tty") && out.contains("to-err")),
+        "{tty:?}"
+    );
     // Both fail at create, naming the missing binary.
     for (code, msg) in [&runc_nobin, &ember_nobin] {
         assert_ne!(*code, Code::Ok, "a task without its binary was created");
