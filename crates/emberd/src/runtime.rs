@@ -241,6 +241,9 @@ impl TaskManager {
         spec: &[u8],
         opts: CreateOpts,
     ) -> Result<Arc<ShimTask>> {
+        // Both name the bundle's directories.
+        ember_metadata::identifiers::validate_as("task id", id)?;
+        ember_metadata::identifiers::validate(ns)?;
         let key = (ns.to_string(), id.to_string());
         if self.lock().contains_key(&key) {
             return Err(E::AlreadyExists(format!("task {id}")).into());
