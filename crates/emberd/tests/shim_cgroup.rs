@@ -79,6 +79,7 @@ async fn shims_join_the_shim_cgroup_of_their_options() {
     };
     for (i, runtime) in runtimes.iter().enumerate() {
         let id = format!("cg{i}-{}", std::process::id());
+        let _left = TaskGuard(vec![id.clone()]);
         ctr(
             &d.socket,
             NS,
