@@ -354,18 +354,17 @@ impl Flow<'_> {
         seen.replace('\r', "").trim().to_string()
     }
 
-    /// Creates a task whose process does not exist: the create fails.
-    async fn missing_binary(&mut self, runtime: &str) -> (Code, String) {
-        let id = format!("{}-nobin", self.id);
-        let out = self.c.ctr(&[
-            "containers",
-            "create",
-            "--runtime",
-            runtime,
-            IMAGE,
-            &id,
-            "/no/such/binary",
-        ]);
+    /// Creates container `suffix` running `args` and its task (not started).
+    async fn create_task(
+        &mut self,
+        runtime: &str,
+        suffix: &str,
+        args: &[&str],
+    ) -> (String, Result<u32, containerd_client::tonic::Status>) {
+        let id = format!("{}-{suffix}", self.id);
+        let mut a = vec!["containers", "create", "--runtime", runtime, IMAGE, &id];
+        a.extend_from_slice(args);
+        let out = self.c.ctr(&a);
         assert!(out.status.success(), "{}", text(&out.stderr));
         let mounts = SnapshotsClient::new(self.ch.clone())
             .mounts(req(MountsRequest {
@@ -383,9 +382,53 @@ impl Flow<'_> {
                 rootfs: mounts,
                 ..Default::default()
             }))
-            .await;
-        let out = self.c.ctr(&["containers", "rm", &id]);
+            .await
+            .map(|r| r.into_inner().pid);
+        (id, r)
+    }
+
+    fn remove_container(&self, id: &str) {
+        let out = self.c.ctr(&["containers", "rm", id]);
         assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+
+    /// A task created and deleted without a start: its status, then the delete's
+    /// exit status.
+    async fn created_and_deleted(
+        &mut self,
+        runtime: &str,
+    ) -> (Result<i32, Code>, Result<u32, Code>) {
+        let (id, r) = self
+            .create_task(runtime, "unstarted", &["sleep", "600"])
+            .await;
+        r.unwrap_or_else(|e| panic!("{runtime}: {e}"));
+        let status = self
+            .tasks
+            .get(req(api::GetRequest {
+                container_id: id.clone(),
+                exec_id: String::new(),
+            }))
+            .await
+            .map(|r| r.into_inner().process.unwrap().status)
+            .map_err(|s| s.code());
+        let d = self
+            .tasks
+            .delete(req(api::DeleteTaskRequest {
+                container_id: id.clone(),
+            }))
+            .await
+            .map(|d| d.into_inner().exit_status)
+            .map_err(|s| s.code());
+        self.remove_container(&id);
+        (status, d)
+    }
+
+    /// Creates a task whose process does not exist: the create fails.
+    async fn missing_binary(&mut self, runtime: &str) -> (Code, String) {
+        let (id, r) = self
+            .create_task(runtime, "nobin", &["/no/such/binary"])
+            .await;
+        self.remove_container(&id);
         match r {
             Ok(_) => (Code::Ok, String::new()),
             Err(s) => (s.code(), s.message().to_string()),
@@ -406,7 +449,9 @@ async fn flows(
         ch,
         id: id.into(),
     };
-    let answers = f.run(runtime, run_args).await;
+    let mut answers = f.run(runtime, run_args).await;
+    let unstarted = f.created_and_deleted(runtime).await;
+    answers.push("created and deleted", unstarted);
     (answers, f.missing_binary(runtime).await)
 }
 

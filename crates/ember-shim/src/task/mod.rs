@@ -322,11 +322,12 @@ impl Task {
         if let Ok(agent) = self.agent() {
             let _ = tokio::time::timeout(Duration::from_secs(20), agent.remove_container(id)).await;
         }
-        // A created-but-never-started init ends with the container.
+        // A created-but-never-started init ends with the container; it never ran, so
+        // its status is 0, as runc's shim reports.
         let (status, at) = match p.exited() {
             Some(e) => e,
             None => {
-                let e = (137, SystemTime::now());
+                let e = (0, SystemTime::now());
                 p.exit.send_replace(Some(e));
                 e
             }
