@@ -326,7 +326,7 @@ impl Flow<'_> {
                 stdout: out.display().to_string(),
                 stderr: errs.display().to_string(),
                 spec: Some(process_on(
-                    &["sh", "-c", "echo on-tty; echo to-err >&2"],
+                    &["sh", "-c", "echo on-tty; echo to-err >&2; sleep 2"],
                     true,
                 )),
                 ..Default::default()
@@ -339,6 +339,18 @@ impl Flow<'_> {
         if started.is_err() {
             return "start hung".into();
         }
+        // While it runs: a stderr FIFO with a writer would make a read wait; with
+        // none it reads as ended.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut err_reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&errs)
+            .unwrap();
+        let stderr_open = matches!(
+            std::io::Read::read(&mut err_reader, &mut [0u8; 16]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+        );
         let _ = tokio::time::timeout(Duration::from_secs(20), self.wait("tty")).await;
         let mut seen = String::new();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -351,7 +363,8 @@ impl Flow<'_> {
             }
         }
         let _ = self.delete_exec("tty").await;
-        seen.replace('\r', "").trim().to_string()
+        let seen = seen.replace('\r', "");
+        format!("{} (stderr opened: {stderr_open})", seen.trim())
     }
 
     /// Creates container `suffix` running `args` and its task (not started).
