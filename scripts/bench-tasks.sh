@@ -10,34 +10,12 @@ export PATH="$HOME/.cargo/bin:$PATH"
 (cd "$repo" && cargo build --release --locked -q -p emberd -p ember-shim -p ember-cli)
 bin="$repo/target/release"
 work=$(mktemp -d /tmp/ember-bench-tasks.XXXXXX)
+. "$repo/scripts/bench-daemons.sh"
 pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null || true; done
-  grep " $work" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
-  rm -rf "$work"
-}
+cleanup() { stop_daemons; }
 trap cleanup EXIT
-cat > "$work/containerd.toml" <<TOML
-version = 2
-root = "$work/c/root"
-state = "$work/c/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "$work/c.sock"
-[ttrpc]
-  address = "$work/c.ttrpc.sock"
-TOML
-export PATH="$bin:$PATH"
-containerd --config "$work/containerd.toml" 2>"$work/containerd.log" & pids+=($!)
-emberd --root "$work/e/root" --state "$work/e/state" --address "$work/e.sock" 2>"$work/emberd.log" & pids+=($!)
-for s in c e; do
-  for _ in $(seq 100); do ctr -a "$work/$s.sock" version >/dev/null 2>&1 && break; sleep 0.1; done
-done
-image=docker.io/ember/busybox:latest
-ember vm busybox-image "$work/bb.tar" --name "$image" 2>/dev/null
-for s in c e; do ctr -a "$work/$s.sock" images import "$work/bb.tar" >/dev/null; done
+start_daemons
 
-now() { date +%s%N; }
 declare -A times
 for i in $(seq "$runs"); do
   for rt in runc ember; do
@@ -48,7 +26,6 @@ for i in $(seq "$runs"); do
     done
   done
 done
-median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo "| \`ctr run --rm IMAGE true\`, median of $runs (ms) | emberd | containerd $(containerd --version | awk '{print $3}') | ratio containerd / emberd |"
 echo "| --- | --- | --- | --- |"
 for rt in runc ember; do

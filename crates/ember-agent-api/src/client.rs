@@ -239,6 +239,38 @@ impl AgentClient {
         Ok(())
     }
 
+    /// Forgets an exec process that exited or was never started.
+    pub async fn remove_process(&self, container_id: &str, exec_id: &str) -> Result<()> {
+        let _: Empty = self
+            .rpc
+            .call(
+                SERVICE,
+                method::REMOVE_PROCESS,
+                &pref(container_id, exec_id),
+                QUICK,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Sets the guest's wall clock to `now`.
+    pub async fn set_clock(&self, now: std::time::SystemTime) -> Result<()> {
+        let unix_ns = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0);
+        let _: Empty = self
+            .rpc
+            .call(
+                SERVICE,
+                method::SET_CLOCK,
+                &SetClockRequest { unix_ns },
+                QUICK,
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Waits (without timeout) for the next OOM kill in any container.
     pub async fn wait_oom(&self) -> Result<OomEvent> {
         self.rpc

@@ -52,6 +52,8 @@ pub mod method {
     pub const STATS: &str = "Stats";
     pub const UPDATE_CONTAINER: &str = "UpdateContainer";
     pub const REMOVE_CONTAINER: &str = "RemoveContainer";
+    pub const REMOVE_PROCESS: &str = "RemoveProcess";
+    pub const SET_CLOCK: &str = "SetClock";
     pub const WAIT_OOM: &str = "WaitOom";
     pub const SHUTDOWN: &str = "Shutdown";
 }

@@ -180,6 +180,14 @@ pub struct ResizePtyRequest {
     pub height: u32,
 }
 
+/// The host's wall clock, for the guest's (exit times are taken in the guest).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SetClockRequest {
+    /// Nanoseconds since the Unix epoch.
+    #[prost(int64, tag = "1")]
+    pub unix_ns: i64,
+}
+
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ContainerRef {
     #[prost(string, tag = "1")]

@@ -139,6 +139,10 @@ pub fn init_child(plan: &Plan, report_fd: RawFd, start_fd: RawFd, console_fd: Ra
     if let Err(e) = setup_init(spec, rootfs, *terminal, report_fd, console_fd) {
         fail(report_fd, e, 1);
     }
+    // As runc does: a process that cannot be found fails the create, not the start.
+    if let Err(e) = find_executable(&spec.process().clone().unwrap_or_default()) {
+        fail(report_fd, e, 127);
+    }
     report(report_fd, "ready", "");
     // Wait for StartProcess. Only this process takes the start pipe's read end.
     let Some(start) = sys::take_inherited_fd(start_fd) else {
@@ -787,6 +791,34 @@ fn is_executable(p: &Path) -> bool {
 }
 
 /// Applies the OCI process attributes and execs. Returns only on failure.
+/// The executable of a process: its first argument looked up in its own `PATH`.
+fn find_executable(p: &Process) -> io::Result<PathBuf> {
+    let args = p.args().clone().unwrap_or_default();
+    let Some(name) = args.first() else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "process.args is empty",
+        ));
+    };
+    let env = p.env().clone().unwrap_or_default();
+    let path_var = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
+    if name.starts_with('/') && !Path::new(name).exists() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("exec {name:?}: no such file or directory"),
+        ));
+    }
+    resolve_executable(name, path_var, is_executable).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("exec {name:?}: executable file not found in $PATH"),
+        )
+    })
+}
+
 fn exec_process(p: &Process) -> io::Error {
     match exec_process_inner(p) {
         Ok(never) => match never {},
@@ -854,17 +886,7 @@ fn exec_process_inner(p: &Process) -> io::Result<std::convert::Infallible> {
         nix::sys::prctl::set_no_new_privs().map_err(|e| err("no_new_privs", e.into()))?;
     }
     let env = p.env().clone().unwrap_or_default();
-    let path_var = env
-        .iter()
-        .find_map(|e| e.strip_prefix("PATH="))
-        .unwrap_or(DEFAULT_PATH)
-        .to_string();
-    let exe = resolve_executable(&args[0], &path_var, is_executable).ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("exec {:?}: executable file not found in $PATH", args[0]),
-        )
-    })?;
+    let exe = find_executable(p)?;
     let c_exe = cpath(&exe)?;
     let c_args: Vec<CString> = args.iter().map(|a| cstr(a)).collect::<io::Result<_>>()?;
     let c_env: Vec<CString> = env.iter().map(|a| cstr(a)).collect::<io::Result<_>>()?;

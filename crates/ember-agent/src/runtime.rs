@@ -676,6 +676,32 @@ impl Agent {
         }
     }
 
+    /// Forgets an exec process: one that exited, or one created and never started
+    /// (its stdio and plan go with it). A running one stays.
+    pub async fn remove_process(&self, id: &str, exec_id: &str) -> R<()> {
+        if exec_id.is_empty() {
+            return Err(Status::invalid_argument(
+                "the init process goes with its container",
+            ));
+        }
+        let (c, p) = self.process(id, exec_id)?;
+        let never_started = p.pending.lock().await.take().is_some();
+        if !never_started && p.exited().is_none() {
+            return Err(Status::failed_precondition(format!(
+                "process {exec_id:?} of container {id:?} is running"
+            )));
+        }
+        if never_started {
+            // Its waiters return.
+            let _ = p.exit.send_replace(Some(Exit {
+                status: 0,
+                at_ns: crate::reaper::now_ns(),
+            }));
+        }
+        c.execs.lock().unwrap().remove(exec_id);
+        Ok(())
+    }
+
     pub async fn wait_process(&self, id: &str, exec_id: &str) -> R<WaitProcessResponse> {
         let (_c, p) = self.process(id, exec_id)?;
         let e = p.wait().await;

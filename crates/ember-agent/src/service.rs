@@ -195,6 +195,21 @@ pub fn server(agent: Arc<Agent>, closed: watch::Receiver<bool>) -> Server {
                     }
                 }
             })
+            .method(method::REMOVE_PROCESS, {
+                let a = a.clone();
+                move |r: ProcessRef| {
+                    let a = a.clone();
+                    async move {
+                        a.remove_process(&r.container_id, &r.exec_id).await?;
+                        Ok(Empty {})
+                    }
+                }
+            })
+            .method(method::SET_CLOCK, |r: SetClockRequest| async move {
+                crate::sys::set_clock(r.unix_ns)
+                    .map_err(|e| Status::new(Code::Internal, format!("setting the clock: {e}")))?;
+                Ok(Empty {})
+            })
             .method(method::WAIT_OOM, {
                 let a = a.clone();
                 let closed = closed.clone();

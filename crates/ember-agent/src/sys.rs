@@ -107,6 +107,22 @@ pub fn umount(target: &Path, flags: libc::c_int) -> io::Result<()> {
 
 /// kill(2) with a raw signal number (real-time signals included, which nix's
 /// `Signal` cannot name).
+/// Sets the wall clock (`CLOCK_REALTIME`) to `unix_ns` nanoseconds after the epoch.
+pub fn set_clock(unix_ns: i64) -> io::Result<()> {
+    if unix_ns <= 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "time before the epoch",
+        ));
+    }
+    let ts = libc::timespec {
+        tv_sec: unix_ns / 1_000_000_000,
+        tv_nsec: unix_ns % 1_000_000_000,
+    };
+    // SAFETY: clock_settime only reads `ts`, a live timespec.
+    check(unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) }).map(|_| ())
+}
+
 pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
     // SAFETY: kill takes only integers and touches no memory of this process.
     check(unsafe { libc::kill(pid, sig) })?;

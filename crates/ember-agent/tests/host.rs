@@ -453,26 +453,24 @@ async fn basics_and_errors() {
     let e = h.client.remove_container("twice").await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e}");
 
-    // A missing executable is a clear error at start.
-    h.create("noexe", &["/bin/does-not-exist"], StdioConfig::default())
-        .await;
-    let e = h.client.start_process("noexe", "").await.unwrap_err();
-    assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
-    assert!(e.to_string().contains("does-not-exist"), "{e}");
-    assert_eq!(
-        h.client
-            .wait_process("noexe", "")
+    // A missing executable fails the create (as runc's does), with a clear error,
+    // and leaves no container.
+    for (id, exe, says) in [
+        ("noexe", "/bin/does-not-exist", "no such file or directory"),
+        ("nopath", "no-such-cmd", "not found in $PATH"),
+    ] {
+        let e = h
+            .try_create(id, spec(&[exe], false), StdioConfig::default())
             .await
-            .unwrap()
-            .exit_status,
-        127
-    );
-    h.client.remove_container("noexe").await.unwrap();
-    h.create("nopath", &["no-such-cmd"], StdioConfig::default())
-        .await;
-    let e = h.client.start_process("nopath", "").await.unwrap_err();
-    assert!(e.to_string().contains("not found in $PATH"), "{e}");
-    h.client.remove_container("nopath").await.unwrap();
+            .unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
+        assert!(
+            e.to_string().contains(exe) && e.to_string().contains(says),
+            "{e}"
+        );
+        let e = h.client.start_process(id, "").await.unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{e}");
+    }
 
     // Setup failures are clear errors and leave nothing behind.
     let mut sp = spec(&["true"], false);
@@ -626,6 +624,19 @@ async fn exec_signal_pause_stats() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
+    // An exec created and never started can be forgotten; its id is free again.
+    let idle = CreateProcessRequest {
+        container_id: "svc".into(),
+        exec_id: "idle".into(),
+        process_json: process_json(&["true"], false),
+        stdio: None,
+    };
+    h.client.create_process(&idle).await.unwrap();
+    h.client.remove_process("svc", "idle").await.unwrap();
+    let e = h.client.start_process("svc", "idle").await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e}");
+    h.client.create_process(&idle).await.unwrap();
+    h.client.remove_process("svc", "idle").await.unwrap();
     let out = tokio::spawn(read_all(
         h.client.clone(),
         "svc".into(),

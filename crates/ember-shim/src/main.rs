@@ -2,6 +2,7 @@
 //! runtime. Each container runs in its own microVM.
 
 mod args;
+mod cgroup;
 mod config;
 mod events;
 mod lifecycle;

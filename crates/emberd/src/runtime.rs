@@ -241,6 +241,9 @@ impl TaskManager {
         spec: &[u8],
         opts: CreateOpts,
     ) -> Result<Arc<ShimTask>> {
+        // Both name the bundle's directories.
+        ember_metadata::identifiers::validate_as("task id", id)?;
+        ember_metadata::identifiers::validate(ns)?;
         let key = (ns.to_string(), id.to_string());
         if self.lock().contains_key(&key) {
             return Err(E::AlreadyExists(format!("task {id}")).into());
@@ -262,7 +265,9 @@ impl TaskManager {
         std::fs::write(bundle.join("runtime"), runtime).map_err(io)?;
         let log = follow_shim_log(&bundle, ns, id)?;
         let started = async {
-            let address = self.start_shim(&binary, ns, id, &bundle).await?;
+            let address = self
+                .start_shim(&binary, ns, id, &bundle, options.as_ref())
+                .await?;
             std::fs::write(bundle.join("address"), &address).map_err(io)?;
             let client = ShimClient::connect(&address)
                 .await
@@ -276,7 +281,7 @@ impl TaskManager {
                     stdin: opts.stdin,
                     stdout: opts.stdout,
                     stderr: opts.stderr,
-                    options,
+                    options: options.clone(),
                     ..Default::default()
                 })
                 .await;
@@ -331,17 +336,35 @@ impl TaskManager {
         cmd
     }
 
-    /// Runs `BINARY ... start` and returns the address it prints.
-    async fn start_shim(&self, binary: &str, ns: &str, id: &str, bundle: &Path) -> Result<String> {
+    /// Runs `BINARY ... start` with the task's runtime options on its stdin (as
+    /// containerd does: the runc shim takes its `ShimCgroup` from there) and
+    /// returns the address it prints.
+    async fn start_shim(
+        &self,
+        binary: &str,
+        ns: &str,
+        id: &str,
+        bundle: &Path,
+        options: Option<&prost_types::Any>,
+    ) -> Result<String> {
+        use prost::Message;
+        use tokio::io::AsyncWriteExt;
         let mut cmd = self.shim_command(binary, ns, id, bundle);
-        // No runtime options on stdin.
         cmd.arg("start")
-            .stdin(Stdio::null())
+            .stdin(if options.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let child = cmd.spawn().map_err(|e| {
+        let mut child = cmd.spawn().map_err(|e| {
             E::FailedPrecondition(format!("starting shim {binary}: {e} (is it on PATH?)"))
         })?;
+        if let (Some(o), Some(mut stdin)) = (options, child.stdin.take()) {
+            // A shim that does not read its options closes the pipe: not an error.
+            let _ = stdin.write_all(&o.encode_to_vec()).await;
+        }
         let out = child
             .wait_with_output()
             .await

@@ -32,12 +32,7 @@ impl Drop for Leftovers {
                 .stderr(std::process::Stdio::null())
                 .status();
         }
-        for pid in shim_pids(&self.id) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
+        kill_task_processes(&self.id);
     }
 }
 

@@ -33,7 +33,8 @@ struct Leftovers(String);
 
 impl Drop for Leftovers {
     fn drop(&mut self) {
-        for pid in shim_pids(&self.0).into_iter().chain(vmm_pids(&self.0)) {
+        kill_task_processes(&self.0);
+        for pid in vmm_pids(&self.0) {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,

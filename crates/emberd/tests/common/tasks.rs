@@ -33,6 +33,33 @@ pub fn shim_pids(id: &str) -> Vec<i32> {
         .collect()
 }
 
+/// Kills, by pid, the shims of task `id` and their children (a runc container's
+/// init, a microVM), for tests that fail with tasks still running.
+pub fn kill_task_processes(id: &str) {
+    for shim in shim_pids(id) {
+        let children = std::fs::read_to_string(format!("/proc/{shim}/task/{shim}/children"))
+            .unwrap_or_default();
+        let children = children.split_whitespace().filter_map(|p| p.parse().ok());
+        for pid in children.chain([shim]) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// Kills what is left of tasks `ids` when dropped (see [`kill_task_processes`]).
+pub struct TaskGuard(pub Vec<String>);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        for id in &self.0 {
+            kill_task_processes(id);
+        }
+    }
+}
+
 /// Waits (up to 10 s) for the shims of task `id` to exit.
 pub fn wait_shim_gone(id: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);

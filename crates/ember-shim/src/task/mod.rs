@@ -1,87 +1,32 @@
 //! The task state of one shim: its microVM and the container inside, with their
-//! processes, translated from containerd's task API into agent calls.
+//! processes ([`process`]), translated from containerd's task API into agent calls.
+
+mod process;
+
+pub use process::Proc;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use containerd_client::events as ev;
-use ember_agent_api::{AgentClient, CreateProcessRequest, OutputStream, StdioConfig};
+use ember_agent_api::{AgentClient, StdioConfig};
 use ember_sandbox::{Sandbox, SandboxConfig};
 use ember_ttrpc::{Code, Status};
 use ember_vmm::Drive;
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 
 use crate::config::RuntimeConfig;
 use crate::events::Publisher;
 use crate::rootfs::{self, BlockRootfs};
-use crate::stdio;
 use ember_shim_api::*;
 
 /// Drive id (virtio-blk serial) of the container rootfs.
 const ROOTFS_DRIVE: &str = "rootfs";
 /// Exit status reported when the VM disappeared under a process.
 pub const LOST_STATUS: u32 = 255;
-/// How long output may keep flowing after a process exited (children holding the pipe).
-const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
-
-/// One process: a container's init (exec id "") or an exec.
-pub struct Proc {
-    pub container_id: String,
-    pub exec_id: String,
-    pub stdin: String,
-    pub stdout: String,
-    pub stderr: String,
-    pub terminal: bool,
-    pid: AtomicU32,
-    started: AtomicBool,
-    exit: watch::Sender<Option<(u32, SystemTime)>>,
-    close_stdin: watch::Sender<bool>,
-}
-
-impl Proc {
-    fn new(
-        container_id: &str,
-        exec_id: &str,
-        stdin: &str,
-        stdout: &str,
-        stderr: &str,
-        terminal: bool,
-    ) -> Arc<Self> {
-        Arc::new(Proc {
-            container_id: container_id.into(),
-            exec_id: exec_id.into(),
-            stdin: stdin.into(),
-            stdout: stdout.into(),
-            stderr: stderr.into(),
-            terminal,
-            pid: AtomicU32::new(0),
-            started: AtomicBool::new(false),
-            exit: watch::channel(None).0,
-            close_stdin: watch::channel(false).0,
-        })
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.pid.load(Ordering::SeqCst)
-    }
-
-    pub fn exited(&self) -> Option<(u32, SystemTime)> {
-        *self.exit.borrow()
-    }
-
-    async fn wait(&self) -> (u32, SystemTime) {
-        let mut rx = self.exit.subscribe();
-        let v = rx.wait_for(|e| e.is_some()).await.map(|v| *v);
-        match v {
-            Ok(Some(e)) => e,
-            _ => (LOST_STATUS, SystemTime::now()),
-        }
-    }
-}
-
 struct Container {
     bundle: String,
     rootfs: BlockRootfs,
@@ -162,6 +107,14 @@ impl Task {
         }
     }
 
+    /// The bundle of container `id` and whether it is paused.
+    fn container_info(&self, id: &str) -> (String, bool) {
+        let c = self.containers.lock().unwrap();
+        c.get(id)
+            .map(|c| (c.bundle.clone(), c.paused))
+            .unwrap_or_default()
+    }
+
     pub async fn create(self: &Arc<Self>, req: CreateTaskRequest) -> Result<u32, Status> {
         let _l = self.lifecycle.lock().await;
         let t0 = std::time::Instant::now();
@@ -176,6 +129,16 @@ impl Task {
                 Code::Unimplemented,
                 "checkpoint/restore is not supported",
             ));
+        }
+        if let Some(cg) = req
+            .options
+            .as_ref()
+            .and_then(|o| RuncOptions::from_any(o).ok().flatten())
+            .map(|o| o.shim_cgroup)
+            .filter(|c| !c.is_empty())
+        {
+            crate::cgroup::join(&cg, std::process::id())
+                .map_err(|e| err(Code::Internal, format!("moving the shim into {cg}: {e}")))?;
         }
         let bundle = PathBuf::from(&req.bundle);
         let spec_bytes = std::fs::read(bundle.join("config.json")).map_err(|e| {
@@ -213,6 +176,10 @@ impl Task {
         };
         let boot_timings = sandbox.timings();
         let agent = sandbox.agent().clone();
+        // Exit times are taken in the guest: its clock is the host's.
+        if let Err(e) = agent.set_clock(SystemTime::now()).await {
+            tracing::warn!("setting the guest clock: {e}");
+        }
         let rootfs_serial = sandbox
             .guest_serial(ROOTFS_DRIVE)
             .unwrap_or_else(|| ROOTFS_DRIVE.into());
@@ -339,217 +306,11 @@ impl Task {
         Ok(sb)
     }
 
-    /// Opens a process's stdio and starts its pumps and its exit watcher.
-    async fn attach_stdio(
-        self: &Arc<Self>,
-        agent: &AgentClient,
-        p: &Arc<Proc>,
-    ) -> Result<(), Status> {
-        let (out, errs) =
-            stdio::open_outputs(&p.stdout, &p.stderr, &self.namespace, &p.container_id)
-                .await
-                .map_err(|e| err(Code::Internal, e.to_string()))?;
-        let input = stdio::open_input(&p.stdin).map_err(|e| err(Code::Internal, e.to_string()))?;
-        let mut pumps = vec![tokio::spawn(stdio::pump_output(
-            agent.clone(),
-            p.container_id.clone(),
-            p.exec_id.clone(),
-            OutputStream::Stdout,
-            out,
-        ))];
-        if !p.terminal {
-            pumps.push(tokio::spawn(stdio::pump_output(
-                agent.clone(),
-                p.container_id.clone(),
-                p.exec_id.clone(),
-                OutputStream::Stderr,
-                errs,
-            )));
-        }
-        if let Some(input) = input {
-            tokio::spawn(stdio::pump_input(
-                agent.clone(),
-                p.container_id.clone(),
-                p.exec_id.clone(),
-                input,
-                p.close_stdin.subscribe(),
-            ));
-        }
-        tokio::spawn(watch_exit(self.clone(), agent.clone(), p.clone(), pumps));
-        Ok(())
-    }
-
-    pub async fn start(&self, id: &str, exec_id: &str) -> Result<u32, Status> {
-        let p = self.proc(id, exec_id)?;
-        if p.started.swap(true, Ordering::SeqCst) {
-            return Err(err(
-                Code::FailedPrecondition,
-                format!("process {id}/{exec_id} was already started"),
-            ));
-        }
-        let pid = match self.agent()?.start_process(id, exec_id).await {
-            Ok(pid) => pid,
-            Err(e) => {
-                p.started.store(false, Ordering::SeqCst);
-                return Err(agent_err(e));
-            }
-        };
-        p.pid.store(pid, Ordering::SeqCst);
-        if exec_id.is_empty() {
-            self.publisher.publish(
-                "/tasks/start",
-                "TaskStart",
-                &ev::TaskStart {
-                    container_id: id.into(),
-                    pid,
-                },
-            );
-        } else {
-            self.publisher.publish(
-                "/tasks/exec-started",
-                "TaskExecStarted",
-                &ev::TaskExecStarted {
-                    container_id: id.into(),
-                    exec_id: exec_id.into(),
-                    pid,
-                },
-            );
-        }
-        Ok(pid)
-    }
-
-    pub async fn exec(self: &Arc<Self>, req: ExecProcessRequest) -> Result<(), Status> {
-        if req.exec_id.is_empty() {
-            return Err(err(Code::InvalidArgument, "an exec id is required"));
-        }
-        let init = self.proc(&req.id, "")?;
-        if init.exited().is_some() {
-            return Err(err(
-                Code::FailedPrecondition,
-                format!("container {} is not running", req.id),
-            ));
-        }
-        let spec = req.spec.as_ref().ok_or_else(|| {
-            err(
-                Code::InvalidArgument,
-                "the exec request has no process spec",
-            )
-        })?;
-        {
-            let c = self.containers.lock().unwrap();
-            if c.get(&req.id)
-                .map(|c| c.execs.contains_key(&req.exec_id))
-                .unwrap_or(false)
-            {
-                return Err(err(
-                    Code::AlreadyExists,
-                    format!("process {} already exists", req.exec_id),
-                ));
-            }
-        }
-        let agent = self.agent()?;
-        agent
-            .create_process(&CreateProcessRequest {
-                container_id: req.id.clone(),
-                exec_id: req.exec_id.clone(),
-                process_json: spec.value.clone(),
-                stdio: Some(StdioConfig {
-                    terminal: req.terminal,
-                    stdin: !req.stdin.is_empty(),
-                }),
-            })
-            .await
-            .map_err(agent_err)?;
-        let p = Proc::new(
-            &req.id,
-            &req.exec_id,
-            &req.stdin,
-            &req.stdout,
-            &req.stderr,
-            req.terminal,
-        );
-        self.attach_stdio(&agent, &p).await?;
-        if let Some(c) = self.containers.lock().unwrap().get_mut(&req.id) {
-            c.execs.insert(req.exec_id.clone(), p);
-        }
-        self.publisher.publish(
-            "/tasks/exec-added",
-            "TaskExecAdded",
-            &ev::TaskExecAdded {
-                container_id: req.id.clone(),
-                exec_id: req.exec_id.clone(),
-            },
-        );
-        Ok(())
-    }
-
-    pub fn state(&self, id: &str, exec_id: &str) -> Result<StateResponse, Status> {
-        let p = self.proc(id, exec_id)?;
-        let c = self.containers.lock().unwrap();
-        let container = c.get(id);
-        let paused = container.map(|c| c.paused).unwrap_or(false);
-        let (status, exit_status, exited_at) = match p.exited() {
-            Some((s, at)) => (TaskStatus::Stopped, s, Some(timestamp(at))),
-            None if !p.started.load(Ordering::SeqCst) => (TaskStatus::Created, 0, None),
-            None if paused => (TaskStatus::Paused, 0, None),
-            None => (TaskStatus::Running, 0, None),
-        };
-        Ok(StateResponse {
-            id: id.into(),
-            bundle: container.map(|c| c.bundle.clone()).unwrap_or_default(),
-            pid: p.pid(),
-            status: status as i32,
-            stdin: p.stdin.clone(),
-            stdout: p.stdout.clone(),
-            stderr: p.stderr.clone(),
-            terminal: p.terminal,
-            exit_status,
-            exited_at,
-            exec_id: exec_id.into(),
-        })
-    }
-
-    pub async fn wait(&self, id: &str, exec_id: &str) -> Result<WaitResponse, Status> {
-        let p = self.proc(id, exec_id)?;
-        let (status, at) = p.wait().await;
-        Ok(WaitResponse {
-            exit_status: status,
-            exited_at: Some(timestamp(at)),
-        })
-    }
-
-    pub async fn kill(&self, req: KillRequest) -> Result<(), Status> {
-        let p = self.proc(&req.id, &req.exec_id)?;
-        if p.exited().is_some() && !req.all {
-            return Err(err(
-                Code::NotFound,
-                format!("process {}/{} already finished", req.id, req.exec_id),
-            ));
-        }
-        self.agent()?
-            .signal_process(&req.id, &req.exec_id, req.signal, req.all)
-            .await
-            .map_err(agent_err)
-    }
-
     pub async fn delete(&self, id: &str, exec_id: &str) -> Result<DeleteResponse, Status> {
-        let p = self.proc(id, exec_id)?;
         if !exec_id.is_empty() {
-            let Some((status, at)) = p.exited() else {
-                return Err(err(
-                    Code::FailedPrecondition,
-                    format!("process {exec_id} is still running"),
-                ));
-            };
-            if let Some(c) = self.containers.lock().unwrap().get_mut(id) {
-                c.execs.remove(exec_id);
-            }
-            return Ok(DeleteResponse {
-                pid: p.pid(),
-                exit_status: status,
-                exited_at: Some(timestamp(at)),
-            });
+            return self.delete_exec(id, exec_id).await;
         }
+        let p = self.proc(id, "")?;
         let _l = self.lifecycle.lock().await;
         let t0 = std::time::Instant::now();
         if p.exited().is_none() && p.started.load(Ordering::SeqCst) {
@@ -561,11 +322,12 @@ impl Task {
         if let Ok(agent) = self.agent() {
             let _ = tokio::time::timeout(Duration::from_secs(20), agent.remove_container(id)).await;
         }
-        // A created-but-never-started init ends with the container.
+        // A created-but-never-started init ends with the container; it never ran, so
+        // its status is 0, as runc's shim reports.
         let (status, at) = match p.exited() {
             Some(e) => e,
             None => {
-                let e = (137, SystemTime::now());
+                let e = (0, SystemTime::now());
                 p.exit.send_replace(Some(e));
                 e
             }
@@ -708,22 +470,6 @@ impl Task {
             .map_err(agent_err)
     }
 
-    pub async fn resize_pty(&self, req: ResizePtyRequest) -> Result<(), Status> {
-        self.proc(&req.id, &req.exec_id)?;
-        self.agent()?
-            .resize_pty(&req.id, &req.exec_id, req.width, req.height)
-            .await
-            .map_err(agent_err)
-    }
-
-    pub fn close_io(&self, req: CloseIoRequest) -> Result<(), Status> {
-        let p = self.proc(&req.id, &req.exec_id)?;
-        if req.stdin {
-            p.close_stdin.send_replace(true);
-        }
-        Ok(())
-    }
-
     pub fn connect(&self, id: &str) -> Result<ConnectResponse, Status> {
         let pid = self.proc(id, "").map(|p| p.pid()).unwrap_or(0);
         Ok(ConnectResponse {
@@ -756,45 +502,6 @@ impl Task {
             cleanup_rootfs(&rootfs, Path::new(&bundle));
         }
     }
-}
-
-/// Waits for a process to exit, lets its output drain, records the exit and tells containerd.
-async fn watch_exit(
-    task: Arc<Task>,
-    agent: AgentClient,
-    p: Arc<Proc>,
-    pumps: Vec<tokio::task::JoinHandle<()>>,
-) {
-    let (status, at) = match agent.wait_process(&p.container_id, &p.exec_id).await {
-        Ok(w) => (
-            w.exit_status,
-            SystemTime::UNIX_EPOCH + Duration::from_nanos(w.exited_at_ns.max(0) as u64),
-        ),
-        Err(e) => {
-            tracing::warn!("lost process {}/{}: {e}", p.container_id, p.exec_id);
-            (LOST_STATUS, SystemTime::now())
-        }
-    };
-    for h in pumps {
-        let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, h).await;
-    }
-    p.exit.send_replace(Some((status, at)));
-    let id = if p.exec_id.is_empty() {
-        p.container_id.clone()
-    } else {
-        p.exec_id.clone()
-    };
-    task.publisher.publish(
-        "/tasks/exit",
-        "TaskExit",
-        &ev::TaskExit {
-            container_id: p.container_id.clone(),
-            id,
-            pid: p.pid(),
-            exit_status: status,
-            exited_at: Some(timestamp(at)),
-        },
-    );
 }
 
 async fn watch_oom(agent: AgentClient, publisher: Publisher) {
