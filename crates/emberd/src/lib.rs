@@ -7,6 +7,7 @@ pub mod events;
 pub mod gc;
 pub mod mounts;
 pub mod plugin;
+pub mod proxy;
 pub mod runtime;
 pub mod services;
 pub mod ttrpc;

@@ -8,6 +8,7 @@
 
 pub mod containers;
 pub mod content;
+pub mod content_api;
 pub mod diff;
 pub mod events;
 pub mod images;

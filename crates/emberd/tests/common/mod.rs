@@ -179,6 +179,12 @@ pub struct Containerd {
 
 impl Containerd {
     pub fn start() -> Option<Containerd> {
+        Self::start_with(&[], "")
+    }
+
+    /// Starts containerd with more `disabled_plugins` and `extra` appended to its
+    /// configuration.
+    pub fn start_with(disabled: &[&str], extra: &str) -> Option<Containerd> {
         if !Path::new(CONTAINERD).exists() {
             eprintln!("containerd missing: not comparing");
             return None;
@@ -189,14 +195,19 @@ impl Containerd {
             r#"version = 2
 root = "{root}"
 state = "{state}"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
+disabled_plugins = ["io.containerd.grpc.v1.cri"{disabled}]
 [grpc]
   address = "{d}/c.sock"
 [ttrpc]
   address = "{d}/c.ttrpc.sock"
 [debug]
   address = "{d}/debug.sock"
+{extra}
 "#,
+            disabled = disabled
+                .iter()
+                .map(|p| format!(", {p:?}"))
+                .collect::<String>(),
             root = d.join("root").display(),
             state = d.join("state").display(),
             d = d.display()
@@ -217,6 +228,13 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             child,
             _dir: dir,
         })
+    }
+}
+
+impl Containerd {
+    /// The daemon's root directory.
+    pub fn root(&self) -> PathBuf {
+        self._dir.path().join("root")
     }
 }
 
@@ -285,7 +303,18 @@ impl Ctr {
 
 /// Runs `ctr -a SOCKET -n NS ARGS...`.
 pub fn ctr(socket: &Path, ns: &str, args: &[&str]) -> Ctr {
-    let out: Output = Command::new(CTR)
+    run_ctr(Command::new(CTR), socket, ns, args)
+}
+
+/// Like [`ctr`], killed after `secs` seconds (exit code 124 then).
+pub fn ctr_within(secs: u32, socket: &Path, ns: &str, args: &[&str]) -> Ctr {
+    let mut cmd = Command::new("timeout");
+    cmd.args(["-s", "KILL", &secs.to_string(), CTR]);
+    run_ctr(cmd, socket, ns, args)
+}
+
+fn run_ctr(mut cmd: Command, socket: &Path, ns: &str, args: &[&str]) -> Ctr {
+    let out: Output = cmd
         .arg("-a")
         .arg(socket)
         .arg("-n")
