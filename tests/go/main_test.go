@@ -1,6 +1,7 @@
 // Package embertest drives Debian's containerd 1.6 and emberd with containerd's
-// own Go client: every flow runs against both daemons, and what the two make of
-// it must agree.
+// own Go client: every flow runs against containerd, emberd, and emberd whose
+// content store and differ are behind proxy sockets; what they make of it must
+// agree.
 package embertest
 
 import (
@@ -32,6 +33,8 @@ type daemon struct {
 
 var (
 	daemons []*daemon
+	// Proxy servers the daemons use.
+	helpers []*exec.Cmd
 	workDir string
 	// The workspace's target directory (emberd, the Ember shim).
 	binDir string
@@ -177,6 +180,9 @@ func start(name, bin string, args []string, socket string) (*daemon, error) {
 		_ = cmd.Process.Kill()
 		return nil, err
 	}
+	if strings.HasSuffix(name, "-proxy") {
+		return &daemon{name: name, address: socket, cmd: cmd, log: log}, nil
+	}
 	client, err := containerd.New(socket, containerd.WithTimeout(10*time.Second))
 	if err != nil {
 		_ = cmd.Process.Kill()
@@ -207,14 +213,61 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 	return start("containerd", "/usr/bin/containerd", []string{"--config", filepath.Join(d, "config.toml")}, filepath.Join(d, "c.sock"))
 }
 
-func startEmberd() (*daemon, error) {
-	d := filepath.Join(workDir, "emberd")
-	return start("emberd", filepath.Join(binDir, "emberd"), []string{
+func emberdArgs(d string) []string {
+	return []string{
 		"--root", filepath.Join(d, "root"),
 		"--state", filepath.Join(d, "state"),
 		"--address", filepath.Join(d, "emberd.sock"),
 		"--log-level", "debug",
-	}, filepath.Join(d, "emberd.sock"))
+	}
+}
+
+func startEmberd() (*daemon, error) {
+	d := filepath.Join(workDir, "emberd")
+	return start("emberd", filepath.Join(binDir, "emberd"), emberdArgs(d), filepath.Join(d, "emberd.sock"))
+}
+
+// startProxiedEmberd runs emberd whose content store and differ are Ember's
+// own, served by ember-content-proxy and ember-diff-proxy on unix sockets.
+func startProxiedEmberd() (*daemon, error) {
+	d := filepath.Join(workDir, "proxied")
+	if err := os.MkdirAll(d, 0o700); err != nil {
+		return nil, err
+	}
+	blobs, layers := filepath.Join(d, "blobs.sock"), filepath.Join(d, "layers.sock")
+	content, err := start("content-proxy", filepath.Join(binDir, "ember-content-proxy"),
+		[]string{"--root", filepath.Join(d, "blobs"), "--address", blobs}, blobs)
+	if err != nil {
+		return nil, err
+	}
+	helpers = append(helpers, content.cmd)
+	config := fmt.Sprintf(`version = 2
+[proxy_plugins.blobs]
+  type = "content"
+  address = "%s"
+[proxy_plugins.layers]
+  type = "diff"
+  address = "%s"
+[plugins."io.containerd.service.v1.diff-service"]
+  default = ["layers"]
+`, blobs, layers)
+	if err := os.WriteFile(filepath.Join(d, "emberd.toml"), []byte(config), 0o600); err != nil {
+		return nil, err
+	}
+	e, err := start("emberd-proxied", filepath.Join(binDir, "emberd"),
+		append(emberdArgs(d), "--config", filepath.Join(d, "emberd.toml")), filepath.Join(d, "emberd.sock"))
+	if err != nil {
+		return nil, err
+	}
+	diff, err := start("diff-proxy", filepath.Join(binDir, "ember-diff-proxy"),
+		[]string{"--address", layers, "--content", e.address, "--state", filepath.Join(d, "diff")}, layers)
+	if err != nil {
+		e.client.Close()
+		_ = e.cmd.Process.Kill()
+		return nil, err
+	}
+	helpers = append(helpers, diff.cmd)
+	return e, nil
 }
 
 // startRegistry runs Debian's docker-registry on a loopback port.
@@ -261,7 +314,7 @@ func run(m *testing.M) int {
 		abs, _ := filepath.Abs("../../target/debug")
 		binDir = abs
 	}
-	for _, need := range []string{filepath.Join(binDir, "emberd"), "/usr/bin/containerd", "/usr/bin/runc", "/bin/busybox"} {
+	for _, need := range []string{filepath.Join(binDir, "emberd"), filepath.Join(binDir, "ember-content-proxy"), filepath.Join(binDir, "ember-diff-proxy"), "/usr/bin/containerd", "/usr/bin/runc", "/bin/busybox"} {
 		if _, err := os.Stat(need); err != nil {
 			fmt.Printf("skipping: %s missing\n", need)
 			return 0
@@ -288,11 +341,14 @@ func run(m *testing.M) int {
 			d.client.Close()
 			_ = d.cmd.Process.Kill()
 		}
+		for _, h := range helpers {
+			_ = h.Process.Kill()
+		}
 		if !keep {
 			_ = os.RemoveAll(dir)
 		}
 	}()
-	for _, s := range []func() (*daemon, error){startContainerd, startEmberd} {
+	for _, s := range []func() (*daemon, error){startContainerd, startEmberd, startProxiedEmberd} {
 		d, err := s()
 		if err != nil {
 			fmt.Println(err)
