@@ -388,8 +388,25 @@ impl Read for RemoteBlob {
             if self.chunks.is_none() {
                 self.start().map_err(std::io::Error::other)?;
             }
-            let rx = self.chunks.as_mut().expect("started above");
-            match futures::executor::block_on(rx.recv()) {
+            let mut rx = self.chunks.take().expect("started above");
+            // Waited for on the store's runtime, so that a server that stops
+            // answering times out.
+            let (rx, next) = self
+                .store
+                .call(move |_| async move {
+                    let next = tokio::time::timeout(CALL_TIMEOUT, rx.recv()).await;
+                    Ok((rx, next))
+                })
+                .map_err(std::io::Error::other)?;
+            let next = match next {
+                Ok(n) => n,
+                Err(_) => Some(Err(Error::Unavailable(format!(
+                    "reading {} timed out",
+                    self.digest
+                )))),
+            };
+            self.chunks = Some(rx);
+            match next {
                 Some(Ok(data)) => {
                     self.buf = data;
                     self.at = 0;

@@ -212,3 +212,41 @@ pub fn init_logging(level: &str) {
         .with_writer(std::io::stderr)
         .init();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::{init_all, GRPC};
+
+    /// What the diff service would forward to, for a configuration.
+    fn differ_of(text: &str) -> Result<Option<String>, String> {
+        let config = Config::parse(text).unwrap();
+        let mut regs = registrations(&config);
+        regs.push(Registration::new(GRPC, "diff", &[DIFFER], |ctx| {
+            let d = selected_differ(ctx)?;
+            Ok(Arc::new(d.map(|d| d.name)) as Instance)
+        }));
+        let r = init_all(&config, regs);
+        r.get::<Option<String>>(GRPC, "diff").map(|d| (*d).clone())
+    }
+
+    #[test]
+    fn the_diff_service_list_selects_the_differ() {
+        let proxies = "[proxy_plugins.layers]\ntype = \"diff\"\naddress = \"/x.sock\"\n";
+        assert_eq!(differ_of(proxies).unwrap(), None);
+        let chosen = format!(
+            "{proxies}[plugins.\"io.containerd.service.v1.diff-service\"]\ndefault = [\"layers\", \"walking\"]\n"
+        );
+        assert_eq!(differ_of(&chosen).unwrap().as_deref(), Some("layers"));
+        let missing = format!(
+            "{proxies}[plugins.\"io.containerd.service.v1.diff-service\"]\ndefault = [\"other\"]\n"
+        );
+        let e = differ_of(&missing).unwrap_err();
+        assert!(
+            e.contains("differ \"other\"") && e.contains("not loaded"),
+            "{e}"
+        );
+        let empty = "[plugins.\"io.containerd.service.v1.diff-service\"]\ndefault = []\n";
+        assert!(differ_of(empty).unwrap_err().contains("no differ"));
+    }
+}
