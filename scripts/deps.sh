@@ -10,6 +10,7 @@ packages=(
   containerd runc                                                     # peers for tests and benchmarks
   docker.io docker-registry skopeo                                    # client compatibility: dockerd, a loopback registry
   golang-go golang-github-containerd-containerd-dev                   # Go tests with containerd's 1.6 client
+  golang-github-opencontainers-go-digest-dev golang-github-opencontainers-image-spec-dev golang-github-containerd-typeurl-dev  # imported by the Go tests themselves
   python3-grpcio python3-grpc-tools                                   # Python gRPC client tests
   curl ca-certificates
 )

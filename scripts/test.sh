@@ -15,6 +15,8 @@ cargo clippy --workspace --all-targets --locked -q -- -D warnings
 echo "== tests" >&2
 before=$(pgrep -c -f 'qemu-system-x86_64 -name ember-' || true)
 cargo test --workspace --locked -- --test-threads=2
+echo "== Go client tests (containerd 1.6's client against containerd and emberd)" >&2
+"$repo/scripts/go-test.sh"
 after=$(pgrep -c -f 'qemu-system-x86_64 -name ember-' || true)
 if [ "${after:-0}" -gt "${before:-0}" ]; then
   echo "tests left QEMU processes behind:" >&2

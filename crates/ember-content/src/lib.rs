@@ -14,9 +14,12 @@
 //! can have one writer at a time. Commit verifies size and digest and moves the
 //! data into place with a rename, so a crash never leaves a partial blob.
 
+mod backend;
 mod digest;
+pub mod remote;
 mod store;
 
+pub use backend::{Backend, Blob, Ingest};
 pub use digest::{Algorithm, Digest};
 pub use store::{Commit, Info, Status, Store, Writer};
 

@@ -7,11 +7,10 @@
 //! namespace at once and the write is answered with `AlreadyExists` (containerd's
 //! "shared" policy).
 
-use std::fs::File;
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
-use ember_content::{Digest, Store};
+use ember_content::{Backend, Blob, Digest, Ingest};
 
 use crate::db::{Db, Reader};
 use crate::filters::Filter;
@@ -21,7 +20,7 @@ use crate::{ContentInfo, Error, IngestStatus, Labels, LeaseResource, Result};
 #[derive(Clone)]
 pub struct ContentStore {
     db: Db,
-    store: Store,
+    store: Arc<dyn Backend>,
     /// Held shared from a blob's arrival on disk until its record is written;
     /// exclusively by garbage collection while it deletes blobs.
     gate: Arc<RwLock<()>>,
@@ -35,11 +34,7 @@ fn status(ns: &str, s: ember_content::Status) -> Option<IngestStatus> {
     let reference = s.reference.strip_prefix(ns)?.strip_prefix('/')?.to_string();
     Some(IngestStatus {
         reference,
-        offset: s.offset,
-        total: s.total,
-        expected: s.expected,
-        started_at: s.started_at,
-        updated_at: s.updated_at,
+        ..IngestStatus::from(s)
     })
 }
 
@@ -56,7 +51,12 @@ fn check_ref(reference: &str) -> Result<()> {
 }
 
 impl ContentStore {
-    pub fn new(db: Db, store: Store) -> Self {
+    pub fn new(db: Db, store: impl Backend + 'static) -> Self {
+        ContentStore::with_backend(db, Arc::new(store))
+    }
+
+    /// Records content for namespaces on top of any blob store, local or remote.
+    pub fn with_backend(db: Db, store: Arc<dyn Backend>) -> Self {
         ContentStore {
             db,
             store,
@@ -69,7 +69,7 @@ impl ContentStore {
         self.gate.clone()
     }
 
-    pub fn backing(&self) -> &Store {
+    pub fn backing(&self) -> &Arc<dyn Backend> {
         &self.store
     }
 
@@ -99,8 +99,8 @@ impl ContentStore {
         self.db.update(|tx| tx.delete_content(ns, digest))
     }
 
-    /// Opens a blob the namespace holds; returns the file and its size.
-    pub fn open_blob(&self, ns: &str, digest: &str) -> Result<(File, i64)> {
+    /// Opens a blob the namespace holds; returns the reader and its size.
+    pub fn open_blob(&self, ns: &str, digest: &str) -> Result<(Box<dyn Blob>, i64)> {
         let info = self.info(ns, digest)?;
         Ok((self.store.open_blob(digest)?, info.size))
     }
@@ -215,21 +215,16 @@ pub struct NsWriter {
     reference: String,
     lease: Option<String>,
     db: Db,
-    store: Store,
+    store: Arc<dyn Backend>,
     gate: Arc<RwLock<()>>,
-    inner: ember_content::Writer,
+    inner: Box<dyn Ingest>,
 }
 
 impl NsWriter {
     pub fn status(&self) -> IngestStatus {
-        let s = self.inner.status();
         IngestStatus {
             reference: self.reference.clone(),
-            offset: s.offset,
-            total: s.total,
-            expected: s.expected,
-            started_at: s.started_at,
-            updated_at: s.updated_at,
+            ..IngestStatus::from(self.inner.status())
         }
     }
 
@@ -255,7 +250,7 @@ impl NsWriter {
         validate_labels(&labels)?;
         let gate = self.gate.clone();
         let _gate = gate.read().unwrap_or_else(|e| e.into_inner());
-        let c = self.inner.commit(size, expected)?;
+        let c = self.inner.commit(size, expected, &Default::default())?;
         let ns = self.ns;
         let lease = self.lease;
         let store = self.store;
@@ -305,6 +300,7 @@ impl NsWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ember_content::Store;
 
     fn sha256(data: &[u8]) -> String {
         Digest::of(ember_content::Algorithm::Sha256, data).to_string()

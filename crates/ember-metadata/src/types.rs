@@ -137,6 +137,20 @@ pub struct IngestStatus {
     pub updated_at: SystemTime,
 }
 
+impl From<ember_content::Status> for IngestStatus {
+    /// The status as the blob store has it (reference unchanged).
+    fn from(s: ember_content::Status) -> Self {
+        IngestStatus {
+            reference: s.reference,
+            offset: s.offset,
+            total: s.total,
+            expected: s.expected,
+            started_at: s.started_at,
+            updated_at: s.updated_at,
+        }
+    }
+}
+
 impl Fields for IngestStatus {
     fn field(&self, path: &[String]) -> Option<String> {
         match path[0].as_str() {

@@ -20,7 +20,7 @@
 //!   root_path = "/srv/overlay"
 //!
 //! [proxy_plugins.remote]
-//!   type = "snapshot"
+//!   type = "snapshot"   # or "content", "diff" (see `crate::proxy`)
 //!   address = "/run/remote-snapshotter.sock"
 //! ```
 //!
@@ -36,6 +36,8 @@ use serde::Deserialize;
 pub const DEFAULT_ROOT: &str = "/var/lib/emberd";
 pub const DEFAULT_STATE: &str = "/run/emberd";
 pub const DEFAULT_ADDRESS: &str = "/run/emberd/emberd.sock";
+/// The kinds of `[proxy_plugins]` emberd can use.
+pub const PROXY_TYPES: [&str; 3] = ["snapshot", "content", "diff"];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
@@ -116,9 +118,9 @@ impl Config {
             bail!("unsupported configuration version {}", cfg.version);
         }
         for (name, p) in &cfg.proxy_plugins {
-            if p.kind != "snapshot" {
+            if !PROXY_TYPES.contains(&p.kind.as_str()) {
                 bail!(
-                    "proxy plugin {name:?}: type {:?} is not supported (only \"snapshot\")",
+                    "proxy plugin {name:?}: type {:?} is not supported (one of {PROXY_TYPES:?})",
                     p.kind
                 );
             }
@@ -236,7 +238,12 @@ oom_score = 0
             c.unknown_keys(),
             vec!["oom_score", "grpc.max_recv_message_size"]
         );
-        assert!(Config::parse("[proxy_plugins.x]\ntype = \"content\"\naddress = \"/x\"").is_err());
+        for kind in PROXY_TYPES {
+            let text = format!("[proxy_plugins.x]\ntype = {kind:?}\naddress = \"/x\"");
+            assert_eq!(Config::parse(&text).unwrap().proxy_plugins["x"].kind, kind);
+        }
+        assert!(Config::parse("[proxy_plugins.x]\ntype = \"sandbox\"\naddress = \"/x\"").is_err());
+        assert!(Config::parse("[proxy_plugins.x]\ntype = \"diff\"\naddress = \"\"").is_err());
         assert!(Config::parse("version = 3").is_err());
         assert!(Config::parse("root = 5").is_err());
     }

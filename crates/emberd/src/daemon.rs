@@ -8,12 +8,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use ember_content::Store;
+use ember_content::{Backend, Store};
 use ember_metadata::content::ContentStore;
 use ember_metadata::snapshots::SnapshotStore;
 use ember_metadata::Db;
 use ember_snapshot::local::{Driver, LocalSnapshotter};
-use ember_snapshot::proxy::ProxySnapshotter;
 use ember_snapshot::Snapshotter;
 use serde::Deserialize;
 use tonic::service::RoutesBuilder;
@@ -53,6 +52,9 @@ impl DaemonInfo {
 
 /// A snapshotter plugin's instance.
 pub struct SnapshotterPlugin(pub Arc<dyn Snapshotter>);
+
+/// A content plugin's instance: a blob store, local or behind a proxy socket.
+pub struct ContentPlugin(pub Arc<dyn Backend>);
 
 /// The metadata plugin's instance: the database and the namespaced stores.
 pub struct Metadata {
@@ -127,7 +129,7 @@ pub fn builtins(config: &Config) -> Vec<Registration> {
                     }
                 }
             });
-            Ok(Arc::new(store) as Instance)
+            Ok(Arc::new(ContentPlugin(Arc::new(store))) as Instance)
         }),
         Registration::new(SNAPSHOTTER, "native", &[], |ctx| {
             let root = snapshotter_root(ctx)?;
@@ -148,11 +150,15 @@ pub fn builtins(config: &Config) -> Vec<Registration> {
         }),
         Registration::new(METADATA, "redb", &[CONTENT, SNAPSHOTTER], |ctx| {
             let db = Db::open(ctx.root.join("meta.redb"))?;
-            let store = ctx
+            // A content proxy, when one is configured, replaces the local store.
+            let (id, store) = ctx
                 .registry
-                .first::<Store>(CONTENT)
-                .map_err(InitError::Failed)?;
-            let content = ContentStore::new(db.clone(), (*store).clone());
+                .all::<ContentPlugin>(CONTENT)
+                .into_iter()
+                .max_by_key(|(id, _)| id != "content")
+                .ok_or_else(|| InitError::Failed("no content plugin loaded".into()))?;
+            ctx.exports.insert("content".into(), id);
+            let content = ContentStore::with_backend(db.clone(), store.0.clone());
             let snapshotters: BTreeMap<String, SnapshotStore> = ctx
                 .registry
                 .all::<SnapshotterPlugin>(SNAPSHOTTER)
@@ -183,22 +189,7 @@ pub fn builtins(config: &Config) -> Vec<Registration> {
             .map_err(InitError::Failed)?;
         Ok(TaskManager::new(ctx.state.clone(), &address, events) as Instance)
     }));
-    for (name, proxy) in &config.proxy_plugins {
-        let address = proxy.address.clone();
-        let id = name.clone();
-        regs.push(Registration::new(
-            SNAPSHOTTER,
-            name.clone(),
-            &[],
-            move |ctx| {
-                ctx.exports
-                    .insert("address".into(), address.display().to_string());
-                Ok(Arc::new(SnapshotterPlugin(Arc::new(ProxySnapshotter::new(
-                    id, address,
-                )))) as Instance)
-            },
-        ));
-    }
+    regs.extend(crate::proxy::registrations(config));
     regs
 }
 
@@ -254,6 +245,16 @@ fn bind(config: &Config) -> Result<tokio::net::UnixListener> {
     Ok(listener)
 }
 
+/// Resolves at SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<()> {
     for key in config.unknown_keys() {
@@ -299,12 +300,7 @@ pub async fn run(config: Config) -> Result<()> {
         |conn| conn.map(crate::authority::Http2Conn::new),
     );
     let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing the SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
+        shutdown_signal().await;
         tracing::info!("shutting down");
     };
     let served = tonic::transport::Server::builder()

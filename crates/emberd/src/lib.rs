@@ -9,6 +9,7 @@ pub mod gc;
 pub mod limits;
 pub mod mounts;
 pub mod plugin;
+pub mod proxy;
 pub mod runtime;
 pub mod services;
 pub mod ttrpc;

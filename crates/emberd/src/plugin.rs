@@ -18,6 +18,7 @@ use crate::config::Config;
 
 pub const CONTENT: &str = "io.containerd.content.v1";
 pub const SNAPSHOTTER: &str = "io.containerd.snapshotter.v1";
+pub const DIFFER: &str = "io.containerd.differ.v1";
 pub const METADATA: &str = "io.containerd.metadata.v1";
 pub const EVENT: &str = "io.containerd.event.v1";
 pub const GRPC: &str = "io.containerd.grpc.v1";

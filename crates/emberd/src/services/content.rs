@@ -8,7 +8,6 @@ use std::sync::Arc;
 use containerd_client::events::{ContentCreate, ContentDelete};
 use containerd_client::services::v1 as wire;
 use containerd_client::services::v1::WriteAction;
-use ember_metadata::content::NsWriter;
 use ember_metadata::{ContentInfo, IngestStatus};
 use futures::Stream;
 use tokio::sync::mpsc;
@@ -19,9 +18,10 @@ use crate::daemon::Metadata;
 use crate::events::Exchange;
 use crate::grpc::content::content_server::{Content, ContentServer};
 use crate::plugin::{InitError, Registration, EVENT, GRPC, METADATA};
+use crate::services::content_api::{ContentApi, ContentWriter};
 use crate::services::{
     blocking, field_paths, filter, labels_in, labels_out, lease, namespace, status, timestamp,
-    GrpcService,
+    GrpcService, NAMESPACE_HEADER,
 };
 
 /// Bytes per `Read` response message.
@@ -31,24 +31,62 @@ const LIST_BATCH: usize = 100;
 
 pub fn registration() -> Registration {
     Registration::new(GRPC, "content", &[METADATA, EVENT], |ctx| {
+        let md: Arc<Metadata> = ctx.registry.first(METADATA).map_err(InitError::Failed)?;
         let service = Service {
-            md: ctx.registry.first(METADATA).map_err(InitError::Failed)?,
-            events: ctx.registry.first(EVENT).map_err(InitError::Failed)?,
+            api: Arc::new(md.content.clone()),
+            md: Some(md),
+            events: Some(ctx.registry.first(EVENT).map_err(InitError::Failed)?),
         };
         Ok(GrpcService::instance(move |r| {
-            r.add_service(
-                ContentServer::new(service.clone())
-                    .max_decoding_message_size(64 << 20)
-                    .max_encoding_message_size(64 << 20),
-            );
+            r.add_service(service.clone().into_server());
         }))
     })
 }
 
 #[derive(Clone)]
 pub struct Service {
-    md: Arc<Metadata>,
-    events: Arc<Exchange>,
+    api: Arc<dyn ContentApi>,
+    /// The daemon's metadata, when the store is the daemon's: deletions are
+    /// followed by a collection.
+    md: Option<Arc<Metadata>>,
+    events: Option<Arc<Exchange>>,
+}
+
+impl Service {
+    /// The service over a store that is not the daemon's (no events, no
+    /// collection), such as a bare blob store behind a proxy plugin socket.
+    pub fn new(api: Arc<dyn ContentApi>) -> Service {
+        Service {
+            api,
+            md: None,
+            events: None,
+        }
+    }
+
+    pub fn into_server(self) -> ContentServer<Service> {
+        ContentServer::new(self)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
+    }
+
+    /// The namespace of a request; a store without namespaces takes requests
+    /// without one.
+    fn ns<T>(&self, r: &Request<T>) -> Result<String, Status> {
+        if self.api.namespaced() {
+            return namespace(r);
+        }
+        Ok(r.metadata()
+            .get(NAMESPACE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string())
+    }
+
+    fn publish<M: prost::Message + prost::Name>(&self, ns: &str, topic: &str, msg: &M) {
+        if let Some(e) = &self.events {
+            e.publish(ns, topic, msg);
+        }
+    }
 }
 
 fn info_to_wire(i: &ContentInfo) -> wire::Info {
@@ -80,9 +118,9 @@ impl Content for Service {
         &self,
         r: Request<wire::InfoRequest>,
     ) -> Result<Response<wire::InfoResponse>, Status> {
-        let ns = namespace(&r)?;
+        let ns = self.ns(&r)?;
         let digest = r.into_inner().digest;
-        let cs = self.md.content.clone();
+        let cs = self.api.clone();
         let info = blocking(move || cs.info(&ns, &digest)).await?;
         Ok(Response::new(wire::InfoResponse {
             info: Some(info_to_wire(&info)),
@@ -93,7 +131,7 @@ impl Content for Service {
         &self,
         r: Request<wire::UpdateRequest>,
     ) -> Result<Response<wire::UpdateResponse>, Status> {
-        let ns = namespace(&r)?;
+        let ns = self.ns(&r)?;
         let r = r.into_inner();
         let i = r
             .info
@@ -106,7 +144,7 @@ impl Content for Service {
             updated_at: std::time::UNIX_EPOCH,
         };
         let paths = field_paths(r.update_mask);
-        let cs = self.md.content.clone();
+        let cs = self.api.clone();
         let info = blocking(move || cs.update(&ns, &update, &paths)).await?;
         Ok(Response::new(wire::UpdateResponse {
             info: Some(info_to_wire(&info)),
@@ -119,9 +157,9 @@ impl Content for Service {
         &self,
         r: Request<wire::ListContentRequest>,
     ) -> Result<Response<Self::ListStream>, Status> {
-        let ns = namespace(&r)?;
+        let ns = self.ns(&r)?;
         let f = filter(&r.into_inner().filters)?;
-        let cs = self.md.content.clone();
+        let cs = self.api.clone();
         let infos = blocking(move || cs.list(&ns, &f)).await?;
         let batches: Vec<_> = infos
             .chunks(LIST_BATCH)
@@ -135,15 +173,16 @@ impl Content for Service {
     }
 
     async fn delete(&self, r: Request<wire::DeleteContentRequest>) -> Result<Response<()>, Status> {
-        let ns = namespace(&r)?;
+        let ns = self.ns(&r)?;
         let digest = r.into_inner().digest;
-        let cs = self.md.content.clone();
+        let cs = self.api.clone();
         let (n, d) = (ns.clone(), digest.clone());
         blocking(move || cs.delete(&n, &d)).await?;
         // The blob goes once nothing holds it.
-        self.md.gc.run().await.map_err(status)?;
-        self.events
-            .publish(&ns, "/content/delete", &ContentDelete { digest });
+        if let Some(md) = &self.md {
+            md.gc.run().await.map_err(status)?;
+        }
+        self.publish(&ns, "/content/delete", &ContentDelete { digest });
         Ok(Response::new(()))
     }
 
@@ -153,12 +192,12 @@ impl Content for Service {
         &self,
         r: Request<wire::ReadContentRequest>,
     ) -> Result<Response<Self::ReadStream>, Status> {
-        let ns = namespace(&r)?;
+        let ns = self.ns(&r)?;
         let r = r.into_inner();
         if r.offset < 0 {
             return Err(Status::invalid_argument("offset must not be negative"));
         }
-        let cs = self.md.content.clone();
+        let cs = self.api.clone();
         let digest = r.digest.clone();
         let (mut file, total) = blocking(move || cs.open_blob(&ns, &digest)).await?;
         if r.offset > total {
@@ -207,9 +246,9 @@ impl Content for Service {
         &self,
         r: Request<wire::StatusRequest>,
     ) -> Result<Response<wire::StatusResponse>, Status> {
-        let ns = namespace(&r)?;
+        let ns = self.ns(&r)?;
         let reference = r.into_inner().r#ref;
-        let cs = self.md.content.clone();
+        let cs = self.api.clone();
         let s = blocking(move || cs.status(&ns, &reference)).await?;
         Ok(Response::new(wire::StatusResponse {
             status: Some(status_to_wire(&s)),
@@ -220,9 +259,9 @@ impl Content for Service {
         &self,
         r: Request<wire::ListStatusesRequest>,
     ) -> Result<Response<wire::ListStatusesResponse>, Status> {
-        let ns = namespace(&r)?;
+        let ns = self.ns(&r)?;
         let f = filter(&r.into_inner().filters)?;
-        let cs = self.md.content.clone();
+        let cs = self.api.clone();
         let all = blocking(move || cs.list_statuses(&ns, &f)).await?;
         Ok(Response::new(wire::ListStatusesResponse {
             statuses: all.iter().map(status_to_wire).collect(),
@@ -235,7 +274,7 @@ impl Content for Service {
         &self,
         r: Request<Streaming<wire::WriteContentRequest>>,
     ) -> Result<Response<Self::WriteStream>, Status> {
-        let ns = namespace(&r)?;
+        let ns = self.ns(&r)?;
         let lease = lease(&r);
         let stream = r.into_inner();
         let (tx, rx) = mpsc::channel(4);
@@ -249,9 +288,9 @@ impl Content for Service {
     }
 
     async fn abort(&self, r: Request<wire::AbortRequest>) -> Result<Response<()>, Status> {
-        let ns = namespace(&r)?;
+        let ns = self.ns(&r)?;
         let reference = r.into_inner().r#ref;
-        let cs = self.md.content.clone();
+        let cs = self.api.clone();
         blocking(move || cs.abort(&ns, &reference)).await?;
         Ok(Response::new(()))
     }
@@ -276,14 +315,14 @@ impl Service {
             ));
         }
         let reference = first.r#ref.clone();
-        let cs = self.md.content.clone();
+        let cs = self.api.clone();
         let (n, rf, exp, total) = (
             ns.clone(),
             reference.clone(),
             first.expected.clone(),
             first.total,
         );
-        let mut writer: NsWriter =
+        let mut writer: Box<dyn ContentWriter> =
             blocking(move || cs.writer(&n, &rf, total, &exp, lease.as_deref())).await?;
         let mut next = Some(first);
         while let Some(req) = next.take() {
@@ -325,7 +364,7 @@ impl Service {
                 let labels = labels_in(req.labels);
                 let (size, expected) = (req.total, req.expected);
                 let digest = blocking(move || writer.commit(size, &expected, labels)).await?;
-                self.events.publish(
+                self.publish(
                     &ns,
                     "/content/create",
                     &ContentCreate {

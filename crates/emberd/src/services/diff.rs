@@ -14,7 +14,6 @@ use std::sync::Arc;
 use containerd_client::services::v1 as wire;
 use containerd_client::types::Descriptor as WireDescriptor;
 use ember_diff::{ApplyOptions, Compression};
-use ember_metadata::content::NsWriter;
 use ember_snapshot::convert::mount_from_wire;
 use ember_snapshot::Mount;
 use tonic::{Request, Response, Status};
@@ -22,7 +21,8 @@ use tonic::{Request, Response, Status};
 use crate::daemon::Metadata;
 use crate::grpc::diff::diff_server::{Diff, DiffServer};
 use crate::mounts::{readonly, TempMount};
-use crate::plugin::{InitError, Registration, GRPC, METADATA};
+use crate::plugin::{InitError, Registration, DIFFER, GRPC, METADATA};
+use crate::services::content_api::{ContentApi, ContentWriter};
 use crate::services::{labels_in, lease, namespace, status, GrpcService};
 
 /// The media type of an uncompressed layer.
@@ -31,11 +31,14 @@ pub const MEDIA_TYPE_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
 pub const LABEL_UNCOMPRESSED: &str = "containerd.io/uncompressed";
 
 pub fn registration() -> Registration {
-    Registration::new(GRPC, "diff", &[METADATA], |ctx| {
-        let service = Service {
-            md: ctx.registry.first(METADATA).map_err(InitError::Failed)?,
-            tmp: ctx.state.join("mounts"),
-        };
+    Registration::new(GRPC, "diff", &[METADATA, DIFFER], |ctx| {
+        if let Some(remote) = crate::proxy::selected_differ(ctx)? {
+            return Ok(GrpcService::instance(move |r| {
+                r.add_service(DiffServer::new(remote.clone()));
+            }));
+        }
+        let md: Arc<Metadata> = ctx.registry.first(METADATA).map_err(InitError::Failed)?;
+        let service = Service::new(Arc::new(md.content.clone()), ctx.state.join("mounts"));
         Ok(GrpcService::instance(move |r| {
             r.add_service(limited!(DiffServer::new(service.clone())));
         }))
@@ -44,8 +47,16 @@ pub fn registration() -> Registration {
 
 #[derive(Clone)]
 pub struct Service {
-    md: Arc<Metadata>,
+    content: Arc<dyn ContentApi>,
     tmp: PathBuf,
+}
+
+impl Service {
+    /// Layers are read from and written to `content`; mounts that cannot be
+    /// written directly are mounted under `tmp`.
+    pub fn new(content: Arc<dyn ContentApi>, tmp: PathBuf) -> Service {
+        Service { content, tmp }
+    }
 }
 
 fn diff_err(e: ember_diff::Error) -> Status {
@@ -118,7 +129,7 @@ pub(crate) fn apply_blob(
 }
 
 /// Writes into a namespaced ingest.
-struct IngestWriter(NsWriter);
+struct IngestWriter(Box<dyn ContentWriter>);
 
 impl Write for IngestWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -151,7 +162,7 @@ impl Diff for Service {
             )));
         }
         let mounts: Vec<Mount> = r.mounts.into_iter().map(mount_from_wire).collect();
-        let cs = self.md.content.clone();
+        let cs = self.content.clone();
         let tmp = self.tmp.clone();
         let sync_fs = r.sync_fs;
         let digest = desc.digest.clone();
@@ -203,7 +214,7 @@ impl Diff for Service {
             r.r#ref.clone()
         };
         let mut labels = labels_in(r.labels);
-        let cs = self.md.content.clone();
+        let cs = self.content.clone();
         let tmp = self.tmp.clone();
         let (digest, size) =
             tokio::task::spawn_blocking(move || -> Result<(String, i64), Status> {

@@ -23,6 +23,7 @@ macro_rules! limited {
 
 pub mod containers;
 pub mod content;
+pub mod content_api;
 pub mod diff;
 pub mod events;
 pub mod health;

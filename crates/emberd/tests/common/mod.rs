@@ -181,11 +181,26 @@ pub struct Containerd {
 
 impl Containerd {
     pub fn start() -> Option<Containerd> {
-        Self::start_with(CONTAINERD, &[])
+        Self::launch(CONTAINERD, &[], &[], "")
     }
 
     /// Starts the containerd binary `bin` with extra environment `env`.
     pub fn start_with(bin: &str, env: &[(&str, &str)]) -> Option<Containerd> {
+        Self::launch(bin, env, &[], "")
+    }
+
+    /// Starts containerd with more `disabled_plugins` and `extra` appended to its
+    /// configuration.
+    pub fn start_configured(disabled: &[&str], extra: &str) -> Option<Containerd> {
+        Self::launch(CONTAINERD, &[], disabled, extra)
+    }
+
+    fn launch(
+        bin: &str,
+        env: &[(&str, &str)],
+        disabled: &[&str],
+        extra: &str,
+    ) -> Option<Containerd> {
         if !Path::new(bin).exists() {
             eprintln!("{bin} missing: not comparing");
             return None;
@@ -196,14 +211,19 @@ impl Containerd {
             r#"version = 2
 root = "{root}"
 state = "{state}"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
+disabled_plugins = ["io.containerd.grpc.v1.cri"{disabled}]
 [grpc]
   address = "{d}/c.sock"
 [ttrpc]
   address = "{d}/c.ttrpc.sock"
 [debug]
   address = "{d}/debug.sock"
+{extra}
 "#,
+            disabled = disabled
+                .iter()
+                .map(|p| format!(", {p:?}"))
+                .collect::<String>(),
             root = d.join("root").display(),
             state = d.join("state").display(),
             d = d.display()
@@ -225,6 +245,13 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             child,
             _dir: dir,
         })
+    }
+}
+
+impl Containerd {
+    /// The daemon's root directory.
+    pub fn root(&self) -> PathBuf {
+        self._dir.path().join("root")
     }
 }
 
@@ -298,7 +325,18 @@ pub fn ctr(socket: &Path, ns: &str, args: &[&str]) -> Ctr {
 
 /// Runs the `ctr` binary `bin` (`-a SOCKET -n NS ARGS...`).
 pub fn ctr_with(bin: &str, socket: &Path, ns: &str, args: &[&str]) -> Ctr {
-    let out: Output = Command::new(bin)
+    run_ctr(Command::new(bin), socket, ns, args)
+}
+
+/// Like [`ctr`], killed after `secs` seconds (exit code 124 then).
+pub fn ctr_within(secs: u32, socket: &Path, ns: &str, args: &[&str]) -> Ctr {
+    let mut cmd = Command::new("timeout");
+    cmd.args(["-s", "KILL", &secs.to_string(), CTR]);
+    run_ctr(cmd, socket, ns, args)
+}
+
+fn run_ctr(mut cmd: Command, socket: &Path, ns: &str, args: &[&str]) -> Ctr {
+    let out: Output = cmd
         .arg("-a")
         .arg(socket)
         .arg("-n")
