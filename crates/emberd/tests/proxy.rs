@@ -253,7 +253,8 @@ fn containerd_imports_and_runs_through_the_ember_content_proxy() {
         "[proxy_plugins.ember]\n  type = \"content\"\n  address = \"{}\"\n",
         sock.display()
     );
-    let Some(c) = Containerd::start_configured(&["io.containerd.content.v1.content"], &extra) else {
+    let Some(c) = Containerd::start_configured(&["io.containerd.content.v1.content"], &extra)
+    else {
         return;
     };
     let remote = import_busybox(&c.socket, w);

@@ -97,7 +97,7 @@ fn direct_target(mounts: &[Mount]) -> Option<(PathBuf, ApplyOptions)> {
 
 /// Applies the layer blob `digest` of namespace `ns` onto `mounts` (blocking).
 pub(crate) fn apply_blob(
-    cs: &ember_metadata::content::ContentStore,
+    cs: &dyn ContentApi,
     ns: &str,
     digest: &str,
     mounts: &[Mount],
@@ -168,7 +168,7 @@ impl Diff for Service {
         let digest = desc.digest.clone();
         let started = std::time::Instant::now();
         let applied = tokio::task::spawn_blocking(move || {
-            apply_blob(&cs, &ns, &digest, &mounts, &tmp, sync_fs)
+            apply_blob(cs.as_ref(), &ns, &digest, &mounts, &tmp, sync_fs)
         })
         .await
         .map_err(|e| Status::internal(format!("apply task: {e}")))??;

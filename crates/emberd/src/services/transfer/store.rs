@@ -126,7 +126,7 @@ impl ember_registry::ContentStore for Store {
     ) -> Result<(Box<dyn tokio::io::AsyncRead + Send + Unpin>, i64)> {
         let (c, ns, d) = (self.content.clone(), self.ns.clone(), digest.to_string());
         let (f, size) = blocking(move || c.open_blob(&ns, &d)).await?;
-        Ok((Box::new(tokio::fs::File::from_std(f)), size))
+        Ok((Box::new(async_blob(f)), size))
     }
 
     async fn writer(&self, desc: &Descriptor) -> Result<Option<Box<dyn BlobWriter>>> {
@@ -169,4 +169,32 @@ impl ember_registry::ContentStore for Store {
         blocking(move || c.update(&ns, &info, &paths)).await?;
         Ok(())
     }
+}
+
+/// Reads a blob (a local file or a remote store's stream) on a blocking thread and
+/// hands its bytes over in chunks; a read error reaches the async reader as an error.
+fn async_blob(mut blob: Box<dyn ember_content::Blob>) -> impl tokio::io::AsyncRead + Send + Unpin {
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            match std::io::Read::read(&mut blob, &mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    if tx
+                        .blocking_send(Ok(bytes::Bytes::copy_from_slice(&buf[..n])))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+        }
+    });
+    tokio_util::io::StreamReader::new(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
