@@ -13,46 +13,24 @@ use common::*;
 // Not "tasks": on cgroup v1 hosts that name collides with the cgroup tasks file.
 const NS: &str = "ember-tasks";
 
-/// Removes what a failed run may leave of runc containers `ids`: their shims and
-/// runc's own state.
-struct RuncLeftovers(Vec<String>);
-
-impl Drop for RuncLeftovers {
-    fn drop(&mut self) {
-        for id in &self.0 {
-            let _ = std::process::Command::new("runc")
-                .args([
-                    "--root",
-                    &format!("/run/containerd/runc/{NS}"),
-                    "delete",
-                    "-f",
-                    id,
-                ])
-                .stderr(std::process::Stdio::null())
-                .status();
-            let _ = std::process::Command::new("pkill")
-                .args([
-                    "-f",
-                    &format!("containerd-shim-runc-v2 -namespace {NS} .*-id {id} "),
-                ])
-                .status();
-        }
-    }
-}
-
 #[test]
 fn runc_tasks_run_stream_exit_and_survive_daemon_restarts() {
     if !can_run_runc() {
         return;
     }
-    let (r1, d1) = (
+    let (r1, d1, k1) = (
         format!("r{}", std::process::id()),
         format!("d{}", std::process::id()),
+        format!("k{}", std::process::id()),
     );
-    let _leftovers = RuncLeftovers(vec![r1.clone(), d1.clone()]);
-    let (r1, d1) = (r1.as_str(), d1.as_str());
     let work = tempfile::tempdir().unwrap();
     let mut d = Emberd::start(work.path());
+    // Declared after the daemon and its directory: dropped before them.
+    let _leftovers = RuncGuard {
+        root: d.runc_root(),
+        ids: vec![r1.clone(), d1.clone(), k1.clone()],
+    };
+    let (r1, d1) = (r1.as_str(), d1.as_str());
     import_busybox(&d.socket, NS, work.path());
     let s = d.socket.clone();
 
@@ -116,8 +94,6 @@ fn runc_tasks_run_stream_exit_and_survive_daemon_restarts() {
     assert!(task_status(&s, NS, d1).is_none());
     wait_shim_gone(d1);
     // A shim killed with SIGKILL.
-    let k1 = format!("k{}", std::process::id());
-    let _more = RuncLeftovers(vec![k1.clone()]);
     ctr(&s, NS, &["run", "-d", IMAGE, &k1, "sleep", "600"]).expect_ok();
     wait_status(&s, NS, &k1, "RUNNING");
     let shim = shim_pids(&k1);

@@ -116,6 +116,12 @@ impl Emberd {
         self.child = Some(child);
     }
 
+    /// runc's root for this daemon's runc tasks (one directory per namespace),
+    /// beside the task bundles in its state directory.
+    pub fn runc_root(&self) -> PathBuf {
+        self.dir.join("state").join("runc")
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }

@@ -1,7 +1,7 @@
 //! Helpers for task tests: shim processes, task states through `ctr`, the busybox
 //! test image.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::ctr;
@@ -58,6 +58,48 @@ impl Drop for TaskGuard {
             kill_task_processes(id);
         }
     }
+}
+
+/// Removes, when dropped, what a failed test leaves of the runc tasks `ids` of one
+/// daemon: their shims and the shims' children, by pid (see
+/// [`kill_task_processes`]), then every container that the daemon's runc root
+/// `root` still holds, with `runc delete -f` (which kills by the pid and cgroup
+/// runc recorded). Only the daemon's own root is read, so the containers of other
+/// daemons on the host, and other tests' processes, are never touched.
+pub struct RuncGuard {
+    pub root: PathBuf,
+    pub ids: Vec<String>,
+}
+
+impl Drop for RuncGuard {
+    fn drop(&mut self) {
+        for id in &self.ids {
+            kill_task_processes(id);
+        }
+        for ns in subdirs(&self.root) {
+            for container in subdirs(&ns) {
+                let _ = std::process::Command::new("runc")
+                    .arg("--root")
+                    .arg(&ns)
+                    .args(["delete", "-f"])
+                    .arg(container.file_name().unwrap_or_default())
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            }
+        }
+    }
+}
+
+/// The directories in `dir` (none when it cannot be read).
+fn subdirs(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Waits (up to 10 s) for the shims of task `id` to exit.

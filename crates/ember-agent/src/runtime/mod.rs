@@ -1,0 +1,178 @@
+//! Container and process state, and the operations the service exposes.
+
+mod create;
+mod lifecycle;
+mod oom;
+mod process;
+mod remove;
+mod resources;
+mod rootfs;
+mod streams;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ember_ttrpc::Status;
+
+use crate::cgroup::{self, Cgroup};
+use crate::reaper::{Exit, Reaper};
+
+use oom::OomQueue;
+use process::Proc;
+
+/// `BlockRootfs.serial` prefix naming a directory instead of a block device. A
+/// testing aid for running the agent on a host, where no virtio disk exists.
+pub const PATH_ROOTFS_PREFIX: &str = "path:";
+
+pub struct Config {
+    /// Cgroup v2 mount (or a delegated sub-cgroup) to create `ember/<id>` under;
+    /// `None` disables cgroups.
+    pub cgroup_root: Option<PathBuf>,
+    /// Per-container state (`<state_dir>/<id>/rootfs-dev`).
+    pub state_dir: PathBuf,
+    pub is_pid1: bool,
+}
+
+pub struct Container {
+    pub id: String,
+    cgroup: Option<Cgroup>,
+    state_dir: PathBuf,
+    init: Arc<Proc>,
+    execs: Mutex<HashMap<String, Arc<Proc>>>,
+    removing: AtomicBool,
+    oom_seen: AtomicU64,
+}
+
+pub struct Agent {
+    cfg: Config,
+    reaper: Reaper,
+    cgroup_parent: Option<PathBuf>,
+    containers: Mutex<HashMap<String, Arc<Container>>>,
+    creating: Mutex<HashSet<String>>,
+    oom: OomQueue,
+}
+
+type R<T> = Result<T, Status>;
+
+fn internal(ctx: &str, e: impl std::fmt::Display) -> Status {
+    Status::internal(format!("{ctx}: {e}"))
+}
+
+pub fn validate_id(kind: &str, id: &str) -> R<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "invalid {kind} {id:?}: use 1-128 characters of [A-Za-z0-9_.-], not starting with '.'"
+        )))
+    }
+}
+
+impl Agent {
+    pub fn new(cfg: Config, reaper: Reaper) -> Arc<Agent> {
+        let cgroup_parent =
+            cfg.cgroup_root
+                .as_ref()
+                .and_then(|root| match cgroup::init_parent(root) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        tracing::warn!("cgroups disabled: {}: {e}", root.display());
+                        None
+                    }
+                });
+        let agent = Arc::new(Agent {
+            cfg,
+            reaper,
+            cgroup_parent,
+            containers: Mutex::new(HashMap::new()),
+            creating: Mutex::new(HashSet::new()),
+            oom: OomQueue::default(),
+        });
+        let weak = Arc::downgrade(&agent);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let Some(a) = weak.upgrade() else { break };
+                a.poll_oom();
+            }
+        });
+        agent
+    }
+
+    fn container(&self, id: &str) -> R<Arc<Container>> {
+        self.containers
+            .lock()
+            .unwrap()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("container {id:?} not found")))
+    }
+
+    fn process(&self, id: &str, exec_id: &str) -> R<(Arc<Container>, Arc<Proc>)> {
+        let c = self.container(id)?;
+        if exec_id.is_empty() {
+            let p = c.init.clone();
+            return Ok((c, p));
+        }
+        let p = c
+            .execs
+            .lock()
+            .unwrap()
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| {
+                Status::not_found(format!("process {exec_id:?} not found in container {id:?}"))
+            })?;
+        Ok((c, p))
+    }
+
+    /// Registers `proc`'s pid with the reaper and publishes its exit.
+    fn watch_exit(self: &Arc<Self>, c: &Arc<Container>, p: &Arc<Proc>, pid: i32) {
+        p.pid.store(pid, Ordering::SeqCst);
+        let rx = self.reaper.register(pid);
+        let p = p.clone();
+        let c = c.clone();
+        tokio::spawn(async move {
+            let exit = rx.await.unwrap_or(Exit {
+                status: 255,
+                at_ns: crate::reaper::now_ns(),
+            });
+            tracing::info!(container = %c.id, exec = %p.exec_id, pid, status = exit.status, "process exited");
+            if p.exec_id.is_empty() {
+                // As with a pid namespace's init: the rest of the container dies too.
+                if let Some(cg) = &c.cgroup {
+                    let _ = cg.signal_all(libc::SIGKILL);
+                }
+            }
+            let _ = p.exit.send_replace(Some(exit));
+        });
+    }
+
+    pub fn is_pid1(&self) -> bool {
+        self.cfg.is_pid1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        assert!(validate_id("id", "abc-1_2.3").is_ok());
+        assert!(validate_id("id", "").is_err());
+        assert!(validate_id("id", "../x").is_err());
+        assert!(validate_id("id", "a/b").is_err());
+        assert!(validate_id("id", ".hidden").is_err());
+        assert!(validate_id("id", &"x".repeat(129)).is_err());
+    }
+}
