@@ -11,6 +11,7 @@ const SERVICES: &[&str] = &[
     "introspection/v1/introspection.proto",
     "leases/v1/leases.proto",
     "namespaces/v1/namespace.proto",
+    "sandbox/v1/sandbox.proto",
     "tasks/v1/tasks.proto",
     "version/v1/version.proto",
 ];

@@ -40,6 +40,9 @@ pub mod grpc {
     pub mod namespaces {
         tonic::include_proto!("containerd.services.namespaces.v1");
     }
+    pub mod sandbox {
+        tonic::include_proto!("containerd.services.sandbox.v1");
+    }
     pub mod tasks {
         tonic::include_proto!("containerd.services.tasks.v1");
     }

@@ -30,6 +30,7 @@ pub mod images;
 pub mod introspection;
 pub mod leases;
 pub mod namespaces;
+pub mod sandbox;
 pub mod snapshots;
 pub mod tasks;
 pub mod version;
@@ -66,7 +67,7 @@ impl GrpcService {
 
 /// All gRPC service plugins.
 pub fn registrations(info: Arc<DaemonInfo>) -> Vec<Registration> {
-    vec![
+    let mut regs = vec![
         version::registration(),
         introspection::registration(info),
         namespaces::registration(),
@@ -79,7 +80,9 @@ pub fn registrations(info: Arc<DaemonInfo>) -> Vec<Registration> {
         diff::registration(),
         tasks::registration(),
         health::registration(),
-    ]
+    ];
+    regs.extend(sandbox::registrations());
+    regs
 }
 
 /// The namespace of a request: required, and a valid identifier.

@@ -179,8 +179,13 @@ pub struct Containerd {
 
 impl Containerd {
     pub fn start() -> Option<Containerd> {
-        if !Path::new(CONTAINERD).exists() {
-            eprintln!("containerd missing: not comparing");
+        Self::start_bin(CONTAINERD)
+    }
+
+    /// Starts the containerd binary at `bin` (another version than Debian's).
+    pub fn start_bin(bin: &str) -> Option<Containerd> {
+        if !Path::new(bin).exists() {
+            eprintln!("{bin} missing: not comparing");
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -203,7 +208,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         );
         std::fs::write(d.join("config.toml"), config).unwrap();
         let log = d.join("containerd.log");
-        let mut child = Command::new(CONTAINERD)
+        let mut child = Command::new(bin)
             .arg("--config")
             .arg(d.join("config.toml"))
             .stdout(Stdio::null())
