@@ -12,6 +12,7 @@ const SERVICES: &[&str] = &[
     "leases/v1/leases.proto",
     "namespaces/v1/namespace.proto",
     "streaming/v1/streaming.proto",
+    "sandbox/v1/sandbox.proto",
     "tasks/v1/tasks.proto",
     "transfer/v1/transfer.proto",
     "version/v1/version.proto",

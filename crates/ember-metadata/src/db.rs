@@ -128,6 +128,7 @@ const TABLES: &[Def] = &[
     LEASES,
     LEASE_RESOURCES,
     IMAGES,
+    crate::sandboxes::SANDBOXES,
 ];
 
 /// The counter holding the sequence number of the last logged transaction.

@@ -9,6 +9,7 @@ pub mod db;
 pub mod filters;
 pub mod gc;
 pub mod identifiers;
+pub mod sandboxes;
 pub mod snapshots;
 mod types;
 mod wal;

@@ -85,6 +85,11 @@ impl Filter {
         }
         while self.raw.len() >= FRAME_HEADER {
             let len = u32::from_be_bytes([0, self.raw[0], self.raw[1], self.raw[2]]) as usize;
+            if len > MAX_FRAME {
+                // The server refuses it at once: no waiting for all of it here.
+                let rest = std::mem::take(&mut self.raw);
+                return self.give_up(rest);
+            }
             if self.raw.len() < FRAME_HEADER + len {
                 break;
             }
@@ -295,8 +300,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Http2Conn<S> {
                 this.eof = true;
                 this.filter.finish();
             } else {
-                let data = this.buf[..n].to_vec();
-                this.filter.feed(&data);
+                let buf = std::mem::take(&mut this.buf);
+                this.filter.feed(&buf[..n]);
+                this.buf = buf;
             }
         }
     }
@@ -445,7 +451,16 @@ mod tests {
         integer(&mut block, 0, 7, value.len());
         block.extend_from_slice(&value);
         let mut input = PREFACE.to_vec();
-        input.extend(headers(1, END_HEADERS, &block));
+        let chunks: Vec<&[u8]> = block.chunks(MAX_FRAME).collect();
+        input.extend(headers(1, 0, chunks[0]));
+        for (i, c) in chunks[1..].iter().enumerate() {
+            let end = if i + 2 == chunks.len() {
+                END_HEADERS
+            } else {
+                0
+            };
+            write_frame(&mut input, CONTINUATION, end, 1, c);
+        }
         let mut f = Filter::new();
         f.feed(&input);
         let got = frames(&f.out);
@@ -464,5 +479,14 @@ mod tests {
         let mut f = Filter::new();
         f.feed(&input);
         assert_eq!(f.out, input);
+
+        // A frame over the size limit goes on as soon as its header is in.
+        let mut input = PREFACE.to_vec();
+        input.extend_from_slice(&[0x01, 0x00, 0x00, HEADERS, END_HEADERS, 0, 0, 0, 1]);
+        let mut f = Filter::new();
+        f.feed(&input);
+        assert_eq!(f.out, input);
+        f.feed(b"more");
+        assert!(f.out.ends_with(b"more"));
     }
 }

@@ -44,6 +44,9 @@ pub mod grpc {
     pub mod streaming {
         tonic::include_proto!("containerd.services.streaming.v1");
     }
+    pub mod sandbox {
+        tonic::include_proto!("containerd.services.sandbox.v1");
+    }
     pub mod tasks {
         tonic::include_proto!("containerd.services.tasks.v1");
     }

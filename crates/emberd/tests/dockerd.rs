@@ -40,7 +40,14 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        let out = Command::new("ip").args(["netns", "del", &self.0]).output();
+        if let Some(o) = out.ok().filter(|o| !o.status.success()) {
+            eprintln!(
+                "ip netns del {}: {}",
+                self.0,
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
     }
 }
 
@@ -121,8 +128,12 @@ impl Dockerd {
         std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default()
     }
 
+    /// Runs `docker ARGS`, killed after two minutes (a daemon that misses an
+    /// event would leave it waiting for good).
     fn docker(&self, args: &[&str], stdin: Option<&str>) -> Out {
         let started = Instant::now();
+        let out_path = self.dir.join("docker.out");
+        let err_path = self.dir.join("docker.err");
         let mut child = Command::new(DOCKER)
             .env("DOCKER_CONFIG", self.dir.join("client"))
             .arg("-H")
@@ -133,19 +144,34 @@ impl Dockerd {
             } else {
                 Stdio::null()
             })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stdout(std::fs::File::create(&out_path).unwrap())
+            .stderr(std::fs::File::create(&err_path).unwrap())
             .spawn()
             .expect("running docker");
         if let Some(input) = stdin {
             let mut pipe = child.stdin.take().unwrap();
             pipe.write_all(input.as_bytes()).unwrap();
         }
-        let out = child.wait_with_output().unwrap();
+        let deadline = started + Duration::from_secs(120);
+        let code = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status.code().unwrap_or(-1);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break -1;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let mut stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+        if code == -1 {
+            stderr.push_str("\n(timed out)");
+        }
         Out {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            code,
+            stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
+            stderr,
             took: started.elapsed(),
         }
     }

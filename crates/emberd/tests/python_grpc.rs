@@ -66,6 +66,14 @@ fn python_grpcio_gets_the_same_answers_as_from_containerd() {
         expect("version", serde_json::json!({"ok": true}));
         expect("ns_get_unknown", serde_json::json!({"ok": {}}));
         expect("ns_get", serde_json::json!({"ok": {"k": "v"}}));
+        expect(
+            "ns_update_name",
+            serde_json::json!({"code": "INVALID_ARGUMENT"}),
+        );
+        expect(
+            "ns_get_updated",
+            serde_json::json!({"ok": [{"k": "v", "k2": "v2"}, {"n": "1"}]}),
+        );
         expect("container_get_8mib", serde_json::json!({"ok": true}));
         expect(
             "container_create_17mib",

@@ -38,7 +38,7 @@ pub struct Service {
     events: Arc<Exchange>,
 }
 
-fn any_in(a: prost_types::Any) -> AnyValue {
+pub(crate) fn any_in(a: prost_types::Any) -> AnyValue {
     AnyValue {
         type_url: a.type_url,
         value: a.value,

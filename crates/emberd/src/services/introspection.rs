@@ -152,6 +152,13 @@ impl Introspection for Service {
             .iter()
             .find(|p| p.plugin_type == r.r#type && p.id == r.id)
             .ok_or_else(|| Status::not_found(format!("plugin {}.{}: not found", r.r#type, r.id)))?;
+        // As containerd 2.x: a plugin that did not come up has no instance to ask.
+        if let Some(e) = &p.error {
+            return Err(Status::failed_precondition(format!(
+                "failed to get plugin instance {}.{}: {e}: failed precondition",
+                r.r#type, r.id
+            )));
+        }
         Ok(Response::new(PluginInfoResponse {
             plugin: Some(to_wire(p)),
             extra: None,

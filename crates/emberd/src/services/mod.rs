@@ -31,6 +31,7 @@ pub mod images;
 pub mod introspection;
 pub mod leases;
 pub mod namespaces;
+pub mod sandbox;
 pub mod snapshots;
 pub mod streaming;
 pub mod tasks;
@@ -69,7 +70,7 @@ impl GrpcService {
 
 /// All gRPC service plugins.
 pub fn registrations(info: Arc<DaemonInfo>) -> Vec<Registration> {
-    vec![
+    let mut regs = vec![
         version::registration(),
         introspection::registration(info),
         namespaces::registration(),
@@ -85,7 +86,9 @@ pub fn registrations(info: Arc<DaemonInfo>) -> Vec<Registration> {
         streaming::manager_registration(),
         streaming::registration(),
         transfer::registration(),
-    ]
+    ];
+    regs.extend(sandbox::registrations());
+    regs
 }
 
 /// The namespace of a request: required, and a valid identifier.
