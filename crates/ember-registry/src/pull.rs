@@ -51,6 +51,8 @@ pub struct Pulled {
 const MAX_DOCUMENT: usize = 8 << 20;
 /// Attempts at one blob (the later ones resume).
 const ATTEMPTS: usize = 3;
+/// Bytes gathered before a write to the store.
+const WRITE_BATCH: usize = 1 << 20;
 
 struct Ctx<'a> {
     repo: &'a Repository,
@@ -180,7 +182,20 @@ impl Ctx<'_> {
         let mut hasher = (start == 0 && desc.digest.starts_with("sha256:")).then(sha2::Sha256::new);
         let mut got = start;
         let mut reported = 0u64;
-        while let Some(chunk) = next_chunk(&mut body).await? {
+        // Chunks are gathered so the store sees few, large writes.
+        let mut pending = bytes::BytesMut::new();
+        loop {
+            let chunk = match next_chunk(&mut body).await {
+                Ok(c) => c,
+                Err(e) => {
+                    // What arrived is kept, to resume from.
+                    if !pending.is_empty() {
+                        w.write(pending.split().freeze()).await?;
+                    }
+                    return Err(e);
+                }
+            };
+            let Some(chunk) = chunk else { break };
             got += chunk.len() as u64;
             if got > desc.size as u64 {
                 w.reset().await?;
@@ -192,11 +207,17 @@ impl Ctx<'_> {
             if let Some(h) = hasher.as_mut() {
                 h.update(&chunk);
             }
-            w.write(chunk).await?;
-            if got - reported >= 256 << 10 {
+            pending.extend_from_slice(&chunk);
+            if pending.len() >= WRITE_BATCH {
+                w.write(pending.split().freeze()).await?;
+            }
+            if got - reported >= 1 << 20 {
                 reported = got;
                 self.report(desc, parent, "downloading", got as i64);
             }
+        }
+        if !pending.is_empty() {
+            w.write(pending.freeze()).await?;
         }
         if got != desc.size as u64 {
             return Err(Error::Unavailable(format!(

@@ -307,6 +307,18 @@ fn ctr17_import_push_pull_tag_export_run_against_emberd_and_containerd17() {
         ],
     );
     assert_eq!(missing_push.class(), "not found", "{}", missing_push.stderr);
+    let junk = work.join("junk.tar");
+    std::fs::write(&junk, b"not an archive").unwrap();
+    let bad_import = ctr17(
+        &d.socket,
+        &["images", "import", "--local=false", junk.to_str().unwrap()],
+    );
+    assert_eq!(
+        bad_import.class(),
+        "invalid argument",
+        "{}",
+        bad_import.stderr
+    );
     // A registry that lost a layer: the pull fails after the manifest and config
     // arrived, and what it stored goes with its lease.
     let layer = {

@@ -11,6 +11,7 @@ use ember_images::{Descriptor, Platform};
 use ember_metadata::{ContentInfo, Labels};
 use tonic::Status;
 
+use super::invalid;
 use crate::daemon::Metadata;
 use crate::services::diff::{apply_blob, LABEL_UNCOMPRESSED};
 use crate::services::{blocking, status};
@@ -30,10 +31,6 @@ fn read_doc(md: &Metadata, ns: &str, digest: &str) -> ember_metadata::Result<Vec
     std::io::Read::read_to_end(&mut f, &mut v)
         .map_err(|e| ember_metadata::Error::Internal(format!("reading {digest}: {e}")))?;
     Ok(v)
-}
-
-fn invalid(e: impl std::fmt::Display) -> Status {
-    Status::invalid_argument(e.to_string())
 }
 
 impl Unpacker {
