@@ -36,7 +36,6 @@ cargo build --release -p emberd --bin emberd >&2
 EMBERD=target/release/emberd
 
 wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "no port $1" >&2; exit 1; }
-wait_sock() { for _ in $(seq 200); do [ -S "$1" ] && return 0; sleep 0.05; done; echo "no socket $1" >&2; exit 1; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # The image, as a docker archive.
@@ -82,30 +81,9 @@ registry() { # port [tls]
 PLAIN=$(free_port); registry "$PLAIN"
 TLS=$(free_port); registry "$TLS" tls
 
-start_emberd() {
-    mkdir -p "$1"
-    "$EMBERD" --root "$1/root" --state "$1/state" --address "$1/s.sock" --log-level warn 2>"$1/log" &
-    DPID=$!; PIDS+=("$DPID"); SOCK=$1/s.sock; wait_sock "$SOCK"
-}
-
-start_containerd() {
-    mkdir -p "$1"
-    cat > "$1/config.toml" <<CFG
-version = 2
-root = "$1/root"
-state = "$1/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "$1/s.sock"
-[ttrpc]
-  address = "$1/t.sock"
-CFG
-    SSL_CERT_FILE=$WORK/cert.pem PATH=$T:$PATH "$T/containerd" --config "$1/config.toml" 2>"$1/log" &
-    DPID=$!; PIDS+=("$DPID"); SOCK=$1/s.sock; wait_sock "$SOCK"
-}
-
-stop() { kill "$DPID"; wait "$DPID" 2>/dev/null || true; }
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+CONTAINERD=$T/containerd
+CONTAINERD_ENV="SSL_CERT_FILE=$WORK/cert.pem PATH=$T:$PATH"
+. scripts/bench-daemons.sh
 
 # Push the image once (emberd's Transfer: import, then push).
 start_emberd "$WORK/seed"
