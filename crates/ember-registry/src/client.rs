@@ -11,6 +11,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -20,6 +21,7 @@ use crate::auth::{
 };
 use crate::hosts::{HostsConfig, RegistryHost};
 use crate::reference::Reference;
+use crate::tls::{client_config, TlsSettings};
 use crate::{Error, Result, MANIFEST_ACCEPT};
 
 /// A request or response body.
@@ -39,7 +41,8 @@ pub fn full(b: impl Into<Bytes>) -> Body {
 /// A registry client: the HTTP pool, how hosts are found, credentials and the
 /// tokens and headers they became.
 pub struct Registry {
-    http: Client<HttpConnector, Body>,
+    /// A pool per distinct TLS setting.
+    pools: Mutex<HashMap<TlsSettings, Client<HttpsConnector<HttpConnector>, Body>>>,
     hosts: HostsConfig,
     creds: Arc<dyn CredentialSource>,
     /// Authorization header values by `(authority, scope)`; basic auth under an
@@ -113,14 +116,8 @@ pub async fn next_chunk(body: &mut Incoming) -> Result<Option<Bytes>> {
 
 impl Registry {
     pub fn new(hosts: HostsConfig, creds: Arc<dyn CredentialSource>) -> Arc<Registry> {
-        let mut conn = HttpConnector::new();
-        conn.set_connect_timeout(Some(Duration::from_secs(15)));
-        conn.set_nodelay(true);
-        let http = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(conn);
         Arc::new(Registry {
-            http,
+            pools: Mutex::new(HashMap::new()),
             hosts,
             creds,
             auth: Mutex::new(HashMap::new()),
@@ -157,14 +154,31 @@ impl Registry {
         })
     }
 
-    async fn send_raw(&self, req: Request<Body>) -> Result<Response<Incoming>> {
-        let uri = req.uri().clone();
-        if uri.scheme_str() == Some("https") {
-            return Err(Error::Unsupported(format!(
-                "{uri}: TLS is not built in; configure the host for plain HTTP"
-            )));
+    fn pool(&self, tls: &TlsSettings) -> Result<Client<HttpsConnector<HttpConnector>, Body>> {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = pools.get(tls) {
+            return Ok(c.clone());
         }
-        match tokio::time::timeout(ANSWER_TIMEOUT, self.http.request(req)).await {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(Duration::from_secs(15)));
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        let conn = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(client_config(tls)?)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let c = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(conn);
+        pools.insert(tls.clone(), c.clone());
+        Ok(c)
+    }
+
+    async fn send_raw(&self, req: Request<Body>, tls: &TlsSettings) -> Result<Response<Incoming>> {
+        let uri = req.uri().clone();
+        let pool = self.pool(tls)?;
+        match tokio::time::timeout(ANSWER_TIMEOUT, pool.request(req)).await {
             Err(_) => Err(Error::Unavailable(format!(
                 "{uri}: no answer in {ANSWER_TIMEOUT:?}"
             ))),
@@ -233,7 +247,7 @@ impl Registry {
             let req = req
                 .body(body)
                 .map_err(|e| Error::Auth(format!("token request {url}: {e}")))?;
-            let resp = self.send_raw(req).await?;
+            let resp = self.send_raw(req, &host.tls()).await?;
             if !resp.status().is_success() {
                 return Err(Error::Auth(format!(
                     "token endpoint {realm}: {}",
@@ -337,7 +351,7 @@ impl Repository {
         let body = || call.body.clone().map(full).unwrap_or_else(empty);
         let resp = self
             .registry
-            .send_raw(self.build(host, call, body())?)
+            .send_raw(self.build(host, call, body())?, &host.tls())
             .await?;
         if resp.status() != StatusCode::UNAUTHORIZED {
             return Ok(resp);
@@ -371,7 +385,7 @@ impl Repository {
             .insert((host.authority.clone(), key_scope), value);
         let resp = self
             .registry
-            .send_raw(self.build(host, call, body())?)
+            .send_raw(self.build(host, call, body())?, &host.tls())
             .await?;
         if resp.status() == StatusCode::UNAUTHORIZED {
             return Err(Error::Auth(format!(
@@ -391,7 +405,9 @@ impl Repository {
         call: &Call<'_>,
         body: Body,
     ) -> Result<Response<Incoming>> {
-        self.registry.send_raw(self.build(host, call, body)?).await
+        self.registry
+            .send_raw(self.build(host, call, body)?, &host.tls())
+            .await
     }
 
     /// The hosts for pulling or pushing, in order.

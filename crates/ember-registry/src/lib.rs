@@ -8,10 +8,7 @@
 //!   (ranged reads to resume), uploads, cross-repository mounts.
 //! - [`store`]: what a content store offers to [`pull`] and [`push`], so the daemon
 //!   and the command line share one implementation.
-//!
-//! The client speaks plain HTTP; an `https` host is refused with
-//! [`Error::Unsupported`] (configure the host for plain HTTP, or put a
-//! TLS-terminating mirror on loopback in `hosts.toml`).
+//! - [`tls`]: HTTPS with rustls: system roots, `hosts.toml` CA files, `skip_verify`.
 
 pub mod auth;
 pub mod client;
@@ -22,6 +19,7 @@ pub mod push;
 pub mod reference;
 pub mod store;
 pub mod testing;
+pub mod tls;
 
 pub use auth::{CredentialSource, Credentials};
 pub use client::{Registry, Repository};

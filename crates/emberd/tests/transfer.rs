@@ -168,7 +168,14 @@ fn ctr17_import_push_pull_tag_export_run_against_emberd_and_containerd17() {
 
     let plain = TestRegistry::start(&work.join("reg"), &RegistryOptions::default()).unwrap();
     std::fs::create_dir_all(work.join("emberd")).unwrap();
-    let d = Emberd::start(&work.join("emberd"));
+    let certs = work.join("certs.d");
+    let d = Emberd::start_with_config(
+        &work.join("emberd"),
+        Some(&format!(
+            "version = 2\n[plugins.\"io.containerd.grpc.v1.transfer\"]\n  config_path = \"{}\"\n",
+            certs.display()
+        )),
+    );
     let ember = flow(&d.socket, &plain.host, &archive, work);
     eprintln!("emberd pull:\n{}", ember.pull_output);
     assert!(
@@ -396,5 +403,28 @@ fn ctr17_import_push_pull_tag_export_run_against_emberd_and_containerd17() {
     eprintln!(
         "containerd 1.7 on a registry that is down: {}",
         gone.stderr.trim()
+    );
+
+    // emberd over HTTPS too, with the registry's CA from its hosts directory.
+    let host_dir = certs.join(&tls.host);
+    std::fs::create_dir_all(&host_dir).unwrap();
+    std::fs::write(
+        host_dir.join("hosts.toml"),
+        format!(
+            "server = \"https://{}\"\nca = \"{}\"\n",
+            tls.host,
+            cert.display()
+        ),
+    )
+    .unwrap();
+    let over_tls = format!("{}/ember/busybox:latest", tls.host);
+    pull(&d.socket, &over_tls).expect_ok();
+    let got = images(&d.socket, &tls.host);
+    assert!(
+        got.contains(&(
+            "REG/ember/busybox:latest".to_string(),
+            ember.images[0].1.clone()
+        )),
+        "{got:?}"
     );
 }
