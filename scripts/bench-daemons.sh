@@ -1,5 +1,6 @@
 # Sourced by the benchmark scripts: private daemons on a directory each.
-# Needs EMBERD (the emberd binary) and the array PIDS (processes to stop on exit);
+# Needs EMBERD (the emberd binary; EMBERD_ARGS: more arguments for it) and the
+# array PIDS (processes to stop on exit);
 # CONTAINERD names the containerd binary (default: containerd on PATH) and
 # CONTAINERD_ENV extra environment for it (`VAR=value ...`).
 
@@ -7,7 +8,8 @@ wait_sock() { for _ in $(seq 200); do [ -S "$1" ] && return 0; sleep 0.05; done;
 
 start_emberd() { # DIR -> socket path in SOCK, pid in DPID
     mkdir -p "$1"
-    "$EMBERD" --root "$1/root" --state "$1/state" --address "$1/s.sock" --log-level warn 2>"$1/log" &
+    # shellcheck disable=SC2086
+    "$EMBERD" --root "$1/root" --state "$1/state" --address "$1/s.sock" --log-level warn ${EMBERD_ARGS:-} 2>"$1/log" &
     DPID=$!; PIDS+=("$DPID"); SOCK=$1/s.sock; wait_sock "$SOCK"
 }
 

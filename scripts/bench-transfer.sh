@@ -4,8 +4,8 @@
 # which also unpacks into overlayfs): emberd vs containerd 1.7.24 (trixie) in the
 # same run, each pull on a fresh daemon root, the two alternating, median of $RUNS.
 # containerd 1.7's transfer service only speaks HTTPS to registries, so it pulls
-# from a second registry serving the same storage over TLS (self-signed, trusted
-# through SSL_CERT_FILE); for reference, ctr's client-side pull (`--local`) from
+# from a second registry serving the same storage over TLS (its CA trusted through
+# SSL_CERT_FILE); emberd pulls from both (the CA from a hosts.toml); for reference, ctr's client-side pull (`--local`) from
 # the plain-HTTP registry into containerd 1.7 is measured too.
 # The image: a busybox layer and $LAYERS layers of $LAYER_MB MiB random data each.
 # Needs root, /usr/bin/docker-registry, openssl, /opt/ember/trixie (scripts/trixie.sh).
@@ -69,8 +69,13 @@ rm -rf "$S"
 # Two registries on one storage: plain HTTP and TLS.
 STORE=$WORK/registry
 mkdir -p "$STORE"
-openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1 \
-    -addext subjectAltName=IP:127.0.0.1 -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
+# A CA and a server certificate it signs (rustls refuses a CA as the server's).
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=bench CA" \
+    -keyout "$WORK/ca-key.pem" -out "$WORK/ca.pem" 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout "$WORK/key.pem" -out "$WORK/cert.csr" 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' > "$WORK/ext.cnf"
+openssl x509 -req -in "$WORK/cert.csr" -CA "$WORK/ca.pem" -CAkey "$WORK/ca-key.pem" -CAcreateserial \
+    -days 2 -extfile "$WORK/ext.cnf" -out "$WORK/cert.pem" 2>/dev/null
 registry() { # port [tls]
     local cfg=$WORK/registry-$1.yml
     printf 'version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' "$STORE" "$1" > "$cfg"
@@ -82,7 +87,11 @@ PLAIN=$(free_port); registry "$PLAIN"
 TLS=$(free_port); registry "$TLS" tls
 
 CONTAINERD=$T/containerd
-CONTAINERD_ENV="SSL_CERT_FILE=$WORK/cert.pem PATH=$T:$PATH"
+CONTAINERD_ENV="SSL_CERT_FILE=$WORK/ca.pem PATH=$T:$PATH"
+# emberd finds the TLS registry's CA in a hosts directory.
+mkdir -p "$WORK/certs.d/127.0.0.1:$TLS"
+printf 'server = "https://127.0.0.1:%s"\nca = "%s"\n' "$TLS" "$WORK/ca.pem" > "$WORK/certs.d/127.0.0.1:$TLS/hosts.toml"
+printf 'version = 2\n[plugins."io.containerd.grpc.v1.transfer"]\n  config_path = "%s"\n' "$WORK/certs.d" > "$WORK/emberd.toml"
 . scripts/bench-daemons.sh
 
 # Push the image once (emberd's Transfer: import, then push).
@@ -108,18 +117,20 @@ pull_once() { # start-function name host [extra ctr flags]
     echo "$t1 - $t0" | bc -l
 }
 
-E=(); C=(); L=()
+E=(); ET=(); C=(); L=()
 for _ in $(seq "$RUNS"); do
     E+=("$(pull_once start_emberd emberd "127.0.0.1:$PLAIN" --local=false)")
+    ET+=("$(EMBERD_ARGS="--config $WORK/emberd.toml" pull_once start_emberd emberd-tls "127.0.0.1:$TLS" --local=false)")
     C+=("$(pull_once start_containerd containerd "127.0.0.1:$TLS" --local=false)")
     L+=("$(pull_once start_containerd containerd-local "127.0.0.1:$PLAIN" --local --plain-http)")
 done
 fmt() { printf '%.2f' "$1"; }
 list() { local o=""; for x in "$@"; do o+="$(fmt "$x") "; done; echo "${o% }"; }
-EM=$(printf '%s\n' "${E[@]}" | median); CM=$(printf '%s\n' "${C[@]}" | median); LM=$(printf '%s\n' "${L[@]}" | median)
+EM=$(printf '%s\n' "${E[@]}" | median); ETM=$(printf '%s\n' "${ET[@]}" | median); CM=$(printf '%s\n' "${C[@]}" | median); LM=$(printf '%s\n' "${L[@]}" | median)
 SIZE=$((LAYERS * LAYER_MB))
 echo "| pull + unpack, $((LAYERS + 1)) layers, ${SIZE} MiB (s) | median | runs | vs emberd |"
 echo "| --- | --- | --- | --- |"
 echo "| emberd Transfer (HTTP) | $(fmt "$EM") | $(list "${E[@]}") | 1.00× |"
+echo "| emberd Transfer (HTTPS) | $(fmt "$ETM") | $(list "${ET[@]}") | $(printf '%.2f' "$(echo "$ETM / $EM" | bc -l)")× |"
 echo "| containerd 1.7.24 Transfer (HTTPS) | $(fmt "$CM") | $(list "${C[@]}") | $(printf '%.2f' "$(echo "$CM / $EM" | bc -l)")× |"
 echo "| containerd 1.7.24, ctr --local pull (HTTP) | $(fmt "$LM") | $(list "${L[@]}") | $(printf '%.2f' "$(echo "$LM / $EM" | bc -l)")× |"

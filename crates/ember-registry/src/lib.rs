@@ -4,14 +4,16 @@
 //! - [`reference`]: references normalised as containerd does.
 //! - [`hosts`]: where a registry is reached (containerd's hosts directory format).
 //! - [`auth`]: challenges, caller-supplied credentials, basic and bearer tokens.
-//! - [`client`]: the distribution API over HTTP/1.1 (hyper): manifests, blobs
-//!   (ranged reads to resume), uploads, cross-repository mounts.
+//! - [`client`]: HTTP/1.1 (hyper) with authorisation on a registry's challenge;
+//!   [`distribution`]: the API's calls: manifests, blobs (ranged reads to resume),
+//!   uploads, cross-repository mounts.
 //! - [`store`]: what a content store offers to [`pull`] and [`push`], so the daemon
 //!   and the command line share one implementation.
 //! - [`tls`]: HTTPS with rustls: system roots, `hosts.toml` CA files, `skip_verify`.
 
 pub mod auth;
 pub mod client;
+pub mod distribution;
 pub mod hosts;
 pub mod progress;
 pub mod pull;
