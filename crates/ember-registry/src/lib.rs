@@ -27,7 +27,7 @@ pub use auth::{CredentialSource, Credentials};
 pub use client::{Registry, Repository};
 pub use hosts::{HostsConfig, RegistryHost};
 pub use progress::{Progress, ProgressSink};
-pub use pull::{pull, PullOptions, Pulled};
+pub use pull::{pull, Arrived, PullOptions, Pulled};
 pub use push::push;
 pub use reference::Reference;
 pub use store::{BlobWriter, ContentStore};

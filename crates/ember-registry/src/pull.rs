@@ -15,6 +15,16 @@ use crate::progress::{node_name, Progress, ProgressSink};
 use crate::store::{child_labels, ContentStore, LABEL_DISTRIBUTION_SOURCE};
 use crate::{is_index, is_manifest, Error, Result};
 
+/// What a pull reports as it goes, for work that can start early (unpacking).
+#[derive(Debug, Clone)]
+pub enum Arrived {
+    /// An image manifest whose blobs are being pulled (the descriptor as the index
+    /// lists it, platform included).
+    Manifest(Box<(Descriptor, ember_images::Manifest)>),
+    /// A blob now in the store.
+    Blob(String),
+}
+
 /// What to pull.
 #[derive(Debug, Clone)]
 pub struct PullOptions {
@@ -24,6 +34,8 @@ pub struct PullOptions {
     pub all_metadata: bool,
     /// Blobs downloaded at once.
     pub max_concurrent: usize,
+    /// Where arrivals are reported, if anywhere.
+    pub arrivals: Option<tokio::sync::mpsc::UnboundedSender<Arrived>>,
 }
 
 impl Default for PullOptions {
@@ -32,6 +44,7 @@ impl Default for PullOptions {
             platforms: vec![Platform::host()],
             all_metadata: false,
             max_concurrent: 3,
+            arrivals: None,
         }
     }
 }
@@ -60,6 +73,7 @@ struct Ctx<'a> {
     progress: &'a dyn ProgressSink,
     source_labels: BTreeMap<String, String>,
     sem: Arc<tokio::sync::Semaphore>,
+    arrivals: Option<tokio::sync::mpsc::UnboundedSender<Arrived>>,
 }
 
 fn verify(desc: &Descriptor, data: &[u8]) -> Result<()> {
@@ -88,6 +102,12 @@ fn platform_wanted(opts: &PullOptions, p: &Option<Platform>) -> bool {
 }
 
 impl Ctx<'_> {
+    fn arrived(&self, a: Arrived) {
+        if let Some(tx) = &self.arrivals {
+            let _ = tx.send(a);
+        }
+    }
+
     /// A manifest or index: from the store when held, else fetched and verified.
     async fn document(&self, desc: &Descriptor) -> Result<(Vec<u8>, bool)> {
         if self.store.exists(&desc.digest).await? {
@@ -139,6 +159,7 @@ impl Ctx<'_> {
         let _permit = self.sem.acquire().await;
         let Some(mut w) = self.store.writer(&desc).await? else {
             self.report(&desc, &parent, "already exists", desc.size);
+            self.arrived(Arrived::Blob(desc.digest.clone()));
             return Ok(());
         };
         let mut attempt = 0;
@@ -159,6 +180,7 @@ impl Ctx<'_> {
             Err(e) => return Err(e),
         }
         self.report(&desc, &parent, "complete", desc.size);
+        self.arrived(Arrived::Blob(desc.digest.clone()));
         Ok(())
     }
 
@@ -242,6 +264,9 @@ impl Ctx<'_> {
     async fn manifest(&self, desc: &Descriptor, parent: &str, layers: bool) -> Result<()> {
         let (data, _) = self.document(desc).await?;
         let m = ember_images::parse_manifest(&data)?;
+        if layers {
+            self.arrived(Arrived::Manifest(Box::new((desc.clone(), m.clone()))));
+        }
         let name = node_name(&desc.media_type, &desc.digest);
         self.progress.progress(Progress {
             event: "complete".into(),
@@ -302,6 +327,7 @@ pub async fn pull(
         progress,
         source_labels,
         sem: Arc::new(tokio::sync::Semaphore::new(opts.max_concurrent.max(1))),
+        arrivals: opts.arrivals.clone(),
     };
     let mut manifests = Vec::new();
     if is_index(&target.media_type) {

@@ -92,7 +92,13 @@ fn flow(socket: &Path, host: &str, archive: &Path, work: &Path) -> Outcome {
         ],
     )
     .expect_ok();
-    ctr17(socket, &["images", "rm", LOCAL]).expect_ok();
+    ctr17(socket, &["images", "rm", "--sync", LOCAL]).expect_ok();
+    let snaps = ctr17(socket, &["snapshots", "ls"]);
+    assert!(
+        !snaps.expect_ok().contains("Committed"),
+        "left: {}",
+        snaps.stdout
+    );
     let pulled = ctr17(
         socket,
         &[
@@ -106,6 +112,13 @@ fn flow(socket: &Path, host: &str, archive: &Path, work: &Path) -> Outcome {
         ],
     );
     let pull_output = pulled.expect_ok().to_string();
+    // The daemon unpacked it (ctr run would otherwise unpack on its own).
+    let snaps = ctr17(socket, &["snapshots", "ls"]);
+    assert!(
+        snaps.expect_ok().contains("Committed"),
+        "not unpacked: {}",
+        snaps.stdout
+    );
     let tagged = format!("{host}/ember/busybox:v2");
     let t = ctr17(
         socket,
