@@ -59,33 +59,7 @@ cargo build --release -p emberd --bin emberd --example bench_containers >&2
 EMBERD=target/release/emberd
 BENCH=target/release/examples/bench_containers
 
-wait_sock() { for _ in $(seq 200); do [ -S "$1" ] && return 0; sleep 0.05; done; echo "no socket $1" >&2; exit 1; }
-
-start_emberd() { # DIR -> socket path in SOCK, pid in DPID
-    mkdir -p "$1"
-    "$EMBERD" --root "$1/root" --state "$1/state" --address "$1/s.sock" --log-level warn 2>"$1/log" &
-    DPID=$!; PIDS+=("$DPID"); SOCK=$1/s.sock; wait_sock "$SOCK"
-}
-
-start_containerd() {
-    mkdir -p "$1"
-    cat > "$1/config.toml" <<CFG
-version = 2
-root = "$1/root"
-state = "$1/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "$1/s.sock"
-[ttrpc]
-  address = "$1/t.sock"
-CFG
-    containerd --config "$1/config.toml" 2>"$1/log" &
-    DPID=$!; PIDS+=("$DPID"); SOCK=$1/s.sock; wait_sock "$SOCK"
-}
-
-stop() { kill "$DPID"; wait "$DPID" 2>/dev/null || true; }
-
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+. scripts/bench-daemons.sh
 
 import_once() { # start-function name
     local d=$WORK/$2-$RANDOM

@@ -11,6 +11,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -20,7 +21,8 @@ use crate::auth::{
 };
 use crate::hosts::{HostsConfig, RegistryHost};
 use crate::reference::Reference;
-use crate::{Error, Result, MANIFEST_ACCEPT};
+use crate::tls::{client_config, TlsSettings};
+use crate::{Error, Result};
 
 /// A request or response body.
 pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
@@ -39,7 +41,8 @@ pub fn full(b: impl Into<Bytes>) -> Body {
 /// A registry client: the HTTP pool, how hosts are found, credentials and the
 /// tokens and headers they became.
 pub struct Registry {
-    http: Client<HttpConnector, Body>,
+    /// A pool per distinct TLS setting.
+    pools: Mutex<HashMap<TlsSettings, Client<HttpsConnector<HttpConnector>, Body>>>,
     hosts: HostsConfig,
     creds: Arc<dyn CredentialSource>,
     /// Authorization header values by `(authority, scope)`; basic auth under an
@@ -52,19 +55,11 @@ pub struct Registry {
 pub struct Repository {
     registry: Arc<Registry>,
     pub reference: Reference,
-    hosts: Vec<RegistryHost>,
+    pub(crate) hosts: Vec<RegistryHost>,
     push: bool,
 }
 
-/// What a manifest request answered.
-#[derive(Debug, Clone)]
-pub struct Resolved {
-    pub media_type: String,
-    pub digest: String,
-    pub size: i64,
-}
-
-fn status_error(what: &str, status: StatusCode) -> Error {
+pub(crate) fn status_error(what: &str, status: StatusCode) -> Error {
     match status {
         StatusCode::NOT_FOUND => Error::NotFound(what.to_string()),
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
@@ -74,7 +69,7 @@ fn status_error(what: &str, status: StatusCode) -> Error {
     }
 }
 
-fn header(h: &HeaderMap, name: &str) -> Option<String> {
+pub(crate) fn header(h: &HeaderMap, name: &str) -> Option<String> {
     h.get(name)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
@@ -113,14 +108,8 @@ pub async fn next_chunk(body: &mut Incoming) -> Result<Option<Bytes>> {
 
 impl Registry {
     pub fn new(hosts: HostsConfig, creds: Arc<dyn CredentialSource>) -> Arc<Registry> {
-        let mut conn = HttpConnector::new();
-        conn.set_connect_timeout(Some(Duration::from_secs(15)));
-        conn.set_nodelay(true);
-        let http = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(conn);
         Arc::new(Registry {
-            http,
+            pools: Mutex::new(HashMap::new()),
             hosts,
             creds,
             auth: Mutex::new(HashMap::new()),
@@ -157,14 +146,31 @@ impl Registry {
         })
     }
 
-    async fn send_raw(&self, req: Request<Body>) -> Result<Response<Incoming>> {
-        let uri = req.uri().clone();
-        if uri.scheme_str() == Some("https") {
-            return Err(Error::Unsupported(format!(
-                "{uri}: TLS is not built in; configure the host for plain HTTP"
-            )));
+    fn pool(&self, tls: &TlsSettings) -> Result<Client<HttpsConnector<HttpConnector>, Body>> {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = pools.get(tls) {
+            return Ok(c.clone());
         }
-        match tokio::time::timeout(ANSWER_TIMEOUT, self.http.request(req)).await {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(Duration::from_secs(15)));
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        let conn = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(client_config(tls)?)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let c = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(conn);
+        pools.insert(tls.clone(), c.clone());
+        Ok(c)
+    }
+
+    async fn send_raw(&self, req: Request<Body>, tls: &TlsSettings) -> Result<Response<Incoming>> {
+        let uri = req.uri().clone();
+        let pool = self.pool(tls)?;
+        match tokio::time::timeout(ANSWER_TIMEOUT, pool.request(req)).await {
             Err(_) => Err(Error::Unavailable(format!(
                 "{uri}: no answer in {ANSWER_TIMEOUT:?}"
             ))),
@@ -233,7 +239,7 @@ impl Registry {
             let req = req
                 .body(body)
                 .map_err(|e| Error::Auth(format!("token request {url}: {e}")))?;
-            let resp = self.send_raw(req).await?;
+            let resp = self.send_raw(req, &host.tls()).await?;
             if !resp.status().is_success() {
                 return Err(Error::Auth(format!(
                     "token endpoint {realm}: {}",
@@ -337,7 +343,7 @@ impl Repository {
         let body = || call.body.clone().map(full).unwrap_or_else(empty);
         let resp = self
             .registry
-            .send_raw(self.build(host, call, body())?)
+            .send_raw(self.build(host, call, body())?, &host.tls())
             .await?;
         if resp.status() != StatusCode::UNAUTHORIZED {
             return Ok(resp);
@@ -371,7 +377,7 @@ impl Repository {
             .insert((host.authority.clone(), key_scope), value);
         let resp = self
             .registry
-            .send_raw(self.build(host, call, body())?)
+            .send_raw(self.build(host, call, body())?, &host.tls())
             .await?;
         if resp.status() == StatusCode::UNAUTHORIZED {
             return Err(Error::Auth(format!(
@@ -391,208 +397,8 @@ impl Repository {
         call: &Call<'_>,
         body: Body,
     ) -> Result<Response<Incoming>> {
-        self.registry.send_raw(self.build(host, call, body)?).await
-    }
-
-    /// The hosts for pulling or pushing, in order.
-    pub fn hosts(&self) -> &[RegistryHost] {
-        &self.hosts
-    }
-
-    /// Resolves the reference to its manifest or index descriptor.
-    pub async fn resolve(&self) -> Result<Resolved> {
-        let object = self.reference.object().to_string();
-        let target = format!("/{}/manifests/{object}", self.reference.repository);
-        let mut last = Error::NotFound(self.reference.to_string());
-        for host in self.hosts.iter().filter(|h| h.capabilities.resolve) {
-            for method in [Method::HEAD, Method::GET] {
-                let call = Call::new(method.clone(), &target).header("accept", MANIFEST_ACCEPT);
-                let resp = match self.send(host, &call).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        last = e;
-                        break;
-                    }
-                };
-                let status = resp.status();
-                if !status.is_success() {
-                    last = status_error(&self.reference.to_string(), status);
-                    break;
-                }
-                let h = resp.headers().clone();
-                let media_type = header(&h, "content-type")
-                    .map(|c| c.split(';').next().unwrap_or_default().trim().to_string())
-                    .unwrap_or_default();
-                let digest = header(&h, "docker-content-digest");
-                let (digest, size) = match (method.clone(), digest) {
-                    (Method::HEAD, Some(d)) => {
-                        let size = header(&h, "content-length")
-                            .and_then(|l| l.parse::<i64>().ok())
-                            .unwrap_or(-1);
-                        if size < 0 {
-                            continue;
-                        }
-                        (d, size)
-                    }
-                    (Method::HEAD, None) => continue,
-                    _ => {
-                        let body = read_body(resp.into_body(), 8 << 20).await?;
-                        (ember_images::sha256_digest(&body), body.len() as i64)
-                    }
-                };
-                if let Some(want) = &self.reference.digest {
-                    if &digest != want {
-                        return Err(Error::Invalid(format!(
-                            "{} answered {digest} for {want}",
-                            host.authority
-                        )));
-                    }
-                }
-                if media_type.contains("prettyjws")
-                    || media_type == "application/vnd.docker.distribution.manifest.v1+json"
-                {
-                    return Err(Error::Unsupported(format!(
-                        "{}: schema 1 manifests are not supported",
-                        self.reference
-                    )));
-                }
-                return Ok(Resolved {
-                    media_type,
-                    digest,
-                    size,
-                });
-            }
-        }
-        Err(last)
-    }
-
-    /// Opens a blob or manifest for reading from `offset` (a ranged request);
-    /// returns the body and the offset it starts at (0 when the registry ignored
-    /// the range).
-    pub async fn fetch(
-        &self,
-        digest: &str,
-        manifest: bool,
-        offset: u64,
-    ) -> Result<(Incoming, u64)> {
-        let kind = if manifest { "manifests" } else { "blobs" };
-        let target = format!("/{}/{kind}/{digest}", self.reference.repository);
-        let mut last = Error::NotFound(format!("{} {digest}", self.reference.name()));
-        for host in self.hosts.iter().filter(|h| h.capabilities.pull) {
-            let mut call = Call::new(Method::GET, &target);
-            if manifest {
-                call = call.header("accept", MANIFEST_ACCEPT);
-            }
-            if offset > 0 {
-                call = call.header("range", format!("bytes={offset}-"));
-            }
-            match self.send(host, &call).await {
-                Ok(r) if r.status() == StatusCode::PARTIAL_CONTENT => {
-                    return Ok((r.into_body(), offset))
-                }
-                Ok(r) if r.status().is_success() => return Ok((r.into_body(), 0)),
-                Ok(r) => {
-                    last = status_error(&format!("{} {digest}", self.reference.name()), r.status())
-                }
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
-    }
-
-    /// Whether the repository has a blob.
-    pub async fn blob_exists(&self, host: &RegistryHost, digest: &str) -> Result<bool> {
-        let target = format!("/{}/blobs/{digest}", self.reference.repository);
-        let r = self.send(host, &Call::new(Method::HEAD, &target)).await?;
-        match r.status() {
-            s if s.is_success() => Ok(true),
-            StatusCode::NOT_FOUND => Ok(false),
-            s => Err(status_error(&format!("blob {digest}"), s)),
-        }
-    }
-
-    /// Starts an upload, mounting `digest` from `from` (another repository of the
-    /// same registry) when given. `Ok(None)`: the mount made the blob exist;
-    /// otherwise the upload's location.
-    pub async fn start_upload(
-        &self,
-        host: &RegistryHost,
-        mount: Option<(&str, &str)>,
-    ) -> Result<Option<String>> {
-        let mut target = format!("/{}/blobs/uploads/", self.reference.repository);
-        if let Some((digest, from)) = mount {
-            target.push_str(&format!(
-                "?mount={}&from={}",
-                query_escape(digest),
-                query_escape(from)
-            ));
-        }
-        let r = self.send(host, &Call::new(Method::POST, &target)).await?;
-        match r.status() {
-            StatusCode::CREATED if mount.is_some() => Ok(None),
-            StatusCode::ACCEPTED | StatusCode::CREATED => {
-                let loc = header(r.headers(), "location")
-                    .ok_or_else(|| Error::Protocol("upload started without a location".into()))?;
-                Ok(Some(loc))
-            }
-            s => Err(status_error("starting an upload", s)),
-        }
-    }
-
-    /// Sends the data of an upload (PATCH) and completes it (PUT with the digest).
-    pub async fn finish_upload(
-        &self,
-        host: &RegistryHost,
-        location: &str,
-        digest: &str,
-        size: i64,
-        data: Body,
-    ) -> Result<()> {
-        let call = Call::new(Method::PATCH, location)
-            .header("content-type", "application/octet-stream")
-            .header("content-length", size.to_string());
-        let r = self.send_stream(host, &call, data).await?;
-        if r.status() != StatusCode::ACCEPTED && r.status() != StatusCode::NO_CONTENT {
-            return Err(status_error(&format!("uploading {digest}"), r.status()));
-        }
-        let loc = header(r.headers(), "location").unwrap_or_else(|| location.to_string());
-        let sep = if loc.contains('?') { '&' } else { '?' };
-        let put = format!("{loc}{sep}digest={}", query_escape(digest));
-        let r = self
-            .send(
-                host,
-                &Call::new(Method::PUT, &put).header("content-length", "0"),
-            )
-            .await?;
-        if r.status() != StatusCode::CREATED && !r.status().is_success() {
-            return Err(status_error(
-                &format!("completing the upload of {digest}"),
-                r.status(),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Stores a manifest or index under a tag or digest.
-    pub async fn put_manifest(
-        &self,
-        host: &RegistryHost,
-        object: &str,
-        media_type: &str,
-        data: Bytes,
-    ) -> Result<()> {
-        let target = format!("/{}/manifests/{object}", self.reference.repository);
-        let mut call = Call::new(Method::PUT, &target).header("content-type", media_type);
-        call.body = Some(data);
-        let r = self.send(host, &call).await?;
-        if !r.status().is_success() {
-            let status = r.status();
-            let body = read_body(r.into_body(), 64 << 10).await.unwrap_or_default();
-            return Err(Error::Protocol(format!(
-                "storing manifest {object}: {status}: {}",
-                String::from_utf8_lossy(&body).trim()
-            )));
-        }
-        Ok(())
+        self.registry
+            .send_raw(self.build(host, call, body)?, &host.tls())
+            .await
     }
 }

@@ -41,6 +41,14 @@ pub struct RegistryHost {
 }
 
 impl RegistryHost {
+    /// The TLS settings of this host.
+    pub fn tls(&self) -> crate::tls::TlsSettings {
+        crate::tls::TlsSettings {
+            ca_files: self.ca_files.clone(),
+            skip_verify: self.skip_verify,
+        }
+    }
+
     /// The URL of `rest` (which starts with `/`) under the API prefix.
     pub fn url(&self, rest: &str) -> String {
         format!("{}://{}{}{}", self.scheme, self.authority, self.path, rest)

@@ -4,17 +4,16 @@
 //! - [`reference`]: references normalised as containerd does.
 //! - [`hosts`]: where a registry is reached (containerd's hosts directory format).
 //! - [`auth`]: challenges, caller-supplied credentials, basic and bearer tokens.
-//! - [`client`]: the distribution API over HTTP/1.1 (hyper): manifests, blobs
-//!   (ranged reads to resume), uploads, cross-repository mounts.
+//! - [`client`]: HTTP/1.1 (hyper) with authorisation on a registry's challenge;
+//!   [`distribution`]: the API's calls: manifests, blobs (ranged reads to resume),
+//!   uploads, cross-repository mounts.
 //! - [`store`]: what a content store offers to [`pull`] and [`push`], so the daemon
 //!   and the command line share one implementation.
-//!
-//! The client speaks plain HTTP; an `https` host is refused with
-//! [`Error::Unsupported`] (configure the host for plain HTTP, or put a
-//! TLS-terminating mirror on loopback in `hosts.toml`).
+//! - [`tls`]: HTTPS with rustls: system roots, `hosts.toml` CA files, `skip_verify`.
 
 pub mod auth;
 pub mod client;
+pub mod distribution;
 pub mod hosts;
 pub mod progress;
 pub mod pull;
@@ -22,12 +21,13 @@ pub mod push;
 pub mod reference;
 pub mod store;
 pub mod testing;
+pub mod tls;
 
 pub use auth::{CredentialSource, Credentials};
 pub use client::{Registry, Repository};
 pub use hosts::{HostsConfig, RegistryHost};
 pub use progress::{Progress, ProgressSink};
-pub use pull::{pull, PullOptions, Pulled};
+pub use pull::{pull, Arrived, PullOptions, Pulled};
 pub use push::push;
 pub use reference::Reference;
 pub use store::{BlobWriter, ContentStore};

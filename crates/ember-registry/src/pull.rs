@@ -15,6 +15,16 @@ use crate::progress::{node_name, Progress, ProgressSink};
 use crate::store::{child_labels, ContentStore, LABEL_DISTRIBUTION_SOURCE};
 use crate::{is_index, is_manifest, Error, Result};
 
+/// What a pull reports as it goes, for work that can start early (unpacking).
+#[derive(Debug, Clone)]
+pub enum Arrived {
+    /// An image manifest whose blobs are being pulled (the descriptor as the index
+    /// lists it, platform included).
+    Manifest(Box<(Descriptor, ember_images::Manifest)>),
+    /// A blob now in the store.
+    Blob(String),
+}
+
 /// What to pull.
 #[derive(Debug, Clone)]
 pub struct PullOptions {
@@ -24,6 +34,8 @@ pub struct PullOptions {
     pub all_metadata: bool,
     /// Blobs downloaded at once.
     pub max_concurrent: usize,
+    /// Where arrivals are reported, if anywhere.
+    pub arrivals: Option<tokio::sync::mpsc::UnboundedSender<Arrived>>,
 }
 
 impl Default for PullOptions {
@@ -32,6 +44,7 @@ impl Default for PullOptions {
             platforms: vec![Platform::host()],
             all_metadata: false,
             max_concurrent: 3,
+            arrivals: None,
         }
     }
 }
@@ -51,6 +64,8 @@ pub struct Pulled {
 const MAX_DOCUMENT: usize = 8 << 20;
 /// Attempts at one blob (the later ones resume).
 const ATTEMPTS: usize = 3;
+/// Bytes gathered before a write to the store.
+const WRITE_BATCH: usize = 1 << 20;
 
 struct Ctx<'a> {
     repo: &'a Repository,
@@ -58,6 +73,7 @@ struct Ctx<'a> {
     progress: &'a dyn ProgressSink,
     source_labels: BTreeMap<String, String>,
     sem: Arc<tokio::sync::Semaphore>,
+    arrivals: Option<tokio::sync::mpsc::UnboundedSender<Arrived>>,
 }
 
 fn verify(desc: &Descriptor, data: &[u8]) -> Result<()> {
@@ -86,6 +102,12 @@ fn platform_wanted(opts: &PullOptions, p: &Option<Platform>) -> bool {
 }
 
 impl Ctx<'_> {
+    fn arrived(&self, a: Arrived) {
+        if let Some(tx) = &self.arrivals {
+            let _ = tx.send(a);
+        }
+    }
+
     /// A manifest or index: from the store when held, else fetched and verified.
     async fn document(&self, desc: &Descriptor) -> Result<(Vec<u8>, bool)> {
         if self.store.exists(&desc.digest).await? {
@@ -137,6 +159,7 @@ impl Ctx<'_> {
         let _permit = self.sem.acquire().await;
         let Some(mut w) = self.store.writer(&desc).await? else {
             self.report(&desc, &parent, "already exists", desc.size);
+            self.arrived(Arrived::Blob(desc.digest.clone()));
             return Ok(());
         };
         let mut attempt = 0;
@@ -157,6 +180,7 @@ impl Ctx<'_> {
             Err(e) => return Err(e),
         }
         self.report(&desc, &parent, "complete", desc.size);
+        self.arrived(Arrived::Blob(desc.digest.clone()));
         Ok(())
     }
 
@@ -180,7 +204,20 @@ impl Ctx<'_> {
         let mut hasher = (start == 0 && desc.digest.starts_with("sha256:")).then(sha2::Sha256::new);
         let mut got = start;
         let mut reported = 0u64;
-        while let Some(chunk) = next_chunk(&mut body).await? {
+        // Chunks are gathered so the store sees few, large writes.
+        let mut pending = bytes::BytesMut::new();
+        loop {
+            let chunk = match next_chunk(&mut body).await {
+                Ok(c) => c,
+                Err(e) => {
+                    // What arrived is kept, to resume from.
+                    if !pending.is_empty() {
+                        w.write(pending.split().freeze()).await?;
+                    }
+                    return Err(e);
+                }
+            };
+            let Some(chunk) = chunk else { break };
             got += chunk.len() as u64;
             if got > desc.size as u64 {
                 w.reset().await?;
@@ -192,11 +229,17 @@ impl Ctx<'_> {
             if let Some(h) = hasher.as_mut() {
                 h.update(&chunk);
             }
-            w.write(chunk).await?;
-            if got - reported >= 256 << 10 {
+            pending.extend_from_slice(&chunk);
+            if pending.len() >= WRITE_BATCH {
+                w.write(pending.split().freeze()).await?;
+            }
+            if got - reported >= 1 << 20 {
                 reported = got;
                 self.report(desc, parent, "downloading", got as i64);
             }
+        }
+        if !pending.is_empty() {
+            w.write(pending.freeze()).await?;
         }
         if got != desc.size as u64 {
             return Err(Error::Unavailable(format!(
@@ -221,6 +264,9 @@ impl Ctx<'_> {
     async fn manifest(&self, desc: &Descriptor, parent: &str, layers: bool) -> Result<()> {
         let (data, _) = self.document(desc).await?;
         let m = ember_images::parse_manifest(&data)?;
+        if layers {
+            self.arrived(Arrived::Manifest(Box::new((desc.clone(), m.clone()))));
+        }
         let name = node_name(&desc.media_type, &desc.digest);
         self.progress.progress(Progress {
             event: "complete".into(),
@@ -281,6 +327,7 @@ pub async fn pull(
         progress,
         source_labels,
         sem: Arc::new(tokio::sync::Semaphore::new(opts.max_concurrent.max(1))),
+        arrivals: opts.arrivals.clone(),
     };
     let mut manifests = Vec::new();
     if is_index(&target.media_type) {

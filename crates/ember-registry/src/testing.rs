@@ -31,8 +31,8 @@ pub struct RegistryOptions {
     pub storage: Option<PathBuf>,
     /// `(user, password)` for htpasswd basic auth.
     pub basic_auth: Option<(String, String)>,
-    /// Serve HTTPS with a self-signed certificate for 127.0.0.1 (`cert.pem` in
-    /// the registry's directory).
+    /// Serve HTTPS with a certificate for 127.0.0.1 signed by a CA made for the
+    /// registry (`ca.pem` in its directory, [`TestRegistry::cert`]).
     pub tls: bool,
 }
 
@@ -42,7 +42,7 @@ pub struct TestRegistry {
     pub host: String,
     pub dir: PathBuf,
     pub storage: PathBuf,
-    /// The certificate clients trust when `tls` was asked for.
+    /// The CA certificate clients trust when `tls` was asked for.
     pub cert: Option<PathBuf>,
     child: Option<Child>,
 }
@@ -64,6 +64,77 @@ fn bcrypt(password: &str) -> std::io::Result<String> {
     Ok(h)
 }
 
+fn openssl(args: &[&str], dir: &Path) -> std::io::Result<()> {
+    let ok = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?
+        .success();
+    if !ok {
+        return Err(std::io::Error::other(format!("openssl {args:?} failed")));
+    }
+    Ok(())
+}
+
+/// A CA (`ca.pem`) and a server certificate for 127.0.0.1 it signed
+/// (`cert.pem`, key `key.pem`), in `dir`.
+fn make_certificates(dir: &Path) -> std::io::Result<(PathBuf, PathBuf)> {
+    let subj = ["-subj", "/CN=ember test CA"];
+    openssl(
+        &[
+            &[
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ][..],
+            &subj,
+            &["-keyout", "ca-key.pem", "-out", "ca.pem"],
+        ]
+        .concat(),
+        dir,
+    )?;
+    openssl(
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.csr",
+        ],
+        dir,
+    )?;
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )?;
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "cert.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "cert.pem",
+        ],
+        dir,
+    )?;
+    Ok((dir.join("ca.pem"), dir.join("cert.pem")))
+}
+
 impl TestRegistry {
     /// Starts a registry with its files under `dir`.
     pub fn start(dir: &Path, opts: &RegistryOptions) -> std::io::Result<TestRegistry> {
@@ -73,41 +144,18 @@ impl TestRegistry {
         let port = free_port();
         let host = format!("127.0.0.1:{port}");
         let mut config = format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n",
+            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n",
             storage.display()
         );
         let mut cert = None;
         if opts.tls {
-            let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
-            let ok = Command::new("openssl")
-                .args([
-                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                ])
-                .args([
-                    "-subj",
-                    "/CN=127.0.0.1",
-                    "-addext",
-                    "subjectAltName=IP:127.0.0.1",
-                ])
-                .arg("-keyout")
-                .arg(&k)
-                .arg("-out")
-                .arg(&c)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()?
-                .success();
-            if !ok {
-                return Err(std::io::Error::other(
-                    "openssl could not make a certificate",
-                ));
-            }
+            let (ca, leaf) = make_certificates(dir)?;
             config.push_str(&format!(
                 "  tls:\n    certificate: {}\n    key: {}\n",
-                c.display(),
-                k.display()
+                leaf.display(),
+                dir.join("key.pem").display()
             ));
-            cert = Some(c);
+            cert = Some(ca);
         }
         if let Some((user, password)) = &opts.basic_auth {
             let file = dir.join("htpasswd");

@@ -402,4 +402,59 @@ async fn push_pull_mount_resume_platforms_auth_and_errors() {
     ember_registry::push(&pushed, local.clone(), &target, &NoProgress, 2)
         .await
         .unwrap();
+
+    // TLS: an unknown issuer is refused; the host's CA file from hosts.toml, or
+    // skip_verify, lets the pull through.
+    let tls = TestRegistry::start(
+        &dir.path().join("tls"),
+        &RegistryOptions {
+            storage: Some(reg.storage.clone()),
+            tls: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let r = reference(&tls.host, "ember/a:1");
+    let https = Registry::new(
+        HostsConfig {
+            default_scheme: "https".into(),
+            ..Default::default()
+        },
+        Arc::new(Anonymous),
+    );
+    let e = https
+        .repository(&r, false)
+        .unwrap()
+        .resolve()
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Unavailable(_)), "{e}");
+    assert!(e.to_string().contains("certificate"), "{e}");
+    let hosts = dir.path().join("certs.d");
+    let host_dir = hosts.join(&tls.host);
+    std::fs::create_dir_all(&host_dir).unwrap();
+    let cert = tls.cert.clone().unwrap();
+    for extra in [
+        format!("ca = \"{}\"", cert.display()),
+        "skip_verify = true".to_string(),
+    ] {
+        std::fs::write(
+            host_dir.join("hosts.toml"),
+            format!("server = \"https://{}\"\n{extra}\n", tls.host),
+        )
+        .unwrap();
+        let configured = Registry::new(
+            HostsConfig {
+                dir: Some(hosts.clone()),
+                ..Default::default()
+            },
+            Arc::new(Anonymous),
+        );
+        let store = Arc::new(MemStore::default());
+        let repo = configured.repository(&r, false).unwrap();
+        let p = ember_registry::pull(&repo, store, &PullOptions::default(), &NoProgress)
+            .await
+            .unwrap();
+        assert_eq!(p.target.digest, target.digest, "{extra}");
+    }
 }

@@ -92,7 +92,13 @@ fn flow(socket: &Path, host: &str, archive: &Path, work: &Path) -> Outcome {
         ],
     )
     .expect_ok();
-    ctr17(socket, &["images", "rm", LOCAL]).expect_ok();
+    ctr17(socket, &["images", "rm", "--sync", LOCAL]).expect_ok();
+    let snaps = ctr17(socket, &["snapshots", "ls"]);
+    assert!(
+        !snaps.expect_ok().contains("Committed"),
+        "left: {}",
+        snaps.stdout
+    );
     let pulled = ctr17(
         socket,
         &[
@@ -106,6 +112,13 @@ fn flow(socket: &Path, host: &str, archive: &Path, work: &Path) -> Outcome {
         ],
     );
     let pull_output = pulled.expect_ok().to_string();
+    // The daemon unpacked it (ctr run would otherwise unpack on its own).
+    let snaps = ctr17(socket, &["snapshots", "ls"]);
+    assert!(
+        snaps.expect_ok().contains("Committed"),
+        "not unpacked: {}",
+        snaps.stdout
+    );
     let tagged = format!("{host}/ember/busybox:v2");
     let t = ctr17(
         socket,
@@ -168,7 +181,14 @@ fn ctr17_import_push_pull_tag_export_run_against_emberd_and_containerd17() {
 
     let plain = TestRegistry::start(&work.join("reg"), &RegistryOptions::default()).unwrap();
     std::fs::create_dir_all(work.join("emberd")).unwrap();
-    let d = Emberd::start(&work.join("emberd"));
+    let certs = work.join("certs.d");
+    let d = Emberd::start_with_config(
+        &work.join("emberd"),
+        Some(&format!(
+            "version = 2\n[plugins.\"io.containerd.grpc.v1.transfer\"]\n  config_path = \"{}\"\n",
+            certs.display()
+        )),
+    );
     let ember = flow(&d.socket, &plain.host, &archive, work);
     eprintln!("emberd pull:\n{}", ember.pull_output);
     assert!(
@@ -307,6 +327,18 @@ fn ctr17_import_push_pull_tag_export_run_against_emberd_and_containerd17() {
         ],
     );
     assert_eq!(missing_push.class(), "not found", "{}", missing_push.stderr);
+    let junk = work.join("junk.tar");
+    std::fs::write(&junk, b"not an archive").unwrap();
+    let bad_import = ctr17(
+        &d.socket,
+        &["images", "import", "--local=false", junk.to_str().unwrap()],
+    );
+    assert_eq!(
+        bad_import.class(),
+        "invalid argument",
+        "{}",
+        bad_import.stderr
+    );
     // A registry that lost a layer: the pull fails after the manifest and config
     // arrived, and what it stored goes with its lease.
     let layer = {
@@ -384,5 +416,28 @@ fn ctr17_import_push_pull_tag_export_run_against_emberd_and_containerd17() {
     eprintln!(
         "containerd 1.7 on a registry that is down: {}",
         gone.stderr.trim()
+    );
+
+    // emberd over HTTPS too, with the registry's CA from its hosts directory.
+    let host_dir = certs.join(&tls.host);
+    std::fs::create_dir_all(&host_dir).unwrap();
+    std::fs::write(
+        host_dir.join("hosts.toml"),
+        format!(
+            "server = \"https://{}\"\nca = \"{}\"\n",
+            tls.host,
+            cert.display()
+        ),
+    )
+    .unwrap();
+    let over_tls = format!("{}/ember/busybox:latest", tls.host);
+    pull(&d.socket, &over_tls).expect_ok();
+    let got = images(&d.socket, &tls.host);
+    assert!(
+        got.contains(&(
+            "REG/ember/busybox:latest".to_string(),
+            ember.images[0].1.clone()
+        )),
+        "{got:?}"
     );
 }

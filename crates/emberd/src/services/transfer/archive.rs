@@ -15,12 +15,8 @@ use ember_registry::store::child_labels;
 use ember_registry::{is_index, is_manifest};
 use tonic::Status;
 
-use super::{data, images, platforms_in, Job};
+use super::{data, images, invalid, platforms_in, Job};
 use crate::services::status;
-
-fn invalid(e: impl std::fmt::Display) -> Status {
-    Status::invalid_argument(e.to_string())
-}
 
 /// Writes the archive's blobs that the namespace lacks (blocking).
 fn store_blobs(a: &Archive, cs: &ContentStore, ns: &str, lease: &str) -> Result<(), Status> {

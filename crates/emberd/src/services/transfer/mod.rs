@@ -162,6 +162,12 @@ pub fn registry_status(e: ember_registry::Error) -> Status {
     }
 }
 
+/// `InvalidArgument` for bad input, its message ending in the class as
+/// containerd's do.
+pub fn invalid(e: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("{e}: invalid argument"))
+}
+
 fn decode<M: prost::Message + prost::Name + Default>(a: &Any) -> Result<M, Status> {
     unpack(a)
 }

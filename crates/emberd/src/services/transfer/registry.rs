@@ -4,11 +4,13 @@
 use std::sync::Arc;
 
 use containerd_client::types::transfer::{ImageStore, OciRegistry};
+use ember_images::Platform;
 use ember_registry::{CredentialSource, HostsConfig, PullOptions, Reference, Registry};
 use tokio::sync::Mutex;
 use tonic::Status;
 
 use super::callbacks::StreamCredentials;
+use super::unpack::Arrivals;
 use super::{images, platforms_in, registry_status, Job};
 
 /// The registry client a request's resolver describes.
@@ -47,30 +49,57 @@ pub async fn pull(job: &Job<'_>, reg: OciRegistry, is: ImageStore) -> Result<(),
     let repo = registry.repository(&r, false).map_err(registry_status)?;
     let source = format!("OCI Registry ({})", reg.reference);
     job.status(format!("Resolving from {source}"));
+    // The first unpack runs while the pull goes on; others follow it.
+    let unpacks: Vec<(Platform, String)> = is
+        .unpacks
+        .iter()
+        .map(|u| {
+            let platform = u
+                .platform
+                .as_ref()
+                .map(|p| platforms_in(std::slice::from_ref(p)).remove(0))
+                .unwrap_or_else(Platform::host);
+            (platform, u.snapshotter.clone())
+        })
+        .collect();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let opts = PullOptions {
         platforms: platforms_in(&is.platforms),
         all_metadata: is.all_metadata,
         max_concurrent: job.inner.downloads,
+        arrivals: (!unpacks.is_empty()).then_some(tx),
     };
     let store = Arc::new(job.store());
-    let pulled = ember_registry::pull(&repo, store, &opts, job.progress)
-        .await
-        .map_err(|e| {
-            let s = registry_status(e);
-            Status::new(
-                s.code(),
-                format!("failed to resolve image: {}", s.message()),
-            )
-        })?;
-    job.status(format!("Pulling from {source}"));
     let unpacker = job.unpacker();
-    for u in &is.unpacks {
-        let platform = u
-            .platform
-            .as_ref()
-            .map(|p| platforms_in(std::slice::from_ref(p)).remove(0))
-            .unwrap_or_else(ember_images::Platform::host);
-        let Some(m) = unpacker.manifest_for(&pulled.target, &platform).await? else {
+    let pulling = async {
+        let opts = opts;
+        ember_registry::pull(&repo, store, &opts, job.progress).await
+    };
+    let unpacking = async {
+        match unpacks.first() {
+            Some((platform, snapshotter)) => {
+                unpacker
+                    .unpack_arriving(Arrivals::of(rx), platform, snapshotter)
+                    .await
+            }
+            None => Ok(None),
+        }
+    };
+    let (pulled, unpacked) = tokio::join!(pulling, unpacking);
+    let pulled = pulled.map_err(|e| {
+        let s = registry_status(e);
+        Status::new(
+            s.code(),
+            format!("failed to resolve image: {}", s.message()),
+        )
+    })?;
+    let unpacked = unpacked?;
+    job.status(format!("Pulling from {source}"));
+    for (i, (platform, snapshotter)) in unpacks.iter().enumerate() {
+        if i == 0 && unpacked.is_some() {
+            continue;
+        }
+        let Some(m) = unpacker.manifest_for(&pulled.target, platform).await? else {
             return Err(Status::not_found(format!(
                 "no manifest of {} for {}/{}",
                 pulled.name, platform.os, platform.architecture
@@ -81,7 +110,7 @@ pub async fn pull(job: &Job<'_>, reg: OciRegistry, is: ImageStore) -> Result<(),
             name: pulled.name.clone(),
             ..Default::default()
         });
-        unpacker.unpack(&m, &u.snapshotter).await?;
+        unpacker.unpack(&m, snapshotter).await?;
     }
     let names = images::names_for(&is, &pulled.target.digest);
     images::store(job, &is, names, &pulled.target).await?;

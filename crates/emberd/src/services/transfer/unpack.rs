@@ -4,13 +4,17 @@
 //! their uncompressed digests and the config with the top snapshot, so garbage
 //! collection keeps the snapshots as long as the image.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use ember_images::{Descriptor, Platform};
+use ember_images::{Descriptor, Manifest, Platform};
 use ember_metadata::{ContentInfo, Labels};
+use ember_registry::Arrived;
+use tokio::sync::mpsc::UnboundedReceiver;
 use tonic::Status;
 
+use super::invalid;
 use crate::daemon::Metadata;
 use crate::services::diff::{apply_blob, LABEL_UNCOMPRESSED};
 use crate::services::{blocking, status};
@@ -32,8 +36,59 @@ fn read_doc(md: &Metadata, ns: &str, digest: &str) -> ember_metadata::Result<Vec
     Ok(v)
 }
 
-fn invalid(e: impl std::fmt::Display) -> Status {
-    Status::invalid_argument(e.to_string())
+/// Blobs as a pull stores them; without a pull, everything is there already.
+pub struct Arrivals {
+    rx: Option<UnboundedReceiver<Arrived>>,
+    have: HashSet<String>,
+}
+
+impl Arrivals {
+    pub fn stored() -> Arrivals {
+        Arrivals {
+            rx: None,
+            have: HashSet::new(),
+        }
+    }
+
+    pub fn of(rx: UnboundedReceiver<Arrived>) -> Arrivals {
+        Arrivals {
+            rx: Some(rx),
+            have: HashSet::new(),
+        }
+    }
+
+    /// The next manifest the pull fetches for `platform`; `None` once it ended.
+    async fn manifest(&mut self, platform: &Platform) -> Option<(Descriptor, Manifest)> {
+        let rx = self.rx.as_mut()?;
+        while let Some(a) = rx.recv().await {
+            match a {
+                Arrived::Blob(d) => {
+                    self.have.insert(d);
+                }
+                Arrived::Manifest(dm)
+                    if dm.0.platform.as_ref().is_none_or(|p| p.matches(platform)) =>
+                {
+                    return Some(*dm)
+                }
+                Arrived::Manifest(..) => {}
+            }
+        }
+        None
+    }
+
+    /// Waits until `digest` is stored (or the pull ended).
+    async fn ready(&mut self, digest: &str) {
+        let Some(rx) = self.rx.as_mut() else { return };
+        while !self.have.contains(digest) {
+            match rx.recv().await {
+                Some(Arrived::Blob(d)) => {
+                    self.have.insert(d);
+                }
+                Some(Arrived::Manifest(..)) => {}
+                None => return,
+            }
+        }
+    }
 }
 
 impl Unpacker {
@@ -76,10 +131,37 @@ impl Unpacker {
 
     /// Unpacks the image manifest `manifest` into `snapshotter`.
     pub async fn unpack(&self, manifest: &Descriptor, snapshotter: &str) -> Result<(), Status> {
-        let sn = self.md.snapshotter(snapshotter)?.clone();
-        let snapshotter = sn.name().to_string();
         let m =
             ember_images::parse_manifest(&self.read(&manifest.digest).await?).map_err(invalid)?;
+        self.unpack_manifest(&m, snapshotter, &mut Arrivals::stored())
+            .await
+    }
+
+    /// Unpacks while a pull goes on: the first manifest for `platform` it
+    /// fetches, each layer as soon as it is stored. `None`: the pull fetched no
+    /// manifest for the platform.
+    pub async fn unpack_arriving(
+        &self,
+        mut arrivals: Arrivals,
+        platform: &Platform,
+        snapshotter: &str,
+    ) -> Result<Option<Descriptor>, Status> {
+        let Some((d, m)) = arrivals.manifest(platform).await else {
+            return Ok(None);
+        };
+        self.unpack_manifest(&m, snapshotter, &mut arrivals).await?;
+        Ok(Some(d))
+    }
+
+    async fn unpack_manifest(
+        &self,
+        m: &Manifest,
+        snapshotter: &str,
+        arrivals: &mut Arrivals,
+    ) -> Result<(), Status> {
+        let sn = self.md.snapshotter(snapshotter)?.clone();
+        let snapshotter = sn.name().to_string();
+        arrivals.ready(&m.config.digest).await;
         let config =
             ember_images::parse_config(&self.read(&m.config.digest).await?).map_err(invalid)?;
         let diff_ids = &config.rootfs.diff_ids;
@@ -97,6 +179,7 @@ impl Unpacker {
             if sn.stat(&self.ns, chain_id).await.is_ok() {
                 continue;
             }
+            arrivals.ready(&layer.digest).await;
             let key = format!("extract-{} {chain_id}", uuid::Uuid::new_v4());
             let parent = if i == 0 { "" } else { chain[i - 1].as_str() };
             let labels: Labels =
