@@ -31,6 +31,9 @@ pub struct RegistryOptions {
     pub storage: Option<PathBuf>,
     /// `(user, password)` for htpasswd basic auth.
     pub basic_auth: Option<(String, String)>,
+    /// Docker token auth: a token server on loopback (Python, tokens signed with
+    /// openssl) that gives tokens to this user and password only.
+    pub token_auth: Option<(String, String)>,
     /// Serve HTTPS with a certificate for 127.0.0.1 signed by a CA made for the
     /// registry (`ca.pem` in its directory, [`TestRegistry::cert`]).
     pub tls: bool,
@@ -45,6 +48,7 @@ pub struct TestRegistry {
     /// The CA certificate clients trust when `tls` was asked for.
     pub cert: Option<PathBuf>,
     child: Option<Child>,
+    token_server: Option<Child>,
 }
 
 fn bcrypt(password: &str) -> std::io::Result<String> {
@@ -148,6 +152,7 @@ impl TestRegistry {
             storage.display()
         );
         let mut cert = None;
+        let mut token_server = None;
         if opts.tls {
             let (ca, leaf) = make_certificates(dir)?;
             config.push_str(&format!(
@@ -156,6 +161,33 @@ impl TestRegistry {
                 dir.join("key.pem").display()
             ));
             cert = Some(ca);
+        }
+        if let Some((user, password)) = &opts.token_auth {
+            let certs = dir.join("token-certs");
+            std::fs::create_dir_all(&certs)?;
+            let (ca, _) = make_certificates(&certs)?;
+            let port = free_port();
+            std::fs::write(dir.join("token.py"), TOKEN_SERVER)?;
+            let log = std::fs::File::create(dir.join("token.log"))?;
+            let child = Command::new("/usr/bin/python3")
+                .arg(dir.join("token.py"))
+                .args([port.to_string().as_str(), user, password])
+                .current_dir(&certs)
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()?;
+            token_server = Some(child);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                if Instant::now() > deadline {
+                    return Err(std::io::Error::other("the token server did not come up"));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            config.push_str(&format!(
+                "auth:\n  token:\n    realm: http://127.0.0.1:{port}/token\n    service: ember-test\n    issuer: ember-issuer\n    rootcertbundle: {}\n",
+                ca.display()
+            ));
         }
         if let Some((user, password)) = &opts.basic_auth {
             let file = dir.join("htpasswd");
@@ -180,6 +212,7 @@ impl TestRegistry {
             storage,
             cert,
             child: Some(child),
+            token_server,
         };
         r.wait_up()?;
         Ok(r)
@@ -209,7 +242,10 @@ impl TestRegistry {
 
     /// Stops the registry (its storage stays).
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
+        for mut c in [self.child.take(), self.token_server.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -221,3 +257,49 @@ impl Drop for TestRegistry {
         self.stop();
     }
 }
+
+/// A Docker registry token server: `token.py PORT USER PASSWORD`, run in a
+/// directory holding `cert.pem` and `key.pem` (a certificate the registry's
+/// `rootcertbundle` CA signed). Tokens (RS256, the certificate in `x5c`) grant
+/// what the scope asks for, to the user with the password only.
+const TOKEN_SERVER: &str = r#"
+import base64, json, subprocess, sys, time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from urllib.parse import urlparse, parse_qs
+
+port, user, password = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+want = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+der = subprocess.run(["openssl", "x509", "-in", "cert.pem", "-outform", "DER"],
+                     capture_output=True, check=True).stdout
+
+def b64(b):
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+class Token(BaseHTTPRequestHandler):
+    def do_GET(self):
+        q = parse_qs(urlparse(self.path).query)
+        if self.headers.get("Authorization") != want:
+            self.send_response(401)
+            self.end_headers()
+            return
+        access = []
+        for s in q.get("scope", []):
+            kind, name, actions = s.split(":")
+            access.append({"type": kind, "name": name, "actions": actions.split(",")})
+        now = int(time.time())
+        claims = {"iss": "ember-issuer", "sub": user, "aud": q.get("service", [""])[0],
+                  "exp": now + 600, "nbf": now - 10, "iat": now, "jti": str(now),
+                  "access": access}
+        head = {"typ": "JWT", "alg": "RS256", "x5c": [base64.b64encode(der).decode()]}
+        signing = b64(json.dumps(head).encode()) + "." + b64(json.dumps(claims).encode())
+        sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", "key.pem"],
+                             input=signing.encode(), capture_output=True, check=True).stdout
+        body = json.dumps({"token": signing + "." + b64(sig)}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+HTTPServer(("127.0.0.1", port), Token).serve_forever()
+"#;

@@ -169,6 +169,51 @@ fn anonymous() -> Arc<Registry> {
     Registry::new(HostsConfig::default(), Arc::new(Anonymous))
 }
 
+/// A client with user `ember` and `secret`.
+fn user(secret: &str) -> Arc<Registry> {
+    Registry::new(
+        HostsConfig::default(),
+        Arc::new(Static(Credentials::Basic {
+            username: "ember".into(),
+            secret: secret.into(),
+        })),
+    )
+}
+
+/// `reg` asks for credentials: refused anonymously and with a wrong password;
+/// with `password`, `ember/a:1` pulls and `push_to` takes a push.
+async fn check_auth(
+    reg: &TestRegistry,
+    password: &str,
+    local: &Arc<MemStore>,
+    target: &Descriptor,
+    push_to: &str,
+) {
+    let r = reference(&reg.host, "ember/a:1");
+    for refused in [anonymous(), user("wrong")] {
+        let e = refused
+            .repository(&r, false)
+            .unwrap()
+            .resolve()
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Auth(_)), "{e}");
+    }
+    let right = user(password);
+    let repo = right.repository(&r, false).unwrap();
+    let store = Arc::new(MemStore::default());
+    let p = ember_registry::pull(&repo, store, &PullOptions::default(), &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(p.target.digest, target.digest);
+    let pushed = right
+        .repository(&reference(&reg.host, push_to), true)
+        .unwrap();
+    ember_registry::push(&pushed, local.clone(), target, &NoProgress, 2)
+        .await
+        .unwrap();
+}
+
 fn reference(host: &str, repo: &str) -> Reference {
     Reference::parse(&format!("{host}/{repo}")).unwrap()
 }
@@ -370,38 +415,7 @@ async fn push_pull_mount_resume_platforms_auth_and_errors() {
         },
     )
     .unwrap();
-    let r = reference(&secured.host, "ember/a:1");
-    let user = |secret: &str| {
-        Registry::new(
-            HostsConfig::default(),
-            Arc::new(Static(Credentials::Basic {
-                username: "ember".into(),
-                secret: secret.into(),
-            })),
-        )
-    };
-    for refused in [anonymous(), user("wrong")] {
-        let e = refused
-            .repository(&r, false)
-            .unwrap()
-            .resolve()
-            .await
-            .unwrap_err();
-        assert!(matches!(e, Error::Auth(_)), "{e}");
-    }
-    let right = user("s3cret");
-    let store = Arc::new(MemStore::default());
-    let repo = right.repository(&r, false).unwrap();
-    let p = ember_registry::pull(&repo, store, &PullOptions::default(), &NoProgress)
-        .await
-        .unwrap();
-    assert_eq!(p.target.digest, target.digest);
-    let pushed = right
-        .repository(&reference(&secured.host, "ember/c:1"), true)
-        .unwrap();
-    ember_registry::push(&pushed, local.clone(), &target, &NoProgress, 2)
-        .await
-        .unwrap();
+    check_auth(&secured, "s3cret", &local, &target, "ember/c:1").await;
 
     // TLS: an unknown issuer is refused; the host's CA file from hosts.toml, or
     // skip_verify, lets the pull through.
@@ -457,4 +471,26 @@ async fn push_pull_mount_resume_platforms_auth_and_errors() {
             .unwrap();
         assert_eq!(p.target.digest, target.digest, "{extra}");
     }
+
+    // Docker token auth: the challenge's realm gives a bearer token for the
+    // user's password; none without it.
+    let tokens = TestRegistry::start(
+        &dir.path().join("token"),
+        &RegistryOptions {
+            storage: Some(reg.storage.clone()),
+            token_auth: Some(("ember".into(), "t0ken".into())),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    check_auth(&tokens, "t0ken", &local, &target, "ember/t:1").await;
+    let log = std::fs::read_to_string(tokens.dir.join("token.log")).unwrap();
+    assert!(
+        log.contains("GET /token?service=ember-test&scope=repository%3Aember%2Fa%3Apull "),
+        "{log}"
+    );
+    assert!(
+        log.contains("scope=repository%3Aember%2Ft%3Apull%2Cpush"),
+        "{log}"
+    );
 }
