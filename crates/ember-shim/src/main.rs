@@ -8,6 +8,7 @@ mod events;
 mod lifecycle;
 mod rootfs;
 mod service;
+mod socket;
 mod stdio;
 mod task;
 

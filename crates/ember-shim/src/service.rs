@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use ember_ttrpc::{Code, Service, Status};
 
+use crate::socket::ShimSocket;
 use crate::task::Task;
 use ember_shim_api::*;
 
@@ -21,7 +22,7 @@ macro_rules! forward {
     };
 }
 
-pub fn task_service(task: Arc<Task>) -> Service {
+pub fn task_service(task: Arc<Task>, socket: Arc<ShimSocket>) -> Service {
     let svc = Service::new();
     forward!(svc, task, "State", |t, r: ProcessRequest| t
         .state(&r.id, &r.exec_id));
@@ -75,8 +76,15 @@ pub fn task_service(task: Arc<Task>) -> Service {
         .await);
     forward!(svc, task, "Stats", |t, r: IdRequest| t.stats(&r.id).await);
     forward!(svc, task, "Connect", |t, r: IdRequest| t.connect(&r.id));
-    forward!(svc, task, "Shutdown", |t, r: ShutdownRequest| t
-        .request_shutdown(r.now)
-        .map(|_| Empty {}));
-    svc
+    // A shim that goes stops answering at its address before it acknowledges, so
+    // the daemon's next start of this task never finds it there.
+    svc.method("Shutdown", move |r: ShutdownRequest| {
+        let (t, socket) = (task.clone(), socket.clone());
+        async move {
+            if t.request_shutdown(r.now)? {
+                socket.release();
+            }
+            Ok(Empty {})
+        }
+    })
 }

@@ -417,3 +417,61 @@ fn log_uris_file_and_binary() {
     }
     c.assert_clean();
 }
+
+/// A task created for a container right after its previous task was deleted gets a
+/// new shim, never the address of the previous one on its way out.
+#[test]
+fn a_new_task_right_after_delete_gets_a_new_shim() {
+    let c = Containerd::start();
+    let id = "again";
+    c.used_ids.lock().unwrap().push(id.to_string());
+    let out = c.ctr(&[
+        "container",
+        "create",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        id,
+        "false",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let t = Instant::now();
+    for round in 0..4 {
+        assert!(
+            t.elapsed() < Duration::from_secs(240),
+            "round {round}: out of time"
+        );
+        let out = c.ctr(&["task", "start", "-d", id]);
+        assert!(
+            out.status.success(),
+            "round {round}: {}\n{}\n{}",
+            text(&out.stderr),
+            c.log(),
+            c.shim_logs()
+        );
+        loop {
+            let ls = text(&c.ctr(&["task", "ls"]).stdout);
+            if ls
+                .lines()
+                .any(|l| l.starts_with(id) && l.contains("STOPPED"))
+            {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(240),
+                "round {round}: the task never stopped: {ls}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = c.ctr(&["task", "delete", id]);
+        assert!(
+            out.status.success(),
+            "round {round}: {}\n{}",
+            text(&out.stderr),
+            c.shim_logs()
+        );
+    }
+    let out = c.ctr(&["container", "delete", id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    c.assert_clean();
+}

@@ -379,25 +379,89 @@ impl Flow<'_> {
         a.extend_from_slice(args);
         let out = self.c.ctr(&a);
         assert!(out.status.success(), "{}", text(&out.stderr));
+        let r = self.create(&id).await;
+        (id, r)
+    }
+
+    /// Creates the task of existing container `id` on its snapshot.
+    async fn create(&mut self, id: &str) -> Result<u32, containerd_client::tonic::Status> {
         let mounts = SnapshotsClient::new(self.ch.clone())
             .mounts(req(MountsRequest {
                 snapshotter: "overlayfs".into(),
-                key: id.clone(),
+                key: id.into(),
             }))
             .await
             .unwrap()
             .into_inner()
             .mounts;
-        let r = self
-            .tasks
+        self.tasks
             .create(req(api::CreateTaskRequest {
-                container_id: id.clone(),
+                container_id: id.into(),
                 rootfs: mounts,
                 ..Default::default()
             }))
             .await
-            .map(|r| r.into_inner().pid);
-        (id, r)
+            .map(|r| r.into_inner().pid)
+    }
+
+    /// Tasks of one container in rounds, each created as soon as the previous one
+    /// is deleted, as containerd's Go client does (create, start, wait, delete):
+    /// each round's exit status from the delete, or the first failure.
+    async fn tasks_in_a_row(&mut self, runtime: &str) -> Vec<Result<u32, String>> {
+        let (id, mut created) = self.create_task(runtime, "again", &["false"]).await;
+        let mut rounds = Vec::new();
+        for round in 0..3 {
+            if round > 0 {
+                created = self.create(&id).await;
+            }
+            if let Err(e) = created {
+                rounds.push(Err(format!("create: {e}")));
+                break;
+            }
+            let container_id = id.clone();
+            let start = api::StartRequest {
+                container_id: container_id.clone(),
+                exec_id: String::new(),
+            };
+            let wait = api::WaitRequest {
+                container_id: container_id.clone(),
+                exec_id: String::new(),
+            };
+            let delete = api::DeleteTaskRequest { container_id };
+            let round = async {
+                self.tasks.start(req(start)).await?;
+                self.tasks.wait(req(wait)).await?;
+                let d = self.tasks.delete(req(delete)).await?;
+                Ok::<_, containerd_client::tonic::Status>(d.into_inner().exit_status)
+            };
+            let round = tokio::time::timeout(Duration::from_secs(60), round).await;
+            match round {
+                Ok(Ok(status)) => rounds.push(Ok(status)),
+                Ok(Err(e)) => {
+                    rounds.push(Err(e.to_string()));
+                    break;
+                }
+                Err(_) => {
+                    rounds.push(Err("timed out".into()));
+                    break;
+                }
+            }
+        }
+        if !rounds.iter().all(|r| r.is_ok()) {
+            // What a failed round left.
+            let kill = api::KillRequest {
+                container_id: id.clone(),
+                signal: 9,
+                ..Default::default()
+            };
+            let _ = self.tasks.kill(req(kill)).await;
+            let delete = api::DeleteTaskRequest {
+                container_id: id.clone(),
+            };
+            let _ = self.tasks.delete(req(delete)).await;
+        }
+        self.remove_container(&id);
+        rounds
     }
 
     fn remove_container(&self, id: &str) {
@@ -465,6 +529,8 @@ async fn flows(
     let mut answers = f.run(runtime, run_args).await;
     let unstarted = f.created_and_deleted(runtime).await;
     answers.push("created and deleted", unstarted);
+    let in_a_row = f.tasks_in_a_row(runtime).await;
+    answers.push("tasks in a row", in_a_row);
     (answers, f.missing_binary(runtime).await)
 }
 

@@ -79,7 +79,7 @@ async fn shims_join_the_shim_cgroup_of_their_options() {
     };
     for (i, runtime) in runtimes.iter().enumerate() {
         let id = format!("cg{i}-{}", std::process::id());
-        let _left = TaskGuard(vec![id.clone()]);
+        let _left = TaskGuard(d.socket.clone(), vec![id.clone()]);
         ctr(
             &d.socket,
             NS,
@@ -106,7 +106,7 @@ async fn shims_join_the_shim_cgroup_of_their_options() {
             ))
             .await
             .unwrap_or_else(|e| panic!("{runtime}: {e}"));
-        let shims = shim_pids(&id);
+        let shims = shim_pids(&d.socket, &id);
         assert!(!shims.is_empty(), "{runtime}: no shim");
         for pid in shims {
             assert!(
@@ -125,6 +125,6 @@ async fn shims_join_the_shim_cgroup_of_their_options() {
         };
         tasks.delete(req(NS, delete)).await.unwrap();
         ctr(&d.socket, NS, &["containers", "rm", &id]).expect_ok();
-        wait_shim_gone(&id);
+        wait_shim_gone(&d.socket, &id);
     }
 }

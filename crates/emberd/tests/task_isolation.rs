@@ -19,6 +19,8 @@ const NS: &str = "isolation";
 /// given runc roots, and its shims.
 struct Leftovers {
     id: String,
+    /// The daemons' addresses.
+    addresses: Vec<PathBuf>,
     roots: Vec<PathBuf>,
 }
 
@@ -32,7 +34,9 @@ impl Drop for Leftovers {
                 .stderr(std::process::Stdio::null())
                 .status();
         }
-        kill_task_processes(&self.id);
+        for address in &self.addresses {
+            kill_task_processes(address, &self.id);
+        }
     }
 }
 
@@ -86,6 +90,7 @@ async fn runc_tasks_are_apart_from_a_containerd_and_exec_ids_are_identifiers() {
     let d = Emberd::start(work.path());
     let _left = Leftovers {
         id: id.clone(),
+        addresses: vec![d.socket.clone(), c.socket.clone()],
         roots: vec![
             work.path().join("state/runc"),
             PathBuf::from("/run/containerd/runc"),
@@ -138,6 +143,6 @@ async fn runc_tasks_are_apart_from_a_containerd_and_exec_ids_are_identifiers() {
         wait_status(s, NS, &id, "STOPPED");
         ctr(s, NS, &["tasks", "rm", &id]).expect_ok();
         ctr(s, NS, &["containers", "rm", &id]).expect_ok();
+        wait_shim_gone(s, &id);
     }
-    wait_shim_gone(&id);
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -29,12 +29,12 @@ fn vmm_pids(id: &str) -> Vec<i32> {
 }
 
 /// Kills, by pid, whatever of task `id` a failed run leaves.
-struct Leftovers(String);
+struct Leftovers(PathBuf, String);
 
 impl Drop for Leftovers {
     fn drop(&mut self) {
-        kill_task_processes(&self.0);
-        for pid in vmm_pids(&self.0) {
+        kill_task_processes(&self.0, &self.1);
+        for pid in vmm_pids(&self.1) {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
@@ -56,9 +56,10 @@ fn a_microvm_task_in_creation_when_the_daemon_is_killed_leaves_nothing_running()
         return;
     }
     let id = format!("vmk{}", std::process::id());
-    let _left = Leftovers(id.clone());
     let work = tempfile::tempdir().unwrap();
     let mut d = Emberd::start(work.path());
+    // Declared after the daemon and its directory: dropped before them.
+    let _left = Leftovers(d.socket.clone(), id.clone());
     import_busybox(&d.socket, NS, work.path());
     let s = d.socket.clone();
 
@@ -83,19 +84,22 @@ fn a_microvm_task_in_creation_when_the_daemon_is_killed_leaves_nothing_running()
         .unwrap();
     // Killed once the shim serves: the microVM is booting, Create is in flight.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while shim_pids(&id).is_empty() {
+    while shim_pids(&s, &id).is_empty() {
         assert!(Instant::now() < deadline, "no shim started for {id}");
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(200));
     d.kill9();
     let _ = run.wait();
-    assert!(!shim_pids(&id).is_empty(), "the shim died with the daemon");
+    assert!(
+        !shim_pids(&s, &id).is_empty(),
+        "the shim died with the daemon"
+    );
 
     d.start_again();
     // Adopted (listed) or cleaned up (no shim): never a shim the daemon forgot.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while task_status(&s, NS, &id).is_none() && !shim_pids(&id).is_empty() {
+    while task_status(&s, NS, &id).is_none() && !shim_pids(&s, &id).is_empty() {
         assert!(
             Instant::now() < deadline,
             "a shim of {id} runs but emberd does not know its task:\n{}",
@@ -107,7 +111,7 @@ fn a_microvm_task_in_creation_when_the_daemon_is_killed_leaves_nothing_running()
         ctr(&s, NS, &["tasks", "rm", "-f", &id]).expect_ok();
     }
     ctr(&s, NS, &["containers", "rm", &id]).expect_ok();
-    wait_shim_gone(&id);
+    wait_shim_gone(&s, &id);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !vmm_pids(&id).is_empty() {
         assert!(Instant::now() < deadline, "the microVM of {id} outlived it");
@@ -130,5 +134,5 @@ fn a_microvm_task_in_creation_when_the_daemon_is_killed_leaves_nothing_running()
         ],
     );
     assert_eq!(out.stdout, "again\n", "{}", out.stderr);
-    wait_shim_gone(&id);
+    wait_shim_gone(&s, &id);
 }

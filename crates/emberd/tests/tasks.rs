@@ -27,6 +27,7 @@ fn runc_tasks_run_stream_exit_and_survive_daemon_restarts() {
     let mut d = Emberd::start(work.path());
     // Declared after the daemon and its directory: dropped before them.
     let _leftovers = RuncGuard {
+        address: d.socket.clone(),
         root: d.runc_root(),
         ids: vec![r1.clone(), d1.clone(), k1.clone()],
     };
@@ -51,7 +52,7 @@ fn runc_tasks_run_stream_exit_and_survive_daemon_restarts() {
     assert_eq!(out.code, Some(3), "{}{}", out.stdout, out.stderr);
     assert_eq!(out.stdout, "out\n");
     assert!(out.stderr.contains("err"), "{}", out.stderr);
-    wait_shim_gone(r1);
+    wait_shim_gone(&s, r1);
 
     // A detached task, listed, exec'd into, and still there after a restart and a
     // kill -9 of the daemon.
@@ -81,7 +82,10 @@ fn runc_tasks_run_stream_exit_and_survive_daemon_restarts() {
         "the task changed across a restart"
     );
     d.kill9();
-    assert!(!shim_pids(d1).is_empty(), "the shim died with the daemon");
+    assert!(
+        !shim_pids(&s, d1).is_empty(),
+        "the shim died with the daemon"
+    );
     d.start_again();
     wait_status(&s, NS, d1, "RUNNING");
     let ps = ctr(&s, NS, &["tasks", "ps", d1]).expect_ok().to_string();
@@ -92,11 +96,11 @@ fn runc_tasks_run_stream_exit_and_survive_daemon_restarts() {
     ctr(&s, NS, &["tasks", "rm", d1]).expect_ok();
     ctr(&s, NS, &["containers", "rm", d1]).expect_ok();
     assert!(task_status(&s, NS, d1).is_none());
-    wait_shim_gone(d1);
+    wait_shim_gone(&s, d1);
     // A shim killed with SIGKILL.
     ctr(&s, NS, &["run", "-d", IMAGE, &k1, "sleep", "600"]).expect_ok();
     wait_status(&s, NS, &k1, "RUNNING");
-    let shim = shim_pids(&k1);
+    let shim = shim_pids(&s, &k1);
     assert!(!shim.is_empty());
     for p in shim {
         let _ = nix::sys::signal::kill(
@@ -139,6 +143,8 @@ fn microvm_tasks_run_through_the_ember_shim_with_events() {
     let d = Emberd::start(work.path());
     import_busybox(&d.socket, NS, work.path());
     let s = d.socket.clone();
+    let vm1 = format!("vm{}", std::process::id());
+    let _left = TaskGuard(s.clone(), vec![vm1.clone()]);
 
     let mut events = std::process::Command::new(CTR)
         .args(["-a", s.to_str().unwrap(), "events"])
@@ -154,7 +160,7 @@ fn microvm_tasks_run_through_the_ember_shim_with_events() {
             "--runtime",
             "io.containerd.ember.v2",
             IMAGE,
-            "vm1",
+            &vm1,
             "sh",
             "-c",
             "uname -r; exit 4",
@@ -172,7 +178,8 @@ fn microvm_tasks_run_through_the_ember_shim_with_events() {
         host.release().to_string_lossy(),
         "ran on the host kernel"
     );
-    wait_shim_gone("vm1");
+    wait_shim_gone(&s, &vm1);
+    tasks_follow_one_another(&s, &vm1);
 
     std::thread::sleep(Duration::from_millis(500));
     let _ = events.kill();
@@ -187,8 +194,36 @@ fn microvm_tasks_run_through_the_ember_shim_with_events() {
         assert!(
             events
                 .lines()
-                .any(|l| l.contains(topic) && l.contains("vm1")),
+                .any(|l| l.contains(topic) && l.contains(&vm1)),
             "no {topic} event:\n{events}"
         );
     }
+}
+
+/// Rounds of a task of one container `id`, each created right after the previous
+/// one was deleted: every one gets its own shim, never the previous one's address.
+fn tasks_follow_one_another(s: &Path, id: &str) {
+    let runtime = "io.containerd.ember.v2";
+    ctr(
+        s,
+        NS,
+        &[
+            "containers",
+            "create",
+            "--runtime",
+            runtime,
+            IMAGE,
+            id,
+            "false",
+        ],
+    )
+    .expect_ok();
+    for round in 0..3 {
+        let out = ctr(s, NS, &["tasks", "start", "-d", id]);
+        assert_eq!(out.code, Some(0), "round {round}: {}", out.stderr);
+        wait_status(s, NS, id, "STOPPED");
+        ctr(s, NS, &["tasks", "rm", id]).expect_ok();
+    }
+    ctr(s, NS, &["containers", "rm", id]).expect_ok();
+    wait_shim_gone(s, id);
 }

@@ -480,12 +480,13 @@ impl Task {
     }
 
     /// Ends the shim once nothing runs in it (or at once with `now`).
-    pub fn request_shutdown(&self, now: bool) -> Result<(), Status> {
+    /// Whether the shim goes: it does when told to at once or when it holds no task.
+    pub fn request_shutdown(&self, now: bool) -> Result<bool, Status> {
         if !now && !self.containers.lock().unwrap().is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         self.shutdown.notify_one();
-        Ok(())
+        Ok(true)
     }
 
     /// Stops everything (used when the shim is told to exit at once).

@@ -15,9 +15,11 @@ pub fn on_path(binary: &str) -> bool {
         .any(|d| Path::new(d).join(binary).exists())
 }
 
-/// The pids of shim processes for task `id` (any daemon's).
-pub fn shim_pids(id: &str) -> Vec<i32> {
+/// The pids of shim processes for task `id` of the daemon at `address` (the
+/// shim's `-address`), so tests of other daemons with the same id never count.
+pub fn shim_pids(address: &Path, id: &str) -> Vec<i32> {
     let needle = format!("-id\0{id}\0");
+    let daemon = format!("-address\0{}\0", address.display());
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
@@ -25,7 +27,7 @@ pub fn shim_pids(id: &str) -> Vec<i32> {
             std::fs::read(e.path().join("cmdline"))
                 .map(|c| {
                     let c = String::from_utf8_lossy(&c);
-                    c.contains("containerd-shim") && c.contains(&needle)
+                    c.contains("containerd-shim") && c.contains(&needle) && c.contains(&daemon)
                 })
                 .unwrap_or(false)
         })
@@ -33,10 +35,11 @@ pub fn shim_pids(id: &str) -> Vec<i32> {
         .collect()
 }
 
-/// Kills, by pid, the shims of task `id` and their children (a runc container's
-/// init, a microVM), for tests that fail with tasks still running.
-pub fn kill_task_processes(id: &str) {
-    for shim in shim_pids(id) {
+/// Kills, by pid, the shims of task `id` of the daemon at `address` and their
+/// children (a runc container's init, a microVM), for tests that fail with tasks
+/// still running.
+pub fn kill_task_processes(address: &Path, id: &str) {
+    for shim in shim_pids(address, id) {
         let children = std::fs::read_to_string(format!("/proc/{shim}/task/{shim}/children"))
             .unwrap_or_default();
         let children = children.split_whitespace().filter_map(|p| p.parse().ok());
@@ -49,13 +52,14 @@ pub fn kill_task_processes(id: &str) {
     }
 }
 
-/// Kills what is left of tasks `ids` when dropped (see [`kill_task_processes`]).
-pub struct TaskGuard(pub Vec<String>);
+/// Kills what is left of tasks `ids` of the daemon at the address when dropped (see
+/// [`kill_task_processes`]).
+pub struct TaskGuard(pub PathBuf, pub Vec<String>);
 
 impl Drop for TaskGuard {
     fn drop(&mut self) {
-        for id in &self.0 {
-            kill_task_processes(id);
+        for id in &self.1 {
+            kill_task_processes(&self.0, id);
         }
     }
 }
@@ -67,6 +71,7 @@ impl Drop for TaskGuard {
 /// runc recorded). Only the daemon's own root is read, so the containers of other
 /// daemons on the host, and other tests' processes, are never touched.
 pub struct RuncGuard {
+    pub address: PathBuf,
     pub root: PathBuf,
     pub ids: Vec<String>,
 }
@@ -74,7 +79,7 @@ pub struct RuncGuard {
 impl Drop for RuncGuard {
     fn drop(&mut self) {
         for id in &self.ids {
-            kill_task_processes(id);
+            kill_task_processes(&self.address, id);
         }
         for ns in subdirs(&self.root) {
             for container in subdirs(&ns) {
@@ -103,9 +108,9 @@ fn subdirs(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Waits (up to 10 s) for the shims of task `id` to exit.
-pub fn wait_shim_gone(id: &str) {
+pub fn wait_shim_gone(address: &Path, id: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !shim_pids(id).is_empty() {
+    while !shim_pids(address, id).is_empty() {
         assert!(
             Instant::now() < deadline,
             "the shim of {id} outlived its task"
