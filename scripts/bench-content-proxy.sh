@@ -12,26 +12,22 @@ size_mb=${SIZE_MB:-128}
 export PATH="$HOME/.cargo/bin:$PATH"
 (cd "$repo" && cargo build --release --locked -q -p emberd)
 bin="$repo/target/release"
-work=$(mktemp -d /tmp/ember-bench-content-proxy.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null || true; done
-  grep " $work" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+WORK=$(mktemp -d /tmp/ember-bench-content-proxy.XXXXXX)
+. "$repo/scripts/bench-daemons.sh"
+PIDS=()
+trap stop_daemons EXIT
 
 # The image: a docker archive whose layer holds busybox and size_mb MiB of
 # incompressible files of 1 MiB each. Each run gets its own image (a file named
 # for the run), so that every import writes all of its blobs.
-mkdir -p "$work/img/rootfs/bin" "$work/img/rootfs/data"
-cp /bin/busybox "$work/img/rootfs/bin/"
-for i in $(seq "$size_mb"); do head -c 1048576 /dev/urandom > "$work/img/rootfs/data/f$i"; done
+mkdir -p "$WORK/img/rootfs/bin" "$WORK/img/rootfs/data"
+cp /bin/busybox "$WORK/img/rootfs/bin/"
+for i in $(seq "$size_mb"); do head -c 1048576 /dev/urandom > "$WORK/img/rootfs/data/f$i"; done
 make_image() {
-  rm -f "$work/img/rootfs/run"*
-  echo "$1" > "$work/img/rootfs/run$1"
-  tar -C "$work/img/rootfs" -cf "$work/img/layer.tar" .
-  /usr/bin/python3 - "$work/img" "$1" <<'PY'
+  rm -f "$WORK/img/rootfs/run"*
+  echo "$1" > "$WORK/img/rootfs/run$1"
+  tar -C "$WORK/img/rootfs" -cf "$WORK/img/layer.tar" .
+  /usr/bin/python3 - "$WORK/img" "$1" <<'PY'
 import hashlib, json, os, sys, tarfile
 d, run = sys.argv[1], sys.argv[2]
 h = hashlib.sha256()
@@ -53,42 +49,29 @@ with tarfile.open(os.path.join(d, "image.tar"), "w") as t:
 PY
 }
 
-cat > "$work/containerd.toml" <<TOML
-version = 2
-root = "$work/c/root"
-state = "$work/c/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "$work/c.sock"
-[ttrpc]
-  address = "$work/c.ttrpc.sock"
-TOML
-cat > "$work/proxied.toml" <<TOML
+cat > "$WORK/proxied.toml" <<TOML
 version = 2
 [proxy_plugins.blobs]
   type = "content"
-  address = "$work/blobs.sock"
+  address = "$WORK/blobs.sock"
 TOML
-containerd --config "$work/containerd.toml" 2>"$work/containerd.log" & pids+=($!)
-"$bin/emberd" --root "$work/e/root" --state "$work/e/state" --address "$work/e.sock" 2>"$work/e.log" & pids+=($!)
-"$bin/ember-content-proxy" --root "$work/blobs" --address "$work/blobs.sock" 2>"$work/blobs.log" & pids+=($!)
-"$bin/emberd" --config "$work/proxied.toml" --root "$work/p/root" --state "$work/p/state" --address "$work/p.sock" 2>"$work/p.log" & pids+=($!)
-for s in c e p; do
-  for _ in $(seq 100); do ctr -a "$work/$s.sock" version >/dev/null 2>&1 && break; sleep 0.1; done
-done
+EMBERD=$bin/emberd
+start_containerd "$WORK/c"
+start_emberd "$WORK/e"
+"$bin/ember-content-proxy" --root "$WORK/blobs" --address "$WORK/blobs.sock" 2>"$WORK/blobs.log" & PIDS+=($!)
+wait_sock "$WORK/blobs.sock"
+EMBERD_ARGS="--config $WORK/proxied.toml" start_emberd "$WORK/p"
 
-now() { date +%s%N; }
 declare -A times
 for i in $(seq "$runs"); do
   for s in e p c; do
     make_image "$i-$s"
     sync
     t=$(now)
-    ctr -a "$work/$s.sock" -n "bench$i" images import "$work/img/image.tar" >/dev/null
+    ctr -a "$WORK/$s/s.sock" -n "bench$i" images import "$WORK/img/image.tar" >/dev/null
     times[$s]+="$(( ($(now) - t) / 1000000 )) "
   done
 done
-median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 e=$(echo "${times[e]}" | median); p=$(echo "${times[p]}" | median); c=$(echo "${times[c]}" | median)
 echo "| \`ctr images import\` + unpack, ${size_mb} MiB layer, median of $runs (ms) | time | runs | vs emberd built-in |"
 echo "| --- | --- | --- | --- |"

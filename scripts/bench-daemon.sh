@@ -14,12 +14,8 @@ OPS=${OPS:-1000}
 CACHE=/var/cache/ember/bench
 WORK=$(mktemp -d /var/tmp/ember-bench.XXXXXX)
 PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-    umount -R "$WORK"/*/root/* 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+. scripts/bench-daemons.sh
+trap stop_daemons EXIT
 
 [ "$(id -u)" = 0 ] || { echo "needs root" >&2; exit 1; }
 command -v debootstrap >/dev/null || apt-get install -y debootstrap
@@ -58,8 +54,6 @@ fi
 cargo build --release -p emberd --bin emberd --example bench_containers >&2
 EMBERD=target/release/emberd
 BENCH=target/release/examples/bench_containers
-
-. scripts/bench-daemons.sh
 
 import_once() { # start-function name
     local d=$WORK/$2-$RANDOM

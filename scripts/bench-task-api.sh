@@ -12,34 +12,33 @@ profile=${BUILD:-release}
 export PATH="$HOME/.cargo/bin:$PATH"
 flag=$([ "$profile" = release ] && echo --release || true)
 (cd "$repo" && cargo build $flag --locked -q -p emberd -p ember-shim -p ember-cli)
-bin="$repo/target/$profile"
-work=$(mktemp -d /tmp/ember-bench-api.XXXXXX)
+WORK=$(mktemp -d /tmp/ember-bench-api.XXXXXX)
 . "$repo/scripts/bench-daemons.sh"
-pids=()
+PIDS=()
 cleanup() {
   for s in c e; do
     for id in ex-runc ex-ember; do
-      ctr -a "$work/$s.sock" tasks kill -s SIGKILL "$id" >/dev/null 2>&1 || true
+      ctr -a "$WORK/$s/s.sock" tasks kill -s SIGKILL "$id" >/dev/null 2>&1 || true
     done
   done
   sleep 1
   for s in c e; do
     for id in ex-runc ex-ember; do
-      ctr -a "$work/$s.sock" tasks rm -f "$id" >/dev/null 2>&1 || true
+      ctr -a "$WORK/$s/s.sock" tasks rm -f "$id" >/dev/null 2>&1 || true
     done
   done
   stop_daemons
 }
 trap cleanup EXIT
-start_daemons
+start_daemons "$repo/target/$profile"
 
 ratio() { python3 -c "print(f'{$1/$2:.2f}x')"; }
 declare -A times
 for i in $(seq "$runs"); do
   for s in c e; do
     t=$(now)
-    ctr -a "$work/$s.sock" images rm "$image" >/dev/null
-    ctr -a "$work/$s.sock" images import "$work/bb.tar" >/dev/null
+    ctr -a "$WORK/$s/s.sock" images rm "$image" >/dev/null
+    ctr -a "$WORK/$s/s.sock" images import "$WORK/bb.tar" >/dev/null
     times[$s]+="$(( ($(now) - t) / 1000000 )) "
   done
 done
@@ -51,12 +50,12 @@ echo "| busybox archive | $e (${times[e]% }) | $c (${times[c]% }) | $(ratio "$c"
 echo
 
 for rt in runc ember; do
-  ctr -a "$work/c.sock" run -d --runtime "io.containerd.$rt.v2" "$image" "ex-$rt" sleep 600 >/dev/null
+  ctr -a "$WORK/c/s.sock" run -d --runtime "io.containerd.$rt.v2" "$image" "ex-$rt" sleep 600 >/dev/null
 done
 for i in $(seq "$runs"); do
   for rt in runc ember; do
     t=$(now)
-    ctr -a "$work/c.sock" tasks exec --exec-id "e$i" "ex-$rt" true
+    ctr -a "$WORK/c/s.sock" tasks exec --exec-id "e$i" "ex-$rt" true
     times[x-$rt]+="$(( ($(now) - t) / 1000000 )) "
   done
 done

@@ -8,20 +8,18 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 runs=${RUNS:-7}
 export PATH="$HOME/.cargo/bin:$PATH"
 (cd "$repo" && cargo build --release --locked -q -p emberd -p ember-shim -p ember-cli)
-bin="$repo/target/release"
-work=$(mktemp -d /tmp/ember-bench-tasks.XXXXXX)
+WORK=$(mktemp -d /tmp/ember-bench-tasks.XXXXXX)
 . "$repo/scripts/bench-daemons.sh"
-pids=()
-cleanup() { stop_daemons; }
-trap cleanup EXIT
-start_daemons
+PIDS=()
+trap stop_daemons EXIT
+start_daemons "$repo/target/release"
 
 declare -A times
 for i in $(seq "$runs"); do
   for rt in runc ember; do
     for s in c e; do
       t=$(now)
-      ctr -a "$work/$s.sock" run --rm --runtime "io.containerd.$rt.v2" "$image" "b-$rt-$i" true
+      ctr -a "$WORK/$s/s.sock" run --rm --runtime "io.containerd.$rt.v2" "$image" "b-$rt-$i" true
       times[$s-$rt]+="$(( ($(now) - t) / 1000000 )) "
     done
   done

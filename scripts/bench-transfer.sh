@@ -20,12 +20,8 @@ T=/opt/ember/trixie/usr/bin
 CTR17=$T/ctr
 WORK=$(mktemp -d /var/tmp/ember-bench-transfer.XXXXXX)
 PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-    umount -R "$WORK"/*/root/* 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+. scripts/bench-daemons.sh
+trap stop_daemons EXIT
 
 [ "$(id -u)" = 0 ] || { echo "needs root" >&2; exit 1; }
 for b in /usr/bin/docker-registry "$CTR17" "$T/containerd" /bin/busybox openssl; do
@@ -92,7 +88,6 @@ CONTAINERD_ENV="SSL_CERT_FILE=$WORK/ca.pem PATH=$T:$PATH"
 mkdir -p "$WORK/certs.d/127.0.0.1:$TLS"
 printf 'server = "https://127.0.0.1:%s"\nca = "%s"\n' "$TLS" "$WORK/ca.pem" > "$WORK/certs.d/127.0.0.1:$TLS/hosts.toml"
 printf 'version = 2\n[plugins."io.containerd.grpc.v1.transfer"]\n  config_path = "%s"\n' "$WORK/certs.d" > "$WORK/emberd.toml"
-. scripts/bench-daemons.sh
 
 # Push the image once (emberd's Transfer: import, then push).
 start_emberd "$WORK/seed"

@@ -38,12 +38,14 @@ fn status(ns: &str, s: ember_content::Status) -> Option<IngestStatus> {
     })
 }
 
-fn check_digest(digest: &str) -> Result<()> {
+/// Whether `digest` is a well-formed digest (an `InvalidArgument` error if not).
+pub fn check_digest(digest: &str) -> Result<()> {
     digest.parse::<Digest>()?;
     Ok(())
 }
 
-fn check_ref(reference: &str) -> Result<()> {
+/// Whether `reference` names an ingest (an `InvalidArgument` error if empty).
+pub fn check_ref(reference: &str) -> Result<()> {
     if reference.is_empty() {
         return Err(Error::InvalidArgument("ref must not be empty".into()));
     }

@@ -3,8 +3,6 @@
 //! `containerd-shim-ember-v2`, a busybox image built and imported by the test, and
 //! every container in a real QEMU microVM.
 
-use std::io::Read;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 mod common;
@@ -44,40 +42,10 @@ fn interactive_terminal() {
 #[test]
 fn detached_task_verbs_and_events() {
     let c = Containerd::start();
-    let mut events = c
-        .cmd()
-        .arg("events")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = c.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        IMAGE,
-        "det",
-        "sh",
-        "-c",
-        "echo up; exec sleep 1000",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        text(&out.stderr),
-        c.shim_logs()
-    );
+    let events = c.events();
+    c.run_detached("det", &["sh", "-c", "echo up; exec sleep 1000"]);
 
-    let out = c.ctr(&[
-        "task",
-        "exec",
-        "--exec-id",
-        "e1",
-        "det",
-        "sh",
-        "-c",
-        "cat /etc/hostname; exit 6",
-    ]);
+    let out = c.exec("det", "e1", &["sh", "-c", "cat /etc/hostname; exit 6"]);
     assert_eq!(out.status.code(), Some(6), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "ember\n");
 
@@ -105,36 +73,9 @@ fn detached_task_verbs_and_events() {
         .unwrap_or_else(|| panic!("no memory.usage in {}", text(&out.stdout)));
     assert!(usage > 0, "{}", text(&out.stdout));
 
-    let out = c.ctr(&["task", "kill", "-s", "SIGKILL", "det"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let t = Instant::now();
-    loop {
-        let out = c.ctr(&["task", "ls"]);
-        if text(&out.stdout).contains("STOPPED") {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "{}",
-            text(&out.stdout)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let out = c.ctr(&["task", "delete", "det"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let out = c.ctr(&["containers", "rm", "det"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    c.kill_and_remove("det");
 
-    std::thread::sleep(Duration::from_millis(500));
-    let _ = events.kill();
-    let mut log = String::new();
-    events
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
-    let _ = events.wait();
+    let log = Containerd::events_seen(events, Duration::from_millis(500));
     for topic in [
         "/tasks/create",
         "/tasks/start",
@@ -153,23 +94,8 @@ fn detached_task_verbs_and_events() {
 #[test]
 fn killing_the_vmm_fails_the_task() {
     let c = Containerd::start();
-    let mut events = c
-        .cmd()
-        .arg("events")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = c.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        IMAGE,
-        "victim",
-        "sleep",
-        "1000",
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    let events = c.events();
+    c.run_detached("victim", &["sleep", "1000"]);
     let dir = c.dir.path().display().to_string();
     let vmms = pids_matching(&["qemu-system", &dir]);
     assert_eq!(vmms.len(), 1, "the VMM process: {vmms:?}");
@@ -179,29 +105,11 @@ fn killing_the_vmm_fails_the_task() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    let t = Instant::now();
-    loop {
-        let out = c.ctr(&["task", "ls"]);
-        let s = text(&out.stdout);
-        if s.contains("STOPPED") {
-            break;
-        }
-        assert!(t.elapsed() < Duration::from_secs(20), "{s}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    c.wait_stopped("victim", 20);
     let out = c.ctr(&["task", "delete", "victim"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let _ = c.ctr(&["containers", "rm", "victim"]);
-    std::thread::sleep(Duration::from_millis(300));
-    let _ = events.kill();
-    let mut log = String::new();
-    events
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
-    let _ = events.wait();
+    let log = Containerd::events_seen(events, Duration::from_millis(300));
     let exit = log
         .lines()
         .find(|l| l.contains("/tasks/exit"))
@@ -254,17 +162,7 @@ fn sequential_and_concurrent_runs_leave_nothing() {
 #[test]
 fn killed_shim_takes_its_vmm_along() {
     let c = Containerd::start();
-    let out = c.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        IMAGE,
-        "orphan",
-        "sleep",
-        "1000",
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    c.run_detached("orphan", &["sleep", "1000"]);
     let sock = c.sock.display().to_string();
     let dir = c.dir.path().display().to_string();
     let shims = pids_matching(&["containerd-shim-ember-v2", &sock, "serve"]);
@@ -300,18 +198,7 @@ fn killed_shim_takes_its_vmm_along() {
 #[test]
 fn containerd_restart_reconnects_to_the_running_shim() {
     let mut c = Containerd::start();
-    let out = c.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        IMAGE,
-        "survivor",
-        "sh",
-        "-c",
-        "exec sleep 1000",
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    c.run_detached("survivor", &["sh", "-c", "exec sleep 1000"]);
     let dir = c.dir.path().display().to_string();
     let vmm = pids_matching(&["qemu-system", &dir]);
     assert_eq!(vmm.len(), 1);
@@ -327,25 +214,9 @@ fn containerd_restart_reconnects_to_the_running_shim() {
         vmm,
         "the VM was replaced"
     );
-    let out = c.ctr(&[
-        "task",
-        "exec",
-        "--exec-id",
-        "after",
-        "survivor",
-        "echo",
-        "still-here",
-    ]);
+    let out = c.exec("survivor", "after", &["echo", "still-here"]);
     assert_eq!(text(&out.stdout), "still-here\n", "{}", text(&out.stderr));
-    let out = c.ctr(&["task", "kill", "-s", "SIGKILL", "survivor"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let t = Instant::now();
-    while !text(&c.ctr(&["task", "ls"]).stdout).contains("STOPPED") {
-        assert!(t.elapsed() < Duration::from_secs(30));
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert!(c.ctr(&["task", "delete", "survivor"]).status.success());
-    assert!(c.ctr(&["containers", "rm", "survivor"]).status.success());
+    c.kill_and_remove("survivor");
     c.assert_clean();
 }
 

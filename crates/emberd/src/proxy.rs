@@ -186,9 +186,34 @@ impl Diff for RemoteDiffer {
     }
 }
 
+/// The command line every proxy plugin server shares: where to serve, how much to log.
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Unix socket to serve on.
+    #[arg(long)]
+    pub address: PathBuf,
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
+
+impl ServeArgs {
+    /// Logs to stderr at the `--log-level` (an env-filter directive).
+    pub fn init_logging(&self) {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(&self.log_level))
+            .with_writer(std::io::stderr)
+            .init();
+    }
+
+    /// Serves `routes` on the `--address` (see [`serve`]).
+    pub async fn serve(&self, routes: tonic::service::Routes) -> anyhow::Result<()> {
+        serve(&self.address, routes).await
+    }
+}
+
 /// Serves `routes` on the unix socket `address` until SIGTERM or SIGINT: what the
 /// proxy servers (`ember-content-proxy`, `ember-diff-proxy`) run.
-pub async fn serve(address: &Path, routes: tonic::service::Routes) -> anyhow::Result<()> {
+async fn serve(address: &Path, routes: tonic::service::Routes) -> anyhow::Result<()> {
     if let Some(dir) = address.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -203,14 +228,6 @@ pub async fn serve(address: &Path, routes: tonic::service::Routes) -> anyhow::Re
         .await;
     let _ = std::fs::remove_file(address);
     served.context("serving gRPC")
-}
-
-/// Logs to stderr at `level` (an env-filter directive): the proxy servers' logging.
-pub fn init_logging(level: &str) {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(level))
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 #[cfg(test)]

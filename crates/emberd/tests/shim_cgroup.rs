@@ -80,21 +80,7 @@ async fn shims_join_the_shim_cgroup_of_their_options() {
     for (i, runtime) in runtimes.iter().enumerate() {
         let id = format!("cg{i}-{}", std::process::id());
         let _left = TaskGuard(d.socket.clone(), vec![id.clone()]);
-        ctr(
-            &d.socket,
-            NS,
-            &[
-                "containers",
-                "create",
-                "--runtime",
-                runtime,
-                IMAGE,
-                &id,
-                "sleep",
-                "600",
-            ],
-        )
-        .expect_ok();
+        create_container(&d.socket, NS, runtime, &id, &["sleep", "600"]);
         tasks
             .create(req(
                 NS,

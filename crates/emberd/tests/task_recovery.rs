@@ -119,20 +119,7 @@ fn a_microvm_task_in_creation_when_the_daemon_is_killed_leaves_nothing_running()
     }
 
     // The same id runs again.
-    let out = ctr(
-        &s,
-        NS,
-        &[
-            "run",
-            "--rm",
-            "--runtime",
-            RUNTIME,
-            IMAGE,
-            &id,
-            "echo",
-            "again",
-        ],
-    );
+    let out = run_rm(&s, NS, RUNTIME, &id, &["echo", "again"]);
     assert_eq!(out.stdout, "again\n", "{}", out.stderr);
     wait_shim_gone(&s, &id);
 }

@@ -151,20 +151,12 @@ fn microvm_tasks_run_through_the_ember_shim_with_events() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let out = ctr(
+    let out = run_rm(
         &s,
         NS,
-        &[
-            "run",
-            "--rm",
-            "--runtime",
-            "io.containerd.ember.v2",
-            IMAGE,
-            &vm1,
-            "sh",
-            "-c",
-            "uname -r; exit 4",
-        ],
+        "io.containerd.ember.v2",
+        &vm1,
+        &["sh", "-c", "uname -r; exit 4"],
     );
     assert_eq!(out.code, Some(4), "{}{}", out.stdout, out.stderr);
     let guest_release = out.stdout.trim();
@@ -204,20 +196,7 @@ fn microvm_tasks_run_through_the_ember_shim_with_events() {
 /// one was deleted: every one gets its own shim, never the previous one's address.
 fn tasks_follow_one_another(s: &Path, id: &str) {
     let runtime = "io.containerd.ember.v2";
-    ctr(
-        s,
-        NS,
-        &[
-            "containers",
-            "create",
-            "--runtime",
-            runtime,
-            IMAGE,
-            id,
-            "false",
-        ],
-    )
-    .expect_ok();
+    create_container(s, NS, runtime, id, &["false"]);
     for round in 0..3 {
         let out = ctr(s, NS, &["tasks", "start", "-d", id]);
         assert_eq!(out.code, Some(0), "round {round}: {}", out.stderr);

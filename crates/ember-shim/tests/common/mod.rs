@@ -200,6 +200,88 @@ impl Containerd {
         self.ctr(&a)
     }
 
+    /// `ctr run -d` of the test image with the Ember runtime; asserts it started.
+    pub fn run_detached(&self, id: &str, args: &[&str]) {
+        let mut a = vec!["run", "-d", "--runtime", RUNTIME, IMAGE, id];
+        a.extend_from_slice(args);
+        let out = self.ctr(&a);
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            text(&out.stderr),
+            self.shim_logs()
+        );
+    }
+
+    /// `ctr tasks exec --exec-id exec_id id args…`.
+    pub fn exec(&self, id: &str, exec_id: &str, args: &[&str]) -> Output {
+        let mut a = vec!["tasks", "exec", "--exec-id", exec_id, id];
+        a.extend_from_slice(args);
+        self.ctr(&a)
+    }
+
+    /// Kills task `id`, waits up to 30 seconds for it to stop, deletes it and its
+    /// container.
+    pub fn kill_and_remove(&self, id: &str) {
+        self.kill(id);
+        self.wait_stopped(id, 30);
+        self.remove(id);
+    }
+
+    /// `ctr tasks kill -s SIGKILL`; asserts it was sent.
+    pub fn kill(&self, id: &str) {
+        let out = self.ctr(&["tasks", "kill", "-s", "SIGKILL", id]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+
+    /// The status column of task `id` in `ctr tasks ls`.
+    pub fn task_status(&self, id: &str) -> Option<String> {
+        let out = text(&self.ctr(&["tasks", "ls"]).stdout);
+        out.lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+            .find(|w| w.first().map(String::as_str) == Some(id))
+            .and_then(|w| w.get(2).cloned())
+    }
+
+    /// Waits up to `secs` seconds for task `id` to be STOPPED.
+    pub fn wait_stopped(&self, id: &str, secs: u64) {
+        let t = Instant::now();
+        while self.task_status(id).as_deref() != Some("STOPPED") {
+            assert!(
+                t.elapsed() < Duration::from_secs(secs),
+                "{id} never stopped: {}",
+                text(&self.ctr(&["tasks", "ls"]).stdout)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Deletes the stopped task `id` and its container; asserts both succeed.
+    pub fn remove(&self, id: &str) {
+        for args in [["tasks", "delete", id], ["containers", "rm", id]] {
+            let out = self.ctr(&args);
+            assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        }
+    }
+
+    /// `ctr events`, its output collected by [`Containerd::events_seen`].
+    pub fn events(&self) -> Child {
+        self.cmd()
+            .arg("events")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Lets the last events arrive, stops `ctr events` and returns what it printed.
+    pub fn events_seen(events: Child, settle: Duration) -> String {
+        std::thread::sleep(settle);
+        let mut events = events;
+        let _ = events.kill();
+        text(&events.wait_with_output().unwrap().stdout)
+    }
+
     /// Checks that nothing of ours is left: shims, VMMs, mounts, shim state.
     pub fn assert_clean(&self) {
         let t = Instant::now();

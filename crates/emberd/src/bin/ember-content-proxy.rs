@@ -10,8 +10,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use ember_content::Store;
+use emberd::proxy::ServeArgs;
 use emberd::services::content::Service;
 use emberd::services::content_api::Blobs;
+use tonic::service::Routes;
 
 #[derive(Parser)]
 #[command(name = "ember-content-proxy", version, about)]
@@ -19,21 +21,16 @@ struct Args {
     /// Directory holding the blobs and ingests.
     #[arg(long)]
     root: PathBuf,
-    /// Unix socket to serve on.
-    #[arg(long)]
-    address: PathBuf,
-    #[arg(long, default_value = "info")]
-    log_level: String,
+    #[command(flatten)]
+    serve: ServeArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    emberd::proxy::init_logging(&args.log_level);
+    args.serve.init_logging();
     let store = Store::open(&args.root)
         .with_context(|| format!("opening the content store at {}", args.root.display()))?;
     let service = Service::new(Arc::new(Blobs(Arc::new(store))));
-    let mut routes = tonic::service::RoutesBuilder::default();
-    routes.add_service(service.into_server());
-    emberd::proxy::serve(&args.address, routes.routes()).await
+    args.serve.serve(Routes::new(service.into_server())).await
 }

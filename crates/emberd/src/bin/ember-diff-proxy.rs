@@ -9,33 +9,33 @@ use std::sync::Arc;
 
 use clap::Parser;
 use ember_content::remote::RemoteStore;
+use emberd::grpc::diff::diff_server::DiffServer;
+use emberd::proxy::ServeArgs;
 use emberd::services::content_api::DaemonContent;
 use emberd::services::diff::Service;
+use tonic::service::Routes;
 
 #[derive(Parser)]
 #[command(name = "ember-diff-proxy", version, about)]
 struct Args {
-    /// Unix socket to serve on.
-    #[arg(long)]
-    address: PathBuf,
+    #[command(flatten)]
+    serve: ServeArgs,
     /// The daemon's socket, whose content service holds the layers.
     #[arg(long)]
     content: PathBuf,
     /// Directory for temporary mounts.
     #[arg(long, default_value = "/run/ember-diff-proxy")]
     state: PathBuf,
-    #[arg(long, default_value = "info")]
-    log_level: String,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    emberd::proxy::init_logging(&args.log_level);
+    args.serve.init_logging();
     std::fs::create_dir_all(&args.state)?;
     let content = RemoteStore::new("daemon", &args.content)?;
     let service = Service::new(Arc::new(DaemonContent(content)), args.state.join("mounts"));
-    let mut routes = tonic::service::RoutesBuilder::default();
-    routes.add_service(emberd::grpc::diff::diff_server::DiffServer::new(service));
-    emberd::proxy::serve(&args.address, routes.routes()).await
+    args.serve
+        .serve(Routes::new(DiffServer::new(service)))
+        .await
 }

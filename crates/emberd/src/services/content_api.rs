@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use ember_content::remote::RemoteStore;
 use ember_content::{Backend, Blob, Ingest};
-use ember_metadata::content::{ContentStore, NsWriter};
+use ember_metadata::content::{check_digest, check_ref, ContentStore, NsWriter};
 use ember_metadata::{ContentInfo, Error, Filter, IngestStatus, Labels, Result};
 
 /// Calls on content in a namespace.
@@ -44,47 +44,73 @@ pub trait ContentWriter: Send {
     fn commit(self: Box<Self>, size: i64, expected: &str, labels: Labels) -> Result<String>;
 }
 
-impl ContentApi for ContentStore {
-    fn namespaced(&self) -> bool {
-        true
-    }
-    fn info(&self, ns: &str, digest: &str) -> Result<ContentInfo> {
-        ContentStore::info(self, ns, digest)
-    }
-    fn list(&self, ns: &str, filter: &Filter) -> Result<Vec<ContentInfo>> {
-        ContentStore::list(self, ns, filter)
-    }
-    fn update(&self, ns: &str, info: &ContentInfo, fieldpaths: &[String]) -> Result<ContentInfo> {
-        ContentStore::update(self, ns, info, fieldpaths)
-    }
-    fn delete(&self, ns: &str, digest: &str) -> Result<()> {
-        ContentStore::delete(self, ns, digest)
-    }
-    fn open_blob(&self, ns: &str, digest: &str) -> Result<(Box<dyn Blob>, i64)> {
-        ContentStore::open_blob(self, ns, digest)
-    }
-    fn status(&self, ns: &str, reference: &str) -> Result<IngestStatus> {
-        ContentStore::status(self, ns, reference)
-    }
-    fn list_statuses(&self, ns: &str, filter: &Filter) -> Result<Vec<IngestStatus>> {
-        ContentStore::list_statuses(self, ns, filter)
-    }
-    fn abort(&self, ns: &str, reference: &str) -> Result<()> {
-        ContentStore::abort(self, ns, reference)
-    }
-    fn writer(
-        &self,
-        ns: &str,
-        reference: &str,
-        total: i64,
-        expected: &str,
-        lease: Option<&str>,
-    ) -> Result<Box<dyn ContentWriter>> {
-        Ok(Box::new(ContentStore::writer(
-            self, ns, reference, total, expected, lease,
-        )?))
-    }
+/// Implements [`ContentApi`] by handing each call on to `$target`, an expression
+/// of the patterns `$this` (the receiver), `$ns` (the namespace) and `$lease` (the
+/// writer's lease, `None` elsewhere) whose calls of the same names answer it; the
+/// writer it opens is boxed by `$boxed`.
+macro_rules! delegate_content_api {
+    ($ty:ty, namespaced: $namespaced:expr,
+     |$this:pat_param, $ns:pat_param, $lease:pat_param| $target:expr,
+     boxed: |$w:ident| $boxed:expr) => {
+        impl ContentApi for $ty {
+            fn namespaced(&self) -> bool {
+                $namespaced
+            }
+            fn info(&self, ns: &str, digest: &str) -> Result<ContentInfo> {
+                let ($this, $ns, $lease) = (self, ns, None::<&str>);
+                $target.info(ns, digest)
+            }
+            fn list(&self, ns: &str, filter: &Filter) -> Result<Vec<ContentInfo>> {
+                let ($this, $ns, $lease) = (self, ns, None::<&str>);
+                $target.list(ns, filter)
+            }
+            fn update(
+                &self,
+                ns: &str,
+                info: &ContentInfo,
+                fieldpaths: &[String],
+            ) -> Result<ContentInfo> {
+                let ($this, $ns, $lease) = (self, ns, None::<&str>);
+                $target.update(ns, info, fieldpaths)
+            }
+            fn delete(&self, ns: &str, digest: &str) -> Result<()> {
+                let ($this, $ns, $lease) = (self, ns, None::<&str>);
+                $target.delete(ns, digest)
+            }
+            fn open_blob(&self, ns: &str, digest: &str) -> Result<(Box<dyn Blob>, i64)> {
+                let ($this, $ns, $lease) = (self, ns, None::<&str>);
+                $target.open_blob(ns, digest)
+            }
+            fn status(&self, ns: &str, reference: &str) -> Result<IngestStatus> {
+                let ($this, $ns, $lease) = (self, ns, None::<&str>);
+                $target.status(ns, reference)
+            }
+            fn list_statuses(&self, ns: &str, filter: &Filter) -> Result<Vec<IngestStatus>> {
+                let ($this, $ns, $lease) = (self, ns, None::<&str>);
+                $target.list_statuses(ns, filter)
+            }
+            fn abort(&self, ns: &str, reference: &str) -> Result<()> {
+                let ($this, $ns, $lease) = (self, ns, None::<&str>);
+                $target.abort(ns, reference)
+            }
+            fn writer(
+                &self,
+                ns: &str,
+                reference: &str,
+                total: i64,
+                expected: &str,
+                lease: Option<&str>,
+            ) -> Result<Box<dyn ContentWriter>> {
+                let ($this, $ns, $lease) = (self, ns, lease);
+                let $w = $target.writer(ns, reference, total, expected, lease)?;
+                Ok($boxed)
+            }
+        }
+    };
 }
+
+// The store's own (inherent) methods answer: they take precedence over the trait's.
+delegate_content_api!(ContentStore, namespaced: true, |this, _, _| this, boxed: |w| Box::new(w));
 
 impl ContentWriter for NsWriter {
     fn status(&self) -> IngestStatus {
@@ -119,11 +145,6 @@ fn content_info(i: ember_content::Info) -> ContentInfo {
         created_at: i.created_at,
         updated_at: i.updated_at,
     }
-}
-
-fn check_digest(digest: &str) -> Result<()> {
-    digest.parse::<ember_content::Digest>()?;
-    Ok(())
 }
 
 impl ContentApi for Blobs {
@@ -188,9 +209,7 @@ impl ContentApi for Blobs {
         expected: &str,
         _lease: Option<&str>,
     ) -> Result<Box<dyn ContentWriter>> {
-        if reference.is_empty() {
-            return Err(Error::InvalidArgument("ref must not be empty".into()));
-        }
+        check_ref(reference)?;
         Ok(Box::new(BlobWriter(
             self.0.writer(reference, total, expected)?,
         )))
@@ -232,43 +251,9 @@ impl DaemonContent {
     }
 }
 
-impl ContentApi for DaemonContent {
-    fn namespaced(&self) -> bool {
-        true
-    }
-    fn info(&self, ns: &str, digest: &str) -> Result<ContentInfo> {
-        self.scoped(ns, None).info(ns, digest)
-    }
-    fn list(&self, ns: &str, filter: &Filter) -> Result<Vec<ContentInfo>> {
-        self.scoped(ns, None).list(ns, filter)
-    }
-    fn update(&self, ns: &str, info: &ContentInfo, fieldpaths: &[String]) -> Result<ContentInfo> {
-        self.scoped(ns, None).update(ns, info, fieldpaths)
-    }
-    fn delete(&self, ns: &str, digest: &str) -> Result<()> {
-        self.scoped(ns, None).delete(ns, digest)
-    }
-    fn open_blob(&self, ns: &str, digest: &str) -> Result<(Box<dyn Blob>, i64)> {
-        self.scoped(ns, None).open_blob(ns, digest)
-    }
-    fn status(&self, ns: &str, reference: &str) -> Result<IngestStatus> {
-        self.scoped(ns, None).status(ns, reference)
-    }
-    fn list_statuses(&self, ns: &str, filter: &Filter) -> Result<Vec<IngestStatus>> {
-        self.scoped(ns, None).list_statuses(ns, filter)
-    }
-    fn abort(&self, ns: &str, reference: &str) -> Result<()> {
-        self.scoped(ns, None).abort(ns, reference)
-    }
-    fn writer(
-        &self,
-        ns: &str,
-        reference: &str,
-        total: i64,
-        expected: &str,
-        lease: Option<&str>,
-    ) -> Result<Box<dyn ContentWriter>> {
-        self.scoped(ns, lease)
-            .writer(ns, reference, total, expected, lease)
-    }
-}
+delegate_content_api!(
+    DaemonContent,
+    namespaced: true,
+    |this, ns, lease| this.scoped(ns, lease),
+    boxed: |w| w
+);

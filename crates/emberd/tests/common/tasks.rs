@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::ctr;
+use super::{ctr, Ctr};
 
 pub const IMAGE: &str = "docker.io/ember/busybox:latest";
 
@@ -164,4 +164,19 @@ pub fn can_run_runc() -> bool {
         return false;
     }
     true
+}
+
+/// `ctr run --rm --runtime RUNTIME IMAGE id args…` in namespace `ns`.
+pub fn run_rm(s: &Path, ns: &str, runtime: &str, id: &str, args: &[&str]) -> Ctr {
+    let mut a = vec!["run", "--rm", "--runtime", runtime, IMAGE, id];
+    a.extend_from_slice(args);
+    ctr(s, ns, &a)
+}
+
+/// `ctr containers create --runtime RUNTIME IMAGE id args…` in namespace `ns`;
+/// asserts it succeeded.
+pub fn create_container(s: &Path, ns: &str, runtime: &str, id: &str, args: &[&str]) {
+    let mut a = vec!["containers", "create", "--runtime", runtime, IMAGE, id];
+    a.extend_from_slice(args);
+    ctr(s, ns, &a).expect_ok();
 }
