@@ -16,7 +16,11 @@ use emberd::services::content_api::Blobs;
 use tonic::service::Routes;
 
 #[derive(Parser)]
-#[command(name = "ember-content-proxy", version, about)]
+#[command(
+    name = "ember-content-proxy",
+    version,
+    about = "Serves Ember's content store as containerd's Content service on a unix socket"
+)]
 struct Args {
     /// Directory holding the blobs and ingests.
     #[arg(long)]

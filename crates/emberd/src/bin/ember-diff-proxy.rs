@@ -16,7 +16,11 @@ use emberd::services::diff::Service;
 use tonic::service::Routes;
 
 #[derive(Parser)]
-#[command(name = "ember-diff-proxy", version, about)]
+#[command(
+    name = "ember-diff-proxy",
+    version,
+    about = "Serves Ember's differ as containerd's Diff service on a unix socket"
+)]
 struct Args {
     #[command(flatten)]
     serve: ServeArgs,
