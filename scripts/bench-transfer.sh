@@ -122,9 +122,10 @@ pull_once() { # start-function name puller host [extra flags]
     sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
     local t0 t1
     t0=$(date +%s.%N)
-    "$3" "$4" "${@:5}"
+    "$3" "$4" "${@:5}" || { echo "$2: the pull failed" >&2; exit 1; }
     t1=$(date +%s.%N)
-    "$CTR17" -a "$SOCK" snapshots ls | grep -c Committed | grep -qx "$((LAYERS + 1))"
+    "$CTR17" -a "$SOCK" snapshots ls | grep -c Committed | grep -qx "$((LAYERS + 1))" ||
+        { echo "$2: not every layer was unpacked" >&2; exit 1; }
     stop
     umount -R "$d"/root/* 2>/dev/null || true
     rm -rf "$d" 2>/dev/null || true

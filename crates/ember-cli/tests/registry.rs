@@ -4,7 +4,7 @@
 //! with its size and age; bad references, missing tags and a registry that is
 //! down; `ember login` against an htpasswd registry (a wrong password refused
 //! and nothing stored, the right one kept in `config.json`), push and pull with
-//! the stored credentials, `ember logout`. Then push and pull through a private
+//! the stored credentials, `ember logout`; the same with a token server. Then push and pull through a private
 //! containerd 1.7 (its registry over TLS with a certificate it trusts).
 
 mod common;
@@ -253,6 +253,40 @@ fn pull_push_login_against_emberd_and_containerd() {
         "{}",
         after.stderr
     );
+
+    // A registry with token auth: the password goes to its token server.
+    let token = TestRegistry::start(
+        &work.join("reg-token"),
+        &RegistryOptions {
+            storage: Some(reg.storage.clone()),
+            token_auth: Some(("ember".into(), "t0ken".into())),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let token_login = |password: &str| {
+        let args = [
+            "login",
+            &token.host,
+            "-u",
+            "ember",
+            "--password-stdin",
+            "--plain-http",
+        ];
+        ember(s, NS, &cfg, &args, password)
+    };
+    let wrong = token_login("s3cret\n");
+    assert_eq!(wrong.code, Some(1), "{}", wrong.stderr);
+    let stored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cfg.join("config.json")).unwrap()).unwrap();
+    assert!(
+        stored["auths"].get(token.host.as_str()).is_none(),
+        "{stored}"
+    );
+    token_login("t0ken\n").expect_ok();
+    let tref = format!("{}/ember/busybox:latest", token.host);
+    e(&["pull", "--plain-http", &tref]).expect_ok();
+    e(&["logout", &token.host]).expect_ok();
 
     // The same verbs through containerd 1.7 (HTTPS to a registry whose CA it
     // trusts).

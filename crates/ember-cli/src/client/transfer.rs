@@ -200,8 +200,10 @@ async fn run_transfer(
     ends: impl FnOnce(String) -> (Any, Any),
 ) -> Result<()> {
     let user = reg.user.as_deref().map(split_user).transpose()?;
-    let mut progress = open_stream(opts, channel, "progress").await?;
+    // containerd acknowledges a stream before it registers it; the progress
+    // stream, which a transfer takes first, is opened last (see below).
     let auth = open_stream(opts, channel, "auth").await?;
+    let mut progress = open_stream(opts, channel, "progress").await?;
     let options = api::TransferOptions {
         progress_stream: progress.id.clone(),
     };
@@ -216,17 +218,30 @@ async fn run_transfer(
             }
         }
     });
-    let mut client = TransferClient::new(channel.clone());
-    let call = client.transfer(opts.req(api::TransferRequest {
+    let request = api::TransferRequest {
         source: Some(source),
         destination: Some(destination),
         options: Some(options),
-    }));
-    tokio::pin!(call);
+    };
+    let mut client = TransferClient::new(channel.clone());
+    let mut tries = 0u64;
     let result = loop {
-        tokio::select! {
-            r = &mut call => break r,
-            Some(p) = erx.recv() => view.event(&p),
+        let call = client.transfer(opts.req(request.clone()));
+        tokio::pin!(call);
+        let r = loop {
+            tokio::select! {
+                r = &mut call => break r,
+                Some(p) = erx.recv() => view.event(&p),
+            }
+        };
+        // A bare "not found" is containerd's answer for a stream it has
+        // acknowledged but not registered yet: asked again shortly.
+        match r {
+            Err(s) if s.code() == Code::NotFound && s.message() == "not found" && tries < 5 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(20 * tries)).await;
+            }
+            r => break r,
         }
     };
     // What the daemon sent before answering is shown before the result.
