@@ -203,16 +203,19 @@ async fn run_transfer(
     // containerd acknowledges a stream before it registers it; the progress
     // stream, which a transfer takes first, is opened last (see below).
     let auth = open_stream(opts, channel, "auth").await?;
-    let mut progress = open_stream(opts, channel, "progress").await?;
+    let OpenStream {
+        id: progress_id,
+        tx: progress_tx,
+        rx: mut progress_rx,
+    } = open_stream(opts, channel, "progress").await?;
     let options = api::TransferOptions {
-        progress_stream: progress.id.clone(),
+        progress_stream: progress_id,
     };
     let (source, destination) = ends(auth.id.clone());
     let auth_task = tokio::spawn(answer_auth(auth, user));
     let (etx, mut erx) = mpsc::unbounded_channel::<tt::Progress>();
-    let keep = progress.tx.clone();
     let reader = tokio::spawn(async move {
-        while let Ok(Some(m)) = progress.rx.message().await {
+        while let Ok(Some(m)) = progress_rx.message().await {
             if let Some(p) = unpack::<tt::Progress>(&m) {
                 let _ = etx.send(p);
             }
@@ -245,7 +248,7 @@ async fn run_transfer(
         }
     };
     // What the daemon sent before answering is shown before the result.
-    drop(keep);
+    drop(progress_tx);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), reader).await;
     while let Ok(p) = erx.try_recv() {
         view.event(&p);
