@@ -132,6 +132,21 @@ fn pull_push_login_against_emberd_and_containerd() {
     let quiet = e(&["pull", "-q", "--plain-http", &remote]);
     assert_eq!(quiet.expect_ok().trim(), format!("{remote} {digest}"));
 
+    // A platform asked for by name; a malformed one refused before any call.
+    let host = format!("linux/{}", ember_images::Platform::host().architecture);
+    let with_platform = e(&["pull", "-q", "--plain-http", "--platform", &host, &remote]);
+    assert_eq!(
+        with_platform.expect_ok().trim(),
+        format!("{remote} {digest}")
+    );
+    let bad_platform = e(&["pull", "--plain-http", "--platform", "linux", &remote]);
+    assert_eq!(bad_platform.code, Some(1), "{}", bad_platform.stderr);
+    assert!(
+        bad_platform.stderr.contains("os/arch"),
+        "{}",
+        bad_platform.stderr
+    );
+
     // Listed with its size (manifest, config, layers) and age.
     let ls = e(&["images"]);
     let table = ls.expect_ok();
