@@ -6,7 +6,8 @@
 # containerd 1.7's transfer service only speaks HTTPS to registries, so it pulls
 # from a second registry serving the same storage over TLS (its CA trusted through
 # SSL_CERT_FILE); emberd pulls from both (the CA from a hosts.toml); for reference, ctr's client-side pull (`--local`) from
-# the plain-HTTP registry into containerd 1.7 is measured too.
+# the plain-HTTP registry into containerd 1.7 is measured too, and so is the
+# `ember pull` command line (the same Transfer calls) against both daemons.
 # The image: a busybox layer and $LAYERS layers of $LAYER_MB MiB random data each.
 # Needs root, /usr/bin/docker-registry, openssl, /opt/ember/trixie (scripts/trixie.sh).
 # Prints a markdown table for docs/benchmarks.md.
@@ -28,8 +29,15 @@ for b in /usr/bin/docker-registry "$CTR17" "$T/containerd" /bin/busybox openssl;
     command -v "$b" >/dev/null || { echo "missing $b" >&2; exit 1; }
 done
 
-cargo build --release -p emberd --bin emberd >&2
-EMBERD=target/release/emberd
+# PROFILE=debug measures the debug builds (no release build needed).
+PROFILE=${PROFILE:-release}
+if [ "$PROFILE" = release ]; then
+    cargo build --release -p emberd --bin emberd -p ember-cli --bin ember >&2
+else
+    cargo build -p emberd --bin emberd -p ember-cli --bin ember >&2
+fi
+EMBERD=target/$PROFILE/emberd
+EMBER=target/$PROFILE/ember
 
 wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "no port $1" >&2; exit 1; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -97,30 +105,40 @@ start_emberd "$WORK/seed"
 stop
 rm -rf "$WORK/seed" "$ARCHIVE"
 
-pull_once() { # start-function name host [extra ctr flags]
+ctr_pull() { # host [extra flags]
+    "$CTR17" -a "$SOCK" images pull "${@:2}" --platform linux/amd64 "$1/ember/bench-layers:latest" >/dev/null
+}
+ember_pull() { # host [extra flags]
+    "$EMBER" -a "$SOCK" pull -q "${@:2}" --platform linux/amd64 --snapshotter overlayfs "$1/ember/bench-layers:latest" >/dev/null
+}
+pull_once() { # start-function name puller host [extra flags]
     local d=$WORK/$2-$RANDOM
     "$1" "$d"
     sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
     local t0 t1
     t0=$(date +%s.%N)
-    "$CTR17" -a "$SOCK" images pull "${@:4}" --platform linux/amd64 "$3/ember/bench-layers:latest" >/dev/null
+    "$3" "$4" "${@:5}" || { echo "$2: the pull failed" >&2; exit 1; }
     t1=$(date +%s.%N)
-    "$CTR17" -a "$SOCK" snapshots ls | grep -c Committed | grep -qx "$((LAYERS + 1))"
+    "$CTR17" -a "$SOCK" snapshots ls | grep -c Committed | grep -qx "$((LAYERS + 1))" ||
+        { echo "$2: not every layer was unpacked" >&2; exit 1; }
     stop
     umount -R "$d"/root/* 2>/dev/null || true
     rm -rf "$d" 2>/dev/null || true
     echo "$t1 - $t0" | bc -l
 }
 
-E=(); ET=(); C=(); L=()
+E=(); ET=(); C=(); L=(); XE=(); XC=()
 for _ in $(seq "$RUNS"); do
-    E+=("$(pull_once start_emberd emberd "127.0.0.1:$PLAIN" --local=false)")
-    ET+=("$(EMBERD_ARGS="--config $WORK/emberd.toml" pull_once start_emberd emberd-tls "127.0.0.1:$TLS" --local=false)")
-    C+=("$(pull_once start_containerd containerd "127.0.0.1:$TLS" --local=false)")
-    L+=("$(pull_once start_containerd containerd-local "127.0.0.1:$PLAIN" --local --plain-http)")
+    E+=("$(pull_once start_emberd emberd ctr_pull "127.0.0.1:$PLAIN" --local=false)")
+    ET+=("$(EMBERD_ARGS="--config $WORK/emberd.toml" pull_once start_emberd emberd-tls ctr_pull "127.0.0.1:$TLS" --local=false)")
+    C+=("$(pull_once start_containerd containerd ctr_pull "127.0.0.1:$TLS" --local=false)")
+    L+=("$(pull_once start_containerd containerd-local ctr_pull "127.0.0.1:$PLAIN" --local --plain-http)")
+    XE+=("$(pull_once start_emberd ember-cli ember_pull "127.0.0.1:$PLAIN" --plain-http)")
+    XC+=("$(pull_once start_containerd ember-cli-containerd ember_pull "127.0.0.1:$TLS")")
 done
 fmt() { printf '%.2f' "$1"; }
 list() { local o=""; for x in "$@"; do o+="$(fmt "$x") "; done; echo "${o% }"; }
+XEM=$(printf '%s\n' "${XE[@]}" | median); XCM=$(printf '%s\n' "${XC[@]}" | median)
 EM=$(printf '%s\n' "${E[@]}" | median); ETM=$(printf '%s\n' "${ET[@]}" | median); CM=$(printf '%s\n' "${C[@]}" | median); LM=$(printf '%s\n' "${L[@]}" | median)
 SIZE=$((LAYERS * LAYER_MB))
 echo "| pull + unpack, $((LAYERS + 1)) layers, ${SIZE} MiB (s) | median | runs | vs emberd |"
@@ -129,3 +147,5 @@ echo "| emberd Transfer (HTTP) | $(fmt "$EM") | $(list "${E[@]}") | 1.00× |"
 echo "| emberd Transfer (HTTPS) | $(fmt "$ETM") | $(list "${ET[@]}") | $(printf '%.2f' "$(echo "$ETM / $EM" | bc -l)")× |"
 echo "| containerd 1.7.24 Transfer (HTTPS) | $(fmt "$CM") | $(list "${C[@]}") | $(printf '%.2f' "$(echo "$CM / $EM" | bc -l)")× |"
 echo "| containerd 1.7.24, ctr --local pull (HTTP) | $(fmt "$LM") | $(list "${L[@]}") | $(printf '%.2f' "$(echo "$LM / $EM" | bc -l)")× |"
+echo "| \`ember pull\` → emberd (HTTP) | $(fmt "$XEM") | $(list "${XE[@]}") | $(printf '%.2f' "$(echo "$XEM / $EM" | bc -l)")× |"
+echo "| \`ember pull\` → containerd 1.7.24 (HTTPS) | $(fmt "$XCM") | $(list "${XC[@]}") | $(printf '%.2f' "$(echo "$XCM / $EM" | bc -l)")× |"

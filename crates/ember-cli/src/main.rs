@@ -38,6 +38,10 @@ enum Command {
     Images(client::images::ImagesArgs),
     Plugins(client::plugins::PluginsArgs),
     Version(client::version::VersionArgs),
+    Pull(client::transfer::PullArgs),
+    Push(client::transfer::PushArgs),
+    Login(client::login::LoginArgs),
+    Logout(client::login::LogoutArgs),
 }
 
 fn main() {
@@ -65,6 +69,10 @@ fn main() {
             Command::Images(a) => client::images::run(&cli.client, a).await,
             Command::Plugins(a) => client::plugins::run(&cli.client, a).await,
             Command::Version(a) => client::version::run(&cli.client, a).await,
+            Command::Pull(a) => client::transfer::pull(&cli.client, a).await,
+            Command::Push(a) => client::transfer::push(&cli.client, a).await,
+            Command::Login(a) => client::login::login(a).await,
+            Command::Logout(a) => client::login::logout(a).await,
         }
     });
     match result {

@@ -8,7 +8,7 @@
 //! committed under its chain id. Blobs are written several at a time.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -16,24 +16,20 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Subcommand;
 use containerd_client::services::v1 as api;
 use containerd_client::services::v1::content_client::ContentClient;
-use containerd_client::services::v1::diff_client::DiffClient;
 use containerd_client::services::v1::images_client::ImagesClient;
 use containerd_client::services::v1::leases_client::LeasesClient;
-use containerd_client::services::v1::snapshots as snap;
-use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
 use containerd_client::tonic::transport::Channel;
 use containerd_client::tonic::{Code, Request};
 use containerd_client::types::Descriptor as WireDescriptor;
 use ember_images::{Archive, Descriptor, Platform};
-use serde::Serialize;
 
-use super::{human_size, labels_cell, output, rpc, ClientOpts};
+use super::{rpc, ClientOpts};
 
 #[derive(clap::Args, Debug)]
-#[command(about = "Manage images")]
+#[command(about = "Manage images (lists them without a subcommand)")]
 pub struct ImagesArgs {
     #[command(subcommand)]
-    cmd: Cmd,
+    cmd: Option<Cmd>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -86,7 +82,7 @@ enum Cmd {
     },
 }
 
-fn wire_desc(d: &Descriptor) -> WireDescriptor {
+pub(super) fn wire_desc(d: &Descriptor) -> WireDescriptor {
     WireDescriptor {
         media_type: d.media_type.clone(),
         digest: d.digest.clone(),
@@ -97,14 +93,14 @@ fn wire_desc(d: &Descriptor) -> WireDescriptor {
 
 /// Requests in the namespace, under a lease.
 #[derive(Clone)]
-struct Ctx {
-    opts: ClientOpts,
-    lease: Option<String>,
-    channel: Channel,
+pub(super) struct Ctx {
+    pub(super) opts: ClientOpts,
+    pub(super) lease: Option<String>,
+    pub(super) channel: Channel,
 }
 
 impl Ctx {
-    fn req<T>(&self, msg: T) -> Request<T> {
+    pub(super) fn req<T>(&self, msg: T) -> Request<T> {
         let mut r = self.opts.req(msg);
         if let Some(l) = &self.lease {
             if let Ok(v) = l.parse() {
@@ -114,7 +110,7 @@ impl Ctx {
         r
     }
 
-    async fn read_blob(&self, digest: &str) -> Result<Vec<u8>> {
+    pub(super) async fn read_blob(&self, digest: &str) -> Result<Vec<u8>> {
         let mut c = ContentClient::new(self.channel.clone());
         let mut s = c
             .read(self.req(api::ReadContentRequest {
@@ -132,7 +128,7 @@ impl Ctx {
         Ok(out)
     }
 
-    async fn label(&self, digest: &str, labels: HashMap<String, String>) -> Result<()> {
+    pub(super) async fn label(&self, digest: &str, labels: HashMap<String, String>) -> Result<()> {
         let paths = labels.keys().map(|k| format!("labels.{k}")).collect();
         ContentClient::new(self.channel.clone())
             .update(self.req(api::UpdateRequest {
@@ -249,16 +245,19 @@ impl Ctx {
     }
 }
 
-fn media_is_index(mt: &str) -> bool {
+pub(super) fn media_is_index(mt: &str) -> bool {
     mt == ember_images::MEDIA_TYPE_OCI_INDEX || mt == ember_images::MEDIA_TYPE_DOCKER_LIST
 }
 
-fn media_is_manifest(mt: &str) -> bool {
+pub(super) fn media_is_manifest(mt: &str) -> bool {
     mt == ember_images::MEDIA_TYPE_OCI_MANIFEST || mt == ember_images::MEDIA_TYPE_DOCKER_MANIFEST
 }
 
-/// The manifest of `target` for this host's platform.
-async fn platform_manifest(ctx: &Ctx, target: &Descriptor) -> Result<ember_images::Manifest> {
+/// The manifest of `target` for this host's platform, with its descriptor.
+pub(super) async fn platform_manifest(
+    ctx: &Ctx,
+    target: &Descriptor,
+) -> Result<(Descriptor, ember_images::Manifest)> {
     let mut d = target.clone();
     for _ in 0..8 {
         let bytes = ctx.read_blob(&d.digest).await?;
@@ -280,7 +279,7 @@ async fn platform_manifest(ctx: &Ctx, target: &Descriptor) -> Result<ember_image
                 .ok_or_else(|| anyhow!("no manifest for {}/{}", host.os, host.architecture))?;
             continue;
         }
-        return Ok(ember_images::parse_manifest(&bytes)?);
+        return Ok((d, ember_images::parse_manifest(&bytes)?));
     }
     bail!("indexes nested too deep")
 }
@@ -312,127 +311,7 @@ fn child_labels(d: &Descriptor, bytes: &[u8]) -> HashMap<String, String> {
     l
 }
 
-async fn unpack(
-    ctx: &Ctx,
-    target: &Descriptor,
-    snapshotter: &str,
-    bar: &indicatif::ProgressBar,
-) -> Result<()> {
-    let manifest = platform_manifest(ctx, target).await?;
-    let config = ember_images::parse_config(&ctx.read_blob(&manifest.config.digest).await?)?;
-    let diff_ids = &config.rootfs.diff_ids;
-    if diff_ids.len() != manifest.layers.len() {
-        bail!(
-            "the config lists {} layers, the manifest {}",
-            diff_ids.len(),
-            manifest.layers.len()
-        );
-    }
-    let chain = ember_images::chain_ids(diff_ids);
-    let mut sn = SnapshotsClient::new(ctx.channel.clone());
-    let mut diff = DiffClient::new(ctx.channel.clone());
-    for (i, layer) in manifest.layers.iter().enumerate() {
-        let chain_id = &chain[i];
-        let exists = sn
-            .stat(ctx.req(snap::StatSnapshotRequest {
-                snapshotter: snapshotter.into(),
-                key: chain_id.clone(),
-            }))
-            .await
-            .is_ok();
-        if exists {
-            continue;
-        }
-        bar.set_message(format!("unpacking {}", layer.digest));
-        let key = format!("extract-{} {chain_id}", uuid_like());
-        let parent = if i == 0 {
-            String::new()
-        } else {
-            chain[i - 1].clone()
-        };
-        let labels: HashMap<String, String> =
-            [("containerd.io/snapshot.ref".to_string(), chain_id.clone())].into();
-        let mounts = sn
-            .prepare(ctx.req(snap::PrepareSnapshotRequest {
-                snapshotter: snapshotter.into(),
-                key: key.clone(),
-                parent,
-                labels: labels.clone(),
-            }))
-            .await
-            .map_err(rpc)?
-            .into_inner()
-            .mounts;
-        let applied = diff
-            .apply(ctx.req(api::ApplyRequest {
-                diff: Some(wire_desc(layer)),
-                mounts,
-                ..Default::default()
-            }))
-            .await;
-        let result = match applied {
-            Ok(r) => {
-                let got = r.into_inner().applied.map(|d| d.digest).unwrap_or_default();
-                if got != diff_ids[i] {
-                    Err(anyhow!(
-                        "layer {} has diff id {got}, the config says {}",
-                        layer.digest,
-                        diff_ids[i]
-                    ))
-                } else {
-                    sn.commit(ctx.req(snap::CommitSnapshotRequest {
-                        snapshotter: snapshotter.into(),
-                        name: chain_id.clone(),
-                        key: key.clone(),
-                        labels,
-                    }))
-                    .await
-                    .map(|_| ())
-                    .or_else(|s| {
-                        if s.code() == Code::AlreadyExists {
-                            Ok(())
-                        } else {
-                            Err(rpc(s))
-                        }
-                    })
-                }
-            }
-            Err(s) => Err(anyhow!("applying layer {}: {}", layer.digest, s.message())),
-        };
-        if let Err(e) = result {
-            let _ = sn
-                .remove(ctx.req(snap::RemoveSnapshotRequest {
-                    snapshotter: snapshotter.into(),
-                    key,
-                }))
-                .await;
-            return Err(e);
-        }
-        ctx.label(
-            &layer.digest,
-            [(
-                "containerd.io/uncompressed".to_string(),
-                diff_ids[i].clone(),
-            )]
-            .into(),
-        )
-        .await?;
-    }
-    if let Some(top) = chain.last() {
-        ctx.label(
-            &manifest.config.digest,
-            [(
-                format!("containerd.io/gc.ref.snapshot.{snapshotter}"),
-                top.clone(),
-            )]
-            .into(),
-        )
-        .await?;
-    }
-    Ok(())
-}
-
-fn uuid_like() -> String {
+pub(super) fn uuid_like() -> String {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
@@ -489,17 +368,7 @@ async fn import_leased(
         bail!("{} names no image", file.display());
     }
     let total: u64 = archive.blobs.iter().map(|b| b.size.max(0) as u64).sum();
-    let bar = if quiet {
-        indicatif::ProgressBar::hidden()
-    } else {
-        indicatif::ProgressBar::new(total)
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} {msg}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let bar = super::progress::bytes_bar(total, quiet);
     bar.set_message("writing blobs");
     // Several blobs at a time.
     let sem = Arc::new(tokio::sync::Semaphore::new(4));
@@ -565,7 +434,7 @@ async fn import_leased(
         let mut done = std::collections::HashSet::new();
         for img in &archive.images {
             if done.insert(img.target.digest.clone()) {
-                unpack(ctx, &img.target, &snapshotter, &bar)
+                super::image_unpack::unpack(ctx, &img.target, &snapshotter, &bar)
                     .await
                     .with_context(|| format!("unpacking {}", img.name))?;
             }
@@ -578,106 +447,12 @@ async fn import_leased(
     Ok(())
 }
 
-#[derive(Serialize)]
-struct ImageRow {
-    name: String,
-    media_type: String,
-    digest: String,
-    size: i64,
-    labels: std::collections::BTreeMap<String, String>,
-}
-
-async fn export(opts: &ClientOpts, out: PathBuf, names: Vec<String>) -> Result<()> {
-    let channel = opts.channel().await?;
-    let ctx = Ctx {
-        opts: opts.clone(),
-        lease: None,
-        channel: channel.clone(),
-    };
-    let mut images = ImagesClient::new(channel);
-    let tmp = tempfile::tempdir()?;
-    let mut blobs: Vec<(String, PathBuf)> = Vec::new();
-    let mut index = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for name in names {
-        let img = images
-            .get(opts.req(api::GetImageRequest { name: name.clone() }))
-            .await
-            .map_err(rpc)?
-            .into_inner()
-            .image
-            .ok_or_else(|| anyhow!("image {name} has no record"))?;
-        let t = img.target.unwrap_or_default();
-        let mut target = Descriptor {
-            media_type: t.media_type,
-            digest: t.digest,
-            size: t.size,
-            annotations: t.annotations.into_iter().collect(),
-            platform: None,
-        };
-        let mut todo = vec![target.clone()];
-        while let Some(d) = todo.pop() {
-            if !seen.insert(d.digest.clone()) {
-                continue;
-            }
-            let bytes = ctx.read_blob(&d.digest).await?;
-            if media_is_index(&d.media_type) {
-                todo.extend(ember_images::parse_index(&bytes)?.manifests);
-            } else if media_is_manifest(&d.media_type) {
-                let m = ember_images::parse_manifest(&bytes)?;
-                todo.push(m.config);
-                todo.extend(m.layers);
-            }
-            let p = tmp.path().join(d.digest.replace(':', "-"));
-            std::fs::write(&p, &bytes)?;
-            blobs.push((d.digest.clone(), p));
-        }
-        target
-            .annotations
-            .insert(ember_images::ANNOTATION_IMAGE_NAME.into(), name.clone());
-        if let Some(tag) = name
-            .rsplit_once(':')
-            .map(|(_, t)| t)
-            .filter(|t| !t.contains('/'))
-        {
-            target
-                .annotations
-                .insert(ember_images::ANNOTATION_REF_NAME.into(), tag.into());
-        }
-        index.push(target);
-    }
-    let idx = ember_images::Index {
-        schema_version: 2,
-        media_type: ember_images::MEDIA_TYPE_OCI_INDEX.into(),
-        manifests: index,
-        annotations: Default::default(),
-    };
-    let f = std::fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;
-    let mut b = tar::Builder::new(std::io::BufWriter::new(f));
-    let mut add = |name: &str, data: &mut dyn Read, size: u64| -> Result<()> {
-        let mut h = tar::Header::new_ustar();
-        h.set_size(size);
-        h.set_mode(0o444);
-        h.set_entry_type(tar::EntryType::Regular);
-        b.append_data(&mut h, name, data)?;
-        Ok(())
-    };
-    let layout = br#"{"imageLayoutVersion":"1.0.0"}"#;
-    add("oci-layout", &mut &layout[..], layout.len() as u64)?;
-    for (digest, path) in &blobs {
-        let (alg, hex) = digest.split_once(':').unwrap_or(("sha256", digest));
-        let mut f = std::fs::File::open(path)?;
-        let size = f.metadata()?.len();
-        add(&format!("blobs/{alg}/{hex}"), &mut f, size)?;
-    }
-    let idx = serde_json::to_vec(&idx)?;
-    add("index.json", &mut &idx[..], idx.len() as u64)?;
-    b.into_inner()?.flush()?;
-    Ok(())
-}
-
 pub async fn run(opts: &ClientOpts, a: ImagesArgs) -> Result<i32> {
-    match a.cmd {
+    let cmd = a.cmd.unwrap_or(Cmd::Ls {
+        quiet: false,
+        filters: Vec::new(),
+    });
+    match cmd {
         Cmd::Import {
             file,
             base_name,
@@ -685,49 +460,8 @@ pub async fn run(opts: &ClientOpts, a: ImagesArgs) -> Result<i32> {
             no_unpack,
             quiet,
         } => import(opts, file, base_name, snapshotter, no_unpack, quiet).await?,
-        Cmd::Export { out, names } => export(opts, out, names).await?,
-        Cmd::Ls { quiet, filters } => {
-            let mut c = ImagesClient::new(opts.channel().await?);
-            let list = c
-                .list(opts.req(api::ListImagesRequest { filters }))
-                .await
-                .map_err(rpc)?
-                .into_inner()
-                .images;
-            let rows: Vec<ImageRow> = list
-                .into_iter()
-                .map(|i| {
-                    let t = i.target.unwrap_or_default();
-                    ImageRow {
-                        name: i.name,
-                        media_type: t.media_type,
-                        digest: t.digest,
-                        size: t.size,
-                        labels: i.labels.into_iter().collect(),
-                    }
-                })
-                .collect();
-            if quiet && !opts.json {
-                for r in &rows {
-                    println!("{}", r.name);
-                }
-                return Ok(0);
-            }
-            output(
-                opts,
-                &rows,
-                &["REF", "TYPE", "DIGEST", "SIZE", "LABELS"],
-                |r| {
-                    vec![
-                        r.name.clone(),
-                        r.media_type.clone(),
-                        r.digest.clone(),
-                        human_size(r.size),
-                        labels_cell(&r.labels),
-                    ]
-                },
-            )?;
-        }
+        Cmd::Export { out, names } => super::image_export::export(opts, out, names).await?,
+        Cmd::Ls { quiet, filters } => super::image_list::list(opts, quiet, filters).await?,
         Cmd::Tag {
             source,
             target,

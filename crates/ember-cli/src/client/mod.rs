@@ -4,11 +4,17 @@
 
 pub mod containers;
 pub mod content;
+pub mod image_export;
+pub mod image_list;
+pub mod image_unpack;
 pub mod images;
 pub mod leases;
+pub mod login;
 pub mod namespaces;
 pub mod plugins;
+pub mod progress;
 pub mod snapshots;
+pub mod transfer;
 pub mod version;
 
 use std::path::PathBuf;
@@ -180,15 +186,19 @@ pub fn rfc3339(t: Option<SystemTime>) -> String {
     )
 }
 
-/// "3 minutes ago"-style ages.
-pub fn age(t: Option<SystemTime>) -> String {
-    let Some(t) = t else {
-        return "-".into();
-    };
-    let s = SystemTime::now()
+/// Seconds from `t` to now (0 for times ahead).
+pub fn secs_since(t: SystemTime) -> u64 {
+    SystemTime::now()
         .duration_since(t)
         .map(|d| d.as_secs())
-        .unwrap_or(0);
+        .unwrap_or(0)
+}
+
+/// Short ages: `3m`, `2h`.
+pub fn age(t: Option<SystemTime>) -> String {
+    let Some(s) = t.map(secs_since) else {
+        return "-".into();
+    };
     match s {
         0..=59 => format!("{s}s"),
         60..=3599 => format!("{}m", s / 60),
