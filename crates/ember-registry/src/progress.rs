@@ -58,7 +58,9 @@ pub fn node_name(media_type: &str, digest: &str) -> String {
         "index"
     } else if crate::is_manifest(media_type) {
         "manifest"
-    } else if media_type.contains("config") {
+    } else if media_type.contains("config")
+        || media_type == "application/vnd.docker.container.image.v1+json"
+    {
         "config"
     } else if media_type.contains("layer") || media_type.contains("rootfs") {
         "layer"
@@ -66,4 +68,32 @@ pub fn node_name(media_type: &str, digest: &str) -> String {
         "unknown"
     };
     format!("{kind}-{digest}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::node_name;
+
+    #[test]
+    fn nodes_are_named_by_their_kind() {
+        let d = "sha256:ab";
+        for (media_type, kind) in [
+            ("application/vnd.oci.image.index.v1+json", "index"),
+            (
+                "application/vnd.docker.distribution.manifest.v2+json",
+                "manifest",
+            ),
+            ("application/vnd.oci.image.config.v1+json", "config"),
+            ("application/vnd.docker.container.image.v1+json", "config"),
+            ("application/vnd.oci.image.layer.v1.tar+gzip", "layer"),
+            ("application/vnd.docker.image.rootfs.diff.tar.gzip", "layer"),
+            ("text/plain", "unknown"),
+        ] {
+            assert_eq!(
+                node_name(media_type, d),
+                format!("{kind}-{d}"),
+                "{media_type}"
+            );
+        }
+    }
 }
