@@ -38,9 +38,23 @@ enum Command {
     Images(client::images::ImagesArgs),
     Plugins(client::plugins::PluginsArgs),
     Version(client::version::VersionArgs),
+    Run(client::container::run::RunArgs),
+    Ps(client::container::ps::PsArgs),
+    Exec(client::container::exec::ExecArgs),
+    Logs(client::container::logs::LogsArgs),
+    Stop(client::container::stop::StopArgs),
+    Kill(client::container::stop::KillArgs),
+    Rm(client::container::rm::RmArgs),
+    Inspect(client::container::inspect::InspectArgs),
 }
 
 fn main() {
+    if let Some(dir) = std::env::args().nth(1).and_then(|a| {
+        a.strip_prefix(client::container::logger::ARG_PREFIX)
+            .map(String::from)
+    }) {
+        std::process::exit(client::container::logger::serve(&dir));
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log_level))
@@ -65,6 +79,14 @@ fn main() {
             Command::Images(a) => client::images::run(&cli.client, a).await,
             Command::Plugins(a) => client::plugins::run(&cli.client, a).await,
             Command::Version(a) => client::version::run(&cli.client, a).await,
+            Command::Run(a) => client::container::run::run(&cli.client, a).await,
+            Command::Ps(a) => client::container::ps::run(&cli.client, a).await,
+            Command::Exec(a) => client::container::exec::run(&cli.client, a).await,
+            Command::Logs(a) => client::container::logs::run(&cli.client, a).await,
+            Command::Stop(a) => client::container::stop::run_stop(&cli.client, a).await,
+            Command::Kill(a) => client::container::stop::run_kill(&cli.client, a).await,
+            Command::Rm(a) => client::container::rm::run(&cli.client, a).await,
+            Command::Inspect(a) => client::container::inspect::run(&cli.client, a).await,
         }
     });
     match result {

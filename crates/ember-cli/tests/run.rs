@@ -1,0 +1,388 @@
+//! `ember run`, `ps`, `exec`, `logs`, `stop`, `kill`, `rm`, `inspect` against a real
+//! emberd, with runc's shim and with the microVM shim.
+
+mod common;
+
+use std::io::Write;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{ok, text, Daemon};
+
+const IMAGE: &str = "docker.io/ember/busybox:latest";
+
+fn status_of(d: &Daemon, id: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(&ok(&d.run(&["inspect", id]))).unwrap();
+    v[0]["state"]["status"].as_str().unwrap().to_string()
+}
+
+fn wait_for_output(d: &Daemon, id: &str, want: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = ok(&d.run(&["logs", id]));
+        if out.contains(want) || Instant::now() > deadline {
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn runc_container_verbs() {
+    if !common::can_run() {
+        return;
+    }
+    let d = Daemon::start();
+    d.import_busybox(IMAGE);
+    let rt = ["--runtime", "runc"];
+
+    // Foreground: output and exit status.
+    let o = d.run(
+        &[
+            &rt[..],
+            &[
+                "run",
+                "--rm",
+                IMAGE,
+                "sh",
+                "-c",
+                "echo out; echo err >&2; exit 3",
+            ],
+        ]
+        .concat(),
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "out\n");
+    assert!(text(&o.stderr).contains("err"), "{}", text(&o.stderr));
+    // The short name resolves like docker's.
+    let o = d.run(
+        &[
+            &rt[..],
+            &[
+                "run",
+                "--rm",
+                "-e",
+                "GREETING=hi there",
+                "-w",
+                "/tmp",
+                "docker.io/ember/busybox",
+                "sh",
+                "-c",
+                "echo $GREETING; pwd",
+            ],
+        ]
+        .concat(),
+    );
+    assert_eq!(ok(&o), "hi there\n/tmp\n");
+
+    // -i: stdin round trip.
+    let mut child = d
+        .ember()
+        .args(
+            [
+                &rt[..],
+                &["run", "--rm", "-i", IMAGE, "sh", "-c", "tr a-z A-Z"],
+            ]
+            .concat(),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"round trip\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(ok(&o), "ROUND TRIP\n");
+
+    // Errors: missing image, command not found, unknown id.
+    let o = d.run(&["run", "--rm", "nosuch/image:1", "true"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        text(&o.stderr).contains("not found locally") && text(&o.stderr).contains("ember pull"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = d.run(&[&rt[..], &["run", "--rm", IMAGE, "/no/such/cmd"]].concat());
+    assert_eq!(o.status.code(), Some(127), "{}", text(&o.stderr));
+    for verb in [
+        &["rm"][..],
+        &["stop"],
+        &["kill"],
+        &["inspect"],
+        &["logs"],
+        &["exec", "sh"],
+    ] {
+        let mut args = vec![verb[0], "ghost"];
+        args.extend(&verb[1..]);
+        let o = d.run(&args);
+        assert_ne!(o.status.code(), Some(0), "{verb:?}");
+        assert!(
+            text(&o.stderr).contains("no such container: ghost"),
+            "{verb:?}: {}",
+            text(&o.stderr)
+        );
+    }
+    let o = d.run(&["run", "-v", "/tmp:/data", IMAGE, "true"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        text(&o.stderr).contains("not supported in microVMs"),
+        "{}",
+        text(&o.stderr)
+    );
+
+    // Bind mounts with runc.
+    let host = d.dir.path().join("vol");
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::write(host.join("f"), "from the host\n").unwrap();
+    let v = format!("{}:/data:ro", host.display());
+    let o = d.run(
+        &[
+            &rt[..],
+            &[
+                "run",
+                "--rm",
+                "-v",
+                &v,
+                IMAGE,
+                "sh",
+                "-c",
+                "cat /data/f; touch /data/g",
+            ],
+        ]
+        .concat(),
+    );
+    assert_eq!(text(&o.stdout), "from the host\n");
+    assert_ne!(
+        o.status.code(),
+        Some(0),
+        "a read-only bind mount was written"
+    );
+
+    // Detached: ps, logs, exec, stop (SIGTERM handled), kill, rm.
+    let id = ok(&d.run(
+        &[
+            &rt[..],
+            &[
+                "run",
+                "-d",
+                "--name",
+                "web",
+                IMAGE,
+                "sh",
+                "-c",
+                "trap 'echo bye; exit 0' TERM; echo started; while true; do sleep 0.1; done",
+            ],
+        ]
+        .concat(),
+    ));
+    assert_eq!(id.trim(), "web");
+    let ps = ok(&d.run(&["ps"]));
+    let line = ps
+        .lines()
+        .find(|l| l.starts_with("web "))
+        .unwrap_or_else(|| panic!("{ps}"));
+    assert!(
+        line.contains("Up") && line.contains("io.containerd.runc.v2"),
+        "{ps}"
+    );
+    assert!(
+        ps.starts_with("ID") && ps.lines().next().unwrap().contains("PID"),
+        "{ps}"
+    );
+    assert!(wait_for_output(&d, "web", "started").contains("started"));
+    let o = d.run(&[
+        "exec",
+        "-e",
+        "X=42",
+        "web",
+        "sh",
+        "-c",
+        "echo in $X; exit 7",
+    ]);
+    assert_eq!(o.status.code(), Some(7), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "in 42\n");
+    let o = d.run(&["rm", "web"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stderr).contains("is running"),
+        "{}",
+        text(&o.stderr)
+    );
+    let t = Instant::now();
+    ok(&d.run(&["stop", "web"]));
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "stop took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(status_of(&d, "web"), "Exited (0)");
+    assert!(wait_for_output(&d, "web", "bye").contains("bye"));
+    let all = ok(&d.run(&["ps", "-a"]));
+    assert!(
+        all.lines()
+            .any(|l| l.starts_with("web ") && l.contains("Exited (0)")),
+        "{all}"
+    );
+    assert!(!ok(&d.run(&["ps"])).contains("web "));
+    ok(&d.run(&["rm", "web"]));
+
+    // stop -t 1 on a process that ignores SIGTERM: SIGKILL after the timeout.
+    ok(&d.run(
+        &[
+            &rt[..],
+            &[
+                "run",
+                "-d",
+                "--name",
+                "stubborn",
+                IMAGE,
+                "sh",
+                "-c",
+                "trap '' TERM; while true; do sleep 0.1; done",
+            ],
+        ]
+        .concat(),
+    ));
+    let t = Instant::now();
+    ok(&d.run(&["stop", "-t", "1", "stubborn"]));
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    assert_eq!(status_of(&d, "stubborn"), "Exited (137)");
+
+    // kill, then a foreground container kept for ps -a, inspect and rm -f.
+    ok(&d.run(
+        &[
+            &rt[..],
+            &["run", "-d", "--name", "victim", IMAGE, "sleep", "300"],
+        ]
+        .concat(),
+    ));
+    ok(&d.run(&["kill", "-s", "TERM", "victim"]));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status_of(&d, "victim") != "Exited (143)" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(status_of(&d, "victim"), "Exited (143)");
+    let o = d.run(
+        &[
+            &rt[..],
+            &["run", "--name", "kept", IMAGE, "sh", "-c", "exit 5"],
+        ]
+        .concat(),
+    );
+    assert_eq!(o.status.code(), Some(5));
+    let all = ok(&d.run(&["ps", "-a", "--json"]));
+    let rows: serde_json::Value = serde_json::from_str(&all).unwrap();
+    let kept = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == "kept")
+        .unwrap();
+    assert_eq!(kept["status"], "Exited (5)");
+    ok(&d.run(
+        &[
+            &rt[..],
+            &["run", "-d", "--name", "busy", IMAGE, "sleep", "300"],
+        ]
+        .concat(),
+    ));
+    let v: serde_json::Value = serde_json::from_str(&ok(&d.run(&["inspect", "busy"]))).unwrap();
+    assert_eq!(v[0]["state"]["running"], true);
+    assert!(v[0]["state"]["pid"].as_u64().unwrap() > 0);
+    assert_eq!(
+        v[0]["spec"]["process"]["args"],
+        serde_json::json!(["sleep", "300"])
+    );
+    assert_eq!(v[0]["runtime"], "io.containerd.runc.v2");
+    ok(&d.run(&["rm", "-f", "busy", "kept", "victim", "stubborn"]));
+    assert_eq!(ok(&d.run(&["ps", "-a", "-q"])), "");
+    let snaps = ok(&d.run(&["snapshots", "--snapshotter", "overlayfs", "ls"]));
+    assert!(
+        !snaps.contains("busy") && !snaps.contains("kept"),
+        "{snaps}"
+    );
+    assert!(!d.dir.path().join("cli/logs/default/web").exists());
+
+    // -t through a pty: the window size reaches the container.
+    if common::which("script").is_some() {
+        let cmd = format!(
+            "stty cols 91 rows 33; {} {} run --rm -t {IMAGE} stty size",
+            env!("CARGO_BIN_EXE_ember"),
+            rt.join(" ")
+        );
+        let o = d.ember_shell(&cmd);
+        assert!(
+            text(&o.stdout).contains("33 91"),
+            "{}{}",
+            text(&o.stdout),
+            text(&o.stderr)
+        );
+    }
+}
+
+#[test]
+fn microvm_container_verbs() {
+    if !common::can_run() || !common::has_guest() {
+        return;
+    }
+    let d = Daemon::start();
+    d.import_busybox(IMAGE);
+    let release = std::fs::read_to_string(format!("{}/kernel-release", common::GUEST_DIR))
+        .unwrap_or_default();
+    let host = text(
+        &std::process::Command::new("uname")
+            .arg("-r")
+            .output()
+            .unwrap()
+            .stdout,
+    );
+    let o = d.run(&[
+        "run",
+        "--rm",
+        "--cpus",
+        "1",
+        "--memory",
+        "256m",
+        IMAGE,
+        "sh",
+        "-c",
+        "uname -r; exit 4",
+    ]);
+    assert_eq!(o.status.code(), Some(4), "{}\n{}", text(&o.stderr), d.log());
+    let guest = text(&o.stdout);
+    assert_ne!(guest.trim(), host.trim(), "ran on the host kernel");
+    if !release.trim().is_empty() {
+        assert_eq!(guest.trim(), release.trim());
+    }
+    ok(&d.run(&[
+        "run",
+        "-d",
+        "--name",
+        "vm",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo hello from the vm; sleep 300",
+    ]));
+    assert!(wait_for_output(&d, "vm", "hello from the vm").contains("hello from the vm"));
+    let ps = ok(&d.run(&["ps"]));
+    assert!(
+        ps.lines().any(|l| l.starts_with("vm ")
+            && l.contains("Up")
+            && l.contains("io.containerd.ember.v2")),
+        "{ps}"
+    );
+    let o = d.run(&["exec", "vm", "sh", "-c", "echo exec; exit 6"]);
+    assert_eq!(o.status.code(), Some(6), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "exec\n");
+    ok(&d.run(&["rm", "-f", "vm"]));
+    assert_eq!(ok(&d.run(&["ps", "-a", "-q"])), "");
+}
