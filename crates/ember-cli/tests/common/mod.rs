@@ -128,6 +128,13 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        // Containers a failed assertion left behind go first, shims and all.
+        if let Ok(o) = self.ember().args(["ps", "-a", "-q"]).output() {
+            let ids: Vec<String> = text(&o.stdout).lines().map(String::from).collect();
+            if !ids.is_empty() {
+                let _ = self.ember().arg("rm").arg("-f").args(&ids).output();
+            }
+        }
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,

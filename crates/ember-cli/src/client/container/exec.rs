@@ -89,6 +89,7 @@ async fn exec(opts: &ClientOpts, a: ExecArgs) -> Result<i32> {
         eprintln!("ember: exec in {}: {}", a.id, s.message());
         return Ok(stdio::start_failure_code(s.message()));
     }
+    attached.created();
     let waiter = {
         let (conn, id, e) = (conn.clone(), a.id.clone(), exec_id.clone());
         tokio::spawn(async move { conn.wait(&id, &e).await })

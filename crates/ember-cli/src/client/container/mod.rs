@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use anyhow::{anyhow, Result};
 use containerd_client::services::v1 as api;
 use containerd_client::services::v1::containers_client::ContainersClient;
+use containerd_client::services::v1::leases_client::LeasesClient;
 use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::tonic::transport::Channel;
 use containerd_client::tonic::Code;
@@ -63,6 +64,8 @@ pub fn state_dir() -> PathBuf {
 pub struct Conn {
     pub opts: ClientOpts,
     pub channel: Channel,
+    /// Lease the requests are made under (keeps a new snapshot from the collector).
+    pub lease: Option<String>,
 }
 
 impl Conn {
@@ -70,7 +73,35 @@ impl Conn {
         Ok(Conn {
             opts: opts.clone(),
             channel: opts.channel().await?,
+            lease: None,
         })
+    }
+
+    /// The same connection under a new lease `id`.
+    pub async fn leased(&self, id: &str) -> Result<Conn> {
+        LeasesClient::new(self.channel.clone())
+            .create(self.req(api::CreateRequest {
+                id: id.into(),
+                labels: Default::default(),
+            }))
+            .await
+            .map_err(rpc)?;
+        Ok(Conn {
+            lease: Some(id.into()),
+            ..self.clone()
+        })
+    }
+
+    /// Ends the lease of a [`Conn::leased`] connection.
+    pub async fn release(&self) {
+        if let Some(id) = &self.lease {
+            let _ = LeasesClient::new(self.channel.clone())
+                .delete(self.opts.req(api::DeleteRequest {
+                    id: id.clone(),
+                    sync: false,
+                }))
+                .await;
+        }
     }
 
     pub fn tasks(&self) -> TasksClient<Channel> {
@@ -82,7 +113,11 @@ impl Conn {
     }
 
     pub fn req<T>(&self, msg: T) -> containerd_client::tonic::Request<T> {
-        self.opts.req(msg)
+        let mut r = self.opts.req(msg);
+        if let Some(v) = self.lease.as_ref().and_then(|l| l.parse().ok()) {
+            r.metadata_mut().insert("containerd-lease", v);
+        }
+        r
     }
 
     /// The container record; a clear error naming `id` when there is none.

@@ -126,6 +126,17 @@ pub async fn run(opts: &ClientOpts, a: RunArgs) -> Result<i32> {
 }
 
 async fn run_inner(opts: &ClientOpts, a: RunArgs) -> Result<i32> {
+    let conn = Conn::new(opts).await?;
+    let id = a.name.clone().unwrap_or_else(generated_id);
+    // Snapshot and container are made under a lease, as containerd's clients do, so
+    // that the collector cannot take the snapshot before the container holds it.
+    let leased = conn.leased(&format!("ember-run-{id}")).await?;
+    let result = run_leased(&leased, opts, a, id).await;
+    leased.release().await;
+    result
+}
+
+async fn run_leased(conn: &Conn, opts: &ClientOpts, a: RunArgs, id: String) -> Result<i32> {
     let runtime = runtime_name(&a.runtime);
     let mut binds = Vec::new();
     for v in &a.volumes {
@@ -150,9 +161,7 @@ async fn run_inner(opts: &ClientOpts, a: RunArgs) -> Result<i32> {
             parse_memory(m)?.to_string(),
         ));
     }
-    let conn = Conn::new(opts).await?;
-    let image = spec::image(&conn, &a.image).await?;
-    let id = a.name.clone().unwrap_or_else(generated_id);
+    let image = spec::image(conn, &a.image).await?;
     let process = spec::process(
         &image.config,
         &ProcessOpts {
@@ -211,7 +220,7 @@ async fn run_inner(opts: &ClientOpts, a: RunArgs) -> Result<i32> {
         }))
         .await;
     if let Err(s) = created {
-        super::rm::remove_snapshot(&conn, &a.snapshotter, &id).await;
+        super::rm::remove_snapshot(conn, &a.snapshotter, &id).await;
         return Err(rpc(s)).with_context(|| format!("creating container {id}"));
     }
 
@@ -229,7 +238,7 @@ async fn run_inner(opts: &ClientOpts, a: RunArgs) -> Result<i32> {
         }
         (None, None) => Default::default(),
     };
-    let attached = fifos.as_ref().map(|f| stdio::attach(&conn, f, &id, ""));
+    let attached = fifos.as_ref().map(|f| stdio::attach(conn, f, &id, ""));
     let create = conn
         .tasks()
         .create(conn.req(api::CreateTaskRequest {
@@ -243,9 +252,12 @@ async fn run_inner(opts: &ClientOpts, a: RunArgs) -> Result<i32> {
         }))
         .await;
     if let Err(s) = create {
-        prepared.remove(&conn).await;
+        prepared.remove(conn).await;
         eprintln!("ember: creating the task of {id}: {}", s.message());
         return Ok(stdio::start_failure_code(s.message()));
+    }
+    if let Some(at) = &attached {
+        at.created();
     }
     let waiter = {
         let (conn, id) = (conn.clone(), id.clone());
@@ -261,8 +273,8 @@ async fn run_inner(opts: &ClientOpts, a: RunArgs) -> Result<i32> {
         .await
     {
         drop(raw);
-        let _ = super::rm::delete_task(&conn, &id).await;
-        prepared.remove(&conn).await;
+        let _ = super::rm::delete_task(conn, &id).await;
+        prepared.remove(conn).await;
         eprintln!("ember: starting {id}: {}", s.message());
         return Ok(stdio::start_failure_code(s.message()));
     }
@@ -270,18 +282,18 @@ async fn run_inner(opts: &ClientOpts, a: RunArgs) -> Result<i32> {
         println!("{id}");
         return Ok(0);
     }
-    let fwd = stdio::forward(&conn, &id, "", a.tty)?;
+    let fwd = stdio::forward(conn, &id, "", a.tty)?;
     let status = waiter.await.context("waiting for the task")??;
     fwd.abort();
     if let Some(at) = attached {
         at.finish(Duration::from_secs(2)).await;
     }
     drop(raw);
-    let deleted = super::rm::delete_task(&conn, &id).await;
+    let deleted = super::rm::delete_task(conn, &id).await;
     if a.rm {
-        prepared.remove(&conn).await;
+        prepared.remove(conn).await;
     } else if let Ok(code) = deleted {
-        super::ps::record_exit(&conn, &id, code).await;
+        super::ps::record_exit(conn, &id, code).await;
     }
     drop(fifos);
     Ok(status as i32)

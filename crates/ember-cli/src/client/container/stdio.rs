@@ -66,10 +66,13 @@ impl Fifos {
 /// Copy threads between the FIFOs and this process's stdio.
 pub struct Attached {
     outputs: Vec<JoinHandle<()>>,
+    /// Tells the stdin thread the process exists, so `CloseIO` can find it.
+    created: Option<std::sync::mpsc::Sender<()>>,
 }
 
 /// Opens the FIFOs (blocking until the shim opens its ends) on threads and copies.
-/// Stdin's end is closed, and the shim told with `CloseIO`, at end of input.
+/// Stdin's end is closed at end of input, and the shim told with `CloseIO` once
+/// [`Attached::created`] says the process exists.
 pub fn attach(conn: &Conn, f: &Fifos, id: &str, exec_id: &str) -> Attached {
     let copy_out = |p: PathBuf, err: bool| {
         std::thread::spawn(move || {
@@ -100,12 +103,18 @@ pub fn attach(conn: &Conn, f: &Fifos, id: &str, exec_id: &str) -> Attached {
     if let Some(e) = &f.stderr {
         outputs.push(copy_out(e.clone(), true));
     }
+    let mut created = None;
     if let Some(p) = f.stdin.clone() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        created = Some(tx);
         let (conn, id, exec_id) = (conn.clone(), id.to_string(), exec_id.to_string());
         let rt = tokio::runtime::Handle::current();
         std::thread::spawn(move || {
             if let Ok(mut w) = OpenOptions::new().write(true).open(&p) {
                 let _ = std::io::copy(&mut std::io::stdin().lock(), &mut w);
+            }
+            if rx.recv().is_err() {
+                return;
             }
             rt.block_on(async move {
                 let _ = conn
@@ -119,10 +128,17 @@ pub fn attach(conn: &Conn, f: &Fifos, id: &str, exec_id: &str) -> Attached {
             });
         });
     }
-    Attached { outputs }
+    Attached { outputs, created }
 }
 
 impl Attached {
+    /// The process has been created: end of input may now be passed on.
+    pub fn created(&self) {
+        if let Some(tx) = &self.created {
+            let _ = tx.send(());
+        }
+    }
+
     /// Waits for the shim to close the outputs, at most `limit` (a background
     /// process of the container may hold them open).
     pub async fn finish(self, limit: Duration) {
