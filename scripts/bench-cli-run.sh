@@ -7,8 +7,11 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 runs=${RUNS:-7}
 export PATH="$HOME/.cargo/bin:$PATH"
-(cd "$repo" && cargo build --release --locked -q -p emberd -p ember-shim -p ember-cli)
-bin="$repo/target/release"
+# BIN: a directory with already built binaries (e.g. target/debug) instead of a release build.
+if [ -z "${BIN:-}" ]; then
+  (cd "$repo" && cargo build --release --locked -q -p emberd -p ember-shim -p ember-cli)
+fi
+bin=${BIN:-"$repo/target/release"}
 work=$(mktemp -d /tmp/ember-bench-cli-run.XXXXXX)
 . "$repo/scripts/bench-daemons.sh"
 pids=()

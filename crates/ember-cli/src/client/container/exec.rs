@@ -94,6 +94,9 @@ async fn exec(opts: &ClientOpts, a: ExecArgs) -> Result<i32> {
         let (conn, id, e) = (conn.clone(), a.id.clone(), exec_id.clone());
         tokio::spawn(async move { conn.wait(&id, &e).await })
     };
+    if a.tty {
+        stdio::resize(&conn, &a.id, &exec_id).await;
+    }
     let raw = stdio::raw_mode(a.tty)?;
     let started = conn
         .tasks()

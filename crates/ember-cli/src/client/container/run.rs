@@ -263,6 +263,10 @@ async fn run_leased(conn: &Conn, opts: &ClientOpts, a: RunArgs, id: String) -> R
         let (conn, id) = (conn.clone(), id.clone());
         tokio::spawn(async move { conn.wait(&id, "").await })
     };
+    if a.tty && !a.detach {
+        // Sized before it starts, so that the process sees the size from the first.
+        stdio::resize(conn, &id, "").await;
+    }
     let raw = stdio::raw_mode(a.tty && !a.detach)?;
     if let Err(s) = conn
         .tasks()

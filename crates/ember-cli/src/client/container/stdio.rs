@@ -164,7 +164,8 @@ pub fn raw_mode(terminal: bool) -> Result<Option<RawMode>> {
     }
 }
 
-async fn resize(conn: &Conn, id: &str, exec_id: &str) {
+/// Passes this terminal's size on to the process's pty.
+pub async fn resize(conn: &Conn, id: &str, exec_id: &str) {
     let (width, height) = terminal_size();
     let _ = conn
         .tasks()
