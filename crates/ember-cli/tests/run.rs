@@ -313,6 +313,52 @@ fn runc_container_verbs() {
     );
     assert!(!d.dir.path().join("cli/logs/default/web").exists());
 
+    // logs -f follows until the task exits.
+    ok(&d.run(&[
+        "run",
+        "--runtime",
+        "runc",
+        "-d",
+        "--name",
+        "talker",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo one; sleep 1; echo two",
+    ]));
+    let t = Instant::now();
+    let o = d.run(&["logs", "-f", "talker"]);
+    assert_eq!(ok(&o), "one\ntwo\n");
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    ok(&d.run(&["rm", "talker"]));
+
+    // SIGTERM to a foreground `ember run` reaches the container.
+    let mut child = d
+        .ember()
+        .args([
+            "run",
+            "--runtime",
+            "runc",
+            "--rm",
+            IMAGE,
+            "sh",
+            "-c",
+            "trap 'echo caught; exit 9' TERM; echo ready; while true; do sleep 0.1; done",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let mut out = child.stdout.take().unwrap();
+    let mut first = [0u8; 6];
+    std::io::Read::read_exact(&mut out, &mut first).unwrap();
+    assert_eq!(&first, b"ready\n");
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert_eq!(rest, "caught\n");
+    assert_eq!(child.wait().unwrap().code(), Some(9));
+
     // -t through a pty: a terminal of its own, sized like the caller's from the start.
     pty_size(&d, "runc");
 }
@@ -373,6 +419,8 @@ fn microvm_container_verbs() {
     assert_eq!(o.status.code(), Some(6), "{}", text(&o.stderr));
     assert_eq!(text(&o.stdout), "exec\n");
     ok(&d.run(&["rm", "-f", "vm"]));
+    let o = d.run(&["run", "--rm", IMAGE, "/no/such/cmd"]);
+    assert_eq!(o.status.code(), Some(127), "{}", text(&o.stderr));
     pty_size(&d, "io.containerd.ember.v2");
     assert_eq!(ok(&d.run(&["ps", "-a", "-q"])), "");
 }

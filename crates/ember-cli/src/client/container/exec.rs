@@ -98,6 +98,7 @@ async fn exec(opts: &ClientOpts, a: ExecArgs) -> Result<i32> {
         stdio::resize(&conn, &a.id, &exec_id).await;
     }
     let raw = stdio::raw_mode(a.tty)?;
+    let fwd = stdio::forward(&conn, &a.id, &exec_id, a.tty)?;
     let started = conn
         .tasks()
         .start(conn.req(api::StartRequest {
@@ -112,14 +113,13 @@ async fn exec(opts: &ClientOpts, a: ExecArgs) -> Result<i32> {
             stdio::start_failure_code(s.message())
         }
         Ok(_) => {
-            let fwd = stdio::forward(&conn, &a.id, &exec_id, a.tty)?;
             let status = waiter.await.context("waiting for the process")??;
-            fwd.abort();
             attached.finish(Duration::from_secs(2)).await;
             drop(raw);
             status as i32
         }
     };
+    fwd.abort();
     let _ = conn
         .tasks()
         .delete_process(conn.req(api::DeleteProcessRequest {

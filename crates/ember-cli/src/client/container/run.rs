@@ -268,6 +268,10 @@ async fn run_leased(conn: &Conn, opts: &ClientOpts, a: RunArgs, id: String) -> R
         stdio::resize(conn, &id, "").await;
     }
     let raw = stdio::raw_mode(a.tty && !a.detach)?;
+    // Signals are caught from before the start, so none kills this client instead.
+    let fwd = (!a.detach)
+        .then(|| stdio::forward(conn, &id, "", a.tty))
+        .transpose()?;
     if let Err(s) = conn
         .tasks()
         .start(conn.req(api::StartRequest {
@@ -286,9 +290,10 @@ async fn run_leased(conn: &Conn, opts: &ClientOpts, a: RunArgs, id: String) -> R
         println!("{id}");
         return Ok(0);
     }
-    let fwd = stdio::forward(conn, &id, "", a.tty)?;
     let status = waiter.await.context("waiting for the task")??;
-    fwd.abort();
+    if let Some(f) = fwd {
+        f.abort();
+    }
     if let Some(at) = attached {
         at.finish(Duration::from_secs(2)).await;
     }
