@@ -175,6 +175,22 @@ fn runc_container_verbs() {
         .concat(),
     ));
     assert_eq!(id.trim(), "web");
+    let o = d.run(&[
+        "run",
+        "--runtime",
+        "runc",
+        "-d",
+        "--name",
+        "web",
+        IMAGE,
+        "true",
+    ]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        text(&o.stderr).contains("name web is already in use"),
+        "{}",
+        text(&o.stderr)
+    );
     let ps = ok(&d.run(&["ps"]));
     let line = ps
         .lines()

@@ -161,6 +161,9 @@ async fn run_leased(conn: &Conn, opts: &ClientOpts, a: RunArgs, id: String) -> R
             parse_memory(m)?.to_string(),
         ));
     }
+    if conn.container(&id).await.is_ok() {
+        bail!("the container name {id} is already in use");
+    }
     let image = spec::image(conn, &a.image).await?;
     let process = spec::process(
         &image.config,
