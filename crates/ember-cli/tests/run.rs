@@ -459,4 +459,13 @@ fn pty_size(d: &Daemon, runtime: &str) {
         "{out}{}",
         text(&o.stderr)
     );
+    // The caller's terminal resized while the container runs: SIGWINCH → ResizePty.
+    let cmd = format!(
+        "stty cols 91 rows 33; (sleep 2.5; stty cols 50 rows 20 </dev/tty) & \
+         {} run --runtime {runtime} --rm -t {IMAGE} sh -c 'sleep 5; stty size'",
+        env!("CARGO_BIN_EXE_ember"),
+    );
+    let o = d.ember_shell(&cmd);
+    let out = text(&o.stdout);
+    assert_eq!(out.trim(), "20 50", "{}", text(&o.stderr));
 }
