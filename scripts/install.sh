@@ -6,7 +6,7 @@
 #  - emberd is started with its embedded defaults (socket /run/emberd/emberd.sock,
 #    log /var/log/emberd.log) if none answers there;
 #  - the busybox demo image is imported into emberd and run in a microVM with
-#    Debian's `ctr -a /run/emberd/emberd.sock run --runtime io.containerd.ember.v2`;
+#    `ember run --rm` (the default runtime, io.containerd.ember.v2);
 #  - then the same image runs through Debian's own containerd with the same shim
 #    (containerd is started if none answers on /run/containerd/containerd.sock).
 # With --no-run only the installation is done.
@@ -47,8 +47,8 @@ ember info
 esock=/run/emberd/emberd.sock
 ensure_daemon "$esock" /var/log/emberd.log /usr/local/bin/emberd
 import_busybox "$esock"
-echo "+ ctr -a $esock run --rm --runtime io.containerd.ember.v2 $image hello sh -c '...'" >&2
-ctr -a "$esock" run --rm --runtime io.containerd.ember.v2 "$image" "hello-$$" sh -c "$hello"
+echo "+ ember run --rm $image sh -c '...'" >&2
+ember --address "$esock" run --rm "$image" sh -c "$hello"
 
 csock=/run/containerd/containerd.sock
 if ! ctr -a "$csock" version >/dev/null 2>&1 && command -v systemctl >/dev/null 2>&1; then

@@ -42,9 +42,23 @@ enum Command {
     Push(client::transfer::PushArgs),
     Login(client::login::LoginArgs),
     Logout(client::login::LogoutArgs),
+    Run(client::container::run::RunArgs),
+    Ps(client::container::ps::PsArgs),
+    Exec(client::container::exec::ExecArgs),
+    Logs(client::container::logs::LogsArgs),
+    Stop(client::container::stop::StopArgs),
+    Kill(client::container::stop::KillArgs),
+    Rm(client::container::rm::RmArgs),
+    Inspect(client::container::inspect::InspectArgs),
 }
 
 fn main() {
+    if let Some(dir) = std::env::args().nth(1).and_then(|a| {
+        a.strip_prefix(client::container::logger::ARG_PREFIX)
+            .map(String::from)
+    }) {
+        std::process::exit(client::container::logger::serve(&dir));
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log_level))
@@ -73,6 +87,14 @@ fn main() {
             Command::Push(a) => client::transfer::push(&cli.client, a).await,
             Command::Login(a) => client::login::login(a).await,
             Command::Logout(a) => client::login::logout(a).await,
+            Command::Run(a) => client::container::run::run(&cli.client, a).await,
+            Command::Ps(a) => client::container::ps::run(&cli.client, a).await,
+            Command::Exec(a) => client::container::exec::run(&cli.client, a).await,
+            Command::Logs(a) => client::container::logs::run(&cli.client, a).await,
+            Command::Stop(a) => client::container::stop::run_stop(&cli.client, a).await,
+            Command::Kill(a) => client::container::stop::run_kill(&cli.client, a).await,
+            Command::Rm(a) => client::container::rm::run(&cli.client, a).await,
+            Command::Inspect(a) => client::container::inspect::run(&cli.client, a).await,
         }
     });
     match result {

@@ -194,7 +194,7 @@ async fn run_in(sb: &Sandbox, spec: &serde_json::Value, a: &RunArgs) -> Result<i
     Ok(status.exit_status as i32)
 }
 
-fn terminal_size() -> (u32, u32) {
+pub(crate) fn terminal_size() -> (u32, u32) {
     let mut ws = nix::libc::winsize {
         ws_row: 0,
         ws_col: 0,
@@ -211,10 +211,10 @@ fn terminal_size() -> (u32, u32) {
 }
 
 /// The local terminal in raw mode for the duration of an interactive session.
-struct RawMode(nix::sys::termios::Termios);
+pub(crate) struct RawMode(nix::sys::termios::Termios);
 
 impl RawMode {
-    fn enable() -> Result<Self> {
+    pub(crate) fn enable() -> Result<Self> {
         use nix::sys::termios::*;
         let stdin = std::io::stdin();
         let orig = tcgetattr(&stdin)?;

@@ -284,6 +284,23 @@ pub(super) async fn platform_manifest(
     bail!("indexes nested too deep")
 }
 
+/// The config blob and layer chain ids of image `target`, for this host's platform.
+pub(crate) async fn config_and_chain(
+    opts: &ClientOpts,
+    channel: Channel,
+    target: &Descriptor,
+) -> Result<(Vec<u8>, Vec<String>)> {
+    let ctx = Ctx {
+        opts: opts.clone(),
+        lease: None,
+        channel,
+    };
+    let manifest = platform_manifest(&ctx, target).await?;
+    let bytes = ctx.read_blob(&manifest.config.digest).await?;
+    let config = ember_images::parse_config(&bytes)?;
+    Ok((bytes, ember_images::chain_ids(&config.rootfs.diff_ids)))
+}
+
 /// Labels linking a manifest or index to its children, as containerd sets them.
 fn child_labels(d: &Descriptor, bytes: &[u8]) -> HashMap<String, String> {
     let mut l = HashMap::new();

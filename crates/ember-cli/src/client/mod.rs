@@ -2,6 +2,7 @@
 //!
 //! Every verb prints a table by default and JSON with `--json`.
 
+pub mod container;
 pub mod containers;
 pub mod content;
 pub mod image_export;
@@ -28,10 +29,9 @@ use serde::Serialize;
 /// Options shared by the client verbs.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ClientOpts {
-    /// Socket of the daemon.
+    /// Socket of the daemon (no short form: `-a` is `ps -a`, as in docker).
     #[arg(
         long,
-        short = 'a',
         global = true,
         env = "EMBER_ADDRESS",
         default_value = "/run/emberd/emberd.sock"

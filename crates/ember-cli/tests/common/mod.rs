@@ -151,3 +151,5 @@ pub fn ember(socket: &Path, ns: &str, docker_config: &Path, args: &[&str], stdin
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
+
+pub mod containers;
