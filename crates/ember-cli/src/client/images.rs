@@ -295,7 +295,7 @@ pub(crate) async fn config_and_chain(
         lease: None,
         channel,
     };
-    let manifest = platform_manifest(&ctx, target).await?;
+    let (_, manifest) = platform_manifest(&ctx, target).await?;
     let bytes = ctx.read_blob(&manifest.config.digest).await?;
     let config = ember_images::parse_config(&bytes)?;
     Ok((bytes, ember_images::chain_ids(&config.rootfs.diff_ids)))
