@@ -7,37 +7,21 @@ use containerd_client::services::v1 as api;
 
 use super::spec::merge_env;
 use super::stdio::{self, Fifos};
-use super::{is_running, Conn, EXIT_EMBER};
+use super::{exit_code, is_running, Conn, ProcessFlags};
 use crate::client::ClientOpts;
 
 #[derive(clap::Args, Debug)]
 #[command(about = "Run a command in a running container")]
 pub struct ExecArgs {
-    /// Forward stdin.
-    #[arg(short, long)]
-    interactive: bool,
-    /// Allocate a terminal.
-    #[arg(short, long)]
-    tty: bool,
-    /// Environment KEY=VALUE.
-    #[arg(short, long = "env")]
-    env: Vec<String>,
-    /// Working directory.
-    #[arg(short, long)]
-    workdir: Option<String>,
+    #[command(flatten)]
+    process: ProcessFlags,
     id: String,
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     cmd: Vec<String>,
 }
 
 pub async fn run(opts: &ClientOpts, a: ExecArgs) -> Result<i32> {
-    match exec(opts, a).await {
-        Ok(code) => Ok(code),
-        Err(e) => {
-            eprintln!("ember: {e:#}");
-            Ok(EXIT_EMBER)
-        }
-    }
+    exit_code(exec(opts, a)).await
 }
 
 async fn exec(opts: &ClientOpts, a: ExecArgs) -> Result<i32> {
@@ -60,14 +44,14 @@ async fn exec(opts: &ClientOpts, a: ExecArgs) -> Result<i32> {
                 .collect()
         })
         .unwrap_or_default();
-    process["env"] = serde_json::json!(merge_env(&base, &a.env));
+    process["env"] = serde_json::json!(merge_env(&base, &a.process.env));
     process["args"] = serde_json::json!(a.cmd);
-    process["terminal"] = serde_json::json!(a.tty);
-    if let Some(w) = &a.workdir {
+    process["terminal"] = serde_json::json!(a.process.tty);
+    if let Some(w) = &a.process.workdir {
         process["cwd"] = serde_json::json!(w);
     }
     let exec_id = format!("exec-{}", std::process::id());
-    let fifos = Fifos::new(a.interactive, a.tty)?;
+    let fifos = Fifos::new(a.process.interactive, a.process.tty)?;
     let (stdin, stdout, stderr) = fifos.uris();
     let attached = stdio::attach(&conn, &fifos, &a.id, &exec_id);
     if let Err(s) = conn
@@ -77,7 +61,7 @@ async fn exec(opts: &ClientOpts, a: ExecArgs) -> Result<i32> {
             stdin,
             stdout,
             stderr,
-            terminal: a.tty,
+            terminal: a.process.tty,
             spec: Some(prost_types::Any {
                 type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
                 value: serde_json::to_vec(&process)?,
@@ -94,11 +78,11 @@ async fn exec(opts: &ClientOpts, a: ExecArgs) -> Result<i32> {
         let (conn, id, e) = (conn.clone(), a.id.clone(), exec_id.clone());
         tokio::spawn(async move { conn.wait(&id, &e).await })
     };
-    if a.tty {
+    if a.process.tty {
         stdio::resize(&conn, &a.id, &exec_id).await;
     }
-    let raw = stdio::raw_mode(a.tty)?;
-    let fwd = stdio::forward(&conn, &a.id, &exec_id, a.tty)?;
+    let raw = stdio::raw_mode(a.process.tty)?;
+    let fwd = stdio::forward(&conn, &a.id, &exec_id, a.process.tty)?;
     let started = conn
         .tasks()
         .start(conn.req(api::StartRequest {

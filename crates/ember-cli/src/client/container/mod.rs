@@ -34,6 +34,35 @@ pub const LOG_DIR_LABEL: &str = "io.ember.cli.log-dir";
 /// Exit code for ember's own failures (docker's convention).
 pub const EXIT_EMBER: i32 = 125;
 
+/// The process flags `run` and `exec` share.
+#[derive(clap::Args, Debug)]
+pub struct ProcessFlags {
+    /// Forward stdin.
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Allocate a terminal.
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Environment KEY=VALUE.
+    #[arg(short, long = "env")]
+    pub env: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(short, long)]
+    pub workdir: Option<String>,
+}
+
+/// A verb's answer as its exit code: its own, or [`EXIT_EMBER`] after printing why
+/// ember itself failed.
+pub async fn exit_code(verb: impl std::future::Future<Output = Result<i32>>) -> Result<i32> {
+    match verb.await {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            eprintln!("ember: {e:#}");
+            Ok(EXIT_EMBER)
+        }
+    }
+}
+
 /// Full runtime names for the shorthands `ember` and `runc`.
 pub fn runtime_name(r: &str) -> String {
     match r {

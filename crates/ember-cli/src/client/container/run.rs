@@ -9,7 +9,7 @@ use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClien
 
 use super::spec::{self, ProcessOpts, SPEC_TYPE};
 use super::stdio::{self, Fifos};
-use super::{logger, runtime_name, Conn, EMBER_RUNTIME, EXIT_EMBER, LOG_DIR_LABEL};
+use super::{exit_code, logger, runtime_name, Conn, ProcessFlags, EMBER_RUNTIME, LOG_DIR_LABEL};
 use crate::client::{rpc, ClientOpts};
 
 #[derive(clap::Args, Debug)]
@@ -24,18 +24,8 @@ pub struct RunArgs {
     /// Remove the container when it exits.
     #[arg(long)]
     rm: bool,
-    /// Forward stdin.
-    #[arg(short, long)]
-    interactive: bool,
-    /// Allocate a terminal.
-    #[arg(short, long)]
-    tty: bool,
-    /// Environment KEY=VALUE.
-    #[arg(short, long = "env")]
-    env: Vec<String>,
-    /// Working directory inside the container.
-    #[arg(short, long)]
-    workdir: Option<String>,
+    #[command(flatten)]
+    process: ProcessFlags,
     /// User (uid[:gid]).
     #[arg(short, long)]
     user: Option<String>,
@@ -84,13 +74,10 @@ pub fn parse_memory(s: &str) -> Result<u64> {
     Ok(mib)
 }
 
+/// 64 hex digits (two random UUIDs), as long as docker's container ids.
 fn generated_id() -> String {
-    let mut b = [0u8; 32];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        use std::io::Read;
-        let _ = f.read_exact(&mut b);
-    }
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    format!("{}{}", a.simple(), b.simple())
 }
 
 /// Everything prepared before the task exists; removed again on failure.
@@ -116,13 +103,7 @@ impl Prepared {
 }
 
 pub async fn run(opts: &ClientOpts, a: RunArgs) -> Result<i32> {
-    match run_inner(opts, a).await {
-        Ok(code) => Ok(code),
-        Err(e) => {
-            eprintln!("ember: {e:#}");
-            Ok(EXIT_EMBER)
-        }
-    }
+    exit_code(run_inner(opts, a)).await
 }
 
 async fn run_inner(opts: &ClientOpts, a: RunArgs) -> Result<i32> {
@@ -170,10 +151,10 @@ async fn run_leased(conn: &Conn, opts: &ClientOpts, a: RunArgs, id: String) -> R
         &ProcessOpts {
             args: a.args.clone(),
             entrypoint: a.entrypoint.clone(),
-            env: a.env.clone(),
-            workdir: a.workdir.clone(),
+            env: a.process.env.clone(),
+            workdir: a.process.workdir.clone(),
             user: a.user.clone(),
-            terminal: a.tty,
+            terminal: a.process.tty,
         },
     )?;
     let spec = spec::spec(&id, process, binds, &annotations);
@@ -230,7 +211,7 @@ async fn run_leased(conn: &Conn, opts: &ClientOpts, a: RunArgs, id: String) -> R
     let fifos = if a.detach {
         None
     } else {
-        Some(Fifos::new(a.interactive, a.tty)?)
+        Some(Fifos::new(a.process.interactive, a.process.tty)?)
     };
     let (stdin, stdout, stderr) = match (&fifos, &log_dir) {
         (Some(f), _) => f.uris(),
@@ -250,7 +231,7 @@ async fn run_leased(conn: &Conn, opts: &ClientOpts, a: RunArgs, id: String) -> R
             stdin,
             stdout,
             stderr,
-            terminal: a.tty,
+            terminal: a.process.tty,
             ..Default::default()
         }))
         .await;
@@ -266,14 +247,14 @@ async fn run_leased(conn: &Conn, opts: &ClientOpts, a: RunArgs, id: String) -> R
         let (conn, id) = (conn.clone(), id.clone());
         tokio::spawn(async move { conn.wait(&id, "").await })
     };
-    if a.tty && !a.detach {
+    if a.process.tty && !a.detach {
         // Sized before it starts, so that the process sees the size from the first.
         stdio::resize(conn, &id, "").await;
     }
-    let raw = stdio::raw_mode(a.tty && !a.detach)?;
+    let raw = stdio::raw_mode(a.process.tty && !a.detach)?;
     // Signals are caught from before the start, so none kills this client instead.
     let fwd = (!a.detach)
-        .then(|| stdio::forward(conn, &id, "", a.tty))
+        .then(|| stdio::forward(conn, &id, "", a.process.tty))
         .transpose()?;
     if let Err(s) = conn
         .tasks()
