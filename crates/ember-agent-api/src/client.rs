@@ -278,6 +278,47 @@ impl AgentClient {
             .await
     }
 
+    /// Mounts a block device (or a region of the pool drive) at a guest path.
+    pub async fn mount_block(&self, req: &MountBlockRequest) -> Result<()> {
+        let _: Empty = self
+            .rpc
+            .call(
+                SERVICE,
+                method::MOUNT_BLOCK,
+                req,
+                Some(Duration::from_secs(60)),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Unmounts what [`Self::mount_block`] mounted at `target` (and frees its loop device).
+    pub async fn unmount(&self, target: &str) -> Result<()> {
+        let req = UnmountRequest {
+            target: target.into(),
+        };
+        let _: Empty = self
+            .rpc
+            .call(
+                SERVICE,
+                method::UNMOUNT,
+                &req,
+                Some(Duration::from_secs(60)),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Replaces the metadata document the guest sees.
+    pub async fn set_metadata(&self, json: &str) -> Result<()> {
+        let req = SetMetadataRequest { json: json.into() };
+        let _: Empty = self
+            .rpc
+            .call(SERVICE, method::SET_METADATA, &req, QUICK)
+            .await?;
+        Ok(())
+    }
+
     /// Asks the agent to sync and power the guest off.
     pub async fn shutdown(&self) -> Result<()> {
         let _: Empty = self

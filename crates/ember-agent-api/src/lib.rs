@@ -34,6 +34,17 @@ pub const CMDLINE_PROBE: &str = "ember.probe";
 /// Marker the agent prints on the console when it is ready to serve.
 pub const READY_MARKER: &str = "ember-agent: ready";
 
+/// 9p mount tag of the directory the host shares with the guest (QEMU's virtio-9p);
+/// the agent mounts it at [`SHARED_GUEST_DIR`] at boot when the device exists.
+pub const SHARED_TAG: &str = "ember.shared";
+/// Guest mount point of the shared directory.
+pub const SHARED_GUEST_DIR: &str = "/run/ember/shared";
+/// Guest directory of files copied in at create ([`GuestFile`]).
+pub const FILES_GUEST_DIR: &str = "/run/ember/files";
+/// Guest path of the VM's metadata document; every container sees it read-only at
+/// the same path.
+pub const METADATA_GUEST_PATH: &str = "/run/ember/metadata/metadata.json";
+
 /// Method names of the agent service.
 pub mod method {
     pub const PING: &str = "Ping";
@@ -56,4 +67,7 @@ pub mod method {
     pub const SET_CLOCK: &str = "SetClock";
     pub const WAIT_OOM: &str = "WaitOom";
     pub const SHUTDOWN: &str = "Shutdown";
+    pub const MOUNT_BLOCK: &str = "MountBlock";
+    pub const UNMOUNT: &str = "Unmount";
+    pub const SET_METADATA: &str = "SetMetadata";
 }

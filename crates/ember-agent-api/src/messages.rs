@@ -38,6 +38,54 @@ pub struct BlockRootfs {
     /// Path inside the filesystem to use as the rootfs (empty: its root).
     #[prost(string, tag = "5")]
     pub subpath: String,
+    /// Byte offset of the filesystem inside the device: a region of the VM's pool
+    /// drive, which the agent maps with a loop device. With `length` 0 the filesystem
+    /// is the whole device.
+    #[prost(uint64, tag = "6")]
+    pub offset: u64,
+    /// Length in bytes of the region at `offset` (0: the whole device).
+    #[prost(uint64, tag = "7")]
+    pub length: u64,
+}
+
+/// A file the agent writes into the guest before the container is set up, for a
+/// host file the VM cannot share (e.g. `/etc/hosts` on a VMM without a shared
+/// filesystem). The shim points the spec's mount at `path`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct GuestFile {
+    /// Absolute guest path; must lie under `/run/ember/files/`.
+    #[prost(string, tag = "1")]
+    pub path: String,
+    #[prost(bytes = "vec", tag = "2")]
+    pub content: Vec<u8>,
+    /// Permission bits.
+    #[prost(uint32, tag = "3")]
+    pub mode: u32,
+}
+
+/// Mounts a filesystem on a block device (or a region of one) at a guest path,
+/// outside any container: firecracker-containerd's drive mounts.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MountBlockRequest {
+    #[prost(message, optional, tag = "1")]
+    pub device: Option<BlockRootfs>,
+    /// Absolute guest path, created when missing.
+    #[prost(string, tag = "2")]
+    pub target: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct UnmountRequest {
+    #[prost(string, tag = "1")]
+    pub target: String,
+}
+
+/// The VM's metadata document (JSON), published in the guest at
+/// [`crate::METADATA_GUEST_PATH`] and in every container at the same path.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SetMetadataRequest {
+    #[prost(string, tag = "1")]
+    pub json: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -62,6 +110,9 @@ pub struct CreateContainerRequest {
     pub rootfs: Option<BlockRootfs>,
     #[prost(message, optional, tag = "4")]
     pub stdio: Option<StdioConfig>,
+    /// Files written into the guest before the spec's mounts are made.
+    #[prost(message, repeated, tag = "5")]
+    pub files: Vec<GuestFile>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

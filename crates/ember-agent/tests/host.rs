@@ -199,6 +199,7 @@ impl Harness {
                 options: String::new(),
                 read_only: false,
                 subpath: String::new(),
+                ..Default::default()
             };
         }
         BlockRootfs {
@@ -207,6 +208,7 @@ impl Harness {
             options: String::new(),
             read_only: false,
             subpath: String::new(),
+            ..Default::default()
         }
     }
 
@@ -229,6 +231,7 @@ impl Harness {
                 spec_json: serde_json::to_vec(&spec).unwrap(),
                 rootfs: Some(self.rootfs()),
                 stdio: Some(stdio),
+                files: Vec::new(),
             })
             .await?;
         Ok(r.pid)
@@ -407,6 +410,7 @@ async fn basics_and_errors() {
             spec_json: b"{not json".to_vec(),
             rootfs: Some(h.rootfs()),
             stdio: None,
+            files: Vec::new(),
         })
         .await
         .unwrap_err();

@@ -30,6 +30,8 @@ pub async fn run(args: InfoArgs) -> Result<()> {
                 accel: Accel::Auto,
                 drives: vec![],
                 boot_timeout: std::time::Duration::from_secs(10),
+                shared_dir: None,
+                balloon: None,
             };
             let v = qemu::resolve_accel(&cfg).await;
             (format!("{:?}", v.accel).to_lowercase(), v.reason)

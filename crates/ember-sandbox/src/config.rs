@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ember_guest::GuestImage;
-use ember_vmm::{Accel, Drive, VmConfig, VmmKind};
+use ember_vmm::{Accel, BalloonConfig, Drive, VmConfig, VmmKind};
 
 /// What a sandbox boots.
 #[derive(Debug, Clone)]
@@ -23,6 +23,9 @@ pub struct SandboxConfig {
     /// Directory for sockets and logs; must exist.
     pub state_dir: PathBuf,
     pub boot_timeout: Duration,
+    /// Host directory shared with the guest (see `VmConfig::shared_dir`).
+    pub shared_dir: Option<PathBuf>,
+    pub balloon: Option<BalloonConfig>,
 }
 
 impl SandboxConfig {
@@ -41,6 +44,8 @@ impl SandboxConfig {
             drives: Vec::new(),
             state_dir,
             boot_timeout: Duration::from_secs(60),
+            shared_dir: None,
+            balloon: None,
         }
     }
 
@@ -64,6 +69,8 @@ impl SandboxConfig {
             accel: self.accel,
             drives: self.drives.clone(),
             boot_timeout: self.boot_timeout,
+            shared_dir: self.shared_dir.clone(),
+            balloon: self.balloon,
         }
     }
 }

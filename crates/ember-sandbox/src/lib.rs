@@ -181,8 +181,10 @@ impl Sandbox {
                 options: String::new(),
                 read_only: false,
                 subpath: String::new(),
+                ..Default::default()
             }),
             stdio: Some(stdio),
+            files: Vec::new(),
         };
         Ok(self.agent.create_container(&req).await?.pid)
     }

@@ -57,6 +57,42 @@ pub struct VmConfig {
     pub drives: Vec<Drive>,
     /// How long `start` may take before it gives up.
     pub boot_timeout: Duration,
+    /// A host directory shared with the guest under the 9p tag
+    /// `ember_agent_api::SHARED_TAG` (QEMU: virtio-9p). Backends without a shared
+    /// filesystem refuse it with `Error::Unsupported`.
+    pub shared_dir: Option<PathBuf>,
+    /// A memory balloon device, configured at boot.
+    pub balloon: Option<BalloonConfig>,
+}
+
+/// A memory balloon: how much guest memory it holds and how it reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BalloonConfig {
+    /// Target size of the balloon (memory taken from the guest), MiB.
+    pub amount_mib: u32,
+    /// Let the guest deflate the balloon under memory pressure.
+    pub deflate_on_oom: bool,
+    /// Seconds between statistics updates (0: statistics off).
+    pub stats_interval_s: u32,
+}
+
+/// What the guest's balloon driver reports. Fields the VMM does not know are 0.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BalloonStats {
+    pub target_mib: u64,
+    pub actual_mib: u64,
+    pub target_pages: u64,
+    pub actual_pages: u64,
+    pub swap_in: u64,
+    pub swap_out: u64,
+    pub major_faults: u64,
+    pub minor_faults: u64,
+    pub free_memory: u64,
+    pub total_memory: u64,
+    pub available_memory: u64,
+    pub disk_caches: u64,
+    pub hugetlb_allocations: u64,
+    pub hugetlb_failures: u64,
 }
 
 /// How a VM ended.
@@ -125,6 +161,26 @@ pub trait Vm: Send + Sync {
     async fn attach_drive(&mut self, drive: Drive) -> Result<(), Error>;
 
     fn stats(&self) -> Result<VmStats, Error>;
+
+    /// The balloon's current configuration (target, deflate-on-OOM, stats interval).
+    async fn balloon_config(&self) -> Result<BalloonConfig, Error> {
+        Err(Error::Unsupported("a memory balloon"))
+    }
+
+    /// Sets the balloon's target size.
+    async fn balloon_update(&self, _amount_mib: u32) -> Result<(), Error> {
+        Err(Error::Unsupported("a memory balloon"))
+    }
+
+    /// The balloon driver's latest statistics.
+    async fn balloon_stats(&self) -> Result<BalloonStats, Error> {
+        Err(Error::Unsupported("a memory balloon"))
+    }
+
+    /// Changes how often the guest reports balloon statistics.
+    async fn balloon_update_stats(&self, _interval_s: u32) -> Result<(), Error> {
+        Err(Error::Unsupported("a memory balloon"))
+    }
 
     /// The serial the guest reads for `drive` (`/sys/block/*/serial`), by which the
     /// agent finds it. Backends that pass the drive id through return it unchanged.

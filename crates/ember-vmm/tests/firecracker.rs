@@ -239,6 +239,8 @@ fn vm_config(dir: &Path, bin: PathBuf, kernel: &[u8], id: &str) -> VmConfig {
         accel: Accel::Auto,
         drives: vec![],
         boot_timeout: Duration::from_secs(20),
+        shared_dir: None,
+        balloon: None,
     }
 }
 
@@ -435,6 +437,8 @@ fn missing_files_are_named() {
         accel: Accel::Kvm,
         drives: vec![],
         boot_timeout: Duration::from_secs(5),
+        shared_dir: None,
+        balloon: None,
     };
     FirecrackerVm::new(base.clone()).expect("complete config");
 

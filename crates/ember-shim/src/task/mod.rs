@@ -199,11 +199,13 @@ impl Task {
                     options: String::new(),
                     read_only: rootfs.read_only,
                     subpath: String::new(),
+                    ..Default::default()
                 }),
                 stdio: Some(StdioConfig {
                     terminal: req.terminal,
                     stdin: !req.stdin.is_empty(),
                 }),
+                files: Vec::new(),
             })
             .await;
         let pid = match created {
@@ -294,6 +296,8 @@ impl Task {
             }],
             state_dir: vm_dir,
             boot_timeout: Duration::from_secs(cfg.boot_timeout_secs),
+            shared_dir: None,
+            balloon: None,
         };
         let sb = Sandbox::boot(sc)
             .await

@@ -197,6 +197,8 @@ mod tests {
             accel: Accel::Kvm,
             drives: vec![],
             boot_timeout: Duration::from_secs(5),
+            shared_dir: None,
+            balloon: None,
         }
     }
 

@@ -580,6 +580,8 @@ mod tests {
             accel: Accel::Auto,
             drives: vec![],
             boot_timeout: Duration::from_secs(5),
+            shared_dir: None,
+            balloon: None,
         }
     }
 

@@ -167,6 +167,8 @@ mod tests {
                 read_only: true,
             }],
             boot_timeout: Duration::from_secs(10),
+            shared_dir: None,
+            balloon: None,
         }
     }
 

@@ -325,6 +325,8 @@ mod tests {
             accel: Accel::Tcg,
             drives: vec![],
             boot_timeout: Duration::from_secs(5),
+            shared_dir: None,
+            balloon: None,
         }
     }
 
