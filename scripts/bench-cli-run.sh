@@ -12,21 +12,21 @@ if [ -z "${BIN:-}" ]; then
   (cd "$repo" && cargo build --release --locked -q -p emberd -p ember-shim -p ember-cli)
 fi
 bin=${BIN:-"$repo/target/release"}
-work=$(mktemp -d /tmp/ember-bench-cli-run.XXXXXX)
+WORK=$(mktemp -d /tmp/ember-bench-cli-run.XXXXXX)
 . "$repo/scripts/bench-daemons.sh"
-pids=()
+PIDS=()
 trap stop_daemons EXIT
-start_daemons
-export EMBER_STATE_DIR="$work/cli"
+start_daemons "$bin"
+export EMBER_STATE_DIR="$WORK/cli"
 
 declare -A times
 for i in $(seq "$runs"); do
   for rt in runc ember; do
     t=$(now)
-    ember --address "$work/e.sock" run --rm --runtime "io.containerd.$rt.v2" "$image" true
+    ember --address "$WORK/e/s.sock" run --rm --runtime "io.containerd.$rt.v2" "$image" true
     times[ember-$rt]+="$(( ($(now) - t) / 1000000 )) "
     t=$(now)
-    ctr -a "$work/e.sock" run --rm --runtime "io.containerd.$rt.v2" "$image" "b-$rt-$i" true
+    ctr -a "$WORK/e/s.sock" run --rm --runtime "io.containerd.$rt.v2" "$image" "b-$rt-$i" true
     times[ctr-$rt]+="$(( ($(now) - t) / 1000000 )) "
   done
 done
