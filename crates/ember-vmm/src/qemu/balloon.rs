@@ -55,9 +55,13 @@ async fn actual_bytes(qmp: &Qmp) -> Result<u64, Error> {
         .ok_or_else(|| Error::Control(format!("query-balloon: no actual size in {v}")))
 }
 
-/// A statistic of `guest-stats`; QEMU reports one the driver did not send as -1.
+/// A statistic of `guest-stats`; QEMU reports one the driver did not send as -1
+/// (which arrives as the largest u64).
 fn stat(stats: &Value, name: &str) -> u64 {
-    stats.get(name).and_then(Value::as_u64).unwrap_or(0)
+    match stats.get(name).and_then(Value::as_u64) {
+        Some(u64::MAX) | None => 0,
+        Some(v) => v,
+    }
 }
 
 /// Fills the driver's statistics (`guest-stats` object of the device) into `out`.
@@ -116,9 +120,10 @@ mod tests {
     #[test]
     fn guest_stats_unknown_are_zero() {
         let v = json!({"stats": {"stat-free-memory": 1000, "stat-total-memory": 2000,
-            "stat-swap-in": -1}, "last-update": 5});
+            "stat-swap-in": -1, "stat-htlb-pgfail": 18446744073709551615u64}, "last-update": 5});
         let mut s = BalloonStats::default();
         fill_guest_stats(&v, &mut s);
         assert_eq!((s.free_memory, s.total_memory, s.swap_in), (1000, 2000, 0));
+        assert_eq!(s.hugetlb_failures, 0);
     }
 }
