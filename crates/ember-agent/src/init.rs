@@ -207,18 +207,21 @@ pub fn mount_shared_dir() {
             target,
             Some("9p"),
             libc::MS_NOSUID | libc::MS_NODEV,
-            Some(SHARED_9P_OPTIONS),
+            Some(&opts),
         )
     });
     match res {
-        Ok(()) => tracing::info!("shared directory ({dev}) mounted at {}", target.display()),
+        Ok(()) => tracing::info!(
+            "shared directory ({dev}) mounted at {} ({opts})",
+            target.display()
+        ),
         Err(e) => tracing::error!("mounting the shared directory ({dev}): {e}"),
     }
 }
 
 /// 9p options of the shared directory: no caching, so each side sees the other's
 /// writes at once; the largest message size virtio-9p takes (125 pages: the kernel
-/// clamps bigger values to it), which did best in `measure_9p_options`.
+/// clamps bigger values to it).
 pub const SHARED_9P_OPTIONS: &str = "trans=virtio,version=9p2000.L,msize=512000,cache=none";
 
 /// The virtio device whose 9p mount tag is `tag`.

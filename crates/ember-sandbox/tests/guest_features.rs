@@ -414,8 +414,8 @@ async fn measure_9p_options() {
     for (n, opts) in [
         "trans=virtio,version=9p2000.L,msize=8192,cache=none",
         "trans=virtio,version=9p2000.L,msize=131072,cache=none",
-        "trans=virtio,version=9p2000.L,msize=524288,cache=none",
-        "trans=virtio,version=9p2000.L,msize=524288,cache=mmap",
+        "trans=virtio,version=9p2000.L,msize=512000,cache=none",
+        "trans=virtio,version=9p2000.L,msize=512000,cache=mmap",
     ]
     .iter()
     .enumerate()
@@ -447,6 +447,8 @@ async fn measure_9p_options() {
              dd if=/s/f of=/dev/null bs=4k 2>/dev/null; e=$(t); rm -f /s/f; \
              echo write-1M $((b-a))ms read-1M $((c-b))ms read-4k $((e-c))ms";
         let out = sh(a, "m", "t", script).await;
+        let console = sb.vm().console_tail(1 << 16);
+        assert!(console.contains(opts), "options not taken:\n{console}");
         eprintln!("{opts}:\n{out}");
         a.remove_container("m").await.unwrap();
         common::shutdown(sb).await;
