@@ -136,6 +136,11 @@ async fn pool_regions_shared_dir_files_metadata_balloon() {
     );
     let base = loop_count(a, "ra", "l0").await;
     assert_eq!(base, 2, "one loop device per region container");
+    // virtio-blk under a 1 MiB-aligned region takes direct I/O (no second page cache).
+    assert_eq!(
+        sh(a, "ra", "dio", "cat /sys/block/loop*/loop/dio").await,
+        "1\n1\n"
+    );
 
     // 16 containers from 16 regions in one VM, all running at once.
     let ids: Vec<String> = (2..18).map(|i| format!("many{i}")).collect();
@@ -250,8 +255,15 @@ async fn pool_regions_shared_dir_files_metadata_balloon() {
     ))
     .await
     .unwrap();
-    // ra, rb, csh and the region at /mnt/region (the whole drive needs none).
+    // ra, rb, csh and the region at /mnt/region (the whole drive needs none), the
+    // last one a read-only loop device.
     wait_loops(&sb, "ra", 4).await;
+    assert_eq!(
+        sh(a, "ra", "ro", "grep -l 1 /sys/block/loop*/ro | wc -l")
+            .await
+            .trim(),
+        "1"
+    );
     let spec = spec_with_mounts(
         &["sleep", "1000"],
         &[
