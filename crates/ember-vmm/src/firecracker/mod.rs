@@ -14,6 +14,9 @@
 //! - The virtio-blk serial Firecracker shows the guest is derived from the backing
 //!   file (device, inode, mtime), not from [`Drive::id`]; drives appear in the guest in
 //!   the order of `VmConfig::drives` (`vda`, `vdb`, ...).
+//! - No shared directory: `VmConfig::shared_dir` is `Error::Unsupported` at `start`.
+//!   A balloon is configured before boot (`PUT /balloon`) and driven through
+//!   `PATCH /balloon`, `GET /balloon` and `GET|PATCH /balloon/statistics`.
 
 mod api;
 mod balloon;
