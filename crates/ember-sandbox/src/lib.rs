@@ -4,6 +4,7 @@
 //! carry their stdio, and tear everything down.
 
 mod config;
+pub mod share;
 mod stdio;
 
 use std::time::{Duration, Instant};
