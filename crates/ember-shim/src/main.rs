@@ -11,6 +11,7 @@ mod service;
 mod socket;
 mod stdio;
 mod task;
+mod volumes;
 
 fn main() {
     let args = match args::parse(std::env::args().skip(1)) {
