@@ -263,7 +263,20 @@ pub fn delete(args: &Args) -> Result<()> {
         .or_else(|| std::env::current_dir().ok())
         .unwrap_or_default();
     let _ = nix::mount::umount2(&bundle.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
-    let _ = std::fs::remove_dir_all(&dir);
+    // Host directories shared with the VM are bind-mounted under the state
+    // directory: they go first, and while any is left the directory stays (removing
+    // it would delete the host's data through the mount).
+    let shared = dir.join("vm").join(ember_sandbox::share::DIR_NAME);
+    match ember_sandbox::share::cleanup(&shared) {
+        Ok(()) => {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        Err(e) => tracing::warn!(
+            "cleaning up {}: {e}; {} left in place",
+            shared.display(),
+            dir.display()
+        ),
+    }
     let _ = std::fs::remove_file(socket_path(args));
     write_delete_response()
 }

@@ -45,6 +45,8 @@ pub struct Task {
     agent: Mutex<Option<AgentClient>>,
     sandbox: tokio::sync::Mutex<Option<Sandbox>>,
     containers: Mutex<HashMap<String, Container>>,
+    /// The VM's shared directory (host bind mounts), on a VMM that has one.
+    shared: Mutex<Option<ember_sandbox::share::SharedDir>>,
     /// Serialises Create and Delete.
     lifecycle: tokio::sync::Mutex<()>,
     pub shutdown: Notify,
@@ -77,6 +79,7 @@ impl Task {
             agent: Mutex::new(None),
             sandbox: tokio::sync::Mutex::new(None),
             containers: Mutex::new(HashMap::new()),
+            shared: Mutex::new(None),
             lifecycle: tokio::sync::Mutex::new(()),
             shutdown: Notify::new(),
         })
@@ -147,7 +150,7 @@ impl Task {
                 format!("reading the bundle's config.json: {e}"),
             )
         })?;
-        let spec: serde_json::Value = serde_json::from_slice(&spec_bytes)
+        let mut spec: serde_json::Value = serde_json::from_slice(&spec_bytes)
             .map_err(|e| err(Code::InvalidArgument, format!("parsing config.json: {e}")))?;
         let annotations: HashMap<String, String> = spec
             .get("annotations")
@@ -158,19 +161,24 @@ impl Task {
             .clone()
             .with_annotations(&annotations)
             .map_err(|e| err(Code::InvalidArgument, e.to_string()))?;
+        let (shared_dir, volumes) = self.prepare_volumes(&cfg, &mut spec, &bundle, &req.id)?;
+        let spec_bytes =
+            serde_json::to_vec(&spec).map_err(|e| err(Code::Internal, e.to_string()))?;
 
         let mounts = req.rootfs.clone();
         let (b, s) = (bundle.clone(), self.state_dir.clone());
         let rootfs = tokio::task::spawn_blocking(move || rootfs::prepare(&mounts, &b, &s))
             .await
-            .map_err(|e| err(Code::Internal, e.to_string()))?
-            .map_err(|e| err(Code::Internal, e.to_string()))?;
+            .map_err(|e| err(Code::Internal, e.to_string()))
+            .and_then(|r| r.map_err(|e| err(Code::Internal, e.to_string())));
+        let rootfs = rootfs.inspect_err(|_| self.cleanup_shares())?;
         tracing::info!(image = %rootfs.image.display(), build_ms = rootfs.build_time.as_millis() as u64, "rootfs ready");
 
-        let sandbox = match self.boot(&cfg, &req.id, &rootfs).await {
+        let sandbox = match self.boot(&cfg, &req.id, &rootfs, shared_dir).await {
             Ok(s) => s,
             Err(e) => {
                 cleanup_rootfs(&rootfs, &bundle);
+                self.cleanup_shares();
                 return Err(e);
             }
         };
@@ -205,7 +213,7 @@ impl Task {
                     terminal: req.terminal,
                     stdin: !req.stdin.is_empty(),
                 }),
-                files: Vec::new(),
+                files: volumes.files,
             })
             .await;
         let pid = match created {
@@ -213,6 +221,7 @@ impl Task {
             Err(e) => {
                 self.stop_vm().await;
                 cleanup_rootfs(&rootfs, &bundle);
+                self.cleanup_shares();
                 return Err(agent_err(e));
             }
         };
@@ -237,6 +246,7 @@ impl Task {
             let _ = agent.remove_container(&req.id).await;
             self.stop_vm().await;
             cleanup_rootfs(&rootfs, &bundle);
+            self.cleanup_shares();
             return Err(e);
         }
         self.containers.lock().unwrap().insert(
@@ -275,6 +285,7 @@ impl Task {
         cfg: &RuntimeConfig,
         id: &str,
         rootfs: &BlockRootfs,
+        shared_dir: Option<PathBuf>,
     ) -> Result<Sandbox, Status> {
         let vm_dir = self.state_dir.join("vm");
         std::fs::create_dir_all(&vm_dir).map_err(|e| err(Code::Internal, e.to_string()))?;
@@ -296,7 +307,7 @@ impl Task {
             }],
             state_dir: vm_dir,
             boot_timeout: Duration::from_secs(cfg.boot_timeout_secs),
-            shared_dir: None,
+            shared_dir,
             balloon: None,
         };
         let sb = Sandbox::boot(sc)
@@ -326,6 +337,11 @@ impl Task {
         if let Ok(agent) = self.agent() {
             let _ = tokio::time::timeout(Duration::from_secs(20), agent.remove_container(id)).await;
         }
+        if let Some(shared) = self.shared.lock().unwrap().as_ref() {
+            if let Err(e) = crate::volumes::release(shared, id) {
+                tracing::warn!("releasing the volumes of {id}: {e}");
+            }
+        }
         // A created-but-never-started init ends with the container; it never ran, so
         // its status is 0, as runc's shim reports.
         let (status, at) = match p.exited() {
@@ -337,6 +353,7 @@ impl Task {
             }
         };
         self.stop_vm().await;
+        self.cleanup_shares();
         let c = self.containers.lock().unwrap().remove(id);
         if let Some(c) = c {
             cleanup_rootfs(&c.rootfs, Path::new(&c.bundle));
@@ -362,6 +379,53 @@ impl Task {
             exit_status: status,
             exited_at: Some(timestamp(at)),
         })
+    }
+
+    /// Carries the spec's host bind mounts into the VM (see [`crate::volumes`]): on a
+    /// VMM with a shared filesystem, makes the VM's shared directory (returned for
+    /// the VM's configuration) and shares them there; else copies single files in.
+    fn prepare_volumes(
+        &self,
+        cfg: &RuntimeConfig,
+        spec: &mut serde_json::Value,
+        bundle: &Path,
+        id: &str,
+    ) -> Result<(Option<PathBuf>, crate::volumes::Volumes), Status> {
+        use crate::volumes::{prepare, Transport};
+        let shared = match cfg.vmm {
+            ember_vmm::VmmKind::Qemu => Some(
+                ember_sandbox::share::SharedDir::create(&self.state_dir.join("vm"))
+                    .map_err(|e| err(Code::Internal, e.to_string()))?,
+            ),
+            ember_vmm::VmmKind::Firecracker => None,
+        };
+        let transport = shared
+            .as_ref()
+            .map(Transport::Shared)
+            .unwrap_or(Transport::CopyFiles);
+        match prepare(spec, bundle, id, transport) {
+            Ok(v) => {
+                let path = shared.as_ref().map(|s| s.path().to_path_buf());
+                *self.shared.lock().unwrap() = shared;
+                Ok((path, v))
+            }
+            Err(e) => {
+                self.cleanup_shares();
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Unmounts and removes the VM's shared directory, if any.
+    fn cleanup_shares(&self) {
+        self.shared.lock().unwrap().take();
+        let dir = self
+            .state_dir
+            .join("vm")
+            .join(ember_sandbox::share::DIR_NAME);
+        if let Err(e) = ember_sandbox::share::cleanup(&dir) {
+            tracing::warn!("cleaning up {}: {e}", dir.display());
+        }
     }
 
     /// Appends a timing record to `$EMBER_SHIM_TIMINGS` (used by the benchmarks).
@@ -503,6 +567,7 @@ impl Task {
             .map(|(id, c)| (id, c.rootfs, c.bundle))
             .collect();
         self.stop_vm().await;
+        self.cleanup_shares();
         for (_, rootfs, bundle) in ids {
             cleanup_rootfs(&rootfs, Path::new(&bundle));
         }
