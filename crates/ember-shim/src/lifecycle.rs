@@ -259,7 +259,7 @@ pub fn serve(args: &Args) -> Result<()> {
         Ok::<_, anyhow::Error>(())
     })?;
     socket.release();
-    let _ = std::fs::remove_dir_all(&dir);
+    remove_state(&dir);
     Ok(())
 }
 
@@ -337,9 +337,26 @@ pub fn delete(args: &Args) -> Result<()> {
         }
     }
     let _ = nix::mount::umount2(&bundle.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
-    let _ = std::fs::remove_dir_all(&dir);
+    remove_state(&dir);
     let _ = std::fs::remove_file(socket_path(args, vm));
     write_delete_response()
+}
+
+/// Removes a VM's state directory. Host directories shared with the VM are
+/// bind-mounted under it: they go first, and while any is left the directory stays
+/// (removing it would delete the host's data through the mount).
+fn remove_state(dir: &Path) {
+    let shared = dir.join("vm").join(ember_sandbox::share::DIR_NAME);
+    match ember_sandbox::share::cleanup(&shared) {
+        Ok(()) => {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        Err(e) => tracing::warn!(
+            "cleaning up {}: {e}; {} left in place",
+            shared.display(),
+            dir.display()
+        ),
+    }
 }
 
 fn write_delete_response() -> Result<()> {
