@@ -260,6 +260,11 @@ pub fn serve(args: &Args) -> Result<()> {
     })?;
     socket.release();
     remove_state(&dir);
+    // A shim started for a VM by its id (CreateVM's callers) has no container
+    // whose `delete` would remove the record `start` made for that id.
+    if vm == Some(args.id.as_str()) {
+        let _ = std::fs::remove_file(group_record(args));
+    }
     Ok(())
 }
 
