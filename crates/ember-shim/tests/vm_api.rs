@@ -164,6 +164,7 @@ fn create_vm_join_metadata_and_stop_vm() {
     assert!(d.explicit, "{d:?}");
     assert_eq!(d.containers, vec!["j1".to_string(), "j2".to_string()]);
     assert_eq!((d.vcpus, d.memory_mib), (1, 256));
+    eprintln!("explicit VM: {d:?}");
 
     rt.block_on(client.stop_vm(
         &StopVmRequest {
