@@ -87,9 +87,31 @@ fn create_vm_join_metadata_and_stop_vm() {
     assert_eq!(e.code(), Code::Unimplemented, "{e}");
     assert!(c.vmms().is_empty(), "a refused CreateVM started a VMM");
 
-    let created = rt
-        .block_on(client.create_vm(&create_req(vm), boot))
-        .unwrap();
+    // A root drive and a drive mount, mounted by the agent (CreateVM fails if not).
+    let img = |name: &str| {
+        let p = c.dir.path().join(name);
+        let out = Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&p)
+            .arg("16M")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        p.display().to_string()
+    };
+    let mut req = create_req(vm);
+    req.root_drive = Some(FirecrackerRootDrive {
+        host_path: img("root.img"),
+        ..Default::default()
+    });
+    req.drive_mounts = vec![FirecrackerDriveMount {
+        host_path: img("data.img"),
+        vm_path: "/data".into(),
+        filesystem_type: "ext4".into(),
+        is_writable: true,
+        ..Default::default()
+    }];
+    let created = rt.block_on(client.create_vm(&req, boot)).unwrap();
     assert_eq!(created.vmid, vm);
     assert!(Path::new(&created.socket_path).exists(), "{created:?}");
     assert_eq!(
@@ -194,6 +216,43 @@ fn create_vm_join_metadata_and_stop_vm() {
     let t = Instant::now();
     while !client.is_closed() {
         assert!(t.elapsed() < Duration::from_secs(10), "the shim stayed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.assert_clean();
+}
+
+#[test]
+fn exit_after_all_tasks_deleted_ends_the_vm_with_its_last_container() {
+    let c = Containerd::start();
+    let vm = "fcvm2";
+    c.used_vms.lock().unwrap().push(vm.into());
+    let address = start_vm_shim(&c, vm);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = rt.block_on(VmClient::connect(&address)).unwrap();
+    let mut req = create_req(vm);
+    req.exit_after_all_tasks_deleted = true;
+    rt.block_on(client.create_vm(&req, Duration::from_secs(90)))
+        .unwrap();
+    assert_eq!(c.vmms().len(), 1);
+    c.used_ids.lock().unwrap().push("once".into());
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        "io.ember.vm.id=fcvm2",
+        IMAGE,
+        "once",
+        "sh",
+        "-c",
+        "echo ran",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "ran\n");
+    let t = Instant::now();
+    while !client.is_closed() {
+        assert!(t.elapsed() < Duration::from_secs(20), "the shim stayed");
         std::thread::sleep(Duration::from_millis(100));
     }
     c.assert_clean();
