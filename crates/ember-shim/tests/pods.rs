@@ -166,3 +166,47 @@ fn killing_the_vmm_ends_every_container_with_255() {
     }
     c.assert_clean();
 }
+
+#[test]
+fn a_killed_vm_shim_takes_its_vmm_and_every_container_along() {
+    let c = Containerd::start();
+    c.used_vms.lock().unwrap().push("orphans".into());
+    for id in ["o1", "o2"] {
+        c.run_annotated(id, &["io.ember.vm.id=orphans"], SLEEP);
+    }
+    let sock = c.sock.display().to_string();
+    let shims = pids_matching(&["containerd-shim-ember-v2", &sock, "serve"]);
+    assert_eq!(shims.len(), 1, "one shim for the VM: {shims:?}");
+    assert_eq!(c.vmms().len(), 1);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shims[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let t = Instant::now();
+    while !c.vmms().is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "the VMM outlived its shim"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // containerd runs `shim delete` for each container of the dead shim.
+    let t = Instant::now();
+    loop {
+        for id in ["o1", "o2"] {
+            let _ = c.ctr(&["task", "delete", "-f", id]);
+            let _ = c.ctr(&["containers", "rm", id]);
+        }
+        let left = text(&c.ctr(&["containers", "ls", "-q"]).stdout);
+        if !left.contains("o1") && !left.contains("o2") {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "containers stayed: {left}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    c.assert_clean();
+}
