@@ -1,0 +1,310 @@
+//! Host bind mounts (`ctr run --mount type=bind`, `--net-host`'s `/etc/hosts`) under
+//! Debian's containerd 1.6: the shim shares them with the microVM through its
+//! virtio-9p directory, read-only where asked on both sides, and leaves no mount
+//! behind.
+
+use std::path::Path;
+
+mod common;
+
+use common::*;
+
+/// Mount points under the shim's state directory in this mount namespace.
+fn shim_state_mounts(c: &Containerd) -> Vec<String> {
+    let state = c.dir.path().join("shim-state").display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.split(' ').nth(4).is_some_and(|p| p.starts_with(&state)))
+        .map(str::to_string)
+        .collect()
+}
+
+fn assert_nothing_left(c: &Containerd) {
+    c.assert_clean();
+    let left = shim_state_mounts(c);
+    assert!(left.is_empty(), "mounts left: {left:#?}");
+}
+
+fn bind(src: &Path, dst: &str, options: &str) -> String {
+    format!(
+        "type=bind,src={},dst={dst},options={options}",
+        src.display()
+    )
+}
+
+/// `ctr tasks exec` of `sh -c script`; returns (exit code, stdout, stderr).
+fn sh(c: &Containerd, id: &str, exec_id: &str, script: &str) -> (i32, String, String) {
+    let out = c.exec(id, exec_id, &["sh", "-c", script]);
+    (
+        out.status.code().unwrap_or(-1),
+        text(&out.stdout),
+        text(&out.stderr),
+    )
+}
+
+#[test]
+fn bind_mounts_read_write_read_only_and_single_files() {
+    let c = Containerd::start();
+    let host = tempfile::tempdir().unwrap();
+    let rw = host.path().join("rw");
+    let ro = host.path().join("ro");
+    std::fs::create_dir(&rw).unwrap();
+    std::fs::create_dir(&ro).unwrap();
+    std::fs::write(rw.join("data"), "host data\n").unwrap();
+    std::fs::write(ro.join("data"), "read only\n").unwrap();
+    let file = host.path().join("hosts");
+    std::fs::write(&file, "10.1.2.3 volume-test\n").unwrap();
+
+    let mounts = [
+        bind(&rw, "/rw", "rbind:rw"),
+        bind(&ro, "/ro", "rbind:ro"),
+        bind(&file, "/etc/vol-hosts", "rbind:ro"),
+    ];
+    let mut args: Vec<&str> = vec!["run", "-d", "--runtime", RUNTIME];
+    for m in &mounts {
+        args.extend(["--mount", m]);
+    }
+    args.extend([IMAGE, "vols", "sleep", "1000"]);
+    c.used_ids.lock().unwrap().push("vols".into());
+    let out = c.ctr(&args);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        c.shim_logs()
+    );
+
+    // Host data read inside; a write inside seen on the host; a host write inside.
+    let (code, stdout, stderr) = sh(&c, "vols", "e1", "cat /rw/data");
+    assert_eq!((code, stdout.as_str()), (0, "host data\n"), "{stderr}");
+    let (code, _, stderr) = sh(&c, "vols", "e2", "echo from the guest > /rw/written");
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(rw.join("written")).unwrap(),
+        "from the guest\n"
+    );
+    std::fs::write(rw.join("later"), "from the host\n").unwrap();
+    let (code, stdout, stderr) = sh(&c, "vols", "e3", "cat /rw/later");
+    assert_eq!((code, stdout.as_str()), (0, "from the host\n"), "{stderr}");
+
+    // Read-only: the write fails inside and the host file is unchanged.
+    let (code, _, stderr) = sh(&c, "vols", "e4", "echo changed > /ro/data");
+    assert_ne!(code, 0);
+    assert!(stderr.contains("Read-only file system"), "{stderr}");
+    let (code, _, stderr) = sh(&c, "vols", "e5", "touch /ro/new");
+    assert_ne!(code, 0);
+    assert!(stderr.contains("Read-only file system"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(ro.join("data")).unwrap(),
+        "read only\n"
+    );
+    assert!(!ro.join("new").exists());
+    let (code, stdout, _) = sh(&c, "vols", "e6", "cat /ro/data");
+    assert_eq!((code, stdout.as_str()), (0, "read only\n"));
+
+    // A single file, as dockerd and CRI bind /etc/hosts.
+    let (code, stdout, stderr) = sh(&c, "vols", "e7", "cat /etc/vol-hosts");
+    assert_eq!(
+        (code, stdout.as_str()),
+        (0, "10.1.2.3 volume-test\n"),
+        "{stderr}"
+    );
+
+    // The shares live under the shim's state while the container runs.
+    assert!(
+        shim_state_mounts(&c).len() >= 4,
+        "{:#?}",
+        shim_state_mounts(&c)
+    );
+    c.kill_and_remove("vols");
+    assert_nothing_left(&c);
+    // The host's data is all there after the container went.
+    assert_eq!(
+        std::fs::read_to_string(rw.join("data")).unwrap(),
+        "host data\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(rw.join("written")).unwrap(),
+        "from the guest\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ro.join("data")).unwrap(),
+        "read only\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "10.1.2.3 volume-test\n"
+    );
+}
+
+#[test]
+fn missing_source_fails_cleanly_and_net_host_gets_the_host_files() {
+    let c = Containerd::start();
+    let host = tempfile::tempdir().unwrap();
+    let missing = host.path().join("no-such-volume");
+    let m = bind(&missing, "/vol", "rbind:rw");
+    c.used_ids.lock().unwrap().push("missing".into());
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--mount",
+        &m,
+        IMAGE,
+        "missing",
+        "true",
+    ]);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&missing.display().to_string()),
+        "ctr's error does not name the path: {stderr}"
+    );
+    // ctr run --rm leaves the container record of a failed task behind.
+    let _ = c.ctr(&["containers", "rm", "missing"]);
+    assert_nothing_left(&c);
+
+    // --net-host binds the host's /etc/hosts and /etc/resolv.conf into the spec.
+    let mut args = vec!["run", "--rm", "--net-host", "--runtime", RUNTIME, IMAGE];
+    args.extend([
+        "nethost",
+        "sh",
+        "-c",
+        "cat /etc/hosts; echo ---; cat /etc/resolv.conf",
+    ]);
+    c.used_ids.lock().unwrap().push("nethost".into());
+    let out = c.ctr(&args);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        c.shim_logs()
+    );
+    let host_hosts = std::fs::read_to_string("/etc/hosts").unwrap();
+    let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    assert_eq!(text(&out.stdout), format!("{host_hosts}---\n{host_resolv}"));
+    assert_nothing_left(&c);
+}
+
+/// Seconds in busybox `time`'s "real\t0m 1.23s" line.
+fn real_seconds(stderr: &str) -> f64 {
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("real"))
+        .unwrap_or_else(|| panic!("no time in {stderr:?}"));
+    let mut parts = line.split_whitespace().skip(1);
+    let min: f64 = parts
+        .next()
+        .and_then(|m| m.strip_suffix('m'))
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| panic!("{line:?}"));
+    let sec: f64 = parts
+        .next()
+        .and_then(|s| s.strip_suffix('s'))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{line:?}"));
+    min * 60.0 + sec
+}
+
+/// Read throughput of a 64 MiB file: through the VM's 9p share, from the
+/// container's own rootfs (cold: O_DIRECT; warm: the guest's page cache), and with
+/// runc on the host. Run by scripts/bench-volumes.sh; prints `BENCH` lines.
+#[test]
+#[ignore = "benchmark: scripts/bench-volumes.sh"]
+fn bench_read_throughput() {
+    const MIB: f64 = 64.0;
+    let runs = 3;
+    let c = Containerd::start();
+    let host = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..64u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(host.path().join("big"), &data).unwrap();
+    let m = bind(host.path(), "/vol", "rbind:rw");
+    let report = |what: &str, secs: &[f64]| {
+        let best = secs.iter().cloned().fold(f64::INFINITY, f64::min);
+        let mut sorted = secs.to_vec();
+        sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let median = sorted[sorted.len() / 2];
+        println!(
+            "BENCH {what:<34} median {:>8.1} MiB/s  best {:>8.1} MiB/s  ({} runs: {secs:?} s)",
+            MIB / median,
+            MIB / best,
+            secs.len()
+        );
+    };
+    let dd = "/bin/busybox time dd if=/vol/big of=/dev/null bs=1M";
+
+    // runc: the host's own read of the same file (host page cache warm).
+    let mut secs = Vec::new();
+    for i in 0..runs {
+        let id = format!("runc{i}");
+        let out = c.ctr(&[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNC,
+            "--mount",
+            &m,
+            IMAGE,
+            &id,
+            "sh",
+            "-c",
+            dd,
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        secs.push(real_seconds(&text(&out.stderr)));
+    }
+    report("runc, host bind mount", &secs);
+
+    c.used_ids.lock().unwrap().push("bench".into());
+    let out = c.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--mount",
+        &m,
+        IMAGE,
+        "bench",
+        "sleep",
+        "1000",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (code, stdout, stderr) = sh(&c, "bench", "sum", "sha256sum /vol/big");
+    assert_eq!(code, 0, "{stderr}");
+    let want = {
+        use sha2::{Digest, Sha256};
+        let d = Sha256::digest(&data);
+        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    assert!(stdout.starts_with(&want), "{stdout} != {want}");
+
+    let mut secs = Vec::new();
+    for i in 0..runs {
+        let (code, _, stderr) = sh(&c, "bench", &format!("p9-{i}"), dd);
+        assert_eq!(code, 0, "{stderr}");
+        secs.push(real_seconds(&stderr));
+    }
+    report("ember, 9p share (TCG)", &secs);
+
+    let (code, _, stderr) = sh(&c, "bench", "copy", "cp /vol/big /big && sync");
+    assert_eq!(code, 0, "{stderr}");
+    for (what, flags) in [
+        ("ember, rootfs O_DIRECT (TCG)", " iflag=direct"),
+        ("ember, rootfs page cache (TCG)", ""),
+    ] {
+        let mut secs = Vec::new();
+        for i in 0..runs {
+            let script = format!("/bin/busybox time dd if=/big of=/dev/null bs=1M{flags}");
+            let (code, _, stderr) = sh(&c, "bench", &format!("r{i}{}", flags.len()), &script);
+            assert_eq!(code, 0, "{stderr}");
+            secs.push(real_seconds(&stderr));
+        }
+        report(what, &secs);
+    }
+    c.kill_and_remove("bench");
+    assert_nothing_left(&c);
+}
