@@ -222,7 +222,7 @@ fn create_vm_join_metadata_and_stop_vm() {
 }
 
 #[test]
-fn exit_after_all_tasks_deleted_ends_the_vm_with_its_last_container() {
+fn balloon_and_exit_after_all_tasks_deleted() {
     let c = Containerd::start();
     let vm = "fcvm2";
     c.used_vms.lock().unwrap().push(vm.into());
@@ -231,9 +231,50 @@ fn exit_after_all_tasks_deleted_ends_the_vm_with_its_last_container() {
     let client = rt.block_on(VmClient::connect(&address)).unwrap();
     let mut req = create_req(vm);
     req.exit_after_all_tasks_deleted = true;
+    req.balloon_device = Some(FirecrackerBalloonDevice {
+        amount_mib: 16,
+        deflate_on_oom: true,
+        stats_polling_intervals: 1,
+    });
     rt.block_on(client.create_vm(&req, Duration::from_secs(90)))
         .unwrap();
     assert_eq!(c.vmms().len(), 1);
+
+    // The balloon, over the VMM.
+    let id = || vm.to_string();
+    let cfg = rt
+        .block_on(client.get_balloon_config(&GetBalloonConfigRequest { vmid: id() }))
+        .unwrap()
+        .balloon_config
+        .unwrap();
+    assert_eq!((cfg.amount_mib, cfg.deflate_on_oom), (16, true));
+    rt.block_on(client.update_balloon(&UpdateBalloonRequest {
+        vmid: id(),
+        amount_mib: 32,
+    }))
+    .unwrap();
+    assert_eq!(
+        code(rt.block_on(client.update_balloon(&UpdateBalloonRequest {
+            vmid: id(),
+            amount_mib: -5,
+        }))),
+        Code::InvalidArgument
+    );
+    rt.block_on(client.update_balloon_stats(&UpdateBalloonStatsRequest {
+        vmid: id(),
+        stats_polling_intervals: 2,
+    }))
+    .unwrap();
+    let stats = rt
+        .block_on(client.get_balloon_stats(&GetBalloonStatsRequest { vmid: id() }))
+        .unwrap();
+    assert_eq!(stats.target_mib, 32, "{stats:?}");
+    let cfg = rt
+        .block_on(client.get_balloon_config(&GetBalloonConfigRequest { vmid: id() }))
+        .unwrap()
+        .balloon_config
+        .unwrap();
+    assert_eq!((cfg.amount_mib, cfg.stats_polling_intervals), (32, 2));
     c.used_ids.lock().unwrap().push("once".into());
     let out = c.ctr(&[
         "run",
