@@ -55,7 +55,22 @@ fn containers_naming_one_vm_share_it() {
         .unwrap()
         .extend(["vmA".to_string(), "pod1".to_string()]);
     c.run_annotated("a1", &["io.ember.vm.id=vmA"], SLEEP);
-    c.run_annotated("a2", &["io.ember.vm.id=vmA"], SLEEP);
+    // The second container joins the running VM, with a host directory shared
+    // read-only after the VM booted.
+    let host = c.dir.path().join("hostdir");
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::write(host.join("greeting"), "from the host\n").unwrap();
+    let mount = format!(
+        "type=bind,src={},dst=/host,options=rbind:ro",
+        host.display()
+    );
+    let out = c.try_run_with("a2", &["io.ember.vm.id=vmA"], &["--mount", &mount], SLEEP);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        c.shim_logs()
+    );
     // A CRI pod: the sandbox container first, then a container of the pod.
     c.run_annotated(
         "p1",
@@ -80,6 +95,14 @@ fn containers_naming_one_vm_share_it() {
     let p = boot_id(&c, "p1", "b3");
     assert_eq!(p, boot_id(&c, "p2", "b4"), "the pod's containers run apart");
     assert_ne!(a, p, "two VMs answered with one boot id");
+
+    assert_eq!(
+        c.exec_ok("a2", "h", &["cat", "/host/greeting"]),
+        "from the host\n"
+    );
+    let out = c.exec("a2", "hw", &["sh", "-c", "echo x > /host/new"]);
+    assert!(!out.status.success(), "a read-only share was written");
+    assert!(!host.join("new").exists());
 
     // Each container has its own root filesystem (the second on a pool region).
     c.exec_ok("a2", "w", &["sh", "-c", "echo mine > /only-a2"]);
