@@ -148,9 +148,9 @@ fn sixteen_containers_in_one_vm_then_nothing_left() {
     assert_eq!(describe(&c, "vm16").containers.len(), 16);
 
     // Into the running VM and into a fresh one (numbers for the benchmarks).
-    let time = |id: &str, annotations: &[&str]| {
+    let time_on = |runtime: &str, id: &str, annotations: &[&str]| {
         c.used_ids.lock().unwrap().push(id.to_string());
-        let mut a = vec!["run", "--rm", "--runtime", RUNTIME];
+        let mut a = vec!["run", "--rm", "--runtime", runtime];
         for an in annotations {
             a.extend_from_slice(&["--annotation", an]);
         }
@@ -160,9 +160,16 @@ fn sixteen_containers_in_one_vm_then_nothing_left() {
         assert!(out.status.success(), "{id}: {}", text(&out.stderr));
         t.elapsed()
     };
+    let time = |id: &str, annotations: &[&str]| time_on(RUNTIME, id, annotations);
     let joined: Vec<Duration> = (0..3).map(|i| time(&format!("j{i}"), &ann)).collect();
     let fresh: Vec<Duration> = (0..3).map(|i| time(&format!("f{i}"), &[])).collect();
     eprintln!("ctr run --rm true into the running VM: {joined:?}; into a fresh VM: {fresh:?}");
+    if std::path::Path::new("/usr/bin/runc").exists() {
+        let runc: Vec<Duration> = (0..3)
+            .map(|i| time_on(RUNC, &format!("r{i}"), &[]))
+            .collect();
+        eprintln!("ctr run --rm true with runc (no VM): {runc:?}");
+    }
     assert_eq!(describe(&c, "vm16").containers.len(), 16);
 
     // The containers after the first live on pool regions: their space comes back
