@@ -41,6 +41,24 @@ fn pool_file(c: &Containerd) -> std::path::PathBuf {
     pools[0].clone()
 }
 
+/// The container the one VM of `c` was booted for (its rootfs is a boot drive).
+fn booted_for(c: &Containerd) -> String {
+    let dirs: Vec<String> = std::fs::read_dir(c.dir.path().join("shim-state"))
+        .unwrap()
+        .flatten()
+        .flat_map(|e| {
+            std::fs::read_dir(e.path().join("containers"))
+                .into_iter()
+                .flatten()
+        })
+        .flatten()
+        .filter(|e| e.path().join("rootfs.ext4").exists())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    dirs[0].clone()
+}
+
 /// Bytes a file holds on disk.
 fn allocated(p: &std::path::Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
@@ -134,10 +152,16 @@ fn sixteen_containers_in_one_vm_then_nothing_left() {
     let c = Containerd::start();
     c.used_vms.lock().unwrap().push("vm16".into());
     let ann = ["aws.firecracker.vm.id=vm16"];
-    for i in 0..16 {
-        let script = format!("echo {i} > /mark; exec sleep 1000");
-        c.run_annotated(&format!("c{i}"), &ann, &["sh", "-c", &script]);
-    }
+    // All at once: the first boots the VM, the others wait for it and join.
+    std::thread::scope(|s| {
+        for i in 0..16 {
+            let c = &c;
+            s.spawn(move || {
+                let script = format!("echo {i} > /mark; exec sleep 1000");
+                c.run_annotated(&format!("c{i}"), &ann, &["sh", "-c", &script]);
+            });
+        }
+    });
     assert_eq!(c.vmms().len(), 1, "16 containers, one VM");
     let first = boot_id(&c, "c0", "b");
     for i in [1, 7, 15] {
@@ -173,14 +197,21 @@ fn sixteen_containers_in_one_vm_then_nothing_left() {
     assert_eq!(describe(&c, "vm16").containers.len(), 16);
 
     // The containers after the first live on pool regions: their space comes back
-    // as they go (c0's rootfs is a boot drive of its own).
+    // as they go (the first one's rootfs is a boot drive of its own).
+    let first = describe(&c, "vm16");
     let pool = pool_file(&c);
     assert!(allocated(&pool) > 15 << 20, "{} bytes", allocated(&pool));
-    for i in (1..16).rev() {
-        c.kill_and_remove(&format!("c{i}"));
+    let booted_for = booted_for(&c);
+    for i in 0..16 {
+        let id = format!("c{i}");
+        if id != booted_for {
+            c.kill_and_remove(&id);
+        }
     }
     assert_eq!(allocated(&pool), 0, "released regions still hold space");
-    c.kill_and_remove("c0");
+    assert_eq!(describe(&c, "vm16").containers, vec![booted_for.clone()]);
+    assert_eq!(first.vmm_pid, describe(&c, "vm16").vmm_pid);
+    c.kill_and_remove(&booted_for);
     c.assert_clean();
 }
 
