@@ -295,3 +295,36 @@ fn a_killed_vm_shim_takes_its_vmm_and_every_container_along() {
     }
     c.assert_clean();
 }
+
+#[test]
+fn back_to_back_runs_naming_one_vm() {
+    // Each run's VM goes with it; the next run's `start` may still find the shim
+    // lingering (it boots the VM again) or a new one: both work, nothing is left.
+    let c = Containerd::start();
+    c.used_vms.lock().unwrap().push("again".into());
+    for i in 0..4 {
+        let id = format!("r{i}");
+        c.used_ids.lock().unwrap().push(id.clone());
+        let out = c.ctr(&[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            "--annotation",
+            "io.ember.vm.id=again",
+            IMAGE,
+            &id,
+            "sh",
+            "-c",
+            &format!("echo {i}"),
+        ]);
+        assert!(
+            out.status.success(),
+            "{id}: {}\n{}",
+            text(&out.stderr),
+            c.shim_logs()
+        );
+        assert_eq!(text(&out.stdout), format!("{i}\n"));
+    }
+    c.assert_clean();
+}
