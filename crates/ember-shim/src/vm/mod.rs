@@ -255,7 +255,9 @@ impl VmHost {
         if phase.up() && (!explicit || exit_after_all) {
             self.stop(Duration::from_secs(10), Phase::Absent).await;
         }
-        if explicit && (exit_after_all || matches!(phase, Phase::Stopped | Phase::Lost)) {
+        // After StopVM (of any VM) the shim goes with the last container; an explicit
+        // VM's shim also when its VMM died or it exits after all tasks.
+        if phase == Phase::Stopped || (explicit && (exit_after_all || phase == Phase::Lost)) {
             self.exit_shim();
         }
     }
