@@ -298,3 +298,43 @@ fn balloon_and_exit_after_all_tasks_deleted() {
     }
     c.assert_clean();
 }
+
+#[test]
+fn stop_vm_of_a_vm_its_containers_named() {
+    let c = Containerd::start();
+    let vm = "named";
+    c.used_vms.lock().unwrap().push(vm.into());
+    let events = c.events();
+    for id in ["n1", "n2"] {
+        c.run_annotated(id, &["io.ember.vm.id=named"], &["sleep", "1000"]);
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sock = vm_socket(&c.sock, vm);
+    let client = rt
+        .block_on(VmClient::connect(sock.to_str().unwrap()))
+        .unwrap();
+    let d = rt.block_on(client.describe(vm)).unwrap();
+    assert!(!d.explicit, "{d:?}");
+    assert_eq!(
+        code(rt.block_on(client.create_vm(&create_req(vm), Duration::from_secs(30)))),
+        Code::AlreadyExists
+    );
+    rt.block_on(client.stop_vm(
+        &StopVmRequest {
+            vmid: vm.into(),
+            timeout_seconds: 2,
+        },
+        Duration::from_secs(30),
+    ))
+    .unwrap();
+    assert!(c.vmms().is_empty(), "StopVM left the VMM");
+    for id in ["n1", "n2"] {
+        c.wait_stopped(id, 20);
+        c.remove(id);
+    }
+    let log = Containerd::events_seen(events, Duration::from_millis(300));
+    for id in ["n1", "n2"] {
+        assert_eq!(exit_statuses(&log, id), vec![137], "{id}:\n{log}");
+    }
+    c.assert_clean();
+}
