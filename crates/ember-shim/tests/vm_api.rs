@@ -231,6 +231,9 @@ fn balloon_and_exit_after_all_tasks_deleted() {
     let client = rt.block_on(VmClient::connect(&address)).unwrap();
     let mut req = create_req(vm);
     req.exit_after_all_tasks_deleted = true;
+    let (log_fifo, metrics_fifo) = (c.dir.path().join("log.fifo"), c.dir.path().join("m.fifo"));
+    req.log_fifo_path = log_fifo.display().to_string();
+    req.metrics_fifo_path = metrics_fifo.display().to_string();
     req.balloon_device = Some(FirecrackerBalloonDevice {
         amount_mib: 16,
         deflate_on_oom: true,
@@ -240,7 +243,24 @@ fn balloon_and_exit_after_all_tasks_deleted() {
         .unwrap();
     assert_eq!(c.vmms().len(), 1);
 
-    // The balloon, over the VMM.
+    // The FIFOs: made by the shim; the metrics one carries lines about the VMM.
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    assert!(std::fs::metadata(&log_fifo).unwrap().file_type().is_fifo());
+    let mut metrics = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&metrics_fifo)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut buf = vec![0u8; 1 << 16];
+    let n = std::io::Read::read(&mut metrics, &mut buf).unwrap();
+    let first = text(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let m: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(m["vmm_pid"], c.vmms()[0], "{first}");
     let id = || vm.to_string();
     let cfg = rt
         .block_on(client.get_balloon_config(&GetBalloonConfigRequest { vmid: id() }))
