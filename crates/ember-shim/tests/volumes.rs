@@ -167,6 +167,7 @@ fn missing_source_fails_cleanly_and_net_host_gets_the_host_files() {
         stderr.contains(&missing.display().to_string()),
         "ctr's error does not name the path: {stderr}"
     );
+    eprintln!("ctr with a missing source: {}", stderr.trim());
     // ctr run --rm leaves the container record of a failed task behind.
     let _ = c.ctr(&["containers", "rm", "missing"]);
     assert_nothing_left(&c);
