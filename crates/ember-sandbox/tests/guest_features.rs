@@ -269,6 +269,23 @@ async fn pool_regions_shared_dir_files_metadata_balloon() {
     a.unmount("/mnt/data").await.unwrap();
     a.unmount("/mnt/region").await.unwrap();
     wait_loops(&sb, "ra", 3).await;
+    // Unmounted while a container still binds it: the container keeps its view,
+    // and the loop device goes once the container is gone.
+    a.mount_block(&mb(
+        &pool_serial,
+        region_offset(11),
+        REGION_LEN,
+        "/mnt/late",
+    ))
+    .await
+    .unwrap();
+    let spec = spec_with_mounts(&["sleep", "1000"], &[bind("/mnt/late", "/late", true)]);
+    create(a, "held", reg(18), spec, Vec::new()).await.unwrap();
+    a.start_process("held", "").await.unwrap();
+    a.unmount("/mnt/late").await.unwrap();
+    assert_eq!(sh(a, "held", "r", "cat /late/marker").await, "B11");
+    a.remove_container("held").await.unwrap();
+    wait_loops(&sb, "ra", 3).await;
 
     // The balloon: a 64 MiB target reaches the guest driver; statistics flow.
     let vm = sb.vm();

@@ -122,6 +122,7 @@ impl Task {
             }
         };
         let (spec_json, agent) = agent;
+        let t_agent = std::time::Instant::now();
         let created = agent
             .create_container(&ember_agent_api::CreateContainerRequest {
                 container_id: req.id.clone(),
@@ -156,6 +157,7 @@ impl Task {
             "phase": "create",
             "joined": !boots,
             "rootfs_ms": build_ms,
+            "agent_create_ms": t_agent.elapsed().as_secs_f64() * 1e3,
             "vmm_ready_ms": boot.map(|b| b.vmm_ready.as_secs_f64() * 1e3),
             "agent_ready_ms": boot.map(|b| b.agent_ready.as_secs_f64() * 1e3),
             "create_total_ms": t0.elapsed().as_secs_f64() * 1e3,
