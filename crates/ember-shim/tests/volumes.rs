@@ -55,8 +55,12 @@ fn bind_mounts_read_write_read_only_and_single_files() {
     std::fs::write(ro.join("data"), "read only\n").unwrap();
     let file = host.path().join("hosts");
     std::fs::write(&file, "10.1.2.3 volume-test\n").unwrap();
+    // A source on another filesystem than the shared directory (a tmpfs).
+    let tmpfs = tempfile::tempdir_in("/dev/shm").unwrap();
+    std::fs::write(tmpfs.path().join("t"), "on tmpfs\n").unwrap();
 
     let mounts = [
+        bind(tmpfs.path(), "/tmpfs", "rbind:rw"),
         bind(&rw, "/rw", "rbind:rw"),
         bind(&ro, "/ro", "rbind:ro"),
         bind(&file, "/etc/vol-hosts", "rbind:ro"),
@@ -103,6 +107,13 @@ fn bind_mounts_read_write_read_only_and_single_files() {
     let (code, stdout, _) = sh(&c, "vols", "e6", "cat /ro/data");
     assert_eq!((code, stdout.as_str()), (0, "read only\n"));
 
+    let (code, stdout, stderr) = sh(&c, "vols", "e8", "cat /tmpfs/t; echo back > /tmpfs/b");
+    assert_eq!((code, stdout.as_str()), (0, "on tmpfs\n"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(tmpfs.path().join("b")).unwrap(),
+        "back\n"
+    );
+
     // A single file, as dockerd and CRI bind /etc/hosts.
     let (code, stdout, stderr) = sh(&c, "vols", "e7", "cat /etc/vol-hosts");
     assert_eq!(
@@ -114,7 +125,7 @@ fn bind_mounts_read_write_read_only_and_single_files() {
     // The shares live under the shim's state while the container runs, the
     // read-only ones read-only on the host as well.
     let shares = shim_state_mounts(&c);
-    assert!(shares.len() >= 4, "{shares:#?}");
+    assert!(shares.len() >= 5, "{shares:#?}");
     let ro_share = shares
         .iter()
         // Field 4 is the mount's root within its filesystem: the bind's source.
@@ -122,6 +133,14 @@ fn bind_mounts_read_write_read_only_and_single_files() {
         .unwrap_or_else(|| panic!("no share of {}: {shares:#?}", ro.display()));
     let ro_share_opts = ro_share.split(' ').nth(5).unwrap();
     assert!(ro_share_opts.split(',').any(|o| o == "ro"), "{ro_share}");
+    // Sources on several filesystems keep distinct file ids in the guest.
+    for e in std::fs::read_dir(c.dir.path().join("shim-state"))
+        .unwrap()
+        .flatten()
+    {
+        let log = std::fs::read_to_string(e.path().join("vm/vmm.log")).unwrap_or_default();
+        assert!(!log.contains("Multiple devices"), "{log}");
+    }
     c.kill_and_remove("vols");
     assert_nothing_left(&c);
     // The host's data is all there after the container went.
