@@ -397,3 +397,62 @@ async fn without_shared_dir_or_balloon() {
     assert!(e.to_string().contains("/run/ember/shared/vol"), "{e}");
     common::shutdown(sb).await;
 }
+
+/// Throughput of 9p options the agent could mount the shared directory with (a
+/// measurement, not a check: `cargo test ... -- --ignored measure_9p`). Each
+/// boots a VM with `ember.shared_opts=`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_9p_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let root = marked_rootfs(d, "M");
+    let img = d.join("m.ext4");
+    ember_guest::make_ext4(&root, &img, 16).unwrap();
+    let shared = d.join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    for (n, opts) in [
+        "trans=virtio,version=9p2000.L,msize=8192,cache=none",
+        "trans=virtio,version=9p2000.L,msize=131072,cache=none",
+        "trans=virtio,version=9p2000.L,msize=512000,cache=none",
+        "trans=virtio,version=9p2000.L,msize=512000,cache=mmap",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let state = d.join(format!("state{n}"));
+        std::fs::create_dir_all(&state).unwrap();
+        let mut cfg = SandboxConfig::new(&format!("gf-9p{n}"), &guest(), state);
+        cfg.drives = vec![Drive {
+            id: "m".into(),
+            path: img.clone(),
+            read_only: false,
+        }];
+        cfg.shared_dir = Some(shared.clone());
+        cfg.kernel_args = format!("ember.shared_opts={opts}");
+        let sb = Sandbox::boot(cfg).await.unwrap_or_else(|e| panic!("{e}"));
+        let a = sb.agent();
+        let rootfs = ember_agent_api::BlockRootfs {
+            serial: sb.guest_serial("m").unwrap(),
+            fstype: "ext4".into(),
+            ..Default::default()
+        };
+        let spec = spec_with_mounts(&["sleep", "1000"], &[bind(SHARED, "/s", false)]);
+        create(a, "m", rootfs, spec, Vec::new()).await.unwrap();
+        a.start_process("m", "").await.unwrap();
+        // Milliseconds each step takes, from the guest's uptime.
+        let script = "t() { awk '{print int($1*1000)}' /proc/uptime; }; \
+             a=$(t); dd if=/dev/zero of=/s/f bs=1M count=64 2>/dev/null; b=$(t); \
+             dd if=/s/f of=/dev/null bs=1M 2>/dev/null; c=$(t); \
+             dd if=/s/f of=/dev/null bs=4k 2>/dev/null; e=$(t); rm -f /s/f; \
+             echo write-1M $((b-a))ms read-1M $((c-b))ms read-4k $((e-c))ms";
+        let out = sh(a, "m", "t", script).await;
+        let console = sb.vm().console_tail(1 << 16);
+        assert!(console.contains(opts), "options not taken:\n{console}");
+        eprintln!("{opts}:\n{out}");
+        a.remove_container("m").await.unwrap();
+        common::shutdown(sb).await;
+    }
+}
+
+const SHARED: &str = ember_agent_api::SHARED_GUEST_DIR;

@@ -152,16 +152,19 @@ impl Task {
             req.terminal,
         );
         init.pid.store(pid, Ordering::SeqCst);
-        self.record_timings(serde_json::json!({
+        let mut timings = serde_json::json!({
             "id": req.id,
             "phase": "create",
             "joined": !boots,
             "rootfs_ms": build_ms,
             "agent_create_ms": t_agent.elapsed().as_secs_f64() * 1e3,
-            "vmm_ready_ms": boot.map(|b| b.vmm_ready.as_secs_f64() * 1e3),
-            "agent_ready_ms": boot.map(|b| b.agent_ready.as_secs_f64() * 1e3),
             "create_total_ms": t0.elapsed().as_secs_f64() * 1e3,
-        }));
+        });
+        if let Some(b) = boot {
+            timings["vmm_ready_ms"] = (b.vmm_ready.as_secs_f64() * 1e3).into();
+            timings["agent_ready_ms"] = (b.agent_ready.as_secs_f64() * 1e3).into();
+        }
+        self.record_timings(timings);
         if let Err(e) = self.attach_stdio(&agent, &init).await {
             let _ = agent.remove_container(&req.id).await;
             self.undo_volumes(&req.id);
