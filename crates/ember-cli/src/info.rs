@@ -116,13 +116,13 @@ fn host_volumes_with(path: &std::path::Path) -> String {
     };
     match vmm.as_deref() {
         None | Some("qemu") => {
-            let qemu = qemu::find_binary("qemu-system-x86_64".as_ref());
-            let has_9p = qemu.is_some_and(|q| {
-                std::process::Command::new(q)
-                    .args(["-device", "help"])
-                    .output()
-                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("virtio-9p-device"))
-            });
+            let Some(q) = qemu::find_binary("qemu-system-x86_64".as_ref()) else {
+                return "none: QEMU is not installed".to_string();
+            };
+            let has_9p = std::process::Command::new(q)
+                .args(["-device", "help"])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("virtio-9p-device"));
             if has_9p {
                 ember_sandbox::share::transport(VmmKind::Qemu).to_string()
             } else {
@@ -142,10 +142,15 @@ mod tests {
     fn host_volumes_follow_the_configured_vmm() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("runtime.toml");
-        // No file: the shim's default VMM, QEMU (installed here, with virtio-9p).
-        assert_eq!(host_volumes_with(&p), "virtio-9p (QEMU)");
+        // No file, or no vmm in it: the shim's default VMM, QEMU.
+        let qemu = if qemu::find_binary("qemu-system-x86_64".as_ref()).is_some() {
+            "virtio-9p (QEMU)"
+        } else {
+            "none: QEMU is not installed"
+        };
+        assert_eq!(host_volumes_with(&p), qemu);
         std::fs::write(&p, "vcpus = 2\n").unwrap();
-        assert_eq!(host_volumes_with(&p), "virtio-9p (QEMU)");
+        assert_eq!(host_volumes_with(&p), qemu);
         std::fs::write(&p, "vmm = \"firecracker\"\n").unwrap();
         assert_eq!(host_volumes_with(&p), "none: files copied in (Firecracker)");
         std::fs::write(&p, "vmm = \"xen\"\n").unwrap();

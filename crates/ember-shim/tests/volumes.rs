@@ -55,8 +55,12 @@ fn bind_mounts_read_write_read_only_and_single_files() {
     std::fs::write(ro.join("data"), "read only\n").unwrap();
     let file = host.path().join("hosts");
     std::fs::write(&file, "10.1.2.3 volume-test\n").unwrap();
+    // A source on another filesystem than the shared directory (a tmpfs).
+    let tmpfs = tempfile::tempdir_in("/dev/shm").unwrap();
+    std::fs::write(tmpfs.path().join("t"), "on tmpfs\n").unwrap();
 
     let mounts = [
+        bind(tmpfs.path(), "/tmpfs", "rbind:rw"),
         bind(&rw, "/rw", "rbind:rw"),
         bind(&ro, "/ro", "rbind:ro"),
         bind(&file, "/etc/vol-hosts", "rbind:ro"),
@@ -103,6 +107,13 @@ fn bind_mounts_read_write_read_only_and_single_files() {
     let (code, stdout, _) = sh(&c, "vols", "e6", "cat /ro/data");
     assert_eq!((code, stdout.as_str()), (0, "read only\n"));
 
+    let (code, stdout, stderr) = sh(&c, "vols", "e8", "cat /tmpfs/t; echo back > /tmpfs/b");
+    assert_eq!((code, stdout.as_str()), (0, "on tmpfs\n"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(tmpfs.path().join("b")).unwrap(),
+        "back\n"
+    );
+
     // A single file, as dockerd and CRI bind /etc/hosts.
     let (code, stdout, stderr) = sh(&c, "vols", "e7", "cat /etc/vol-hosts");
     assert_eq!(
@@ -111,12 +122,25 @@ fn bind_mounts_read_write_read_only_and_single_files() {
         "{stderr}"
     );
 
-    // The shares live under the shim's state while the container runs.
-    assert!(
-        shim_state_mounts(&c).len() >= 4,
-        "{:#?}",
-        shim_state_mounts(&c)
-    );
+    // The shares live under the shim's state while the container runs, the
+    // read-only ones read-only on the host as well.
+    let shares = shim_state_mounts(&c);
+    assert!(shares.len() >= 5, "{shares:#?}");
+    let ro_share = shares
+        .iter()
+        // Field 4 is the mount's root within its filesystem: the bind's source.
+        .find(|l| l.split(' ').nth(3) == ro.to_str())
+        .unwrap_or_else(|| panic!("no share of {}: {shares:#?}", ro.display()));
+    let ro_share_opts = ro_share.split(' ').nth(5).unwrap();
+    assert!(ro_share_opts.split(',').any(|o| o == "ro"), "{ro_share}");
+    // Sources on several filesystems keep distinct file ids in the guest.
+    for e in std::fs::read_dir(c.dir.path().join("shim-state"))
+        .unwrap()
+        .flatten()
+    {
+        let log = std::fs::read_to_string(e.path().join("vm/vmm.log")).unwrap_or_default();
+        assert!(!log.contains("Multiple devices"), "{log}");
+    }
     c.kill_and_remove("vols");
     assert_nothing_left(&c);
     // The host's data is all there after the container went.
@@ -162,6 +186,7 @@ fn missing_source_fails_cleanly_and_net_host_gets_the_host_files() {
         stderr.contains(&missing.display().to_string()),
         "ctr's error does not name the path: {stderr}"
     );
+    eprintln!("ctr with a missing source: {}", stderr.trim());
     // ctr run --rm leaves the container record of a failed task behind.
     let _ = c.ctr(&["containers", "rm", "missing"]);
     assert_nothing_left(&c);
@@ -208,13 +233,16 @@ fn real_seconds(stderr: &str) -> f64 {
     min * 60.0 + sec
 }
 
-/// Read throughput of a 64 MiB file: through the VM's 9p share, from the
-/// container's own rootfs (cold: O_DIRECT; warm: the guest's page cache), and with
-/// runc on the host. Run by scripts/bench-volumes.sh; prints `BENCH` lines.
+/// Throughput of 64 MiB reads and writes: through the VM's 9p share, on the
+/// container's own rootfs (reads past the guest's page cache with O_DIRECT, and
+/// from it), and with runc on the host. Each timing moves the 64 MiB `PASSES` times
+/// in a row (busybox `time` counts in hundredths of a second); writes end each pass
+/// with an fsync. Run by scripts/bench-volumes.sh; prints `BENCH` lines.
 #[test]
 #[ignore = "benchmark: scripts/bench-volumes.sh"]
-fn bench_read_throughput() {
-    const MIB: f64 = 64.0;
+fn bench_volume_throughput() {
+    const PASSES: usize = 8;
+    const MIB: f64 = 64.0 * PASSES as f64;
     let runs = 3;
     let c = Containerd::start();
     let host = tempfile::tempdir().unwrap();
@@ -229,35 +257,48 @@ fn bench_read_throughput() {
         sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
         let median = sorted[sorted.len() / 2];
         println!(
-            "BENCH {what:<34} median {:>8.1} MiB/s  best {:>8.1} MiB/s  ({} runs: {secs:?} s)",
+            "BENCH {what:<36} median {:>6.0} MiB/s  best {:>6.0} MiB/s  ({} runs of {PASSES}x64 MiB: {secs:?} s)",
             MIB / median,
             MIB / best,
             secs.len()
         );
     };
-    let dd = "/bin/busybox time dd if=/vol/big of=/dev/null bs=1M";
+    // PASSES runs of dd, each checked to have moved all 64 MiB.
+    let timed = |dd_args: &str| {
+        format!(
+            "/bin/busybox time sh -c 'for i in $(seq {PASSES}); do \
+             dd {dd_args} bs=1M 2>&1 | grep -q \"^64+0 records out\" || exit 1; done'"
+        )
+    };
+    let read_share = timed("if=/vol/big of=/dev/null");
+    let write_share = timed("if=/dev/zero of=/vol/w count=64 conv=fsync");
 
-    // runc: the host's own read of the same file (host page cache warm).
-    let mut secs = Vec::new();
-    for i in 0..runs {
-        let id = format!("runc{i}");
-        let out = c.ctr(&[
-            "run",
-            "--rm",
-            "--runtime",
-            RUNC,
-            "--mount",
-            &m,
-            IMAGE,
-            &id,
-            "sh",
-            "-c",
-            dd,
-        ]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        secs.push(real_seconds(&text(&out.stderr)));
+    // runc: the host's own reads and writes of the same directory.
+    for (what, script) in [
+        ("runc, read host bind mount", &read_share),
+        ("runc, write host bind mount", &write_share),
+    ] {
+        let mut secs = Vec::new();
+        for i in 0..runs {
+            let id = format!("runc{i}");
+            let out = c.ctr(&[
+                "run",
+                "--rm",
+                "--runtime",
+                RUNC,
+                "--mount",
+                &m,
+                IMAGE,
+                &id,
+                "sh",
+                "-c",
+                script,
+            ]);
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            secs.push(real_seconds(&text(&out.stderr)));
+        }
+        report(what, &secs);
     }
-    report("runc, host bind mount", &secs);
 
     c.used_ids.lock().unwrap().push("bench".into());
     let out = c.ctr(&[
@@ -281,25 +322,29 @@ fn bench_read_throughput() {
         d.iter().map(|b| format!("{b:02x}")).collect::<String>()
     };
     assert!(stdout.starts_with(&want), "{stdout} != {want}");
-
-    let mut secs = Vec::new();
-    for i in 0..runs {
-        let (code, _, stderr) = sh(&c, "bench", &format!("p9-{i}"), dd);
-        assert_eq!(code, 0, "{stderr}");
-        secs.push(real_seconds(&stderr));
-    }
-    report("ember, 9p share (TCG)", &secs);
-
     let (code, _, stderr) = sh(&c, "bench", "copy", "cp /vol/big /big && sync");
     assert_eq!(code, 0, "{stderr}");
-    for (what, flags) in [
-        ("ember, rootfs O_DIRECT (TCG)", " iflag=direct"),
-        ("ember, rootfs page cache (TCG)", ""),
-    ] {
+
+    let cases = [
+        ("ember TCG, read 9p share", read_share.clone()),
+        (
+            "ember TCG, read rootfs O_DIRECT",
+            timed("if=/big of=/dev/null iflag=direct"),
+        ),
+        (
+            "ember TCG, read rootfs page cache",
+            timed("if=/big of=/dev/null"),
+        ),
+        ("ember TCG, write 9p share", write_share.clone()),
+        (
+            "ember TCG, write rootfs",
+            timed("if=/dev/zero of=/w count=64 conv=fsync"),
+        ),
+    ];
+    for (n, (what, script)) in cases.iter().enumerate() {
         let mut secs = Vec::new();
         for i in 0..runs {
-            let script = format!("/bin/busybox time dd if=/big of=/dev/null bs=1M{flags}");
-            let (code, _, stderr) = sh(&c, "bench", &format!("r{i}{}", flags.len()), &script);
+            let (code, _, stderr) = sh(&c, "bench", &format!("b{n}-{i}"), script);
             assert_eq!(code, 0, "{stderr}");
             secs.push(real_seconds(&stderr));
         }

@@ -85,6 +85,13 @@ impl Task {
             .with_annotations(&bundle.annotations)
             .map_err(|e| err(Code::InvalidArgument, e.to_string()))?;
         let boots = self.vm.phase() == Phase::Absent;
+        // Host mounts that cannot reach the VM are refused before anything is made.
+        let can_share = if boots {
+            matches!(cfg.vmm, ember_vmm::VmmKind::Qemu)
+        } else {
+            self.vm.shared_dir().is_some()
+        };
+        volumes::check(&bundle.spec, &bundle.dir, can_share)?;
         let (storage, device, build_ms, boot) = if boots {
             self.boot_for(&req, &bundle.dir, cfg).await?
         } else {
