@@ -272,7 +272,15 @@ impl Task {
         let r = tokio::task::spawn_blocking(move || rootfs::place_in_pool(&mounts, &b, &pool))
             .await
             .map_err(|e| err(Code::Internal, e.to_string()))?
-            .map_err(|e| err(Code::Internal, e.to_string()))?;
+            .map_err(|e| match e {
+                // Regions are never reused within a VM: a long-lived VM that made
+                // too many containers has to be replaced.
+                rootfs::RootfsError::Pool(full @ ember_sandbox::PoolError::Full { .. }) => err(
+                    Code::ResourceExhausted,
+                    format!("VM {}: {full}", self.vm.id),
+                ),
+                other => err(Code::Internal, other.to_string()),
+            })?;
         tracing::info!(region = ?r.region, build_ms = r.build_time.as_millis() as u64, "rootfs in the pool");
         let serial = self
             .vm
