@@ -353,3 +353,119 @@ fn bench_volume_throughput() {
     c.kill_and_remove("bench");
     assert_nothing_left(&c);
 }
+
+#[test]
+fn a_killed_shim_leaves_no_mounts_and_the_host_data() {
+    let c = Containerd::start();
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("data"), "keep me\n").unwrap();
+    let m = bind(host.path(), "/vol", "rbind:rw");
+    c.used_ids.lock().unwrap().push("victim".into());
+    let out = c.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--mount",
+        &m,
+        IMAGE,
+        "victim",
+        "sleep",
+        "1000",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!shim_state_mounts(&c).is_empty());
+    let sock = c.sock.display().to_string();
+    let shims = pids_matching(&["containerd-shim-ember-v2", &sock, "serve"]);
+    assert_eq!(shims.len(), 1, "{shims:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shims[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // containerd sees its shim gone and runs the shim's delete action, which takes
+    // the shares down before it removes the state directory.
+    let t = std::time::Instant::now();
+    while c.task_status("victim").is_some_and(|s| s != "STOPPED") {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(30),
+            "the task outlived its shim"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = c.ctr(&["tasks", "delete", "victim"]);
+    let out = c.ctr(&["containers", "rm", "victim"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Removing the state directory through a live share would delete this.
+    assert_eq!(
+        std::fs::read_to_string(host.path().join("data"))
+            .ok()
+            .as_deref(),
+        Some("keep me\n")
+    );
+    assert_nothing_left(&c);
+}
+
+/// Mount points under the shim's state whose root (the bind's source) is `src`.
+fn shares_of(c: &Containerd, src: &Path) -> usize {
+    shim_state_mounts(c)
+        .iter()
+        .filter(|l| l.split(' ').nth(3) == src.to_str())
+        .count()
+}
+
+#[test]
+fn containers_of_one_vm_release_their_own_shares() {
+    let c = Containerd::start();
+    let host = tempfile::tempdir().unwrap();
+    let (a, b) = (host.path().join("a"), host.path().join("b"));
+    for (d, s) in [(&a, "A\n"), (&b, "B\n")] {
+        std::fs::create_dir(d).unwrap();
+        std::fs::write(d.join("data"), s).unwrap();
+    }
+    let run = |id: &str, src: &Path| {
+        c.used_ids.lock().unwrap().push(id.into());
+        let m = bind(src, "/vol", "rbind:rw");
+        let out = c.ctr(&[
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            "--annotation",
+            "io.ember.vm.id=volvm",
+            "--mount",
+            &m,
+            IMAGE,
+            id,
+            "sleep",
+            "1000",
+        ]);
+        assert!(
+            out.status.success(),
+            "{id}: {}\n{}",
+            text(&out.stderr),
+            c.shim_logs()
+        );
+    };
+    run("first", &a);
+    run("second", &b);
+    assert_eq!(
+        pids_matching(&["qemu-system", &c.dir.path().display().to_string()]).len(),
+        1,
+        "both containers in one VM"
+    );
+    assert_eq!((shares_of(&c, &a), shares_of(&c, &b)), (1, 1));
+    let (code, stdout, _) = sh(&c, "second", "e1", "cat /vol/data");
+    assert_eq!((code, stdout.as_str()), (0, "B\n"));
+
+    c.kill_and_remove("first");
+    // The first container's share went with it; the second's still serves.
+    assert_eq!((shares_of(&c, &a), shares_of(&c, &b)), (0, 1));
+    let (code, stdout, stderr) = sh(&c, "second", "e2", "cat /vol/data; echo more > /vol/more");
+    assert_eq!((code, stdout.as_str()), (0, "B\n"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(b.join("more")).unwrap(), "more\n");
+
+    c.kill_and_remove("second");
+    assert_nothing_left(&c);
+    assert_eq!(std::fs::read_to_string(a.join("data")).unwrap(), "A\n");
+}
