@@ -37,6 +37,10 @@ pub struct RunArgs {
     runtime: String,
     #[arg(long, default_value = "overlayfs")]
     snapshotter: String,
+    /// Run in this microVM (see `ember vm create`) beside its other containers; a VM
+    /// no `ember vm create` made is booted for its first container and goes with its last.
+    #[arg(long, value_name = "VM_ID")]
+    vm: Option<String>,
     /// vCPUs of the microVM.
     #[arg(long)]
     cpus: Option<u32>,
@@ -72,6 +76,26 @@ pub fn parse_memory(s: &str) -> Result<u64> {
         bail!("memory {s:?}: the microVM needs at least 64 MiB");
     }
     Ok(mib)
+}
+
+/// The annotation that places the container in the VM `--vm` names.
+fn vm_annotations(runtime: &str, a: &RunArgs) -> Result<Vec<(String, String)>> {
+    let Some(vm) = &a.vm else {
+        return Ok(vec![]);
+    };
+    if vm.is_empty() || vm.contains('/') {
+        bail!("--vm {vm:?} is not a VM id");
+    }
+    if runtime != EMBER_RUNTIME {
+        bail!("--vm needs the microVM runtime ({EMBER_RUNTIME}), not {runtime}");
+    }
+    if a.cpus.is_some() || a.memory.is_some() {
+        bail!("--cpus and --memory size a VM of its own; with --vm the VM's size applies (ember vm create --vcpus/--memory)");
+    }
+    Ok(vec![(
+        ember_vm_api::annotations::EMBER_VM_ID.to_string(),
+        vm.clone(),
+    )])
 }
 
 /// 64 hex digits (two random UUIDs), as long as docker's container ids.
@@ -129,7 +153,7 @@ async fn run_leased(conn: &Conn, opts: &ClientOpts, a: RunArgs, id: String) -> R
     if runtime == EMBER_RUNTIME && !binds.is_empty() {
         bail!("host volumes (-v/--mount) are not supported in microVMs yet; use --runtime runc for bind mounts");
     }
-    let mut annotations = Vec::new();
+    let mut annotations = vm_annotations(&runtime, &a)?;
     if let Some(c) = a.cpus {
         if c == 0 {
             bail!("--cpus must be at least 1");
@@ -295,6 +319,30 @@ async fn run_leased(conn: &Conn, opts: &ClientOpts, a: RunArgs, id: String) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vm_flag() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct T {
+            #[command(flatten)]
+            a: RunArgs,
+        }
+        let parse = |args: &[&str]| T::try_parse_from([&["run"][..], args].concat()).unwrap().a;
+        let a = parse(&["--vm", "web", "img", "true"]);
+        assert_eq!(
+            vm_annotations(EMBER_RUNTIME, &a).unwrap(),
+            vec![("io.ember.vm.id".to_string(), "web".to_string())]
+        );
+        assert!(vm_annotations(super::super::RUNC_RUNTIME, &a).is_err());
+        let a = parse(&["--vm", "web", "--cpus", "2", "img"]);
+        assert!(vm_annotations(EMBER_RUNTIME, &a).is_err());
+        let a = parse(&["--vm", "", "img"]);
+        assert!(vm_annotations(EMBER_RUNTIME, &a).is_err());
+        assert!(vm_annotations(EMBER_RUNTIME, &parse(&["img"]))
+            .unwrap()
+            .is_empty());
+    }
 
     #[test]
     fn memory_sizes() {
