@@ -386,8 +386,8 @@ fn microvm_container_verbs() {
     }
     let d = Daemon::start();
     d.import_busybox(IMAGE);
-    let release = std::fs::read_to_string(format!("{}/kernel-release", support::GUEST_DIR))
-        .unwrap_or_default();
+    let release =
+        std::fs::read_to_string(support::guest_dir().join("kernel-release")).unwrap_or_default();
     let host = text(
         &std::process::Command::new("uname")
             .arg("-r")

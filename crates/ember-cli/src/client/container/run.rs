@@ -131,6 +131,8 @@ pub async fn run(opts: &ClientOpts, a: RunArgs) -> Result<i32> {
 }
 
 async fn run_inner(opts: &ClientOpts, a: RunArgs) -> Result<i32> {
+    // Flags that cannot work fail before the daemon is asked anything.
+    vm_annotations(&runtime_name(&a.runtime), &a)?;
     let conn = Conn::new(opts).await?;
     let id = a.name.clone().unwrap_or_else(generated_id);
     // Snapshot and container are made under a lease, as containerd's clients do, so

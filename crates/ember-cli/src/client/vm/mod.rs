@@ -53,7 +53,8 @@ pub fn vm_error(s: Status, id: &str) -> anyhow::Error {
         Code::AlreadyExists => anyhow!("VM {id} already exists"),
         Code::InvalidArgument => anyhow!("invalid request for VM {id}: {msg}"),
         Code::FailedPrecondition => anyhow!("VM {id}: {msg}"),
-        Code::Unimplemented if msg.is_empty() || msg.contains("not implement") => {
+        // No such service: the answer of gRPC servers that do not serve it (containerd's).
+        Code::Unimplemented if msg.is_empty() || msg.starts_with("unknown service") => {
             anyhow!("the daemon does not serve the VM API (is it emberd?)")
         }
         Code::Unimplemented => anyhow!("{msg}"),
@@ -87,6 +88,8 @@ mod tests {
         let e = vm_error(Status::invalid_argument("bad vcpus"), "x");
         assert_eq!(e.to_string(), "invalid request for VM x: bad vcpus");
         let e = vm_error(Status::unimplemented(""), "x");
+        assert!(e.to_string().contains("VM API"), "{e}");
+        let e = vm_error(Status::unimplemented("unknown service Firecracker"), "x");
         assert!(e.to_string().contains("VM API"), "{e}");
         let e = vm_error(
             Status::unimplemented("network interfaces are not supported yet"),
