@@ -148,8 +148,8 @@ fn vm_life_cycle_with_two_containers() {
     // info: Describe and GetVMInfo in one.
     let info = ok(&d.run(&["vm", "info", VM]));
     for want in [
-        format!("ID:"),
-        format!("State:        running"),
+        "ID:".to_string(),
+        "State:        running".to_string(),
         format!("VMM PID:      {vmm_pid}"),
         "Containers:   2 (".to_string(),
         "Socket:".to_string(),
