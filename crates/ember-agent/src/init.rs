@@ -188,6 +188,42 @@ pub fn pid1_setup() -> io::Result<String> {
     Ok(cmdline)
 }
 
+/// Mounts the host's shared directory (virtio-9p, tag `SHARED_TAG`) at
+/// `SHARED_GUEST_DIR` when the VM has one. Best effort: a failure is logged.
+pub fn mount_shared_dir() {
+    let Some(dev) = find_9p_tag(ember_agent_api::SHARED_TAG) else {
+        return;
+    };
+    let target = Path::new(ember_agent_api::SHARED_GUEST_DIR);
+    let res = std::fs::create_dir_all(target).and_then(|_| {
+        sys::mount(
+            Some(ember_agent_api::SHARED_TAG),
+            target,
+            Some("9p"),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            Some(SHARED_9P_OPTIONS),
+        )
+    });
+    match res {
+        Ok(()) => tracing::info!("shared directory ({dev}) mounted at {}", target.display()),
+        Err(e) => tracing::error!("mounting the shared directory ({dev}): {e}"),
+    }
+}
+
+/// 9p options of the shared directory: no caching, so each side sees the other's
+/// writes at once; large messages for throughput.
+pub const SHARED_9P_OPTIONS: &str = "trans=virtio,version=9p2000.L,msize=524288,cache=none";
+
+/// The virtio device whose 9p mount tag is `tag`.
+fn find_9p_tag(tag: &str) -> Option<String> {
+    let rd = std::fs::read_dir("/sys/bus/virtio/drivers/9pnet_virtio").ok()?;
+    rd.flatten().find_map(|e| {
+        let t = std::fs::read_to_string(e.path().join("mount_tag")).ok()?;
+        (t.trim_end_matches(['\0', '\n']) == tag)
+            .then(|| e.file_name().to_string_lossy().into_owned())
+    })
+}
+
 /// `ip link set lo up`, so that containers sharing the guest network have localhost.
 fn bring_up_loopback() {
     use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};

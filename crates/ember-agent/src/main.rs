@@ -9,6 +9,7 @@
 //!                                       also `vsock[:port]`, `serial[:name]`)
 //!   Options: --cgroup-root <dir|none>   (default /sys/fs/cgroup)
 //!            --state-dir <dir>          (default /run/ember/containers)
+//!            --run-dir <dir>            files/ and metadata/ (default /run/ember)
 //!            --log <filter>             (default info; env EMBER_AGENT_LOG)
 
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -17,6 +18,7 @@ mod cgroup;
 mod channel;
 mod container;
 mod init;
+mod loopdev;
 mod reaper;
 mod runtime;
 mod service;
@@ -43,6 +45,7 @@ struct Opts {
     listen: Vec<Listen>,
     cgroup_root: Option<PathBuf>,
     state_dir: PathBuf,
+    run_dir: Option<PathBuf>,
     log: String,
 }
 
@@ -69,6 +72,7 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
         listen: Vec::new(),
         cgroup_root: Some("/sys/fs/cgroup".into()),
         state_dir: "/run/ember/containers".into(),
+        run_dir: None,
         log: std::env::var("EMBER_AGENT_LOG").unwrap_or_else(|_| "info".into()),
     };
     let mut it = args.iter();
@@ -93,11 +97,12 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
                 o.cgroup_root = if v == "none" { None } else { Some(v.into()) };
             }
             "--state-dir" => o.state_dir = value()?.into(),
+            "--run-dir" => o.run_dir = Some(value()?.into()),
             "--log" => o.log = value()?,
             "-h" | "--help" => {
                 println!(
                     "usage: ember-agent [--listen unix:/path|vsock[:port]|serial[:name]]... \
-                     [--cgroup-root DIR|none] [--state-dir DIR] [--log FILTER]"
+                     [--cgroup-root DIR|none] [--state-dir DIR] [--run-dir DIR] [--log FILTER]"
                 );
                 std::process::exit(0);
             }
@@ -165,14 +170,16 @@ async fn run(opts: Opts, is_pid1: bool) -> Result<()> {
     }
     std::fs::create_dir_all(&opts.state_dir)
         .with_context(|| format!("creating {}", opts.state_dir.display()))?;
-    let agent = runtime::Agent::new(
-        runtime::Config {
-            cgroup_root: opts.cgroup_root.clone(),
-            state_dir: opts.state_dir.clone(),
-            is_pid1,
-        },
-        reaper,
-    );
+    let mut cfg =
+        runtime::Config::guest_dirs(opts.cgroup_root.clone(), opts.state_dir.clone(), is_pid1);
+    if let Some(d) = &opts.run_dir {
+        cfg.files_dir = d.join("files");
+        cfg.metadata_dir = d.join("metadata");
+    }
+    if is_pid1 {
+        init::mount_shared_dir();
+    }
+    let agent = runtime::Agent::new(cfg, reaper);
     let mut listen = opts.listen.clone();
     if listen.is_empty() {
         if !is_pid1 {

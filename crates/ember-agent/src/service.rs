@@ -205,6 +205,36 @@ pub fn server(agent: Arc<Agent>, closed: watch::Receiver<bool>) -> Server {
                     }
                 }
             })
+            .method(method::MOUNT_BLOCK, {
+                let a = a.clone();
+                move |r: MountBlockRequest| {
+                    let a = a.clone();
+                    async move {
+                        a.mount_block(r).await?;
+                        Ok(Empty {})
+                    }
+                }
+            })
+            .method(method::UNMOUNT, {
+                let a = a.clone();
+                move |r: UnmountRequest| {
+                    let a = a.clone();
+                    async move {
+                        a.unmount(&r.target).await?;
+                        Ok(Empty {})
+                    }
+                }
+            })
+            .method(method::SET_METADATA, {
+                let a = a.clone();
+                move |r: SetMetadataRequest| {
+                    let a = a.clone();
+                    async move {
+                        a.set_metadata(&r.json).await?;
+                        Ok(Empty {})
+                    }
+                }
+            })
             .method(method::SET_CLOCK, |r: SetClockRequest| async move {
                 crate::sys::set_clock(r.unix_ns)
                     .map_err(|e| Status::new(Code::Internal, format!("setting the clock: {e}")))?;

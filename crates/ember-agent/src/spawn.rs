@@ -44,6 +44,9 @@ pub enum Plan {
         rootfs: PathBuf,
         cgroup: Option<PathBuf>,
         terminal: bool,
+        /// The guest's metadata directory, bind-mounted read-only into the container.
+        #[serde(default)]
+        metadata_dir: Option<PathBuf>,
     },
     /// A process in the namespaces of a running container init.
     Exec {

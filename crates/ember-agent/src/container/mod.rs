@@ -19,6 +19,7 @@ use crate::spawn::{report, Plan};
 use crate::sys::{self, check};
 
 use exec::{exec_process, find_executable};
+pub use mounts::parse_mount_options;
 pub use namespaces::{join_namespaces, prepare_init_namespaces};
 pub use rootfs::secure_join;
 use rootfs::setup_init;
@@ -38,13 +39,21 @@ pub fn init_child(plan: &Plan, report_fd: RawFd, start_fd: RawFd, console_fd: Ra
         spec,
         rootfs,
         terminal,
+        metadata_dir,
         ..
     } = plan
     else {
         sys::exit_now(1)
     };
     reset_signals();
-    if let Err(e) = setup_init(spec, rootfs, *terminal, report_fd, console_fd) {
+    if let Err(e) = setup_init(
+        spec,
+        rootfs,
+        metadata_dir.as_deref(),
+        *terminal,
+        report_fd,
+        console_fd,
+    ) {
         fail(report_fd, e, 1);
     }
     // As runc does: a process that cannot be found fails the create, not the start.

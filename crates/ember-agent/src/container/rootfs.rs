@@ -14,6 +14,7 @@ use crate::sys::{self, check};
 pub(super) fn setup_init(
     spec: &Spec,
     rootfs: &Path,
+    metadata_dir: Option<&Path>,
     terminal: bool,
     report_fd: RawFd,
     console_fd: RawFd,
@@ -45,6 +46,10 @@ pub(super) fn setup_init(
             dev_is_tmpfs = true;
         }
         do_mount(rootfs, m, report_fd)?;
+    }
+    if let Some(src) = metadata_dir {
+        // After the spec's mounts, so that a tmpfs on /run does not hide it.
+        bind_metadata(rootfs, src, report_fd);
     }
     if dev_is_tmpfs {
         create_default_devices(rootfs)?;
@@ -134,6 +139,38 @@ pub(super) fn setup_init(
     }
     session(terminal)?;
     Ok(())
+}
+
+/// Binds the guest's metadata directory read-only at the same path in the
+/// container. A rootfs where the mount point cannot be made (read-only) goes
+/// without, with a warning.
+fn bind_metadata(rootfs: &Path, src: &Path, report_fd: RawFd) {
+    let guest = Path::new(ember_agent_api::METADATA_GUEST_PATH)
+        .parent()
+        .unwrap_or(Path::new("/run/ember/metadata"));
+    let res = secure_join(rootfs, guest).and_then(|dest| {
+        std::fs::create_dir_all(&dest).map_err(|e| err("creating the mount point", e))?;
+        sys::mount(src.to_str(), &dest, None, libc::MS_BIND, None)?;
+        sys::mount(
+            None,
+            &dest,
+            None,
+            libc::MS_BIND
+                | libc::MS_REMOUNT
+                | libc::MS_RDONLY
+                | libc::MS_NOSUID
+                | libc::MS_NODEV
+                | libc::MS_NOEXEC,
+            None,
+        )
+    });
+    if let Err(e) = res {
+        crate::spawn::report(
+            report_fd,
+            "log",
+            &format!("metadata not mounted at {}: {e}", guest.display()),
+        );
+    }
 }
 
 fn pivot_root(rootfs: &Path) -> io::Result<()> {

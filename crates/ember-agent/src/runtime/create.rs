@@ -58,13 +58,17 @@ impl Agent {
         let mut cleanup = Cleanup {
             state_dir: Some(state_dir.clone()),
             cgroup: None,
+            loop_number: None,
         };
-        let rootfs = {
+        // Before the spec's mounts, which may name them.
+        self.write_files(&req.files)?;
+        let (rootfs, rootfs_loop) = {
             let sd = state_dir.clone();
             tokio::task::spawn_blocking(move || prepare_rootfs(&rootfs_cfg, &sd))
                 .await
                 .map_err(|e| internal("rootfs", e))??
         };
+        cleanup.loop_number = rootfs_loop;
         let cg = match &self.cgroup_parent {
             Some(parent) => {
                 let cg = Cgroup::create(parent, &id).map_err(|e| internal("creating cgroup", e))?;
@@ -89,6 +93,11 @@ impl Agent {
             rootfs,
             cgroup: cg.as_ref().map(|c| c.path.clone()),
             terminal,
+            metadata_dir: self
+                .cfg
+                .metadata_dir
+                .is_dir()
+                .then(|| self.cfg.metadata_dir.clone()),
         };
         let (pty, console_child) = pty.unzip();
         let (spawned, outcome) = spawn::spawn(&plan, parts.child, console_child)
@@ -115,6 +124,7 @@ impl Agent {
             id: id.clone(),
             cgroup: cg,
             state_dir,
+            rootfs_loop,
             init: init.clone(),
             execs: Mutex::new(HashMap::new()),
             removing: AtomicBool::new(false),

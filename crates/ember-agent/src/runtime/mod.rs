@@ -1,7 +1,11 @@
 //! Container and process state, and the operations the service exposes.
 
+mod block;
 mod create;
+mod files;
 mod lifecycle;
+mod metadata;
+mod mounts;
 mod oom;
 mod process;
 mod remove;
@@ -34,12 +38,32 @@ pub struct Config {
     /// Per-container state (`<state_dir>/<id>/rootfs-dev`).
     pub state_dir: PathBuf,
     pub is_pid1: bool,
+    /// Where `GuestFile`s (guest paths under `FILES_GUEST_DIR`) are written.
+    pub files_dir: PathBuf,
+    /// Where the metadata document lives; bind-mounted read-only into every
+    /// container at the directory of `METADATA_GUEST_PATH`.
+    pub metadata_dir: PathBuf,
+}
+
+impl Config {
+    /// The guest's own directories (as PID 1).
+    pub fn guest_dirs(cgroup_root: Option<PathBuf>, state_dir: PathBuf, is_pid1: bool) -> Self {
+        Config {
+            cgroup_root,
+            state_dir,
+            is_pid1,
+            files_dir: ember_agent_api::FILES_GUEST_DIR.into(),
+            metadata_dir: metadata::guest_dir(),
+        }
+    }
 }
 
 pub struct Container {
     pub id: String,
     cgroup: Option<Cgroup>,
     state_dir: PathBuf,
+    /// The loop device under the rootfs (a pool-drive region).
+    rootfs_loop: Option<u32>,
     init: Arc<Proc>,
     execs: Mutex<HashMap<String, Arc<Proc>>>,
     removing: AtomicBool,
@@ -53,6 +77,10 @@ pub struct Agent {
     containers: Mutex<HashMap<String, Arc<Container>>>,
     creating: Mutex<HashSet<String>>,
     oom: OomQueue,
+    /// Filesystems mounted by `MountBlock`, by target.
+    block_mounts: tokio::sync::Mutex<HashMap<PathBuf, block::BlockMount>>,
+    /// Serialises metadata updates.
+    metadata_lock: tokio::sync::Mutex<()>,
 }
 
 type R<T> = Result<T, Status>;
@@ -96,7 +124,12 @@ impl Agent {
             containers: Mutex::new(HashMap::new()),
             creating: Mutex::new(HashSet::new()),
             oom: OomQueue::default(),
+            block_mounts: tokio::sync::Mutex::new(HashMap::new()),
+            metadata_lock: tokio::sync::Mutex::new(()),
         });
+        if let Err(e) = std::fs::create_dir_all(&agent.cfg.metadata_dir) {
+            tracing::warn!("creating {}: {e}", agent.cfg.metadata_dir.display());
+        }
         let weak = Arc::downgrade(&agent);
         tokio::spawn(async move {
             loop {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use ember_ttrpc::Status;
 
+use super::block::release_loop;
 use super::process::Proc;
 use super::rootfs::unmount_all_under;
 use super::{Agent, Container, R};
@@ -54,6 +55,7 @@ impl Agent {
         let mut cleanup = Cleanup {
             state_dir: Some(c.state_dir.clone()),
             cgroup: c.cgroup.clone(),
+            loop_number: c.rootfs_loop,
         };
         let res = cleanup_now(&c, &mut cleanup).await;
         self.containers.lock().unwrap().remove(id);
@@ -91,12 +93,15 @@ fn kill_container(c: &Container) {
 pub(super) struct Cleanup {
     pub(super) state_dir: Option<PathBuf>,
     pub(super) cgroup: Option<Cgroup>,
+    /// The loop device under the rootfs mount, deleted once unmounted.
+    pub(super) loop_number: Option<u32>,
 }
 
 impl Cleanup {
     pub(super) fn disarm(&mut self) {
         self.state_dir = None;
         self.cgroup = None;
+        self.loop_number = None;
     }
 }
 
@@ -107,6 +112,7 @@ impl Drop for Cleanup {
             unmount_all_under(&sd);
             let _ = std::fs::remove_dir_all(&sd);
         }
+        release_loop(self.loop_number.take());
         if let Some(cg) = self.cgroup.take() {
             let _ = cg.signal_all(libc::SIGKILL);
             let _ = std::fs::remove_dir(&cg.path);
@@ -128,6 +134,11 @@ pub(super) async fn cleanup_now(c: &Container, cl: &mut Cleanup) -> R<()> {
                 errs.push(format!("removing {}: {e}", sd.display()));
             }
         }
+    }
+    if let Some(n) = cl.loop_number.take() {
+        // The container's mount namespace is gone with its processes; the kernel
+        // unbinds the device (autoclear) once the last reference to the mount drops.
+        let _ = tokio::task::spawn_blocking(move || release_loop(Some(n))).await;
     }
     let _ = c;
     if errs.is_empty() {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use ember_agent_api::BlockRootfs;
 use ember_ttrpc::Status;
 
-use super::{internal, PATH_ROOTFS_PREFIX, R};
+use super::{block, internal, PATH_ROOTFS_PREFIX, R};
 use crate::sys;
 
 /// Finds `/dev/<name>` whose `/sys/block/<name>/serial` is `serial`, polling until
@@ -83,45 +83,37 @@ pub(super) fn unmount_all_under(prefix: &Path) {
     }
 }
 
-/// Resolves (and for block devices, mounts) the rootfs. Blocking.
-pub(super) fn prepare_rootfs(r: &BlockRootfs, state_dir: &Path) -> R<PathBuf> {
-    let base = if let Some(p) = r.serial.strip_prefix(PATH_ROOTFS_PREFIX) {
-        PathBuf::from(p)
+/// Resolves (and for block devices, mounts) the rootfs: the root directory and the
+/// loop device under it, if any. Blocking.
+pub(super) fn prepare_rootfs(r: &BlockRootfs, state_dir: &Path) -> R<(PathBuf, Option<u32>)> {
+    let (base, loop_number) = if block::is_plain_dir(r) {
+        (PathBuf::from(&r.serial[PATH_ROOTFS_PREFIX.len()..]), None)
     } else {
-        if r.serial.is_empty() {
-            return Err(Status::invalid_argument("rootfs.serial is empty"));
-        }
-        let dev = find_block_by_serial(&r.serial, Duration::from_secs(5))
-            .map_err(|e| Status::not_found(e.to_string()))?;
         let mnt = state_dir.join("rootfs-dev");
         std::fs::create_dir_all(&mnt).map_err(|e| internal("creating mount point", e))?;
-        let fstype = if r.fstype.is_empty() {
-            "ext4"
-        } else {
-            r.fstype.as_str()
-        };
-        let mut flags = 0;
-        if r.read_only {
-            flags |= libc::MS_RDONLY;
-        }
-        sys::mount(dev.to_str(), &mnt, Some(fstype), flags, Some(&r.options)).map_err(|e| {
-            Status::failed_precondition(format!("mounting {} ({fstype}): {e}", dev.display()))
-        })?;
-        mnt
+        let m = block::mount(r, &mnt)?;
+        (mnt, m.loop_number)
     };
     let root = if r.subpath.is_empty() {
-        base
+        Ok(base)
     } else {
         crate::container::secure_join(&base, Path::new(&r.subpath))
-            .map_err(|e| internal("rootfs subpath", e))?
-    };
+            .map_err(|e| internal("rootfs subpath", e))
+    }
+    .inspect_err(|_| undo(state_dir, loop_number))?;
     if !root.is_dir() {
+        undo(state_dir, loop_number);
         return Err(Status::invalid_argument(format!(
             "rootfs {} is not a directory",
             root.display()
         )));
     }
-    Ok(root)
+    Ok((root, loop_number))
+}
+
+fn undo(state_dir: &Path, loop_number: Option<u32>) {
+    unmount_all_under(state_dir);
+    block::release_loop(loop_number);
 }
 
 #[cfg(test)]
