@@ -4,6 +4,7 @@
 //! carry their stdio, and tear everything down.
 
 mod config;
+pub mod pool;
 mod stdio;
 
 use std::time::{Duration, Instant};
@@ -14,6 +15,7 @@ use ember_vmm::{
 };
 
 pub use config::SandboxConfig;
+pub use pool::{Pool, PoolError, Region, POOL_DRIVE};
 pub use stdio::{copy_output, copy_stdin, read_all_output};
 
 /// Errors of a sandbox.
@@ -190,14 +192,26 @@ impl Sandbox {
     }
 
     /// Asks the agent to power the guest off, then makes sure the VMM is gone.
-    pub async fn shutdown(mut self) -> Result<VmExit, Error> {
-        let asked = tokio::time::timeout(Duration::from_secs(5), self.agent.shutdown()).await;
+    pub async fn shutdown(self) -> Result<VmExit, Error> {
+        self.shutdown_within(Duration::from_secs(10)).await
+    }
+
+    /// Asks the agent to power the guest off and gives it `grace` to do so before
+    /// the VMM is killed.
+    pub async fn shutdown_within(mut self, grace: Duration) -> Result<VmExit, Error> {
+        let ask = grace.clamp(Duration::from_millis(100), Duration::from_secs(5));
+        let asked = tokio::time::timeout(ask, self.agent.shutdown()).await;
         let grace = if matches!(asked, Ok(Ok(()))) {
-            Duration::from_secs(10)
+            grace
         } else {
             Duration::ZERO
         };
         Ok(self.vm.stop(grace).await?)
+    }
+
+    /// Kills the VMM at once (the guest gets no chance to shut down) and reaps it.
+    pub async fn kill(mut self) -> Result<VmExit, Error> {
+        Ok(self.vm.stop(Duration::ZERO).await?)
     }
 }
 

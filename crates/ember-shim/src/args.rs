@@ -11,6 +11,9 @@ pub struct Args {
     pub address: String,
     pub publish_binary: String,
     pub bundle: Option<PathBuf>,
+    /// The VM the shim serves (`serve` only; set by `start` from the bundle's
+    /// annotations). None: the shim serves one ungrouped container.
+    pub vm: Option<String>,
     pub debug: bool,
     pub version: bool,
     /// `start`, `delete`, or `serve` (internal: the long-running shim).
@@ -40,7 +43,7 @@ pub fn parse<I: IntoIterator<Item = String>>(it: I) -> Result<Args, ArgsError> {
         match name.as_str() {
             "debug" => a.debug = inline.map(|v| v != "false").unwrap_or(true),
             "v" | "version" => a.version = true,
-            "namespace" | "id" | "address" | "publish-binary" | "bundle" | "socket" => {
+            "namespace" | "id" | "address" | "publish-binary" | "bundle" | "socket" | "vm" => {
                 let v = match inline {
                     Some(v) => v,
                     None => it
@@ -53,6 +56,7 @@ pub fn parse<I: IntoIterator<Item = String>>(it: I) -> Result<Args, ArgsError> {
                     "address" => a.address = v,
                     "publish-binary" => a.publish_binary = v,
                     "bundle" => a.bundle = Some(PathBuf::from(v)),
+                    "vm" => a.vm = Some(v),
                     _ => {}
                 }
             }

@@ -16,6 +16,7 @@ use crate::config::RuntimeConfig;
 use crate::events::Publisher;
 use crate::socket::ShimSocket;
 use crate::task::Task;
+use crate::vm::VmHost;
 use ember_shim_api::{timestamp, DeleteResponse, TASK_SERVICE};
 
 /// Environment variable carrying the listening socket's fd to `serve`.
@@ -32,23 +33,58 @@ fn digest(parts: &[&str]) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// This shim's private directory, derived from the daemon's address, namespace and
-/// id, so `delete` finds it and two daemons' tasks of the same name never share it.
-pub fn state_dir(config: &RuntimeConfig, args: &Args) -> PathBuf {
-    config
-        .state_dir
-        .join(&digest(&[&args.address, &args.namespace, &args.id])[..16])
+/// The VM a shim's containers share, or none (one VM for the container alone).
+/// `start` and `delete` learn it from the bundle's annotations; `serve` from `-vm`.
+fn key_parts<'a>(args: &'a Args, vm: Option<&'a str>) -> Vec<&'a str> {
+    match vm {
+        Some(v) => vec![&args.address, &args.namespace, "vm", v],
+        None => vec![&args.address, &args.namespace, &args.id],
+    }
 }
 
-fn socket_path(args: &Args) -> PathBuf {
-    Path::new(SOCKET_DIR).join(&digest(&[&args.address, &args.namespace, &args.id])[..32])
+/// The shim's private directory (the VM's, with per-container parts), derived from
+/// the daemon's address, the namespace and the VM id (or the container id when the
+/// container names no VM), so `delete` finds it and two daemons never share one.
+pub fn state_dir(config: &RuntimeConfig, args: &Args, vm: Option<&str>) -> PathBuf {
+    config.state_dir.join(&digest(&key_parts(args, vm))[..16])
 }
 
-/// Holds the task's lock: `start` and `delete` of one task never interleave, so a
-/// `delete` that comes late for a previous shim never meets a half-started new one.
-fn lock_task(args: &Args) -> Result<nix::fcntl::Flock<std::fs::File>> {
+fn socket_path(args: &Args, vm: Option<&str>) -> PathBuf {
+    Path::new(SOCKET_DIR).join(&digest(&key_parts(args, vm))[..32])
+}
+
+/// Where `start` notes the VM of a grouped container, for its `delete`, which may
+/// come when the bundle is gone.
+fn group_record(args: &Args) -> PathBuf {
+    Path::new(SOCKET_DIR)
+        .join(&digest(&key_parts(args, None))[..32])
+        .with_extension("vm")
+}
+
+/// The VM named by the bundle's annotations (`config.json` in `-bundle` or the
+/// working directory, as containerd runs `start`).
+fn bundle_vm(args: &Args) -> Option<String> {
+    let dir = args.bundle.clone().unwrap_or_else(|| PathBuf::from("."));
+    let spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).ok()?).ok()?;
+    let ann = spec.get("annotations")?.as_object()?;
+    ember_vm_api::annotations::vm_id(|k| ann.get(k).and_then(|v| v.as_str())).map(str::to_string)
+}
+
+/// The VM of a container that `delete` cleans up after.
+fn recorded_vm(args: &Args) -> Option<String> {
+    std::fs::read_to_string(group_record(args))
+        .ok()
+        .filter(|v| !v.is_empty())
+        .or_else(|| bundle_vm(args))
+}
+
+/// Holds the lock of the task, or of its VM: `start` and `delete` of one VM never
+/// interleave, so a `delete` that comes late for a previous shim never meets a
+/// half-started new one.
+fn lock_task(args: &Args, vm: Option<&str>) -> Result<nix::fcntl::Flock<std::fs::File>> {
     std::fs::create_dir_all(SOCKET_DIR)?;
-    let path = socket_path(args).with_extension("lock");
+    let path = socket_path(args, vm).with_extension("lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -67,18 +103,24 @@ fn bundle_identity() -> Option<(u64, u64)> {
 
 /// `start`: binds the socket, launches `serve` in its own session, prints the address.
 pub fn start(args: &Args) -> Result<()> {
-    let socket = socket_path(args);
+    let vm = bundle_vm(args);
+    let vm = vm.as_deref();
+    let socket = socket_path(args, vm);
     let address = format!("unix://{}", socket.display());
-    let _lock = lock_task(args)?;
+    let _lock = lock_task(args, vm)?;
+    if let Some(v) = vm {
+        std::fs::write(group_record(args), v).context("recording the container's VM")?;
+    }
     if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
-        // A shim for this id is already serving (containerd retried).
+        // A shim for this id is already serving (containerd retried), or the shim
+        // of the VM the container names.
         write_address(&address)?;
         print!("{address}");
         return Ok(());
     }
     let config = RuntimeConfig::load()?;
-    let dir = state_dir(&config, args);
-    await_previous_shim(&dir, args);
+    let dir = state_dir(&config, args, vm);
+    await_previous_shim(&dir, args, vm);
     let _ = std::fs::remove_file(&socket);
     let listener = std::os::unix::net::UnixListener::bind(&socket)
         .with_context(|| format!("binding {}", socket.display()))?;
@@ -95,6 +137,9 @@ pub fn start(args: &Args) -> Result<()> {
     ]);
     if !args.publish_binary.is_empty() {
         cmd.args(["-publish-binary", &args.publish_binary]);
+    }
+    if let Some(v) = vm {
+        cmd.args(["-vm", v]);
     }
     if args.debug {
         cmd.arg("-debug");
@@ -127,6 +172,7 @@ pub fn start(args: &Args) -> Result<()> {
         serde_json::json!({
             "namespace": args.namespace,
             "id": args.id,
+            "vm": vm,
             "pid": child.id(),
             "bundle": bundle_identity(),
         })
@@ -145,7 +191,8 @@ fn write_address(address: &str) -> Result<()> {
 /// `serve`: the long-running shim.
 pub fn serve(args: &Args) -> Result<()> {
     let config = RuntimeConfig::load()?;
-    let dir = state_dir(&config, args);
+    let vm = args.vm.as_deref();
+    let dir = state_dir(&config, args, vm);
     std::fs::create_dir_all(&dir)?;
     init_logging(
         &dir,
@@ -162,7 +209,7 @@ pub fn serve(args: &Args) -> Result<()> {
     // SAFETY: `start` passed us this listening socket as fd 3 and nothing else owns it.
     let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
     // `start` bound it there and holds it while the socket answers.
-    let socket = Arc::new(ShimSocket::bound(&socket_path(args))?);
+    let socket = Arc::new(ShimSocket::bound(&socket_path(args, vm))?);
     std_listener.set_nonblocking(true)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -173,12 +220,23 @@ pub fn serve(args: &Args) -> Result<()> {
         let listener = tokio::net::UnixListener::from_std(std_listener)?;
         let ttrpc = std::env::var("TTRPC_ADDRESS").ok();
         let publisher = Publisher::start(ttrpc, args.namespace.clone());
-        let task = Task::new(args.namespace.clone(), config, task_dir, publisher);
-        let server = ember_ttrpc::Server::new().register(
-            TASK_SERVICE,
-            crate::service::task_service(task.clone(), served.clone()),
-        );
-        tracing::info!(namespace = %args.namespace, id = %args.id, "shim serving");
+        let vm_id = args.vm.clone().unwrap_or_else(|| args.id.clone());
+        let host = VmHost::new(vm_id, args.namespace.clone(), config, task_dir);
+        let task = Task::new(host.clone(), publisher);
+        let server = ember_ttrpc::Server::new()
+            .register(
+                TASK_SERVICE,
+                crate::service::task_service(task.clone(), served.clone()),
+            )
+            .register(
+                ember_vm_api::FC_SERVICE,
+                crate::vm_service::firecracker_service(task.clone()),
+            )
+            .register(
+                ember_vm_api::VMS_SERVICE,
+                crate::vm_service::vms_service(host.clone()),
+            );
+        tracing::info!(namespace = %args.namespace, id = %args.id, vm = ?args.vm, "shim serving");
         loop {
             tokio::select! {
                 conn = listener.accept() => {
@@ -190,7 +248,7 @@ pub fn serve(args: &Args) -> Result<()> {
                         }
                     });
                 }
-                _ = task.shutdown.notified() => break,
+                _ = host.shutdown.notified() => break,
             }
         }
         drop(listener);
@@ -225,19 +283,38 @@ fn init_logging(dir: &Path, level: &str) {
     }
 }
 
-/// `delete`: containerd lost the shim; kill its VM, unmount, clean up, report.
+/// `delete`: containerd lost the shim, or is done with one container of a VM;
+/// cleans up what belongs to the container, and the VM's leftovers when no shim
+/// serves the VM any more.
 pub fn delete(args: &Args) -> Result<()> {
     if args.id.is_empty() {
         bail!("-id is required");
     }
     let config = RuntimeConfig::load()?;
-    let dir = state_dir(&config, args);
-    let _lock = lock_task(args)?;
-    // containerd runs this after every shim's exit, also when a new task of the id
-    // already has its own shim: that one, serving another bundle, is left alone.
-    if let Some(shim) =
-        serving_shim(&dir, args).filter(|s| s.bundle.is_some() && s.bundle != bundle_identity())
+    let vm = recorded_vm(args);
+    let vm = vm.as_deref();
+    let dir = state_dir(&config, args, vm);
+    let _lock = lock_task(args, vm)?;
+    let bundle = args
+        .bundle
+        .clone()
+        .or_else(|| std::env::current_dir().ok())
+        .unwrap_or_default();
+    if vm.is_some() {
+        let _ = nix::mount::umount2(&bundle.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir_all(crate::vm::container_dir(&dir, &args.id));
+        let _ = std::fs::remove_file(group_record(args));
+        // The VM's shim serves other containers (or waits for CreateVM's callers):
+        // it stays, with its VM.
+        if let Some(shim) = serving_shim(&dir, args, vm) {
+            tracing::info!(pid = shim.pid.as_raw(), "the VM's shim still serves");
+            return write_delete_response();
+        }
+    } else if let Some(shim) =
+        serving_shim(&dir, args, vm).filter(|s| s.bundle.is_some() && s.bundle != bundle_identity())
     {
+        // containerd runs this after every shim's exit, also when a new task of the id
+        // already has its own shim: that one, serving another bundle, is left alone.
         tracing::info!(
             pid = shim.pid.as_raw(),
             "the task's shim serves a newer bundle"
@@ -246,7 +323,9 @@ pub fn delete(args: &Args) -> Result<()> {
     }
     // The daemon may have lost a shim that still runs (it died while the task was
     // being created): that shim goes too, or the next task of this id would meet it.
-    kill_serving_shim(&dir, args);
+    if vm.is_none() {
+        kill_serving_shim(&dir, args, vm);
+    }
     for name in ["vmm.pid", "vm/qemu.pid"] {
         if let Ok(pid) = std::fs::read_to_string(dir.join(name)) {
             if let Ok(pid) = pid.trim().parse::<i32>() {
@@ -257,14 +336,9 @@ pub fn delete(args: &Args) -> Result<()> {
             }
         }
     }
-    let bundle = args
-        .bundle
-        .clone()
-        .or_else(|| std::env::current_dir().ok())
-        .unwrap_or_default();
     let _ = nix::mount::umount2(&bundle.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
     let _ = std::fs::remove_dir_all(&dir);
-    let _ = std::fs::remove_file(socket_path(args));
+    let _ = std::fs::remove_file(socket_path(args, vm));
     write_delete_response()
 }
 
@@ -288,7 +362,7 @@ struct ServingShim {
 
 /// The `serve` process recorded in `dir/meta.json` while it is still this task's
 /// shim (its command line names the action and the id).
-fn serving_shim(dir: &Path, args: &Args) -> Option<ServingShim> {
+fn serving_shim(dir: &Path, args: &Args, vm: Option<&str>) -> Option<ServingShim> {
     let meta = std::fs::read(dir.join("meta.json"))
         .ok()
         .and_then(|m| serde_json::from_slice::<serde_json::Value>(&m).ok())?;
@@ -300,24 +374,26 @@ fn serving_shim(dir: &Path, args: &Args) -> Option<ServingShim> {
     let bundle = meta
         .get("bundle")
         .and_then(|b| serde_json::from_value(b.clone()).ok());
-    is_serving(pid, args).then_some(ServingShim {
+    is_serving(pid, args, vm).then_some(ServingShim {
         pid: nix::unistd::Pid::from_raw(pid),
         bundle,
     })
 }
 
-fn is_serving(pid: i32, args: &Args) -> bool {
+/// Whether `pid` is the `serve` process of this task (or of VM `vm`).
+fn is_serving(pid: i32, args: &Args, vm: Option<&str>) -> bool {
+    let needle = vm.unwrap_or(&args.id);
     std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
         let argv: Vec<&[u8]> = c.split(|b| *b == 0).collect();
-        argv.contains(&b"serve".as_slice()) && argv.contains(&args.id.as_bytes())
+        argv.contains(&b"serve".as_slice()) && argv.contains(&needle.as_bytes())
     })
 }
 
 /// Waits up to `limit` for `pid` to stop being this task's shim (it is not our child).
-fn wait_gone(pid: nix::unistd::Pid, args: &Args, limit: Duration) -> bool {
+fn wait_gone(pid: nix::unistd::Pid, args: &Args, vm: Option<&str>, limit: Duration) -> bool {
     let t = std::time::Instant::now();
     loop {
-        if nix::sys::signal::kill(pid, None).is_err() || !is_serving(pid.as_raw(), args) {
+        if nix::sys::signal::kill(pid, None).is_err() || !is_serving(pid.as_raw(), args, vm) {
             return true;
         }
         if t.elapsed() >= limit {
@@ -329,24 +405,24 @@ fn wait_gone(pid: nix::unistd::Pid, args: &Args, limit: Duration) -> bool {
 
 /// Kills this task's `serve` process recorded in `dir`, if any, and waits until it is
 /// gone.
-fn kill_serving_shim(dir: &Path, args: &Args) {
-    let Some(ServingShim { pid, .. }) = serving_shim(dir, args) else {
+fn kill_serving_shim(dir: &Path, args: &Args, vm: Option<&str>) {
+    let Some(ServingShim { pid, .. }) = serving_shim(dir, args, vm) else {
         return;
     };
     tracing::info!(pid = pid.as_raw(), "killing the shim left serving");
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-    wait_gone(pid, args, Duration::from_secs(2));
+    wait_gone(pid, args, vm, Duration::from_secs(2));
 }
 
 /// A previous shim of this task that no longer answers at its address is on its way
 /// out (it stopped listening when it acknowledged Shutdown); its last step removes
 /// the task's state directory, so the new shim starts only once it is gone. One that
 /// takes too long is killed.
-fn await_previous_shim(dir: &Path, args: &Args) {
-    if let Some(ServingShim { pid, .. }) = serving_shim(dir, args) {
+fn await_previous_shim(dir: &Path, args: &Args, vm: Option<&str>) {
+    if let Some(ServingShim { pid, .. }) = serving_shim(dir, args, vm) {
         tracing::debug!(pid = pid.as_raw(), "waiting for the previous shim to exit");
-        if !wait_gone(pid, args, Duration::from_secs(5)) {
-            kill_serving_shim(dir, args);
+        if !wait_gone(pid, args, vm, Duration::from_secs(5)) {
+            kill_serving_shim(dir, args, vm);
         }
     }
 }

@@ -1,5 +1,6 @@
 //! `containerd-shim-ember-v2`: containerd's shim v2 for the `io.containerd.ember.v2`
-//! runtime. Each container runs in its own microVM.
+//! runtime. Each container runs in a microVM: its own, or the VM its annotations name,
+//! shared with the other containers that name it.
 
 mod args;
 mod cgroup;
@@ -11,6 +12,8 @@ mod service;
 mod socket;
 mod stdio;
 mod task;
+mod vm;
+mod vm_service;
 
 fn main() {
     let args = match args::parse(std::env::args().skip(1)) {

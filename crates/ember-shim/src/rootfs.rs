@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
+use ember_sandbox::{Pool, Region};
 use ember_shim_api::Mount;
 
 /// Filesystem types handed to the guest without a copy.
@@ -29,6 +30,8 @@ pub enum RootfsError {
     Missing(PathBuf),
     #[error("building the rootfs image: {0}")]
     Image(String),
+    #[error(transparent)]
+    Pool(#[from] ember_sandbox::PoolError),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -64,6 +67,84 @@ pub fn prepare(
         }
     }
     let started = Instant::now();
+    let image = with_tree(mounts, bundle, |tree| {
+        let image = scratch.join("rootfs.ext4");
+        make_ext4(tree, &image)?;
+        Ok(image)
+    })?;
+    Ok(BlockRootfs {
+        image,
+        fstype: "ext4".into(),
+        read_only: false,
+        owned: true,
+        build_time: started.elapsed(),
+    })
+}
+
+/// A container's root filesystem written into a region of a VM's pool drive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PooledRootfs {
+    pub region: Region,
+    pub fstype: String,
+    pub read_only: bool,
+    pub build_time: Duration,
+}
+
+/// Writes the rootfs of `mounts` into a fresh region of `pool`: a filesystem image
+/// is copied in (holes stay holes), anything else is made into ext4 straight in the
+/// region. On failure the region is given back.
+pub fn place_in_pool(
+    mounts: &[Mount],
+    bundle: &Path,
+    pool: &Pool,
+) -> Result<PooledRootfs, RootfsError> {
+    let started = Instant::now();
+    if let [m] = mounts {
+        if BLOCK_FS.contains(&m.r#type.as_str()) {
+            let len = image_len(Path::new(&m.source))?;
+            let region = pool.allocate(len)?;
+            if let Err(e) = pool.copy_image(region, Path::new(&m.source)) {
+                let _ = pool.release(region);
+                return Err(e.into());
+            }
+            return Ok(PooledRootfs {
+                region,
+                fstype: m.r#type.clone(),
+                read_only: m.options.iter().any(|o| o == "ro"),
+                build_time: started.elapsed(),
+            });
+        }
+    }
+    let region = with_tree(mounts, bundle, |tree| {
+        let region = pool.allocate(image_size_mib(tree) << 20)?;
+        if let Err(e) = pool.mkfs_ext4(region, tree) {
+            let _ = pool.release(region);
+            return Err(e.into());
+        }
+        Ok(region)
+    })?;
+    Ok(PooledRootfs {
+        region,
+        fstype: "ext4".into(),
+        read_only: false,
+        build_time: started.elapsed(),
+    })
+}
+
+/// The size of an image file or block device.
+fn image_len(p: &Path) -> Result<u64, RootfsError> {
+    use std::io::Seek;
+    let mut f = std::fs::File::open(p)?;
+    Ok(f.seek(std::io::SeekFrom::End(0))?)
+}
+
+/// Mounts `mounts` on `bundle/rootfs` (or takes the directory as it is when there
+/// are none), runs `f` on the tree, unmounts.
+fn with_tree<T>(
+    mounts: &[Mount],
+    bundle: &Path,
+    f: impl FnOnce(&Path) -> Result<T, RootfsError>,
+) -> Result<T, RootfsError> {
     let target = bundle.join("rootfs");
     std::fs::create_dir_all(&target)?;
     let mut mounted = 0;
@@ -75,21 +156,12 @@ pub fn prepare(
             mount_one(m, &target)?;
             mounted += 1;
         }
-        let image = scratch.join("rootfs.ext4");
-        make_ext4(&target, &image)?;
-        Ok(image)
+        f(&target)
     })();
     for _ in 0..mounted {
         let _ = umount2(&target, MntFlags::MNT_DETACH);
     }
-    let image = result?;
-    Ok(BlockRootfs {
-        image,
-        fstype: "ext4".into(),
-        read_only: false,
-        owned: true,
-        build_time: started.elapsed(),
-    })
+    result
 }
 
 fn has_entries(dir: &Path) -> bool {
@@ -163,10 +235,16 @@ fn tree_size(dir: &Path) -> u64 {
     total
 }
 
+/// The size of an ext4 image for the tree at `dir`: what it holds and a quarter
+/// more, plus 1 GiB for the container's own writes (sparse: free until used).
+fn image_size_mib(dir: &Path) -> u64 {
+    let used = tree_size(dir);
+    (used + used / 4) / (1 << 20) + 1024
+}
+
 fn make_ext4(dir: &Path, image: &Path) -> Result<(), RootfsError> {
     // Sparse: room for the container's own writes costs nothing until used.
-    let used = tree_size(dir);
-    let size_mib = (used + used / 4) / (1 << 20) + 1024;
+    let size_mib = image_size_mib(dir);
     let _ = std::fs::remove_file(image);
     let out = std::process::Command::new("mkfs.ext4")
         .args([
@@ -241,5 +319,37 @@ mod tests {
             prepare(&[], empty.path(), empty.path()),
             Err(RootfsError::Missing(_))
         ));
+    }
+
+    #[test]
+    fn rootfs_trees_and_images_go_into_pool_regions() {
+        if nix::unistd::geteuid().as_raw() != 0 {
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("rootfs/etc")).unwrap();
+        std::fs::write(d.path().join("rootfs/etc/hostname"), "x\n").unwrap();
+        let pool = Pool::create(&d.path().join("pool")).unwrap();
+        let a = place_in_pool(&[], d.path(), &pool).unwrap();
+        assert_eq!((a.fstype.as_str(), a.read_only), ("ext4", false));
+        assert!(a.region.length >= 1 << 30, "{:?}", a.region);
+        let image = prepare(&[], d.path(), d.path()).unwrap();
+        let m = Mount {
+            r#type: "ext4".into(),
+            source: image.image.display().to_string(),
+            target: String::new(),
+            options: vec!["ro".into()],
+        };
+        let b = place_in_pool(&[m], d.path(), &pool).unwrap();
+        assert!(b.read_only);
+        assert_eq!(b.region.offset, a.region.offset + a.region.length);
+        let missing = Mount {
+            r#type: "ext4".into(),
+            source: d.path().join("none.img").display().to_string(),
+            target: String::new(),
+            options: vec![],
+        };
+        assert!(place_in_pool(&[missing], d.path(), &pool).is_err());
+        assert_eq!(pool.allocated(), b.region.offset + b.region.length);
     }
 }

@@ -1,53 +1,49 @@
-//! The task state of one shim: its microVM and the container inside, with their
+//! The containers of a shim, all in its one VM ([`crate::vm`]), with their
 //! processes ([`process`]), translated from containerd's task API into agent calls.
 
+mod create;
 mod process;
 
 pub use process::Proc;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use containerd_client::events as ev;
-use ember_agent_api::{AgentClient, StdioConfig};
-use ember_sandbox::{Sandbox, SandboxConfig};
+use ember_agent_api::AgentClient;
+use ember_sandbox::Region;
 use ember_ttrpc::{Code, Status};
-use ember_vmm::Drive;
-use tokio::sync::Notify;
 
-use crate::config::RuntimeConfig;
 use crate::events::Publisher;
-use crate::rootfs::{self, BlockRootfs};
+use crate::rootfs::BlockRootfs;
+use crate::vm::VmHost;
 use ember_shim_api::*;
 
-/// Drive id (virtio-blk serial) of the container rootfs.
-const ROOTFS_DRIVE: &str = "rootfs";
-/// Exit status reported when the VM disappeared under a process.
-pub const LOST_STATUS: u32 = 255;
+/// Where a container's root filesystem lives.
+enum Storage {
+    /// A boot drive of the VM: the first container of a VM booted for it.
+    BootDrive(BlockRootfs),
+    /// A region of the VM's pool drive.
+    Region(Region),
+}
+
 struct Container {
     bundle: String,
-    rootfs: BlockRootfs,
+    storage: Storage,
     init: Arc<Proc>,
     execs: HashMap<String, Arc<Proc>>,
     paused: bool,
 }
 
-/// The shim's whole state.
+/// The shim's containers and their processes, over its VM.
 pub struct Task {
     pub namespace: String,
-    config: RuntimeConfig,
-    /// This shim's directory: VM sockets and logs, the rootfs image.
-    pub state_dir: PathBuf,
+    pub vm: Arc<VmHost>,
     publisher: Publisher,
-    agent: Mutex<Option<AgentClient>>,
-    sandbox: tokio::sync::Mutex<Option<Sandbox>>,
     containers: Mutex<HashMap<String, Container>>,
-    /// Serialises Create and Delete.
-    lifecycle: tokio::sync::Mutex<()>,
-    pub shutdown: Notify,
 }
 
 fn err(code: Code, msg: impl Into<String>) -> Status {
@@ -63,31 +59,17 @@ fn agent_err(e: ember_ttrpc::Error) -> Status {
 }
 
 impl Task {
-    pub fn new(
-        namespace: String,
-        config: RuntimeConfig,
-        state_dir: PathBuf,
-        publisher: Publisher,
-    ) -> Arc<Self> {
+    pub fn new(vm: Arc<VmHost>, publisher: Publisher) -> Arc<Self> {
         Arc::new(Task {
-            namespace,
-            config,
-            state_dir,
+            namespace: vm.namespace.clone(),
+            vm,
             publisher,
-            agent: Mutex::new(None),
-            sandbox: tokio::sync::Mutex::new(None),
             containers: Mutex::new(HashMap::new()),
-            lifecycle: tokio::sync::Mutex::new(()),
-            shutdown: Notify::new(),
         })
     }
 
     fn agent(&self) -> Result<AgentClient, Status> {
-        self.agent
-            .lock()
-            .unwrap()
-            .clone()
-            .ok_or_else(|| err(Code::FailedPrecondition, "no microVM is running"))
+        self.vm.agent()
     }
 
     fn proc(&self, id: &str, exec_id: &str) -> Result<Arc<Proc>, Status> {
@@ -115,207 +97,12 @@ impl Task {
             .unwrap_or_default()
     }
 
-    pub async fn create(self: &Arc<Self>, req: CreateTaskRequest) -> Result<u32, Status> {
-        let _l = self.lifecycle.lock().await;
-        let t0 = std::time::Instant::now();
-        if !self.containers.lock().unwrap().is_empty() {
-            return Err(err(
-                Code::FailedPrecondition,
-                "this shim already runs a container: Ember gives each container its own microVM",
-            ));
-        }
-        if !req.checkpoint.is_empty() {
-            return Err(err(
-                Code::Unimplemented,
-                "checkpoint/restore is not supported",
-            ));
-        }
-        if let Some(cg) = req
-            .options
-            .as_ref()
-            .and_then(|o| RuncOptions::from_any(o).ok().flatten())
-            .map(|o| o.shim_cgroup)
-            .filter(|c| !c.is_empty())
-        {
-            crate::cgroup::join(&cg, std::process::id())
-                .map_err(|e| err(Code::Internal, format!("moving the shim into {cg}: {e}")))?;
-        }
-        let bundle = PathBuf::from(&req.bundle);
-        let spec_bytes = std::fs::read(bundle.join("config.json")).map_err(|e| {
-            err(
-                Code::InvalidArgument,
-                format!("reading the bundle's config.json: {e}"),
-            )
-        })?;
-        let spec: serde_json::Value = serde_json::from_slice(&spec_bytes)
-            .map_err(|e| err(Code::InvalidArgument, format!("parsing config.json: {e}")))?;
-        let annotations: HashMap<String, String> = spec
-            .get("annotations")
-            .and_then(|a| serde_json::from_value(a.clone()).ok())
-            .unwrap_or_default();
-        let cfg = self
-            .config
-            .clone()
-            .with_annotations(&annotations)
-            .map_err(|e| err(Code::InvalidArgument, e.to_string()))?;
-
-        let mounts = req.rootfs.clone();
-        let (b, s) = (bundle.clone(), self.state_dir.clone());
-        let rootfs = tokio::task::spawn_blocking(move || rootfs::prepare(&mounts, &b, &s))
-            .await
-            .map_err(|e| err(Code::Internal, e.to_string()))?
-            .map_err(|e| err(Code::Internal, e.to_string()))?;
-        tracing::info!(image = %rootfs.image.display(), build_ms = rootfs.build_time.as_millis() as u64, "rootfs ready");
-
-        let sandbox = match self.boot(&cfg, &req.id, &rootfs).await {
-            Ok(s) => s,
-            Err(e) => {
-                cleanup_rootfs(&rootfs, &bundle);
-                return Err(e);
-            }
-        };
-        let boot_timings = sandbox.timings();
-        let agent = sandbox.agent().clone();
-        // Exit times are taken in the guest: its clock is the host's.
-        if let Err(e) = agent.set_clock(SystemTime::now()).await {
-            tracing::warn!("setting the guest clock: {e}");
-        }
-        let rootfs_serial = sandbox
-            .guest_serial(ROOTFS_DRIVE)
-            .unwrap_or_else(|| ROOTFS_DRIVE.into());
-        if let Some(pid) = sandbox.vm().pid() {
-            let _ = std::fs::write(self.state_dir.join("vmm.pid"), pid.to_string());
-        }
-        *self.sandbox.lock().await = Some(sandbox);
-        *self.agent.lock().unwrap() = Some(agent.clone());
-
-        let created = agent
-            .create_container(&ember_agent_api::CreateContainerRequest {
-                container_id: req.id.clone(),
-                spec_json: spec_bytes,
-                rootfs: Some(ember_agent_api::BlockRootfs {
-                    serial: rootfs_serial,
-                    fstype: rootfs.fstype.clone(),
-                    options: String::new(),
-                    read_only: rootfs.read_only,
-                    subpath: String::new(),
-                    ..Default::default()
-                }),
-                stdio: Some(StdioConfig {
-                    terminal: req.terminal,
-                    stdin: !req.stdin.is_empty(),
-                }),
-                files: Vec::new(),
-            })
-            .await;
-        let pid = match created {
-            Ok(r) => r.pid,
-            Err(e) => {
-                self.stop_vm().await;
-                cleanup_rootfs(&rootfs, &bundle);
-                return Err(agent_err(e));
-            }
-        };
-        let init = Proc::new(
-            &req.id,
-            "",
-            &req.stdin,
-            &req.stdout,
-            &req.stderr,
-            req.terminal,
-        );
-        init.pid.store(pid, Ordering::SeqCst);
-        self.record_timings(serde_json::json!({
-            "id": req.id,
-            "phase": "create",
-            "rootfs_ms": rootfs.build_time.as_secs_f64() * 1e3,
-            "vmm_ready_ms": boot_timings.vmm_ready.as_secs_f64() * 1e3,
-            "agent_ready_ms": boot_timings.agent_ready.as_secs_f64() * 1e3,
-            "create_total_ms": t0.elapsed().as_secs_f64() * 1e3,
-        }));
-        if let Err(e) = self.attach_stdio(&agent, &init).await {
-            let _ = agent.remove_container(&req.id).await;
-            self.stop_vm().await;
-            cleanup_rootfs(&rootfs, &bundle);
-            return Err(e);
-        }
-        self.containers.lock().unwrap().insert(
-            req.id.clone(),
-            Container {
-                bundle: req.bundle.clone(),
-                rootfs,
-                init: init.clone(),
-                execs: HashMap::new(),
-                paused: false,
-            },
-        );
-        tokio::spawn(watch_oom(agent, self.publisher.clone()));
-        self.publisher.publish(
-            "/tasks/create",
-            "TaskCreate",
-            &ev::TaskCreate {
-                container_id: req.id.clone(),
-                bundle: req.bundle.clone(),
-                rootfs: req.rootfs.clone(),
-                io: Some(ev::TaskIo {
-                    stdin: req.stdin.clone(),
-                    stdout: req.stdout.clone(),
-                    stderr: req.stderr.clone(),
-                    terminal: req.terminal,
-                }),
-                checkpoint: String::new(),
-                pid,
-            },
-        );
-        Ok(pid)
-    }
-
-    async fn boot(
-        &self,
-        cfg: &RuntimeConfig,
-        id: &str,
-        rootfs: &BlockRootfs,
-    ) -> Result<Sandbox, Status> {
-        let vm_dir = self.state_dir.join("vm");
-        std::fs::create_dir_all(&vm_dir).map_err(|e| err(Code::Internal, e.to_string()))?;
-        let name: String = id.chars().take(40).collect();
-        let sc = SandboxConfig {
-            id: name,
-            vmm: cfg.vmm,
-            vmm_binary: cfg.vmm_binary.clone(),
-            kernel: cfg.kernel.clone(),
-            initrd: cfg.initrd.clone(),
-            kernel_args: cfg.kernel_args.clone(),
-            vcpus: cfg.vcpus,
-            memory_mib: cfg.memory_mib,
-            accel: cfg.accel,
-            drives: vec![Drive {
-                id: ROOTFS_DRIVE.into(),
-                path: rootfs.image.clone(),
-                read_only: rootfs.read_only,
-            }],
-            state_dir: vm_dir,
-            boot_timeout: Duration::from_secs(cfg.boot_timeout_secs),
-            shared_dir: None,
-            balloon: None,
-        };
-        let sb = Sandbox::boot(sc)
-            .await
-            .map_err(|e| err(Code::Internal, format!("starting the microVM: {e}")))?;
-        tracing::info!(
-            accel = ?sb.vm().accel(),
-            agent_ms = sb.timings().agent_ready.as_millis() as u64,
-            "microVM ready"
-        );
-        Ok(sb)
-    }
-
     pub async fn delete(&self, id: &str, exec_id: &str) -> Result<DeleteResponse, Status> {
         if !exec_id.is_empty() {
             return self.delete_exec(id, exec_id).await;
         }
         let p = self.proc(id, "")?;
-        let _l = self.lifecycle.lock().await;
+        let _l = self.vm.lifecycle.lock().await;
         let t0 = std::time::Instant::now();
         if p.exited().is_none() && p.started.load(Ordering::SeqCst) {
             return Err(err(
@@ -336,11 +123,12 @@ impl Task {
                 e
             }
         };
-        self.stop_vm().await;
         let c = self.containers.lock().unwrap().remove(id);
         if let Some(c) = c {
-            cleanup_rootfs(&c.rootfs, Path::new(&c.bundle));
+            self.release_storage(&c.storage, Path::new(&c.bundle));
         }
+        let _ = std::fs::remove_dir_all(self.vm.container_dir(id));
+        self.vm.leave(id).await;
         self.record_timings(serde_json::json!({
             "id": id,
             "phase": "delete",
@@ -364,6 +152,15 @@ impl Task {
         })
     }
 
+    /// Gives back what held a container's root filesystem.
+    fn release_storage(&self, storage: &Storage, bundle: &Path) {
+        match storage {
+            Storage::Region(r) => self.vm.release_region(*r),
+            Storage::BootDrive(r) => cleanup_rootfs(r, bundle),
+        }
+        let _ = nix::mount::umount2(&bundle.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
+    }
+
     /// Appends a timing record to `$EMBER_SHIM_TIMINGS` (used by the benchmarks).
     fn record_timings(&self, v: serde_json::Value) {
         tracing::info!(timings = %v, "timings");
@@ -377,17 +174,6 @@ impl Task {
                 let _ = writeln!(f, "{v}");
             }
         }
-    }
-
-    async fn stop_vm(&self) {
-        self.agent.lock().unwrap().take();
-        if let Some(sb) = self.sandbox.lock().await.take() {
-            match sb.shutdown().await {
-                Ok(exit) => tracing::info!(?exit, "microVM stopped"),
-                Err(e) => tracing::warn!("stopping the microVM: {e}"),
-            }
-        }
-        let _ = std::fs::remove_file(self.state_dir.join("vmm.pid"));
     }
 
     pub async fn pause(&self, id: &str) -> Result<(), Status> {
@@ -483,28 +269,29 @@ impl Task {
         })
     }
 
-    /// Ends the shim once nothing runs in it (or at once with `now`).
-    /// Whether the shim goes: it does when told to at once or when it holds no task.
+    /// Whether the shim goes: at once with `now`, else only when it holds no
+    /// container and no explicit VM runs.
     pub fn request_shutdown(&self, now: bool) -> Result<bool, Status> {
-        if !now && !self.containers.lock().unwrap().is_empty() {
-            return Ok(false);
+        if now || self.vm.may_exit() {
+            self.vm.exit_shim();
+            return Ok(true);
         }
-        self.shutdown.notify_one();
-        Ok(true)
+        tracing::info!(vm = %self.vm.id, "shutdown ignored: the VM still serves");
+        Ok(false)
     }
 
-    /// Stops everything (used when the shim is told to exit at once).
+    /// Stops everything (the shim exits).
     pub async fn teardown(&self) {
-        let ids: Vec<(String, BlockRootfs, String)> = self
+        let all: Vec<(Storage, String)> = self
             .containers
             .lock()
             .unwrap()
             .drain()
-            .map(|(id, c)| (id, c.rootfs, c.bundle))
+            .map(|(_, c)| (c.storage, c.bundle))
             .collect();
-        self.stop_vm().await;
-        for (_, rootfs, bundle) in ids {
-            cleanup_rootfs(&rootfs, Path::new(&bundle));
+        self.vm.teardown().await;
+        for (storage, bundle) in all {
+            self.release_storage(&storage, Path::new(&bundle));
         }
     }
 }
@@ -521,8 +308,17 @@ async fn watch_oom(agent: AgentClient, publisher: Publisher) {
     }
 }
 
+/// Removes a rootfs image built for the container. A VM that still runs keeps the
+/// file open as a boot drive: its blocks are punched out first, so the space comes
+/// back at once.
 fn cleanup_rootfs(r: &BlockRootfs, bundle: &Path) {
     if r.owned {
+        if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&r.image) {
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            if len > 0 {
+                let _ = ember_sandbox::pool::punch_hole(&f, 0, len);
+            }
+        }
         let _ = std::fs::remove_file(&r.image);
     }
     let _ = nix::mount::umount2(&bundle.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);

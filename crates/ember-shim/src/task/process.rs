@@ -13,8 +13,9 @@ use ember_agent_api::{AgentClient, CreateProcessRequest, OutputStream, StdioConf
 use ember_ttrpc::{Code, Status};
 use tokio::sync::watch;
 
-use super::{agent_err, err, Task, LOST_STATUS};
+use super::{agent_err, err, Task};
 use crate::stdio;
+use crate::vm::LOST_STATUS;
 use ember_shim_api::*;
 
 /// How long output may keep flowing after a process exited (children holding the pipe).
@@ -342,7 +343,7 @@ async fn watch_exit(
         ),
         Err(e) => {
             tracing::warn!("lost process {}/{}: {e}", p.container_id, p.exec_id);
-            (LOST_STATUS, SystemTime::now())
+            (task.vm.lost_status(), SystemTime::now())
         }
     };
     if !p.started() {

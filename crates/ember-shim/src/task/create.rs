@@ -1,0 +1,296 @@
+//! Creating a container: in a VM booted for it (its rootfs a boot drive), or in the
+//! VM that already runs (its rootfs written into a fresh region of the pool drive).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use containerd_client::events as ev;
+use ember_agent_api::{AgentClient, StdioConfig};
+use ember_sandbox::POOL_DRIVE;
+use ember_ttrpc::{Code, Status};
+use ember_vmm::Drive;
+
+use super::{agent_err, cleanup_rootfs, err, watch_oom, Container, Proc, Storage, Task};
+use crate::config::RuntimeConfig;
+use crate::rootfs;
+use crate::vm::{BootSpec, Phase};
+use ember_shim_api::*;
+
+/// Drive id (virtio-blk serial) of the rootfs of a VM's first container.
+const ROOTFS_DRIVE: &str = "rootfs";
+
+/// What the container's spec says.
+struct Bundle {
+    dir: PathBuf,
+    spec: serde_json::Value,
+    annotations: HashMap<String, String>,
+}
+
+fn read_bundle(bundle: &str) -> Result<Bundle, Status> {
+    let dir = PathBuf::from(bundle);
+    let bytes = std::fs::read(dir.join("config.json")).map_err(|e| {
+        err(
+            Code::InvalidArgument,
+            format!("reading the bundle's config.json: {e}"),
+        )
+    })?;
+    let spec: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| err(Code::InvalidArgument, format!("parsing config.json: {e}")))?;
+    let annotations = spec
+        .get("annotations")
+        .and_then(|a| serde_json::from_value(a.clone()).ok())
+        .unwrap_or_default();
+    Ok(Bundle {
+        dir,
+        spec,
+        annotations,
+    })
+}
+
+impl Task {
+    pub async fn create(self: &Arc<Self>, req: CreateTaskRequest) -> Result<u32, Status> {
+        let _l = self.vm.lifecycle.lock().await;
+        let t0 = std::time::Instant::now();
+        if self.containers.lock().unwrap().contains_key(&req.id) {
+            return Err(err(
+                Code::AlreadyExists,
+                format!("container {} already exists", req.id),
+            ));
+        }
+        if !req.checkpoint.is_empty() {
+            return Err(err(
+                Code::Unimplemented,
+                "checkpoint/restore is not supported",
+            ));
+        }
+        self.vm.admit()?;
+        if let Some(cg) = req
+            .options
+            .as_ref()
+            .and_then(|o| RuncOptions::from_any(o).ok().flatten())
+            .map(|o| o.shim_cgroup)
+            .filter(|c| !c.is_empty())
+        {
+            crate::cgroup::join(&cg, std::process::id())
+                .map_err(|e| err(Code::Internal, format!("moving the shim into {cg}: {e}")))?;
+        }
+        let bundle = read_bundle(&req.bundle)?;
+        let cfg = self
+            .vm
+            .config
+            .clone()
+            .with_annotations(&bundle.annotations)
+            .map_err(|e| err(Code::InvalidArgument, e.to_string()))?;
+        // Host volumes: `crate::volumes::prepare(&mut spec, &req.id, …)` rewrites the
+        // spec's bind mounts and returns files to copy in; it is called here once the
+        // VM runs (see docs/architecture.md).
+        let spec_json = serde_json::to_vec(&bundle.spec)
+            .map_err(|e| err(Code::Internal, format!("encoding the spec: {e}")))?;
+
+        let boots = self.vm.phase() == Phase::Absent;
+        let (storage, device, build_ms, boot) = if boots {
+            self.boot_for(&req, &bundle.dir, cfg).await?
+        } else {
+            self.place_in_pool(&req, &bundle.dir, &cfg).await?
+        };
+        let agent = match self.agent() {
+            Ok(a) => a,
+            Err(e) => {
+                self.undo_create(&storage, &bundle.dir, boots).await;
+                return Err(e);
+            }
+        };
+        let created = agent
+            .create_container(&ember_agent_api::CreateContainerRequest {
+                container_id: req.id.clone(),
+                spec_json,
+                rootfs: Some(device),
+                stdio: Some(StdioConfig {
+                    terminal: req.terminal,
+                    stdin: !req.stdin.is_empty(),
+                }),
+                files: Vec::new(),
+            })
+            .await;
+        let pid = match created {
+            Ok(r) => r.pid,
+            Err(e) => {
+                self.undo_create(&storage, &bundle.dir, boots).await;
+                return Err(agent_err(e));
+            }
+        };
+        let init = Proc::new(
+            &req.id,
+            "",
+            &req.stdin,
+            &req.stdout,
+            &req.stderr,
+            req.terminal,
+        );
+        init.pid.store(pid, Ordering::SeqCst);
+        self.record_timings(serde_json::json!({
+            "id": req.id,
+            "phase": "create",
+            "joined": !boots,
+            "rootfs_ms": build_ms,
+            "vmm_ready_ms": boot.map(|b| b.vmm_ready.as_secs_f64() * 1e3),
+            "agent_ready_ms": boot.map(|b| b.agent_ready.as_secs_f64() * 1e3),
+            "create_total_ms": t0.elapsed().as_secs_f64() * 1e3,
+        }));
+        if let Err(e) = self.attach_stdio(&agent, &init).await {
+            let _ = agent.remove_container(&req.id).await;
+            self.undo_create(&storage, &bundle.dir, boots).await;
+            return Err(e);
+        }
+        self.containers.lock().unwrap().insert(
+            req.id.clone(),
+            Container {
+                bundle: req.bundle.clone(),
+                storage,
+                init: init.clone(),
+                execs: HashMap::new(),
+                paused: false,
+            },
+        );
+        self.vm.join(&req.id);
+        self.publisher.publish(
+            "/tasks/create",
+            "TaskCreate",
+            &ev::TaskCreate {
+                container_id: req.id.clone(),
+                bundle: req.bundle.clone(),
+                rootfs: req.rootfs.clone(),
+                io: Some(ev::TaskIo {
+                    stdin: req.stdin.clone(),
+                    stdout: req.stdout.clone(),
+                    stderr: req.stderr.clone(),
+                    terminal: req.terminal,
+                }),
+                checkpoint: String::new(),
+                pid,
+            },
+        );
+        Ok(pid)
+    }
+
+    /// Boots the VM for its first container, whose rootfs image is a boot drive.
+    async fn boot_for(
+        self: &Arc<Self>,
+        req: &CreateTaskRequest,
+        bundle: &Path,
+        cfg: RuntimeConfig,
+    ) -> Result<Placed, Status> {
+        let scratch = self.vm.container_dir(&req.id);
+        std::fs::create_dir_all(&scratch).map_err(|e| err(Code::Internal, e.to_string()))?;
+        let mounts = req.rootfs.clone();
+        let b = bundle.to_path_buf();
+        let r = tokio::task::spawn_blocking(move || rootfs::prepare(&mounts, &b, &scratch))
+            .await
+            .map_err(|e| err(Code::Internal, e.to_string()))?
+            .map_err(|e| err(Code::Internal, e.to_string()))?;
+        tracing::info!(image = %r.image.display(), build_ms = r.build_time.as_millis() as u64, "rootfs ready");
+        let drive = Drive {
+            id: ROOTFS_DRIVE.into(),
+            path: r.image.clone(),
+            read_only: r.read_only,
+        };
+        if let Err(e) = self.vm.boot(BootSpec::implicit(cfg, vec![drive])).await {
+            cleanup_rootfs(&r, bundle);
+            return Err(e);
+        }
+        let timings = self.vm.booted().map(|b| b.timings);
+        if let Ok(agent) = self.agent() {
+            tokio::spawn(watch_oom(agent, self.publisher.clone()));
+        }
+        let serial = self
+            .vm
+            .guest_serial(ROOTFS_DRIVE)
+            .await
+            .unwrap_or_else(|| ROOTFS_DRIVE.into());
+        let device = ember_agent_api::BlockRootfs {
+            serial,
+            fstype: r.fstype.clone(),
+            read_only: r.read_only,
+            ..Default::default()
+        };
+        let ms = r.build_time.as_secs_f64() * 1e3;
+        Ok((Storage::BootDrive(r), device, ms, timings))
+    }
+
+    /// Writes the rootfs into a fresh region of the running VM's pool drive.
+    async fn place_in_pool(
+        &self,
+        req: &CreateTaskRequest,
+        bundle: &Path,
+        cfg: &RuntimeConfig,
+    ) -> Result<Placed, Status> {
+        self.vm.require_up()?;
+        if let Some(b) = self.vm.booted() {
+            if !same_sizing(&b.config, cfg) {
+                tracing::info!(
+                    container = %req.id,
+                    vm = %self.vm.id,
+                    "the container's VM sizing annotations are ignored: it joins VM {} as it runs ({} vCPUs, {} MiB)",
+                    self.vm.id,
+                    b.vcpus,
+                    b.memory_mib
+                );
+            }
+        }
+        let pool = self.vm.pool()?;
+        let mounts = req.rootfs.clone();
+        let b = bundle.to_path_buf();
+        let r = tokio::task::spawn_blocking(move || rootfs::place_in_pool(&mounts, &b, &pool))
+            .await
+            .map_err(|e| err(Code::Internal, e.to_string()))?
+            .map_err(|e| err(Code::Internal, e.to_string()))?;
+        tracing::info!(region = ?r.region, build_ms = r.build_time.as_millis() as u64, "rootfs in the pool");
+        let serial = self
+            .vm
+            .guest_serial(POOL_DRIVE)
+            .await
+            .unwrap_or_else(|| POOL_DRIVE.into());
+        let device = ember_agent_api::BlockRootfs {
+            serial,
+            fstype: r.fstype.clone(),
+            read_only: r.read_only,
+            offset: r.region.offset,
+            length: r.region.length,
+            ..Default::default()
+        };
+        let ms = r.build_time.as_secs_f64() * 1e3;
+        Ok((Storage::Region(r.region), device, ms, None))
+    }
+
+    /// Gives back what a failed create took; a VM booted for it goes again.
+    async fn undo_create(&self, storage: &Storage, bundle: &Path, booted: bool) {
+        if booted {
+            self.vm
+                .stop(std::time::Duration::from_secs(2), Phase::Absent)
+                .await;
+        }
+        self.release_storage(storage, bundle);
+    }
+
+    /// Spawns the OOM watch of a VM booted by `CreateVM`.
+    pub fn watch_vm(&self, agent: AgentClient) {
+        tokio::spawn(watch_oom(agent, self.publisher.clone()));
+    }
+}
+
+/// The rootfs of a new container: where it lives, the device the agent mounts,
+/// build time (ms), boot timings when a VM was booted for it.
+type Placed = (
+    Storage,
+    ember_agent_api::BlockRootfs,
+    f64,
+    Option<ember_sandbox::BootTimings>,
+);
+
+/// Whether two configurations size a VM alike.
+fn same_sizing(a: &RuntimeConfig, b: &RuntimeConfig) -> bool {
+    (a.vmm, a.vcpus, a.memory_mib, a.accel, &a.kernel_args)
+        == (b.vmm, b.vcpus, b.memory_mib, b.accel, &b.kernel_args)
+}

@@ -1,0 +1,202 @@
+//! Booting the VM: the pool drive and the boot drives, the shared directory, the
+//! agent's block mounts, the metadata document, and the watch for a VMM that dies.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use ember_agent_api::{BlockRootfs, MountBlockRequest};
+use ember_sandbox::{Pool, Sandbox, SandboxConfig};
+use ember_ttrpc::{Code, Status};
+use ember_vmm::VmmKind;
+
+use super::{err, fifo, BootSpec, Booted, Phase, VmHost, POOL_FILE};
+
+impl VmHost {
+    /// Boots the VM described by `spec` and waits for its agent. On failure nothing
+    /// is left running and the VM is absent again.
+    pub async fn boot(self: &Arc<Self>, spec: BootSpec) -> Result<(), Status> {
+        let generation = {
+            let mut s = self.state.lock().unwrap();
+            if s.phase != Phase::Absent {
+                return Err(err(
+                    Code::AlreadyExists,
+                    format!("VM {} is already {}", self.id, s.phase.name()),
+                ));
+            }
+            s.phase = Phase::Booting;
+            s.explicit = spec.explicit;
+            s.exit_after_all = spec.exit_after_all;
+            s.stop_requested = false;
+            s.generation += 1;
+            s.generation
+        };
+        match self.boot_inner(spec, generation).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.teardown_vm(Duration::ZERO).await;
+                let mut s = self.state.lock().unwrap();
+                s.phase = Phase::Absent;
+                s.explicit = false;
+                s.booted = None;
+                Err(e)
+            }
+        }
+    }
+
+    async fn boot_inner(self: &Arc<Self>, spec: BootSpec, generation: u64) -> Result<(), Status> {
+        let internal = |e: String| err(Code::Internal, e);
+        let cfg = &spec.config;
+        let vm_dir = self.dir.join("vm");
+        std::fs::create_dir_all(&vm_dir).map_err(|e| internal(e.to_string()))?;
+        let pool = Arc::new(
+            Pool::create(&self.dir.join(POOL_FILE))
+                .map_err(|e| internal(format!("creating the pool drive: {e}")))?,
+        );
+        // Host directories reach the guest through one shared directory (virtio-9p),
+        // where the VMM can share one.
+        let shared_dir = (cfg.vmm == VmmKind::Qemu).then(|| self.dir.join("shared"));
+        if let Some(d) = &shared_dir {
+            std::fs::create_dir_all(d).map_err(|e| internal(e.to_string()))?;
+        }
+        let mut drives = spec.drives.clone();
+        drives.push(pool.drive());
+        let name: String = self.id.chars().take(40).collect();
+        let sc = SandboxConfig {
+            id: name,
+            vmm: cfg.vmm,
+            vmm_binary: cfg.vmm_binary.clone(),
+            kernel: cfg.kernel.clone(),
+            initrd: cfg.initrd.clone(),
+            kernel_args: cfg.kernel_args.clone(),
+            vcpus: cfg.vcpus,
+            memory_mib: cfg.memory_mib,
+            accel: cfg.accel,
+            drives,
+            state_dir: vm_dir.clone(),
+            boot_timeout: Duration::from_secs(cfg.boot_timeout_secs),
+            shared_dir: shared_dir.clone(),
+            balloon: spec.balloon,
+        };
+        let sb = Sandbox::boot(sc)
+            .await
+            .map_err(|e| internal(format!("starting the microVM: {e}")))?;
+        tracing::info!(
+            vm = %self.id,
+            accel = ?sb.vm().accel(),
+            agent_ms = sb.timings().agent_ready.as_millis() as u64,
+            "microVM ready"
+        );
+        let agent = sb.agent().clone();
+        // Exit times are taken in the guest: its clock is the host's.
+        if let Err(e) = agent.set_clock(SystemTime::now()).await {
+            tracing::warn!("setting the guest clock: {e}");
+        }
+        let pid = sb.vm().pid().unwrap_or(0);
+        let _ = std::fs::write(self.dir.join("vmm.pid"), pid.to_string());
+        let (socket_path, vsock_path) = match cfg.vmm {
+            VmmKind::Qemu => (vm_dir.join("qmp.sock"), vm_dir.join("agent.sock")),
+            VmmKind::Firecracker => (vm_dir.join("firecracker.sock"), vm_dir.join("vsock.sock")),
+        };
+        let booted = Booted {
+            vcpus: cfg.vcpus,
+            memory_mib: cfg.memory_mib,
+            vmm: cfg.vmm,
+            accel: sb.vm().accel(),
+            vmm_pid: pid,
+            started_at: SystemTime::now(),
+            socket_path,
+            vsock_path,
+            cgroup: vmm_cgroup(pid),
+            log_fifo: fifo_name(&spec.log_fifo),
+            metrics_fifo: fifo_name(&spec.metrics_fifo),
+            shared_dir,
+            config: cfg.clone(),
+            timings: sb.timings(),
+            balloon: spec.balloon,
+        };
+        let mounts: Vec<MountBlockRequest> = spec
+            .mounts
+            .iter()
+            .map(|m| MountBlockRequest {
+                device: Some(BlockRootfs {
+                    serial: sb.guest_serial(&m.drive).unwrap_or_else(|| m.drive.clone()),
+                    fstype: m.fstype.clone(),
+                    options: m.options.clone(),
+                    read_only: m.read_only,
+                    ..Default::default()
+                }),
+                target: m.target.clone(),
+            })
+            .collect();
+        *self.sandbox.lock().await = Some(sb);
+        *self.agent.lock().unwrap() = Some(agent.clone());
+        *self.pool.lock().unwrap() = Some(pool);
+        for m in &mounts {
+            agent.mount_block(m).await.map_err(|e| {
+                err(
+                    Code::Internal,
+                    format!("mounting {} in the guest: {e}", m.target),
+                )
+            })?;
+        }
+        // Held until the VM counts as running: a change made meanwhile waits, then
+        // goes to the agent.
+        let _metadata = self.metadata_lock.lock().await;
+        let doc = self.metadata.lock().unwrap().clone();
+        if let Some(doc) = doc {
+            agent
+                .set_metadata(&doc.to_string())
+                .await
+                .map_err(|e| internal(format!("publishing the metadata: {e}")))?;
+        }
+        if spec.log_fifo.is_some() || spec.metrics_fifo.is_some() {
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            if let Some(p) = &spec.log_fifo {
+                fifo::spawn_copy(vm_dir.join("vmm.log"), p, rx.clone())
+                    .map_err(|e| err(Code::InvalidArgument, e))?;
+            }
+            if let Some(p) = &spec.metrics_fifo {
+                fifo::spawn_copy(vm_dir.join("metrics.json"), p, rx)
+                    .map_err(|e| err(Code::InvalidArgument, e))?;
+            }
+            *self.fifo_stop.lock().unwrap() = Some(tx);
+        }
+        {
+            let mut s = self.state.lock().unwrap();
+            s.booted = Some(booted);
+            s.phase = Phase::Running;
+        }
+        tokio::spawn(watch_agent(self.clone(), agent, generation));
+        Ok(())
+    }
+}
+
+fn fifo_name(p: &Option<std::path::PathBuf>) -> String {
+    p.as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
+/// The VMM's cgroup (cgroup v2's path, or the first v1 hierarchy's).
+fn vmm_cgroup(pid: u32) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let mut first = None;
+    for l in text.lines() {
+        let mut parts = l.splitn(3, ':');
+        let (id, _, path) = (parts.next(), parts.next(), parts.next());
+        if id == Some("0") {
+            return path.unwrap_or_default().to_string();
+        }
+        first = first.or(path.map(str::to_string));
+    }
+    first.unwrap_or_default()
+}
+
+/// Watches the agent connection of one boot: when it closes without a stop, the
+/// VMM is gone.
+async fn watch_agent(vm: Arc<VmHost>, agent: ember_agent_api::AgentClient, generation: u64) {
+    while !agent.is_closed() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    vm.vm_lost(generation).await;
+}

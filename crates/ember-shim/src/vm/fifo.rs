@@ -1,0 +1,114 @@
+//! Copying a VMM file (its log, its metrics) into a FIFO that a client named in
+//! `CreateVM`, from a task that never blocks the shim: the FIFO is opened read-write
+//! and non-blocking (so opening never waits for a reader and writing never fails for
+//! lack of one), and data the reader does not take in time is dropped.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+/// How often the source file is looked at.
+const POLL: Duration = Duration::from_millis(200);
+
+/// Opens (creating it when missing) the FIFO at `fifo` and starts copying what is
+/// appended to `source` into it until `stop` turns true.
+pub fn spawn_copy(source: PathBuf, fifo: &Path, stop: watch::Receiver<bool>) -> Result<(), String> {
+    let out = open_fifo(fifo)?;
+    tokio::spawn(copy(source, out, stop));
+    Ok(())
+}
+
+fn open_fifo(path: &Path) -> Result<std::fs::File, String> {
+    match std::fs::metadata(path) {
+        Ok(m) if !m.file_type().is_fifo() => {
+            return Err(format!("{} exists and is not a FIFO", path.display()))
+        }
+        Ok(_) => {}
+        Err(_) => {
+            nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+                .map_err(|e| format!("creating the FIFO {}: {e}", path.display()))?;
+        }
+    }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("opening the FIFO {}: {e}", path.display()))
+}
+
+async fn copy(source: PathBuf, mut out: std::fs::File, mut stop: watch::Receiver<bool>) {
+    let mut pos = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if let Ok(mut f) = std::fs::File::open(&source) {
+            if f.seek(SeekFrom::Start(pos)).is_ok() {
+                while let Ok(n) = f.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    pos += n as u64;
+                    // A full pipe (WouldBlock): the reader is behind, this part is dropped.
+                    let _ = out.write(&buf[..n]);
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn copies_appends_and_never_blocks_without_a_reader() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("vmm.log");
+        let fifo = d.path().join("log.fifo");
+        std::fs::write(&src, "first\n").unwrap();
+        let (tx, rx) = watch::channel(false);
+        spawn_copy(src.clone(), &fifo, rx).unwrap();
+        let mut reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap();
+        // More than a pipe holds while nobody reads: dropped, not blocking.
+        let big = vec![b'x'; 1 << 20];
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&src)
+            .unwrap()
+            .write_all(&big)
+            .unwrap();
+        tokio::time::sleep(POLL * 3).await;
+        let mut got = Vec::new();
+        let mut b = vec![0u8; 1 << 20];
+        while let Ok(n) = reader.read(&mut b) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&b[..n]);
+        }
+        assert!(
+            got.starts_with(b"first\n"),
+            "{:?}",
+            &got[..got.len().min(20)]
+        );
+        assert!(got.len() < big.len(), "nothing was dropped: {}", got.len());
+        tx.send(true).unwrap();
+        let not_fifo = d.path().join("plain");
+        std::fs::write(&not_fifo, "").unwrap();
+        assert!(spawn_copy(src, &not_fifo, watch::channel(false).1).is_err());
+    }
+}
