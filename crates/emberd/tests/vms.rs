@@ -272,7 +272,7 @@ fn a_created_vm_takes_sixteen_containers_and_stopvm_ends_them() {
     let t = Instant::now();
     rt.block_on(create_vm(&mut c, ns, &vm, false));
     eprintln!("CreateVM took {:?}", t.elapsed());
-    assert_eq!(vm_bundles(&d, ns), [vm.clone()]);
+    assert_eq!(vm_bundles(&d, ns), std::slice::from_ref(&vm));
     let shims = vm_shim_pids(&s, &vm);
     assert_eq!(shims.len(), 1, "{shims:?}");
     let ids: Vec<String> = (1..=16).map(|i| format!("x{i:02}")).collect();
