@@ -60,15 +60,17 @@ struct LoopConfig {
 /// caller never removes a number another has just been given.
 static ALLOC: Mutex<()> = Mutex::new(());
 
-/// A loop device the agent bound. Dropping it does not unbind it: a mounted loop
-/// device goes away by itself (autoclear) once its last user closes it; call
-/// [`release`] afterwards to delete the node.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A loop device the agent bound, held open: with autoclear the kernel unbinds it
+/// at its last close, so it must stay open until it is mounted (the mount then
+/// holds it, and unmounting unbinds it). Call [`release`] afterwards to delete the
+/// node.
+#[derive(Debug)]
 pub struct LoopDevice {
     pub number: u32,
     pub path: PathBuf,
     /// Whether the kernel accepted direct I/O for it.
     pub direct_io: bool,
+    pub file: File,
 }
 
 /// What to map: `[offset, offset + length)` of `backing`.
@@ -173,18 +175,34 @@ fn configure(dev: &File, backing: &File, r: &Region, flags: u32) -> io::Result<(
     Ok(())
 }
 
-/// Binds a free loop device to the region (autoclear; read-only when asked; direct
-/// I/O when the kernel accepts it for this backing).
-pub fn attach(r: &Region) -> io::Result<LoopDevice> {
-    let backing = OpenOptions::new()
+fn open_backing(r: &Region, direct: bool) -> io::Result<File> {
+    let mut flags = libc::O_CLOEXEC;
+    if direct {
+        flags |= libc::O_DIRECT;
+    }
+    OpenOptions::new()
         .read(true)
         .write(!r.read_only)
-        .custom_flags(libc::O_CLOEXEC)
+        .custom_flags(flags)
         .open(r.backing)
-        .map_err(|e| ioctl_err(&format!("opening {}", r.backing.display()), e))?;
+        .map_err(|e| ioctl_err(&format!("opening {}", r.backing.display()), e))
+}
+
+/// Whether the bound device reads (direct I/O a backing cannot do fails only here).
+fn reads(dev: &File) -> bool {
+    use std::os::unix::fs::FileExt;
+    let mut b = [0u8; 4096];
+    dev.read_at(&mut b, 0).is_ok()
+}
+
+/// Binds a free loop device to the region (autoclear; read-only when asked; direct
+/// I/O when the backing takes it, else buffered).
+pub fn attach(r: &Region) -> io::Result<LoopDevice> {
+    let backing = open_backing(r, false)?;
     let size = size_of(&backing)?;
     check_region(r.offset, r.length, size)
         .map_err(|m| io::Error::new(io::ErrorKind::InvalidInput, m))?;
+    let direct = open_backing(r, true).ok();
     let mut base = LO_FLAGS_AUTOCLEAR;
     if r.read_only {
         base |= LO_FLAGS_READ_ONLY;
@@ -204,15 +222,26 @@ pub fn attach(r: &Region) -> io::Result<LoopDevice> {
                 continue;
             }
         };
-        let res = match configure(&dev, &backing, r, base | LO_FLAGS_DIRECT_IO) {
+        let mut res = Err(io::Error::from_raw_os_error(libc::EINVAL));
+        if let Some(d) = &direct {
+            res = configure(&dev, d, r, base | LO_FLAGS_DIRECT_IO);
+            if res.is_ok() && !reads(&dev) {
+                // SAFETY: LOOP_CLR_FD takes no argument; `dev` is the open device we
+                // just bound.
+                unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CLR_FD, 0) };
+                res = Err(io::Error::from_raw_os_error(libc::EINVAL));
+            }
+        }
+        let res = match res {
+            Ok(()) => Ok(true),
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                 configure(&dev, &backing, r, base).map(|_| false)
             }
-            other => other.map(|_| true),
+            Err(e) => Err(e),
         };
         match res {
             Ok(dio) => {
-                // The kernel may clear direct I/O itself when the backing cannot do it.
+                // The kernel may turn direct I/O off itself.
                 let direct_io = dio
                     && std::fs::read_to_string(format!("/sys/block/loop{n}/loop/dio"))
                         .map(|s| s.trim() == "1")
@@ -221,6 +250,7 @@ pub fn attach(r: &Region) -> io::Result<LoopDevice> {
                     number: n,
                     path,
                     direct_io,
+                    file: dev,
                 });
             }
             // Taken by someone else (outside the agent) in between: try the next.
@@ -231,16 +261,12 @@ pub fn attach(r: &Region) -> io::Result<LoopDevice> {
     Err(last.unwrap_or_else(|| io::Error::other("no free loop device")))
 }
 
-/// Unbinds a loop device nothing holds open any more (a failed mount's device).
-pub fn detach(dev: &LoopDevice) {
-    if let Ok(f) = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(&dev.path)
-    {
-        // SAFETY: LOOP_CLR_FD takes no argument; `f` is the open loop device.
-        let _ = unsafe { libc::ioctl(f.as_raw_fd(), LOOP_CLR_FD, 0) };
-    }
+/// Unbinds a loop device nothing else uses (a failed mount's device); the kernel
+/// lets go of it when `dev` is closed here.
+pub fn detach(dev: LoopDevice) {
+    // SAFETY: LOOP_CLR_FD takes no argument; `dev.file` is the open loop device.
+    let _ = unsafe { libc::ioctl(dev.file.as_raw_fd(), LOOP_CLR_FD, 0) };
+    drop(dev);
 }
 
 /// Waits until the device is unbound (autoclear after the last unmount) and
@@ -290,5 +316,37 @@ mod tests {
             .unwrap_err()
             .contains("512"));
         assert!(check_region(0, 0, 4 << 20).is_err());
+    }
+}
+
+#[cfg(test)]
+mod host_tests {
+    use super::*;
+
+    /// Binds a region of a file on the host (root only).
+    #[test]
+    fn attach_a_file_region() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED: not root");
+            return;
+        }
+        let d = std::env::temp_dir().join(format!("ember-loop-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let f = d.join("pool");
+        std::fs::File::create(&f).unwrap().set_len(8 << 20).unwrap();
+        let dev = attach(&Region {
+            backing: &f,
+            offset: 1 << 20,
+            length: 4 << 20,
+            read_only: false,
+        })
+        .unwrap();
+        let size = size_of(&File::open(&dev.path).unwrap()).unwrap();
+        assert_eq!(size, 4 << 20);
+        let n = dev.number;
+        detach(dev);
+        release(n, Duration::from_secs(5)).unwrap();
+        assert!(!Path::new(&format!("/sys/block/loop{n}")).exists());
+        std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -5,6 +5,7 @@
 
 mod config;
 pub mod pool;
+pub mod share;
 mod stdio;
 
 use std::time::{Duration, Instant};

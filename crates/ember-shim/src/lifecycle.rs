@@ -259,7 +259,12 @@ pub fn serve(args: &Args) -> Result<()> {
         Ok::<_, anyhow::Error>(())
     })?;
     socket.release();
-    let _ = std::fs::remove_dir_all(&dir);
+    remove_state(&dir);
+    // A shim started for a VM by its id (CreateVM's callers) has no container
+    // whose `delete` would remove the record `start` made for that id.
+    if vm == Some(args.id.as_str()) {
+        let _ = std::fs::remove_file(group_record(args));
+    }
     Ok(())
 }
 
@@ -337,9 +342,26 @@ pub fn delete(args: &Args) -> Result<()> {
         }
     }
     let _ = nix::mount::umount2(&bundle.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
-    let _ = std::fs::remove_dir_all(&dir);
+    remove_state(&dir);
     let _ = std::fs::remove_file(socket_path(args, vm));
     write_delete_response()
+}
+
+/// Removes a VM's state directory. Host directories shared with the VM are
+/// bind-mounted under it: they go first, and while any is left the directory stays
+/// (removing it would delete the host's data through the mount).
+fn remove_state(dir: &Path) {
+    let shared = dir.join("vm").join(ember_sandbox::share::DIR_NAME);
+    match ember_sandbox::share::cleanup(&shared) {
+        Ok(()) => {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        Err(e) => tracing::warn!(
+            "cleaning up {}: {e}; {} left in place",
+            shared.display(),
+            dir.display()
+        ),
+    }
 }
 
 fn write_delete_response() -> Result<()> {
@@ -424,5 +446,67 @@ fn await_previous_shim(dir: &Path, args: &Args, vm: Option<&str>) {
         if !wait_gone(pid, args, vm, Duration::from_secs(5)) {
             kill_serving_shim(dir, args, vm);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(id: &str, bundle: &Path) -> Args {
+        Args {
+            namespace: "default".into(),
+            id: id.into(),
+            address: "/run/containerd/containerd.sock".into(),
+            bundle: Some(bundle.to_path_buf()),
+            ..Default::default()
+        }
+    }
+
+    fn bundle(annotations: serde_json::Value) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        let spec = serde_json::json!({"ociVersion": "1.0.2", "annotations": annotations});
+        std::fs::write(d.path().join("config.json"), spec.to_string()).unwrap();
+        d
+    }
+
+    #[test]
+    fn containers_naming_a_vm_share_its_socket_and_state() {
+        let cfg = RuntimeConfig::default();
+        let a = bundle(serde_json::json!({"io.ember.vm.id": "vm1"}));
+        let b = bundle(serde_json::json!({"aws.firecracker.vm.id": "vm1"}));
+        let solo = bundle(serde_json::json!({}));
+        let (a, b, solo) = (
+            args("a", a.path()),
+            args("b", b.path()),
+            args("a", solo.path()),
+        );
+        let (va, vb, vs) = (bundle_vm(&a), bundle_vm(&b), bundle_vm(&solo));
+        assert_eq!(
+            (va.as_deref(), vb.as_deref(), vs.as_deref()),
+            (Some("vm1"), Some("vm1"), None)
+        );
+        assert_eq!(
+            socket_path(&a, va.as_deref()),
+            socket_path(&b, vb.as_deref())
+        );
+        assert_eq!(
+            state_dir(&cfg, &a, va.as_deref()),
+            state_dir(&cfg, &b, vb.as_deref())
+        );
+        // The same id without a VM is a shim (and VM) of its own.
+        assert_ne!(socket_path(&a, va.as_deref()), socket_path(&solo, None));
+        assert_ne!(group_record(&a), group_record(&b));
+        // A CRI pod names its VM too; a VM id that is a container id stays apart.
+        let pod = bundle(serde_json::json!({
+            "io.kubernetes.cri.container-type": "container",
+            "io.kubernetes.cri.sandbox-id": "pod1"
+        }));
+        let p = args("c", pod.path());
+        assert_eq!(bundle_vm(&p).as_deref(), Some("pod1"));
+        assert_ne!(
+            socket_path(&p, Some("pod1")),
+            socket_path(&args("pod1", pod.path()), None)
+        );
     }
 }

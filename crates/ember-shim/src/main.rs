@@ -14,6 +14,7 @@ mod stdio;
 mod task;
 mod vm;
 mod vm_service;
+mod volumes;
 
 fn main() {
     let args = match args::parse(std::env::args().skip(1)) {

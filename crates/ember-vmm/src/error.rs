@@ -22,6 +22,8 @@ pub enum Error {
     Control(String),
     #[error("the VM is not running")]
     NotRunning,
+    #[error("the VM has no memory balloon (configure one before it boots)")]
+    NoBalloon,
     #[error("{0} is not supported by this backend")]
     Unsupported(&'static str),
     #[error("i/o: {0}")]

@@ -504,3 +504,64 @@ fn guest_image_layout() {
     let entry = u64::from_le_bytes(image[24..32].try_into().unwrap());
     assert_eq!(entry, LOAD_ADDR);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balloon_configure_update_and_statistics() {
+    let Some(bin) = firecracker_bin() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = vm_config(dir.path(), bin, &spinning_guest(), "fc-balloon");
+    let boot = ember_vmm::BalloonConfig {
+        amount_mib: 16,
+        deflate_on_oom: true,
+        stats_interval_s: 1,
+    };
+    c.balloon = Some(boot);
+    let mut vm = FirecrackerVm::new(c).unwrap();
+    assert!(matches!(vm.balloon_config().await, Err(Error::NotRunning)));
+    vm.start().await.expect("start");
+    console_until(&vm, Duration::from_secs(20), |c| c.contains(MARKER_1)).await;
+
+    // PUT /balloon before boot took effect: GET /balloon reports it.
+    assert_eq!(vm.balloon_config().await.unwrap(), boot);
+    // This guest has no virtio driver, so the device never activates: PATCH
+    // /balloon and the statistics reach Firecracker, which answers with its reason,
+    // and the configuration stays as it was.
+    let e = vm.balloon_update(48).await.unwrap_err().to_string();
+    assert!(
+        e.contains("PATCH /balloon") && e.contains("not activated"),
+        "{e}"
+    );
+    // GET /balloon/statistics answers with the target (MiB and 4 KiB pages) and
+    // nothing from the driver.
+    let s = vm.balloon_stats().await.expect("balloon statistics");
+    assert_eq!((s.target_mib, s.target_pages), (16, 16 * 256));
+    assert_eq!((s.actual_mib, s.free_memory), (0, 0));
+    // PATCH /balloon/statistics needs no driver: GET /balloon shows the new interval.
+    vm.balloon_update_stats(5)
+        .await
+        .expect("statistics interval");
+    assert_eq!(vm.balloon_config().await.unwrap().stats_interval_s, 5);
+    assert_eq!(vm.balloon_config().await.unwrap().amount_mib, 16);
+
+    vm.stop(Duration::from_millis(200)).await.unwrap();
+    assert!(matches!(vm.balloon_stats().await, Err(Error::NotRunning)));
+}
+
+#[test]
+fn balloon_calls_need_a_balloon() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("fc"), "").unwrap();
+    let vm = FirecrackerVm::new(vm_config(
+        dir.path(),
+        dir.path().join("fc"),
+        &spinning_guest(),
+        "fc-noballoon",
+    ))
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let e = rt.block_on(vm.balloon_update(1)).unwrap_err();
+    assert!(matches!(e, Error::NoBalloon), "{e}");
+    assert!(e.to_string().contains("no memory balloon"), "{e}");
+}

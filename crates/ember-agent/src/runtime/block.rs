@@ -125,9 +125,10 @@ pub(super) fn mount(r: &BlockRootfs, target: &Path) -> R<BlockMount> {
     };
     let (flags, data) = flags_and_data(r);
     if let Err(e) = sys::mount(source.to_str(), target, Some(fstype), flags, Some(&data)) {
-        if let Some(l) = &lo {
+        if let Some(l) = lo {
+            let n = l.number;
             loopdev::detach(l);
-            if let Err(e) = loopdev::release(l.number, RELEASE_TIMEOUT) {
+            if let Err(e) = loopdev::release(n, RELEASE_TIMEOUT) {
                 tracing::warn!("{e}");
             }
         }
@@ -136,6 +137,7 @@ pub(super) fn mount(r: &BlockRootfs, target: &Path) -> R<BlockMount> {
             target.display()
         )));
     }
+    // The mount holds the device now; closing ours leaves autoclear to the unmount.
     Ok(BlockMount {
         target: target.to_path_buf(),
         loop_number: lo.map(|l| l.number),

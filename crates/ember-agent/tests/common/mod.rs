@@ -290,6 +290,45 @@ impl Harness {
     }
 }
 
+impl Harness {
+    /// Runs `args` in the running container `id` as exec `exec_id`: (status,
+    /// stdout, stderr).
+    pub async fn exec(&self, id: &str, exec_id: &str, args: &[&str]) -> (u32, String, String) {
+        self.client
+            .create_process(&CreateProcessRequest {
+                container_id: id.into(),
+                exec_id: exec_id.into(),
+                process_json: process_json(args, false),
+                stdio: None,
+            })
+            .await
+            .unwrap();
+        let out = tokio::spawn(read_all(
+            self.client.clone(),
+            id.into(),
+            exec_id.into(),
+            OutputStream::Stdout,
+        ));
+        let err = tokio::spawn(read_all(
+            self.client.clone(),
+            id.into(),
+            exec_id.into(),
+            OutputStream::Stderr,
+        ));
+        self.client.start_process(id, exec_id).await.unwrap();
+        let st = self
+            .client
+            .wait_process(id, exec_id)
+            .await
+            .unwrap()
+            .exit_status;
+        let out = String::from_utf8(out.await.unwrap()).unwrap();
+        let err = String::from_utf8(err.await.unwrap()).unwrap();
+        self.client.remove_process(id, exec_id).await.unwrap();
+        (st, out, err)
+    }
+}
+
 pub async fn read_all(c: AgentClient, id: String, exec: String, stream: OutputStream) -> Vec<u8> {
     let mut v = Vec::new();
     loop {

@@ -16,6 +16,7 @@ use super::{agent_err, cleanup_rootfs, err, watch_oom, Container, Proc, Storage,
 use crate::config::RuntimeConfig;
 use crate::rootfs;
 use crate::vm::{BootSpec, Phase};
+use crate::volumes::{self, Transport};
 use ember_shim_api::*;
 
 /// Drive id (virtio-blk serial) of the rootfs of a VM's first container.
@@ -83,25 +84,37 @@ impl Task {
             .clone()
             .with_annotations(&bundle.annotations)
             .map_err(|e| err(Code::InvalidArgument, e.to_string()))?;
-        // Host volumes: `crate::volumes::prepare(&mut spec, &req.id, …)` rewrites the
-        // spec's bind mounts and returns files to copy in; it is called here once the
-        // VM runs (see docs/architecture.md).
-        let spec_json = serde_json::to_vec(&bundle.spec)
-            .map_err(|e| err(Code::Internal, format!("encoding the spec: {e}")))?;
-
         let boots = self.vm.phase() == Phase::Absent;
         let (storage, device, build_ms, boot) = if boots {
             self.boot_for(&req, &bundle.dir, cfg).await?
         } else {
             self.place_in_pool(&req, &bundle.dir, &cfg).await?
         };
-        let agent = match self.agent() {
+        // Host bind mounts: shared through the running VM's shared directory, or
+        // single files copied in; the spec's sources are rewritten for the guest.
+        let mut spec = bundle.spec;
+        let shared = self.vm.shared_dir();
+        let transport = shared
+            .as_ref()
+            .map(Transport::Shared)
+            .unwrap_or(Transport::CopyFiles);
+        let volumes = match volumes::prepare(&mut spec, &bundle.dir, &req.id, transport) {
+            Ok(v) => v,
+            Err(e) => {
+                self.undo_create(&storage, &bundle.dir, boots).await;
+                return Err(e.into());
+            }
+        };
+        let spec_json = serde_json::to_vec(&spec).map_err(|e| err(Code::Internal, e.to_string()));
+        let agent = match spec_json.and_then(|s| Ok((s, self.agent()?))) {
             Ok(a) => a,
             Err(e) => {
+                self.undo_volumes(&req.id);
                 self.undo_create(&storage, &bundle.dir, boots).await;
                 return Err(e);
             }
         };
+        let (spec_json, agent) = agent;
         let created = agent
             .create_container(&ember_agent_api::CreateContainerRequest {
                 container_id: req.id.clone(),
@@ -111,12 +124,13 @@ impl Task {
                     terminal: req.terminal,
                     stdin: !req.stdin.is_empty(),
                 }),
-                files: Vec::new(),
+                files: volumes.files,
             })
             .await;
         let pid = match created {
             Ok(r) => r.pid,
             Err(e) => {
+                self.undo_volumes(&req.id);
                 self.undo_create(&storage, &bundle.dir, boots).await;
                 return Err(agent_err(e));
             }
@@ -141,6 +155,7 @@ impl Task {
         }));
         if let Err(e) = self.attach_stdio(&agent, &init).await {
             let _ = agent.remove_container(&req.id).await;
+            self.undo_volumes(&req.id);
             self.undo_create(&storage, &bundle.dir, boots).await;
             return Err(e);
         }
@@ -272,6 +287,15 @@ impl Task {
                 .await;
         }
         self.release_storage(storage, bundle);
+    }
+
+    /// Releases the shares made for container `id`.
+    pub(super) fn undo_volumes(&self, id: &str) {
+        if let Some(shared) = self.vm.shared_dir() {
+            if let Err(e) = volumes::release(&shared, id) {
+                tracing::warn!("releasing the volumes of {id}: {e}");
+            }
+        }
     }
 
     /// Spawns the OOM watch of a VM booted by `CreateVM`.

@@ -123,6 +123,7 @@ impl Task {
                 e
             }
         };
+        self.undo_volumes(id);
         let c = self.containers.lock().unwrap().remove(id);
         if let Some(c) = c {
             self.release_storage(&c.storage, Path::new(&c.bundle));

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use ember_agent_api::{BlockRootfs, MountBlockRequest};
+use ember_sandbox::share::SharedDir;
 use ember_sandbox::{Pool, Sandbox, SandboxConfig};
 use ember_ttrpc::{Code, Status};
 use ember_vmm::VmmKind;
@@ -54,10 +55,15 @@ impl VmHost {
         );
         // Host directories reach the guest through one shared directory (virtio-9p),
         // where the VMM can share one.
-        let shared_dir = (cfg.vmm == VmmKind::Qemu).then(|| self.dir.join("shared"));
-        if let Some(d) = &shared_dir {
-            std::fs::create_dir_all(d).map_err(|e| internal(e.to_string()))?;
-        }
+        let shared = match cfg.vmm {
+            VmmKind::Qemu => Some(
+                SharedDir::create(&vm_dir)
+                    .map_err(|e| internal(format!("making the shared directory: {e}")))?,
+            ),
+            VmmKind::Firecracker => None,
+        };
+        let shared_dir = shared.as_ref().map(|s| s.path().to_path_buf());
+        *self.shared.lock().unwrap() = shared;
         let mut drives = spec.drives.clone();
         drives.push(pool.drive());
         let name: String = self.id.chars().take(40).collect();

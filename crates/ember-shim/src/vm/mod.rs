@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use ember_agent_api::AgentClient;
+use ember_sandbox::share::SharedDir;
 use ember_sandbox::{Pool, Region, Sandbox};
 use ember_ttrpc::{Code, Status};
 use ember_vmm::{Accel, VmmKind};
@@ -106,13 +107,15 @@ pub struct VmHost {
     pub id: String,
     pub namespace: String,
     pub config: RuntimeConfig,
-    /// The shim's state directory: `vm/` (VMM sockets and logs), `pool`, `shared/`,
+    /// The shim's state directory: `vm/` (VMM sockets and logs, `shared/`), `pool`,
     /// `containers/<id>/`.
     pub dir: PathBuf,
     sandbox: tokio::sync::Mutex<Option<Sandbox>>,
     agent: Mutex<Option<AgentClient>>,
     state: Mutex<State>,
     pool: Mutex<Option<Arc<Pool>>>,
+    /// The VM's shared directory (host bind mounts), on a VMM that has one.
+    shared: Mutex<Option<SharedDir>>,
     metadata: Mutex<Option<serde_json::Value>>,
     /// Serialises metadata changes with their pushes to the agent.
     metadata_lock: tokio::sync::Mutex<()>,
@@ -149,6 +152,7 @@ impl VmHost {
                 generation: 0,
             }),
             pool: Mutex::new(None),
+            shared: Mutex::new(None),
             metadata: Mutex::new(None),
             metadata_lock: tokio::sync::Mutex::new(()),
             members: Mutex::new(BTreeSet::new()),
@@ -283,6 +287,11 @@ impl VmHost {
         }
     }
 
+    /// The VM's shared directory, on a VMM that shares host directories.
+    pub fn shared_dir(&self) -> Option<SharedDir> {
+        self.shared.lock().unwrap().clone()
+    }
+
     /// The serial under which the guest sees drive `id`.
     pub async fn guest_serial(&self, id: &str) -> Option<String> {
         self.sandbox.lock().await.as_ref()?.guest_serial(id)
@@ -394,6 +403,11 @@ impl VmHost {
         }
         self.pool.lock().unwrap().take();
         let _ = std::fs::remove_file(self.dir.join(POOL_FILE));
+        self.shared.lock().unwrap().take();
+        let shared = self.dir.join("vm").join(ember_sandbox::share::DIR_NAME);
+        if let Err(e) = ember_sandbox::share::cleanup(&shared) {
+            tracing::warn!("cleaning up {}: {e}", shared.display());
+        }
         let _ = std::fs::remove_file(self.dir.join("vmm.pid"));
     }
 

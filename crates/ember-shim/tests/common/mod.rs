@@ -38,6 +38,8 @@ pub struct Containerd {
     pub sock: PathBuf,
     /// Container ids run in the default namespace, to check their shim sockets.
     pub used_ids: std::sync::Mutex<Vec<String>>,
+    /// VM ids containers named, to check the VMs' shim sockets.
+    pub used_vms: std::sync::Mutex<Vec<String>>,
     release: &'static Release,
 }
 
@@ -52,6 +54,22 @@ pub fn shim_socket(containerd: &Path, id: &str) -> PathBuf {
     }
     let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
     Path::new("/run/ember/s").join(&hex[..32])
+}
+
+/// Where the shim of VM `vm` (containers naming it) in namespace "default" listens.
+pub fn vm_socket(containerd: &Path, vm: &str) -> PathBuf {
+    let hex = digest(&[containerd.to_str().unwrap(), "default", "vm", vm]);
+    Path::new("/run/ember/s").join(&hex[..32])
+}
+
+fn digest(parts: &[&str]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0]);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Pids of processes whose command line contains all of `needles`.
@@ -107,6 +125,7 @@ impl Containerd {
             child,
             sock,
             used_ids: Default::default(),
+            used_vms: Default::default(),
             release,
         };
         c.wait_ready();
@@ -211,6 +230,47 @@ impl Containerd {
             text(&out.stderr),
             self.shim_logs()
         );
+    }
+
+    /// `ctr run -d` of the test image with annotations (`key=value`); asserts it
+    /// started.
+    pub fn run_annotated(&self, id: &str, annotations: &[&str], args: &[&str]) {
+        let out = self.try_run_annotated(id, annotations, args);
+        assert!(
+            out.status.success(),
+            "{id}: {}\n{}",
+            text(&out.stderr),
+            self.shim_logs()
+        );
+    }
+
+    /// `ctr run -d` with annotations, as it went.
+    pub fn try_run_annotated(&self, id: &str, annotations: &[&str], args: &[&str]) -> Output {
+        self.used_ids.lock().unwrap().push(id.to_string());
+        let mut a = vec!["run", "-d", "--runtime", RUNTIME];
+        for an in annotations {
+            a.extend_from_slice(&["--annotation", an]);
+        }
+        a.extend_from_slice(&[IMAGE, id]);
+        a.extend_from_slice(args);
+        self.ctr(&a)
+    }
+
+    /// Output of `args` run as exec `exec_id` in `id`; asserts it succeeded.
+    pub fn exec_ok(&self, id: &str, exec_id: &str, args: &[&str]) -> String {
+        let out = self.exec(id, exec_id, args);
+        assert!(
+            out.status.success(),
+            "exec in {id}: {}\n{}",
+            text(&out.stderr),
+            self.shim_logs()
+        );
+        text(&out.stdout)
+    }
+
+    /// The VMM processes of this containerd's shims.
+    pub fn vmms(&self) -> Vec<i32> {
+        pids_matching(&["qemu-system", &self.dir.path().display().to_string()])
     }
 
     /// `ctr tasks exec --exec-id exec_id id args…`.
@@ -333,6 +393,16 @@ impl Containerd {
             if sock.exists() {
                 left.push(format!("socket of {id}: {}", sock.display()));
             }
+            let record = sock.with_extension("vm");
+            if record.exists() {
+                left.push(format!("VM record of {id}: {}", record.display()));
+            }
+        }
+        for vm in self.used_vms.lock().unwrap().iter() {
+            let sock = vm_socket(&self.sock, vm);
+            if sock.exists() {
+                left.push(format!("socket of VM {vm}: {}", sock.display()));
+            }
         }
         left
     }
@@ -360,6 +430,18 @@ impl Drop for Containerd {
             }
         }
     }
+}
+
+/// The exit statuses `ctr events` printed for `/tasks/exit` of container `id`'s
+/// init.
+pub fn exit_statuses(events: &str, id: &str) -> Vec<u32> {
+    events
+        .lines()
+        .filter(|l| l.contains("/tasks/exit"))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l[l.find('{')?..]).ok())
+        .filter(|v| v["container_id"] == id && v["id"] == id)
+        .map(|v| v["exit_status"].as_u64().unwrap_or(0) as u32)
+        .collect()
 }
 
 pub fn text(b: &[u8]) -> String {

@@ -16,6 +16,7 @@
 //!   the order of `VmConfig::drives` (`vda`, `vdb`, ...).
 
 mod api;
+mod balloon;
 mod config;
 mod vsock;
 
@@ -28,7 +29,10 @@ use async_trait::async_trait;
 use tokio::process::{Child, Command};
 
 use crate::process::{file_tail, proc_stats, require_file, spawn_supervised, vm_exit};
-use crate::{Accel, BoxedAgentStream, Drive, Error, Vm, VmConfig, VmExit, VmStats, VmmKind};
+use crate::{
+    Accel, BalloonConfig, BalloonStats, BoxedAgentStream, Drive, Error, Vm, VmConfig, VmExit,
+    VmStats, VmmKind,
+};
 
 use api::ApiClient;
 use config::{
@@ -204,6 +208,14 @@ impl FirecrackerVm {
         }
     }
 
+    /// The balloon calls need a booted VM configured with a balloon.
+    fn balloon_api(&self) -> Result<(), Error> {
+        if self.config.balloon.is_none() {
+            return Err(Error::NoBalloon);
+        }
+        self.ensure_booted()
+    }
+
     fn ensure_booted(&self) -> Result<(), Error> {
         self.ensure_running()?;
         if self.booted {
@@ -298,6 +310,9 @@ impl FirecrackerVm {
             )
             .await?;
         }
+        if let Some(b) = self.config.balloon {
+            balloon::configure(&api, b).await?;
+        }
         api.put(
             "/vsock",
             &json(&config::Vsock {
@@ -384,6 +399,11 @@ impl Vm for FirecrackerVm {
         if self.child.is_some() {
             return Err(Error::InvalidConfig(
                 "this VM was started already; create a new one".into(),
+            ));
+        }
+        if self.config.shared_dir.is_some() {
+            return Err(Error::Unsupported(
+                "a shared directory (virtio-9p/virtio-fs)",
             ));
         }
         let console = self.prepare_files()?;
@@ -532,6 +552,26 @@ impl Vm for FirecrackerVm {
         Ok(())
     }
 
+    async fn balloon_config(&self) -> Result<BalloonConfig, Error> {
+        self.balloon_api()?;
+        balloon::get(&self.api).await
+    }
+
+    async fn balloon_update(&self, amount_mib: u32) -> Result<(), Error> {
+        self.balloon_api()?;
+        balloon::update(&self.api, amount_mib).await
+    }
+
+    async fn balloon_stats(&self) -> Result<BalloonStats, Error> {
+        self.balloon_api()?;
+        balloon::stats(&self.api).await
+    }
+
+    async fn balloon_update_stats(&self, interval_s: u32) -> Result<(), Error> {
+        self.balloon_api()?;
+        balloon::update_stats(&self.api, interval_s).await
+    }
+
     fn guest_serial(&self, drive: &Drive) -> String {
         disk_serial(&drive.path).unwrap_or_else(|| drive.id.clone())
     }
@@ -560,192 +600,7 @@ impl Vm for FirecrackerVm {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn config(dir: &Path) -> VmConfig {
-        let bin = dir.join("firecracker");
-        let kernel = dir.join("vmlinux");
-        std::fs::write(&bin, "").unwrap();
-        std::fs::write(&kernel, "").unwrap();
-        VmConfig {
-            id: "t".into(),
-            state_dir: dir.to_path_buf(),
-            vmm_binary: bin,
-            kernel,
-            initrd: None,
-            kernel_args: String::new(),
-            vcpus: 1,
-            memory_mib: 128,
-            accel: Accel::Auto,
-            drives: vec![],
-            boot_timeout: Duration::from_secs(5),
-            shared_dir: None,
-            balloon: None,
-        }
-    }
-
-    #[test]
-    fn new_validates() {
-        let dir = tempfile::tempdir().unwrap();
-        let vm = FirecrackerVm::new(config(dir.path())).unwrap();
-        assert_eq!(vm.accel(), Accel::Kvm);
-        assert_eq!(vm.kind(), VmmKind::Firecracker);
-        assert_eq!(vm.pid(), None);
-        assert_eq!(vm.console_path(), dir.path().join("console.log"));
-
-        let mut c = config(dir.path());
-        c.accel = Accel::Tcg;
-        assert!(matches!(
-            FirecrackerVm::new(c),
-            Err(Error::InvalidConfig(_))
-        ));
-
-        let mut c = config(dir.path());
-        c.vmm_binary = dir.path().join("nope");
-        match FirecrackerVm::new(c) {
-            Err(Error::MissingFile { hint, .. }) => assert!(hint.contains("FIRECRACKER_BIN")),
-            other => panic!("{other:?}"),
-        }
-
-        let mut c = config(dir.path());
-        c.initrd = Some(dir.path().join("nope"));
-        assert!(matches!(
-            FirecrackerVm::new(c),
-            Err(Error::MissingFile { what: "initrd", .. })
-        ));
-
-        let mut c = config(dir.path());
-        c.drives.push(Drive {
-            id: "bad-id".into(),
-            path: dir.path().join("vmlinux"),
-            read_only: true,
-        });
-        assert!(matches!(
-            FirecrackerVm::new(c),
-            Err(Error::InvalidConfig(_))
-        ));
-
-        let mut c = config(dir.path());
-        let d = Drive {
-            id: "d0".into(),
-            path: dir.path().join("vmlinux"),
-            read_only: true,
-        };
-        c.drives = vec![d.clone(), d];
-        assert!(matches!(
-            FirecrackerVm::new(c),
-            Err(Error::InvalidConfig(_))
-        ));
-
-        let mut c = config(dir.path());
-        c.state_dir = dir.path().join("x".repeat(120));
-        assert!(matches!(
-            FirecrackerVm::new(c),
-            Err(Error::InvalidConfig(_))
-        ));
-    }
-
-    #[tokio::test]
-    async fn not_running_before_start() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut vm = FirecrackerVm::new(config(dir.path())).unwrap();
-        assert!(matches!(vm.pause().await, Err(Error::NotRunning)));
-        assert!(matches!(vm.stats(), Err(Error::NotRunning)));
-        assert!(matches!(vm.wait().await, Err(Error::NotRunning)));
-        assert!(matches!(
-            vm.stop(Duration::from_millis(1)).await,
-            Err(Error::NotRunning)
-        ));
-        assert!(vm.connect_agent(1024).await.is_err());
-    }
-
-    #[tokio::test]
-    async fn attach_drive_before_start_replaces_placeholder() {
-        let dir = tempfile::tempdir().unwrap();
-        let placeholder = dir.path().join("placeholder.img");
-        let real = dir.path().join("real.img");
-        std::fs::write(&placeholder, "").unwrap();
-        std::fs::write(&real, "").unwrap();
-        let mut c = config(dir.path());
-        c.drives.push(Drive {
-            id: "ctr_0".into(),
-            path: placeholder,
-            read_only: false,
-        });
-        let mut vm = FirecrackerVm::new(c).unwrap();
-        vm.attach_drive(Drive {
-            id: "ctr_0".into(),
-            path: real.clone(),
-            read_only: false,
-        })
-        .await
-        .unwrap();
-        assert_eq!(vm.config.drives[0].path, real);
-        assert!(matches!(
-            vm.attach_drive(Drive {
-                id: "other".into(),
-                path: real.clone(),
-                read_only: false,
-            })
-            .await,
-            Err(Error::Unsupported(_))
-        ));
-        assert!(matches!(
-            vm.attach_drive(Drive {
-                id: "ctr_0".into(),
-                path: real,
-                read_only: true,
-            })
-            .await,
-            Err(Error::InvalidConfig(_))
-        ));
-    }
-
-    /// A "firecracker" that exits at once: start fails with a Boot error carrying what
-    /// it printed, and nothing is left running.
-    #[tokio::test]
-    async fn start_failure_reports_console() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let c = config(dir.path());
-        std::fs::write(
-            &c.vmm_binary,
-            "#!/bin/sh\necho \"fake firecracker $*\"\nexit 3\n",
-        )
-        .unwrap();
-        std::fs::set_permissions(&c.vmm_binary, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let mut vm = FirecrackerVm::new(c).unwrap();
-        match vm.start().await {
-            Err(Error::Boot { reason, console }) => {
-                assert!(reason.contains("exit code 3"), "{reason}");
-                assert!(console.contains("fake firecracker --api-sock"), "{console}");
-                assert!(console.contains("--id t"), "{console}");
-            }
-            other => panic!("{other:?}"),
-        }
-        assert_eq!(vm.pid(), None);
-        assert!(matches!(vm.start().await, Err(Error::InvalidConfig(_))));
-    }
-
-    /// A "firecracker" that never opens its socket: start gives up at the boot timeout
-    /// and kills it.
-    #[tokio::test]
-    async fn start_times_out_and_kills() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let mut c = config(dir.path());
-        c.boot_timeout = Duration::from_millis(300);
-        std::fs::write(&c.vmm_binary, "#!/bin/sh\necho stuck\nexec sleep 30\n").unwrap();
-        std::fs::set_permissions(&c.vmm_binary, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let mut vm = FirecrackerVm::new(c).unwrap();
-        let err = vm.start().await.unwrap_err();
-        assert!(err.to_string().contains("boot timeout"), "{err}");
-        assert!(err.to_string().contains("stuck"), "{err}");
-        let exit = vm.exit.unwrap();
-        assert_eq!(exit.signal, Some(libc::SIGKILL));
-    }
-}
+mod tests;
 
 /// The virtio-blk serial Firecracker gives a disk: the decimal device number, special
 /// device number and inode number of its backing file, run together and cut to the

@@ -113,6 +113,25 @@ pub fn build_args(
         push("-device");
         push(&format!("virtio-blk-device,drive=drive{i},serial={}", d.id));
     }
+    if let Some(dir) = &config.shared_dir {
+        push("-fsdev");
+        push(&format!(
+            "local,id={SHARED_FSDEV},path={},security_model=passthrough",
+            escape_opt(&dir.display().to_string())
+        ));
+        push("-device");
+        push(&format!(
+            "virtio-9p-device,fsdev={SHARED_FSDEV},mount_tag={}",
+            ember_agent_api::SHARED_TAG
+        ));
+    }
+    if let Some(b) = &config.balloon {
+        push("-device");
+        push(&format!(
+            "virtio-balloon-device,id={BALLOON_ID},deflate-on-oom={}",
+            if b.deflate_on_oom { "on" } else { "off" }
+        ));
+    }
     push("-kernel");
     a.push(config.kernel.clone().into_os_string());
     if let Some(initrd) = &config.initrd {
@@ -138,6 +157,12 @@ pub use ember_agent_api::SERIAL_SYNC;
 
 /// Name of the virtio-serial port the agent serves on.
 pub use ember_agent_api::SERIAL_PORT_NAME as AGENT_PORT_NAME;
+
+/// The fsdev id of the shared directory.
+const SHARED_FSDEV: &str = "shared";
+
+/// The device id of the balloon (its QOM path is `/machine/peripheral/<id>`).
+pub const BALLOON_ID: &str = "balloon0";
 
 /// QEMU option values escape a comma by doubling it.
 fn escape_opt(s: &str) -> String {
@@ -189,6 +214,39 @@ mod tests {
         let append = &args[args.iter().position(|a| a == "-append").unwrap() + 1];
         assert!(append.contains("tsc_early_khz=1996249"));
         assert!(append.ends_with("ember.debug=1"));
+        assert!(!joined.contains("virtio-9p"));
+        assert!(!joined.contains("balloon"));
+    }
+
+    #[test]
+    fn shared_dir_and_balloon() {
+        let mut c = config();
+        c.shared_dir = Some("/var/x,y/shared".into());
+        c.balloon = Some(crate::BalloonConfig {
+            amount_mib: 16,
+            deflate_on_oom: true,
+            stats_interval_s: 1,
+        });
+        let args: Vec<String> = build_args(&c, Accel::Tcg, &QemuPaths::new(&c.state_dir), None)
+            .into_iter()
+            .map(|s| s.into_string().unwrap())
+            .collect();
+        let at = |flag: &str, needle: &str| {
+            args.windows(2)
+                .any(|w| w[0] == flag && w[1].contains(needle))
+        };
+        assert!(at(
+            "-fsdev",
+            "local,id=shared,path=/var/x,,y/shared,security_model=passthrough"
+        ));
+        assert!(at(
+            "-device",
+            "virtio-9p-device,fsdev=shared,mount_tag=ember.shared"
+        ));
+        assert!(at(
+            "-device",
+            "virtio-balloon-device,id=balloon0,deflate-on-oom=on"
+        ));
     }
 
     #[test]

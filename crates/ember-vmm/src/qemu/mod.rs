@@ -7,6 +7,7 @@
 //! `vmm.log`.
 
 mod accel;
+mod balloon;
 mod cmdline;
 mod qmp;
 
@@ -25,7 +26,10 @@ use cmdline::{build_args, QemuPaths};
 pub use qmp::{Qmp, QmpEvent};
 
 use crate::process::{file_tail, proc_stats, require_file, spawn_supervised, vm_exit};
-use crate::{Accel, BoxedAgentStream, Drive, Error, Vm, VmConfig, VmExit, VmStats, VmmKind};
+use crate::{
+    Accel, BalloonConfig, BalloonStats, BoxedAgentStream, Drive, Error, Vm, VmConfig, VmExit,
+    VmStats, VmmKind,
+};
 
 /// Longest drive id: virtio-blk serials are 20 bytes.
 pub const MAX_DRIVE_ID: usize = 20;
@@ -39,6 +43,8 @@ pub struct QemuVm {
     qmp: Option<Arc<Qmp>>,
     pid: Option<u32>,
     exit: Option<VmExit>,
+    /// The balloon as last configured (None: the VM has no balloon device).
+    balloon: std::sync::Mutex<Option<BalloonConfig>>,
 }
 
 /// Finds an executable by name through PATH, or checks a path.
@@ -88,7 +94,19 @@ impl QemuVm {
         for d in &config.drives {
             validate_drive(d)?;
         }
+        if let Some(dir) = &config.shared_dir {
+            if !dir.is_dir() {
+                return Err(Error::InvalidConfig(format!(
+                    "shared directory {} does not exist",
+                    dir.display()
+                )));
+            }
+        }
+        if let Some(b) = &config.balloon {
+            balloon::target_bytes(config.memory_mib, b.amount_mib)?;
+        }
         let paths = QemuPaths::new(&config.state_dir);
+        let balloon = std::sync::Mutex::new(config.balloon);
         Ok(QemuVm {
             config,
             paths,
@@ -97,6 +115,7 @@ impl QemuVm {
             qmp: None,
             pid: None,
             exit: None,
+            balloon,
         })
     }
 
@@ -118,6 +137,28 @@ impl QemuVm {
             console.push_str(&log);
         }
         Error::Boot { reason, console }
+    }
+
+    /// The balloon's configuration and the QMP connection, or why there are none.
+    fn balloon_parts(&self) -> Result<(BalloonConfig, Arc<Qmp>), Error> {
+        let cfg = (*self.balloon.lock().unwrap()).ok_or(Error::NoBalloon)?;
+        let qmp = self.qmp.clone().ok_or(Error::NotRunning)?;
+        Ok((cfg, qmp))
+    }
+
+    /// Applies the balloon's boot configuration (before the guest driver runs, QEMU
+    /// keeps the target for it).
+    async fn configure_balloon(&self, qmp: &Qmp) -> Result<(), Error> {
+        let Some(b) = *self.balloon.lock().unwrap() else {
+            return Ok(());
+        };
+        if b.amount_mib > 0 {
+            balloon::set_target(qmp, self.config.memory_mib, b.amount_mib).await?;
+        }
+        if b.stats_interval_s > 0 {
+            balloon::set_stats_interval(qmp, b.stats_interval_s).await?;
+        }
+        Ok(())
     }
 
     async fn kill_child(&mut self) {
@@ -205,6 +246,10 @@ impl Vm for QemuVm {
             if self.paths.qmp.exists() {
                 match Qmp::connect(&self.paths.qmp).await {
                     Ok(q) => {
+                        if let Err(e) = self.configure_balloon(&q).await {
+                            self.kill_child().await;
+                            return Err(self.fail(format!("configuring the balloon: {e}")));
+                        }
                         self.qmp = Some(Arc::new(q));
                         break;
                     }
@@ -285,6 +330,33 @@ impl Vm for QemuVm {
         Err(Error::Unsupported(
             "hot-plugging drives into a QEMU microvm",
         ))
+    }
+
+    async fn balloon_config(&self) -> Result<BalloonConfig, Error> {
+        (*self.balloon.lock().unwrap()).ok_or(Error::NoBalloon)
+    }
+
+    async fn balloon_update(&self, amount_mib: u32) -> Result<(), Error> {
+        let (_, qmp) = self.balloon_parts()?;
+        balloon::set_target(&qmp, self.config.memory_mib, amount_mib).await?;
+        if let Some(b) = self.balloon.lock().unwrap().as_mut() {
+            b.amount_mib = amount_mib;
+        }
+        Ok(())
+    }
+
+    async fn balloon_stats(&self) -> Result<BalloonStats, Error> {
+        let (cfg, qmp) = self.balloon_parts()?;
+        balloon::stats(&qmp, self.config.memory_mib, cfg.amount_mib).await
+    }
+
+    async fn balloon_update_stats(&self, interval_s: u32) -> Result<(), Error> {
+        let (_, qmp) = self.balloon_parts()?;
+        balloon::set_stats_interval(&qmp, interval_s).await?;
+        if let Some(b) = self.balloon.lock().unwrap().as_mut() {
+            b.stats_interval_s = interval_s;
+        }
+        Ok(())
     }
 
     fn stats(&self) -> Result<VmStats, Error> {
