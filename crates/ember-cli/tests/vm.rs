@@ -124,10 +124,44 @@ fn vm_life_cycle_with_two_containers() {
     assert_eq!(ok(&d.run(&["vm", "ls", "-q"])).trim(), VM);
 
     // Two containers in that VM: same guest, one VMM.
-    for c in ["c1", "c2"] {
-        let o = d.run(&["run", "-d", "--name", c, "--vm", VM, IMAGE, "sleep", "600"]);
+    // The second one with a read-only host volume, shared into the running VM.
+    let vol = d.dir.path().join("vol");
+    std::fs::create_dir_all(&vol).unwrap();
+    std::fs::write(vol.join("greeting"), "from the host\n").unwrap();
+    let bind = format!("{}:/data:ro", vol.display());
+    for (c, extra) in [("c1", &[][..]), ("c2", &["-v", bind.as_str()][..])] {
+        let o = d.run(
+            &[
+                &["run", "-d", "--name", c, "--vm", VM][..],
+                extra,
+                &[IMAGE, "sleep", "600"],
+            ]
+            .concat(),
+        );
         assert_eq!(ok(&o).trim(), c, "{}", d.log());
     }
+    let o = d.run(&["exec", "c2", "cat", "/data/greeting"]);
+    assert_eq!(ok(&o), "from the host\n");
+    let o = d.run(&["exec", "c2", "sh", "-c", "echo x > /data/new"]);
+    assert!(!o.status.success(), "a read-only volume took a write");
+    assert!(!vol.join("new").exists());
+    // A volume whose source is missing is refused by name, and the VM keeps its two.
+    let o = d.run(&[
+        "run",
+        "--rm",
+        "--vm",
+        VM,
+        "-v",
+        "/no/such/dir:/data",
+        IMAGE,
+        "true",
+    ]);
+    assert_eq!(o.status.code(), Some(125), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("/no/such/dir"),
+        "{}",
+        text(&o.stderr)
+    );
     let (b1, b2) = (boot_id(&d, "c1"), boot_id(&d, "c2"));
     assert_eq!(b1.len(), 36, "{b1}");
     assert_eq!(b1, b2, "the containers run in different guests");

@@ -152,9 +152,6 @@ async fn run_leased(conn: &Conn, opts: &ClientOpts, a: RunArgs, id: String) -> R
     for m in &a.mounts {
         binds.push(spec::mount_flag(m)?);
     }
-    if runtime == EMBER_RUNTIME && !binds.is_empty() {
-        bail!("host volumes (-v/--mount) are not supported in microVMs yet; use --runtime runc for bind mounts");
-    }
     let mut annotations = vm_annotations(&runtime, &a)?;
     if let Some(c) = a.cpus {
         if c == 0 {
