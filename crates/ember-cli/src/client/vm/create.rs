@@ -49,7 +49,8 @@ pub struct CreateArgs {
 /// What CreateVM answers, as `--json` prints it.
 #[derive(Serialize, Debug, PartialEq)]
 pub struct Created {
-    pub vm_id: String,
+    /// `id`, as in `ember vm ls --json`.
+    pub id: String,
     pub socket_path: String,
     pub log_fifo_path: String,
     pub metrics_fifo_path: String,
@@ -59,7 +60,7 @@ pub struct Created {
 impl From<fc::CreateVmResponse> for Created {
     fn from(r: fc::CreateVmResponse) -> Self {
         Created {
-            vm_id: r.vmid,
+            id: r.vmid,
             socket_path: r.socket_path,
             log_fifo_path: r.log_fifo_path,
             metrics_fifo_path: r.metrics_fifo_path,
@@ -165,7 +166,7 @@ pub async fn run(opts: &ClientOpts, a: CreateArgs) -> Result<i32> {
     if opts.json {
         println!("{}", serde_json::to_string_pretty(&created)?);
     } else {
-        println!("{}", created.vm_id);
+        println!("{}", created.id);
     }
     Ok(0)
 }
