@@ -1,6 +1,6 @@
 //! `ember vm` against a real emberd: a VM made by `ember vm create`, two containers
-//! placed in it by `ember run --vm`, its metadata, pause and resume, and stop; and the
-//! errors of the verbs.
+//! placed in it by `ember run --vm`, its metadata, pause and resume, and stop; a VM made
+//! for a container; and the errors of the verbs.
 
 mod common;
 
@@ -254,6 +254,20 @@ fn vm_life_cycle_with_two_containers() {
     failed_with(&d.run(&["vm", "info", VM]), 1, &format!("no such VM: {VM}"));
     ok(&d.run(&["rm", "-f", "c1", "c2"]));
     assert_eq!(ok(&d.run(&["ps", "-a", "-q"])), "");
+
+    // A VM no `vm create` made: booted for its first container, gone with its last.
+    ok(&d.run(&[
+        "run", "-d", "--name", "c3", "--vm", "implicit", IMAGE, "sleep", "600",
+    ]));
+    let v = vm_entry(&d, "implicit");
+    assert_eq!(v["explicit"], false);
+    assert_eq!(v["containers"], serde_json::json!(["c3"]));
+    ok(&d.run(&["rm", "-f", "c3"]));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ls_json(&d).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(ls_json(&d), Vec::<Value>::new());
 }
 
 #[test]
