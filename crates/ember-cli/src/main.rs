@@ -25,7 +25,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a container directly in a fresh microVM (no daemon involved).
+    /// Manage microVMs that hold containers, or run one container in a fresh microVM.
     #[command(subcommand)]
     Vm(vm::VmCommand),
     /// Show the host's virtualisation support and the installed guest image.
@@ -73,7 +73,7 @@ fn main() {
     };
     let result: Result<i32> = rt.block_on(async {
         match cli.command {
-            Command::Vm(c) => vm::run(c).await,
+            Command::Vm(c) => vm::run(&cli.client, c).await,
             Command::Info(a) => info::run(a).await.map(|_| 0),
             Command::Namespaces(a) => client::namespaces::run(&cli.client, a).await,
             Command::Content(a) => client::content::run(&cli.client, a).await,

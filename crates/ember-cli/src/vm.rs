@@ -1,5 +1,6 @@
-//! `ember vm run`: a container in a fresh microVM, driven straight through the sandbox
-//! layer.
+//! `ember vm`: microVMs on the daemon (`create`, `ls`, `info`, `stop`, `pause`, `resume`,
+//! `metadata`, in `client::vm`), and `ember vm run`, a container in a fresh microVM driven
+//! straight through the sandbox layer, with no daemon.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -12,9 +13,19 @@ use ember_guest::{BusyboxBundle, GuestImage};
 use ember_sandbox::{copy_output, copy_stdin, Sandbox, SandboxConfig};
 use ember_vmm::{Accel, Drive, VmmKind};
 
+use crate::client::{self, ClientOpts};
+
 #[derive(Subcommand)]
 pub enum VmCommand {
-    /// Boot a microVM, run one container in it, and power it off.
+    Create(client::vm::create::CreateArgs),
+    #[command(alias = "list")]
+    Ls(client::vm::ls::LsArgs),
+    Info(client::vm::info::InfoArgs),
+    Stop(client::vm::stop::StopArgs),
+    Pause(client::vm::pause::PauseArgs),
+    Resume(client::vm::resume::ResumeArgs),
+    Metadata(client::vm::metadata::MetadataArgs),
+    /// Boot a microVM, run one container in it, and power it off (no daemon involved).
     Run(RunArgs),
     /// Write the busybox demo image as a docker-archive tar (for `ctr images import`).
     BusyboxImage {
@@ -77,8 +88,15 @@ fn parse_accel(s: &str) -> Result<Accel, String> {
     }
 }
 
-pub async fn run(cmd: VmCommand) -> Result<i32> {
+pub async fn run(opts: &ClientOpts, cmd: VmCommand) -> Result<i32> {
     match cmd {
+        VmCommand::Create(a) => client::vm::create::run(opts, a).await,
+        VmCommand::Ls(a) => client::vm::ls::run(opts, a).await,
+        VmCommand::Info(a) => client::vm::info::run(opts, a).await,
+        VmCommand::Stop(a) => client::vm::stop::run(opts, a).await,
+        VmCommand::Pause(a) => client::vm::pause::run(opts, a).await,
+        VmCommand::Resume(a) => client::vm::resume::run(opts, a).await,
+        VmCommand::Metadata(a) => client::vm::metadata::run(opts, a).await,
         VmCommand::Run(a) => run_container(a).await,
         VmCommand::BusyboxImage { out, name } => {
             ember_guest::busybox_docker_archive(&out, &name)?;

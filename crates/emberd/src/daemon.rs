@@ -20,8 +20,8 @@ use tonic::service::RoutesBuilder;
 use crate::config::{parse_duration, plugin_section, Config};
 use crate::events::Exchange;
 use crate::plugin::{
-    init_all, InitError, Instance, Registration, Registry, CONTENT, EVENT, GRPC, METADATA, RUNTIME,
-    SNAPSHOTTER,
+    self, init_all, InitError, Instance, Registration, Registry, CONTENT, EVENT, GRPC, METADATA,
+    RUNTIME, SNAPSHOTTER,
 };
 use crate::runtime::TaskManager;
 use crate::services::{self, GrpcService};
@@ -189,6 +189,7 @@ pub fn builtins(config: &Config) -> Vec<Registration> {
             .map_err(InitError::Failed)?;
         Ok(TaskManager::new(ctx.state.clone(), &address, events) as Instance)
     }));
+    regs.push(crate::vms::registration());
     regs.extend(crate::proxy::registrations(config));
     regs
 }
@@ -290,6 +291,10 @@ pub async fn run(config: Config) -> Result<()> {
     }
     if let Ok(tasks) = registry.first::<TaskManager>(RUNTIME) {
         tasks.recover().await;
+    }
+    // After the tasks: a VM whose shim serves tasks is known by them.
+    if let Ok(vms) = registry.get::<crate::vms::Vms>(plugin::SERVICE, crate::vms::PLUGIN_ID) {
+        vms.recover().await;
     }
     let listener = bind(&config)?;
     tracing::info!(address = %config.grpc.address.display(), "emberd serving");

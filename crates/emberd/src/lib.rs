@@ -13,6 +13,7 @@ pub mod proxy;
 pub mod runtime;
 pub mod services;
 pub mod ttrpc;
+pub mod vms;
 
 /// Server stubs generated from containerd's protos (see `build.rs`).
 #[allow(clippy::all)]

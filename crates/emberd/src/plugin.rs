@@ -24,6 +24,7 @@ pub const EVENT: &str = "io.containerd.event.v1";
 pub const GRPC: &str = "io.containerd.grpc.v1";
 pub const RUNTIME: &str = "io.containerd.runtime.v2";
 pub const INTERNAL: &str = "io.containerd.internal.v1";
+pub const SERVICE: &str = "io.containerd.service.v1";
 
 pub type Instance = Arc<dyn Any + Send + Sync>;
 

@@ -36,6 +36,10 @@ pub struct ShimTask {
     pub id: String,
     pub runtime: String,
     pub bundle: PathBuf,
+    /// The shim's socket: tasks of one VM share it.
+    pub address: String,
+    /// The VM the container's annotations place it in, if they name one.
+    pub vm_id: Option<String>,
     pub client: ShimClient,
     /// The init process's pid.
     pub pid: u32,
@@ -51,7 +55,11 @@ impl Drop for ShimTask {
 
 /// Opens the bundle's `log` FIFO (creating it), which shims write their log to,
 /// and copies what arrives into the daemon's log.
-fn follow_shim_log(bundle: &Path, ns: &str, id: &str) -> Result<tokio::task::AbortHandle> {
+pub(crate) fn follow_shim_log(
+    bundle: &Path,
+    ns: &str,
+    id: &str,
+) -> Result<tokio::task::AbortHandle> {
     use tokio::io::AsyncBufReadExt;
     let path = bundle.join("log");
     if !path.exists() {
@@ -286,7 +294,7 @@ impl TaskManager {
                 })
                 .await;
             match resp {
-                Ok(r) => Ok((client, r.pid)),
+                Ok(r) => Ok((client, r.pid, address)),
                 Err(e) => {
                     let _ = client.shutdown(id, true).await;
                     Err(Error::from(e))
@@ -294,12 +302,14 @@ impl TaskManager {
             }
         };
         match started.await {
-            Ok((client, pid)) => {
+            Ok((client, pid, address)) => {
                 let task = Arc::new(ShimTask {
                     namespace: ns.to_string(),
                     id: id.to_string(),
                     runtime: runtime.to_string(),
                     bundle,
+                    address,
+                    vm_id: crate::vms::spec_vm_id(spec),
                     client,
                     pid,
                     log,
@@ -339,7 +349,7 @@ impl TaskManager {
     /// Runs `BINARY ... start` with the task's runtime options on its stdin (as
     /// containerd does: the runc shim takes its `ShimCgroup` from there) and
     /// returns the address it prints.
-    async fn start_shim(
+    pub(crate) async fn start_shim(
         &self,
         binary: &str,
         ns: &str,
@@ -417,7 +427,7 @@ impl TaskManager {
 
     /// Runs the shim binary's `delete` action for a task whose shim is gone, and
     /// removes its bundle.
-    async fn cleanup_bundle(&self, ns: &str, id: &str, bundle: &Path) {
+    pub(crate) async fn cleanup_bundle(&self, ns: &str, id: &str, bundle: &Path) {
         let runtime = std::fs::read_to_string(bundle.join("runtime")).unwrap_or_default();
         if let Ok(binary) = shim_binary(runtime.trim()) {
             let mut cmd = self.shim_command(&binary, ns, id, bundle);
@@ -477,11 +487,14 @@ impl TaskManager {
             .await
             .map_err(|e| E::Internal(format!("connecting to {address}: {e}")))?;
         let state = client.state(id, "").await?;
+        let spec = std::fs::read(bundle.join("config.json")).unwrap_or_default();
         Ok(Arc::new(ShimTask {
             namespace: ns.to_string(),
             id: id.to_string(),
             runtime,
             bundle: bundle.to_path_buf(),
+            address,
+            vm_id: crate::vms::spec_vm_id(&spec),
             client,
             pid: state.pid,
             log: follow_shim_log(bundle, ns, id)?,
@@ -492,7 +505,7 @@ impl TaskManager {
 /// Asks a shim that still serves but holds no task the daemon can adopt (the daemon
 /// died while the task was being created or started) to exit at once. The shim
 /// binary's `delete` action runs after this for whatever is left.
-async fn stop_unadopted_shim(id: &str, bundle: &Path) {
+pub(crate) async fn stop_unadopted_shim(id: &str, bundle: &Path) {
     const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
     let Ok(address) = std::fs::read_to_string(bundle.join("address")) else {
         return;

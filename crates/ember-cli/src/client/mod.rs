@@ -17,6 +17,7 @@ pub mod progress;
 pub mod snapshots;
 pub mod transfer;
 pub mod version;
+pub mod vm;
 
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-pub const GUEST_DIR: &str = "/var/lib/ember/guest";
+/// The guest image the shims boot: `$EMBER_GUEST_DIR`, else the installed one.
+pub fn guest_dir() -> PathBuf {
+    ember_guest::default_dir()
+}
 
 /// The directory of the workspace's binaries (`ember`, `emberd`, the shim).
 pub fn bin_dir() -> PathBuf {
@@ -46,9 +49,13 @@ pub fn which(b: &str) -> Option<PathBuf> {
 
 /// Whether the microVM guest is installed; prints why not.
 pub fn has_guest() -> bool {
-    let ok = Path::new(GUEST_DIR).join("vmlinux").exists() && which("qemu-system-x86_64").is_some();
+    let dir = guest_dir();
+    let ok = dir.join("vmlinux").exists() && which("qemu-system-x86_64").is_some();
     if !ok {
-        eprintln!("skipping the microVM part: no guest in {GUEST_DIR} or no qemu-system-x86_64");
+        eprintln!(
+            "skipping the microVM part: no guest in {} or no qemu-system-x86_64",
+            dir.display()
+        );
     }
     ok
 }

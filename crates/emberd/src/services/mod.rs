@@ -37,6 +37,7 @@ pub mod streaming;
 pub mod tasks;
 pub mod transfer;
 pub mod version;
+pub mod vm;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -88,6 +89,7 @@ pub fn registrations(info: Arc<DaemonInfo>) -> Vec<Registration> {
         transfer::registration(),
     ];
     regs.extend(sandbox::registrations());
+    regs.extend(vm::registrations());
     regs
 }
 

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod tasks;
+pub mod vms;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -37,6 +37,10 @@ pub struct RunArgs {
     runtime: String,
     #[arg(long, default_value = "overlayfs")]
     snapshotter: String,
+    /// Run in this microVM (see `ember vm create`) beside its other containers; a VM
+    /// no `ember vm create` made is booted for its first container and goes with its last.
+    #[arg(long, value_name = "VM_ID")]
+    vm: Option<String>,
     /// vCPUs of the microVM.
     #[arg(long)]
     cpus: Option<u32>,
@@ -74,6 +78,26 @@ pub fn parse_memory(s: &str) -> Result<u64> {
     Ok(mib)
 }
 
+/// The annotation that places the container in the VM `--vm` names.
+fn vm_annotations(runtime: &str, a: &RunArgs) -> Result<Vec<(String, String)>> {
+    let Some(vm) = &a.vm else {
+        return Ok(vec![]);
+    };
+    if vm.is_empty() || vm.contains('/') {
+        bail!("--vm {vm:?} is not a VM id");
+    }
+    if runtime != EMBER_RUNTIME {
+        bail!("--vm needs the microVM runtime ({EMBER_RUNTIME}), not {runtime}");
+    }
+    if a.cpus.is_some() || a.memory.is_some() {
+        bail!("--cpus and --memory size a VM of its own; with --vm the VM's size applies (ember vm create --vcpus/--memory)");
+    }
+    Ok(vec![(
+        ember_vm_api::annotations::EMBER_VM_ID.to_string(),
+        vm.clone(),
+    )])
+}
+
 /// 64 hex digits (two random UUIDs), as long as docker's container ids.
 fn generated_id() -> String {
     let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
@@ -107,6 +131,8 @@ pub async fn run(opts: &ClientOpts, a: RunArgs) -> Result<i32> {
 }
 
 async fn run_inner(opts: &ClientOpts, a: RunArgs) -> Result<i32> {
+    // Flags that cannot work fail before the daemon is asked anything.
+    vm_annotations(&runtime_name(&a.runtime), &a)?;
     let conn = Conn::new(opts).await?;
     let id = a.name.clone().unwrap_or_else(generated_id);
     // Snapshot and container are made under a lease, as containerd's clients do, so
@@ -126,10 +152,7 @@ async fn run_leased(conn: &Conn, opts: &ClientOpts, a: RunArgs, id: String) -> R
     for m in &a.mounts {
         binds.push(spec::mount_flag(m)?);
     }
-    if runtime == EMBER_RUNTIME && !binds.is_empty() {
-        bail!("host volumes (-v/--mount) are not supported in microVMs yet; use --runtime runc for bind mounts");
-    }
-    let mut annotations = Vec::new();
+    let mut annotations = vm_annotations(&runtime, &a)?;
     if let Some(c) = a.cpus {
         if c == 0 {
             bail!("--cpus must be at least 1");
@@ -295,6 +318,30 @@ async fn run_leased(conn: &Conn, opts: &ClientOpts, a: RunArgs, id: String) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vm_flag() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct T {
+            #[command(flatten)]
+            a: RunArgs,
+        }
+        let parse = |args: &[&str]| T::try_parse_from([&["run"][..], args].concat()).unwrap().a;
+        let a = parse(&["--vm", "web", "img", "true"]);
+        assert_eq!(
+            vm_annotations(EMBER_RUNTIME, &a).unwrap(),
+            vec![("io.ember.vm.id".to_string(), "web".to_string())]
+        );
+        assert!(vm_annotations(super::super::RUNC_RUNTIME, &a).is_err());
+        let a = parse(&["--vm", "web", "--cpus", "2", "img"]);
+        assert!(vm_annotations(EMBER_RUNTIME, &a).is_err());
+        let a = parse(&["--vm", "", "img"]);
+        assert!(vm_annotations(EMBER_RUNTIME, &a).is_err());
+        assert!(vm_annotations(EMBER_RUNTIME, &parse(&["img"]))
+            .unwrap()
+            .is_empty());
+    }
 
     #[test]
     fn memory_sizes() {
