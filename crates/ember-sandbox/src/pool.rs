@@ -17,8 +17,9 @@ use ember_vmm::Drive;
 
 /// Drive id (virtio-blk serial on QEMU) of the pool drive.
 pub const POOL_DRIVE: &str = "pool";
-/// Apparent size of a pool file; it costs only what regions hold.
-pub const POOL_SIZE: u64 = 256 << 30;
+/// Apparent size of a pool file (8 TiB); it costs only what regions hold, and with
+/// about 1 GiB of room per container it lasts a VM some 8000 containers.
+pub const POOL_SIZE: u64 = 8 << 40;
 /// Alignment and granularity of regions.
 pub const REGION_ALIGN: u64 = 1 << 20;
 
