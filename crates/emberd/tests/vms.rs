@@ -157,8 +157,8 @@ fn a_vm_shim_that_fails_leaves_nothing() {
     }
 }
 
-/// A boot that fails in the shim (no such kernel): the shim's error reaches the
-/// client, and the shim and bundle are gone.
+/// A boot that fails in the shim (no such kernel, a kernel file that is no
+/// kernel): the shim's error reaches the client, and the shim and bundle are gone.
 #[test]
 fn a_vm_that_fails_to_boot_leaves_no_shim() {
     if !can_run_vms() {
@@ -168,24 +168,41 @@ fn a_vm_that_fails_to_boot_leaves_no_shim() {
     let d = Emberd::start(dir.path());
     let vm = format!("vmb{}", std::process::id());
     let _g = VmGuard(d.socket.clone(), vec![vm.clone()]);
-    rt().block_on(async {
-        let mut c = fc(&d).await;
-        let e = c
-            .create_vm(ns_req(
-                "boot",
-                ember_vm_api::fc::CreateVmRequest {
-                    vmid: vm.clone(),
-                    kernel_image_path: "/nonexistent/vmlinux".into(),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .unwrap_err();
-        assert!(e.message().contains("/nonexistent/vmlinux"), "{e:?}");
-        assert_eq!(vm_info(&mut c, "boot", &vm).await, Err(Code::NotFound));
-    });
-    wait_vm_shim_gone(&d.socket, &vm);
-    assert!(vm_bundles(&d, "boot").is_empty(), "a VM bundle was left");
+    let garbage = dir.path().join("vmlinux");
+    std::fs::write(&garbage, vec![0u8; 1 << 16]).unwrap();
+    let kernels = [
+        (
+            "/nonexistent/vmlinux".to_string(),
+            Some(Code::InvalidArgument),
+        ),
+        (garbage.display().to_string(), None),
+    ];
+    for (kernel, code) in kernels {
+        let t = Instant::now();
+        rt().block_on(async {
+            let mut c = fc(&d).await;
+            let e = c
+                .create_vm(ns_req(
+                    "boot",
+                    ember_vm_api::fc::CreateVmRequest {
+                        vmid: vm.clone(),
+                        kernel_image_path: kernel.clone(),
+                        timeout_seconds: 10,
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .unwrap_err();
+            eprintln!("{kernel}: {e:?} after {:?}", t.elapsed());
+            if let Some(code) = code {
+                assert_eq!(e.code(), code, "{e:?}");
+                assert!(e.message().contains(&kernel), "{e:?}");
+            }
+            assert_eq!(vm_info(&mut c, "boot", &vm).await, Err(Code::NotFound));
+        });
+        wait_vm_shim_gone(&d.socket, &vm);
+        assert!(vm_bundles(&d, "boot").is_empty(), "a VM bundle was left");
+    }
 }
 
 #[test]
