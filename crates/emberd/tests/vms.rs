@@ -371,8 +371,8 @@ fn a_vm_survives_a_kill_9_of_emberd() {
     let vm = format!("vmk{}", std::process::id());
     let _g = VmGuard(d.socket.clone(), vec![vm.clone()]);
     let s = d.socket.clone();
-    let rt = rt();
-    rt.block_on(async {
+    // A runtime per step: its connections close with it, before emberd stops.
+    rt().block_on(async {
         let mut c = fc(&d).await;
         create_vm(&mut c, ns, &vm, false).await;
     });
@@ -380,7 +380,7 @@ fn a_vm_survives_a_kill_9_of_emberd() {
     d.kill9();
     assert_eq!(vm_shim_pids(&s, &vm), shims, "the VM died with emberd");
     d.start_again();
-    rt.block_on(async {
+    rt().block_on(async {
         let mut c = fc(&d).await;
         assert_eq!(vm_info(&mut c, ns, &vm).await, Ok(vm.clone()));
         stop_vm(&mut c, ns, &vm).await.unwrap();
