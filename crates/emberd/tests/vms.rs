@@ -375,6 +375,9 @@ fn a_vm_survives_a_kill_9_of_emberd() {
     rt().block_on(async {
         let mut c = fc(&d).await;
         create_vm(&mut c, ns, &vm, false).await;
+        // VMs are per namespace.
+        assert_eq!(vm_info(&mut c, "elsewhere", &vm).await, Err(Code::NotFound));
+        assert_eq!(stop_vm(&mut c, "elsewhere", &vm).await, Err(Code::NotFound));
     });
     let shims = vm_shim_pids(&s, &vm);
     d.kill9();
@@ -439,6 +442,41 @@ fn a_killed_vm_shim_takes_its_tasks_and_record() {
             .any(|p| Path::new(&format!("/proc/{p}")).exists())
     {
         assert!(Instant::now() < deadline, "the VM bundle or its VMM stayed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_vm_whose_vmm_dies_goes_once_its_tasks_are_deleted() {
+    if !can_run_vms() {
+        return;
+    }
+    let ns = "vmmkill";
+    let work = tempfile::tempdir().unwrap();
+    let d = Emberd::start(work.path());
+    let vm = format!("vmq{}", std::process::id());
+    let _g = VmGuard(d.socket.clone(), vec![vm.clone()]);
+    let s = d.socket.clone();
+    import_busybox(&s, ns, work.path());
+    let rt = rt();
+    let mut c = rt.block_on(fc(&d));
+    rt.block_on(create_vm(&mut c, ns, &vm, false));
+    run_in_vm(&s, ns, &vm, "q1");
+    let shims = vm_shim_pids(&s, &vm);
+    let vmms = vmm_pids(&shims);
+    assert_eq!(vmms.len(), 1, "{vmms:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(vmms[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_status(&s, ns, "q1", "STOPPED");
+    ctr(&s, ns, &["tasks", "rm", "q1"]).expect_ok();
+    rt.block_on(wait_vm_gone(&mut c, ns, &vm, 20));
+    wait_vm_shim_gone(&s, &vm);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !vm_bundles(&d, ns).is_empty() {
+        assert!(Instant::now() < deadline, "the VM bundle stayed");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
