@@ -71,8 +71,9 @@ grep -q "ember-agent: ready" "$work/console.log" || { cat "$work/console.log"; e
 echo "guest ready (accel $accel)" >&2
 
 status=0
-(cd "$repo" && EMBER_AGENT_TEST_VM_SOCK="$sock" EMBER_AGENT_TEST_VM_SERIAL=rootfs \
-  EMBER_AGENT_TEST_VM_SHUTDOWN=1 \
+(cd "$repo" && export EMBER_AGENT_TEST_VM_SOCK="$sock" EMBER_AGENT_TEST_VM_SERIAL=rootfs \
+  EMBER_AGENT_TEST_VM_SHUTDOWN=1 &&
+  cargo test -q -p ember-agent --test host_pty -- --test-threads 1 --nocapture "$@" &&
   cargo test -q -p ember-agent --test host -- --test-threads 1 --nocapture "$@") || status=$?
 sleep 1
 echo "---- guest console ----" >&2

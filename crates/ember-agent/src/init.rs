@@ -189,11 +189,17 @@ pub fn pid1_setup() -> io::Result<String> {
 }
 
 /// Mounts the host's shared directory (virtio-9p, tag `SHARED_TAG`) at
-/// `SHARED_GUEST_DIR` when the VM has one. Best effort: a failure is logged.
+/// `SHARED_GUEST_DIR` when the VM has one, with `SHARED_9P_OPTIONS` or those of
+/// `ember.shared_opts=` on the kernel command line. Best effort: a failure is
+/// logged.
 pub fn mount_shared_dir() {
     let Some(dev) = find_9p_tag(ember_agent_api::SHARED_TAG) else {
         return;
     };
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let opts = cmdline_value(&cmdline, "ember.shared_opts")
+        .filter(|o| !o.is_empty())
+        .unwrap_or_else(|| SHARED_9P_OPTIONS.to_string());
     let target = Path::new(ember_agent_api::SHARED_GUEST_DIR);
     let res = std::fs::create_dir_all(target).and_then(|_| {
         sys::mount(
@@ -201,18 +207,22 @@ pub fn mount_shared_dir() {
             target,
             Some("9p"),
             libc::MS_NOSUID | libc::MS_NODEV,
-            Some(SHARED_9P_OPTIONS),
+            Some(&opts),
         )
     });
     match res {
-        Ok(()) => tracing::info!("shared directory ({dev}) mounted at {}", target.display()),
+        Ok(()) => tracing::info!(
+            "shared directory ({dev}) mounted at {} ({opts})",
+            target.display()
+        ),
         Err(e) => tracing::error!("mounting the shared directory ({dev}): {e}"),
     }
 }
 
 /// 9p options of the shared directory: no caching, so each side sees the other's
-/// writes at once; large messages for throughput.
-pub const SHARED_9P_OPTIONS: &str = "trans=virtio,version=9p2000.L,msize=524288,cache=none";
+/// writes at once; the largest message size virtio-9p takes (125 pages: the kernel
+/// clamps bigger values to it).
+pub const SHARED_9P_OPTIONS: &str = "trans=virtio,version=9p2000.L,msize=512000,cache=none";
 
 /// The virtio device whose 9p mount tag is `tag`.
 fn find_9p_tag(tag: &str) -> Option<String> {

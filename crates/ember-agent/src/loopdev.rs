@@ -273,6 +273,7 @@ pub fn detach(dev: LoopDevice) {
 /// deletes it. Gives up after `timeout` (the device stays; it is reused later).
 pub fn release(number: u32, timeout: Duration) -> io::Result<()> {
     let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(5);
     loop {
         let res = {
             let _g = ALLOC.lock().unwrap_or_else(|p| p.into_inner());
@@ -288,7 +289,8 @@ pub fn release(number: u32, timeout: Duration) -> io::Result<()> {
             // Already gone.
             Err(e) if e.raw_os_error() == Some(libc::ENODEV) => return Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(10));
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(250));
             }
             Err(e) => return Err(ioctl_err(&format!("removing loop{number}"), e)),
         }

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use clap::Args;
 use ember_guest::GuestImage;
-use ember_vmm::{qemu, Accel, VmConfig};
+use ember_vmm::{qemu, Accel, VmConfig, VmmKind};
 
 #[derive(Args)]
 pub struct InfoArgs {
@@ -42,6 +42,7 @@ pub async fn run(args: InfoArgs) -> Result<()> {
         ),
     };
     let firecracker = std::env::var("FIRECRACKER_BIN").ok();
+    let volumes = host_volumes();
     if args.json {
         let v = serde_json::json!({
             "version": env!("CARGO_PKG_VERSION"),
@@ -53,6 +54,7 @@ pub async fn run(args: InfoArgs) -> Result<()> {
             })),
             "qemu": qemu::find_binary("qemu-system-x86_64".as_ref()),
             "firecracker": firecracker,
+            "host_volumes": volumes,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -89,5 +91,71 @@ pub async fn run(args: InfoArgs) -> Result<()> {
         "Firecracker:    {}",
         firecracker.unwrap_or_else(|| "not configured (set FIRECRACKER_BIN)".into())
     );
+    println!("Host volumes:   {volumes}");
     Ok(())
+}
+
+/// How host directories reach the guest with the VMM the shim's runtime
+/// configuration names (`$EMBER_RUNTIME_CONFIG`, default `/etc/ember/runtime.toml`;
+/// QEMU when it names none).
+fn host_volumes() -> String {
+    let path = std::env::var_os("EMBER_RUNTIME_CONFIG")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/etc/ember/runtime.toml".into());
+    host_volumes_with(&path)
+}
+
+fn host_volumes_with(path: &std::path::Path) -> String {
+    let vmm = match std::fs::read_to_string(path) {
+        Ok(text) => match text.parse::<toml::Table>() {
+            Ok(t) => t.get("vmm").and_then(|v| v.as_str()).map(str::to_string),
+            Err(e) => return format!("unknown: parsing {}: {e}", path.display()),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return format!("unknown: reading {}: {e}", path.display()),
+    };
+    match vmm.as_deref() {
+        None | Some("qemu") => {
+            let Some(q) = qemu::find_binary("qemu-system-x86_64".as_ref()) else {
+                return "none: QEMU is not installed".to_string();
+            };
+            let has_9p = std::process::Command::new(q)
+                .args(["-device", "help"])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("virtio-9p-device"));
+            if has_9p {
+                ember_sandbox::share::transport(VmmKind::Qemu).to_string()
+            } else {
+                "none: this QEMU has no virtio-9p-device".to_string()
+            }
+        }
+        Some("firecracker") => ember_sandbox::share::transport(VmmKind::Firecracker).to_string(),
+        Some(other) => format!("unknown: {} names the VMM {other:?}", path.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_volumes_follow_the_configured_vmm() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("runtime.toml");
+        // No file, or no vmm in it: the shim's default VMM, QEMU.
+        let qemu = if qemu::find_binary("qemu-system-x86_64".as_ref()).is_some() {
+            "virtio-9p (QEMU)"
+        } else {
+            "none: QEMU is not installed"
+        };
+        assert_eq!(host_volumes_with(&p), qemu);
+        std::fs::write(&p, "vcpus = 2\n").unwrap();
+        assert_eq!(host_volumes_with(&p), qemu);
+        std::fs::write(&p, "vmm = \"firecracker\"\n").unwrap();
+        assert_eq!(host_volumes_with(&p), "none: files copied in (Firecracker)");
+        std::fs::write(&p, "vmm = \"xen\"\n").unwrap();
+        assert!(host_volumes_with(&p).starts_with("unknown:"));
+        std::fs::write(&p, "vmm = \n").unwrap();
+        assert!(host_volumes_with(&p).starts_with("unknown: parsing"));
+    }
 }

@@ -69,20 +69,21 @@ pub struct SharedDir {
 impl SharedDir {
     /// Makes `<vm_state>/shared` and turns it into a private mount point. Call it
     /// before boot and hand [`SharedDir::path`] to the VMM as its shared directory.
+    /// Whatever an earlier VM of this state directory left there is cleaned up
+    /// first ([`cleanup`]).
     pub fn create(vm_state: &Path) -> Result<SharedDir, ShareError> {
         let root = vm_state.join(DIR_NAME);
+        cleanup(&root)?;
         fs::create_dir_all(&root).map_err(io_err("creating", &root))?;
         let root = fs::canonicalize(&root).map_err(io_err("resolving", &root))?;
-        if !mount_points_under(&root)?.contains(&root) {
-            mount(
-                Some(&root),
-                &root,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .map_err(mount_err("bind-mounting onto itself", &root))?;
-        }
+        mount(
+            Some(&root),
+            &root,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(mount_err("bind-mounting onto itself", &root))?;
         if let Err(e) = mount(
             None::<&str>,
             &root,
@@ -420,9 +421,19 @@ mod tests {
         fs::create_dir(&vm).unwrap();
         let shared = SharedDir::create(&vm).unwrap();
         assert!(optional(shared.path()).is_empty(), "not private");
-        // Creating it again (a shim restarted on the same state) is fine.
-        SharedDir::create(&vm).unwrap();
-        assert_eq!(mounted_under(&vm).unwrap().len(), 1);
+        // Creating it again (a VM booted again on the same state) starts afresh.
+        let src = parent.join("src");
+        fs::create_dir(&src).unwrap();
+        fs::write(src.join("data"), "kept").unwrap();
+        shared.share("old", 0, &src, false, true).unwrap();
+        let shared = SharedDir::create(&vm).unwrap();
+        assert_eq!(
+            mounted_under(&vm).unwrap(),
+            vec![shared.path().to_path_buf()]
+        );
+        assert!(!shared.path().join("old").exists());
+        assert!(optional(shared.path()).is_empty(), "not private");
+        assert_eq!(fs::read_to_string(src.join("data")).unwrap(), "kept");
         cleanup(shared.path()).unwrap();
         assert!(!shared.path().exists());
         drop(guard);

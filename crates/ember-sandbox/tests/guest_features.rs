@@ -108,7 +108,7 @@ async fn pool_regions_shared_dir_files_metadata_balloon() {
     cfg.shared_dir = Some(shared.clone());
     // Without deflate-on-OOM the driver takes inflated pages off MemTotal.
     cfg.balloon = Some(BalloonConfig {
-        amount_mib: 0,
+        amount_mib: 16,
         deflate_on_oom: false,
         stats_interval_s: 1,
     });
@@ -136,6 +136,11 @@ async fn pool_regions_shared_dir_files_metadata_balloon() {
     );
     let base = loop_count(a, "ra", "l0").await;
     assert_eq!(base, 2, "one loop device per region container");
+    // virtio-blk under a 1 MiB-aligned region takes direct I/O (no second page cache).
+    assert_eq!(
+        sh(a, "ra", "dio", "cat /sys/block/loop*/loop/dio").await,
+        "1\n1\n"
+    );
 
     // 16 containers from 16 regions in one VM, all running at once.
     let ids: Vec<String> = (2..18).map(|i| format!("many{i}")).collect();
@@ -250,8 +255,15 @@ async fn pool_regions_shared_dir_files_metadata_balloon() {
     ))
     .await
     .unwrap();
-    // ra, rb, csh and the region at /mnt/region (the whole drive needs none).
+    // ra, rb, csh and the region at /mnt/region (the whole drive needs none), the
+    // last one a read-only loop device.
     wait_loops(&sb, "ra", 4).await;
+    assert_eq!(
+        sh(a, "ra", "ro", "grep -l 1 /sys/block/loop*/ro | wc -l")
+            .await
+            .trim(),
+        "1"
+    );
     let spec = spec_with_mounts(
         &["sleep", "1000"],
         &[
@@ -269,10 +281,29 @@ async fn pool_regions_shared_dir_files_metadata_balloon() {
     a.unmount("/mnt/data").await.unwrap();
     a.unmount("/mnt/region").await.unwrap();
     wait_loops(&sb, "ra", 3).await;
+    // Unmounted while a container still binds it: the container keeps its view,
+    // and the loop device goes once the container is gone.
+    a.mount_block(&mb(
+        &pool_serial,
+        region_offset(11),
+        REGION_LEN,
+        "/mnt/late",
+    ))
+    .await
+    .unwrap();
+    let spec = spec_with_mounts(&["sleep", "1000"], &[bind("/mnt/late", "/late", true)]);
+    create(a, "held", reg(18), spec, Vec::new()).await.unwrap();
+    a.start_process("held", "").await.unwrap();
+    a.unmount("/mnt/late").await.unwrap();
+    assert_eq!(sh(a, "held", "r", "cat /late/marker").await, "B11");
+    a.remove_container("held").await.unwrap();
+    wait_loops(&sb, "ra", 3).await;
 
     // The balloon: a 64 MiB target reaches the guest driver; statistics flow.
     let vm = sb.vm();
-    assert_eq!(vm.balloon_config().await.unwrap().amount_mib, 0);
+    // The boot target (16 MiB) was taken up by the driver long ago.
+    assert_eq!(vm.balloon_config().await.unwrap().amount_mib, 16);
+    assert_eq!(vm.balloon_stats().await.unwrap().actual_mib, 16);
     vm.balloon_update(64).await.unwrap();
     assert_eq!(vm.balloon_config().await.unwrap().amount_mib, 64);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -380,3 +411,62 @@ async fn without_shared_dir_or_balloon() {
     assert!(e.to_string().contains("/run/ember/shared/vol"), "{e}");
     common::shutdown(sb).await;
 }
+
+/// Throughput of 9p options the agent could mount the shared directory with (a
+/// measurement, not a check: `cargo test ... -- --ignored measure_9p`). Each
+/// boots a VM with `ember.shared_opts=`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_9p_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let root = marked_rootfs(d, "M");
+    let img = d.join("m.ext4");
+    ember_guest::make_ext4(&root, &img, 16).unwrap();
+    let shared = d.join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    for (n, opts) in [
+        "trans=virtio,version=9p2000.L,msize=8192,cache=none",
+        "trans=virtio,version=9p2000.L,msize=131072,cache=none",
+        "trans=virtio,version=9p2000.L,msize=512000,cache=none",
+        "trans=virtio,version=9p2000.L,msize=512000,cache=mmap",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let state = d.join(format!("state{n}"));
+        std::fs::create_dir_all(&state).unwrap();
+        let mut cfg = SandboxConfig::new(&format!("gf-9p{n}"), &guest(), state);
+        cfg.drives = vec![Drive {
+            id: "m".into(),
+            path: img.clone(),
+            read_only: false,
+        }];
+        cfg.shared_dir = Some(shared.clone());
+        cfg.kernel_args = format!("ember.shared_opts={opts}");
+        let sb = Sandbox::boot(cfg).await.unwrap_or_else(|e| panic!("{e}"));
+        let a = sb.agent();
+        let rootfs = ember_agent_api::BlockRootfs {
+            serial: sb.guest_serial("m").unwrap(),
+            fstype: "ext4".into(),
+            ..Default::default()
+        };
+        let spec = spec_with_mounts(&["sleep", "1000"], &[bind(SHARED, "/s", false)]);
+        create(a, "m", rootfs, spec, Vec::new()).await.unwrap();
+        a.start_process("m", "").await.unwrap();
+        // Milliseconds each step takes, from the guest's uptime.
+        let script = "t() { awk '{print int($1*1000)}' /proc/uptime; }; \
+             a=$(t); dd if=/dev/zero of=/s/f bs=1M count=64 2>/dev/null; b=$(t); \
+             dd if=/s/f of=/dev/null bs=1M 2>/dev/null; c=$(t); \
+             dd if=/s/f of=/dev/null bs=4k 2>/dev/null; e=$(t); rm -f /s/f; \
+             echo write-1M $((b-a))ms read-1M $((c-b))ms read-4k $((e-c))ms";
+        let out = sh(a, "m", "t", script).await;
+        let console = sb.vm().console_tail(1 << 16);
+        assert!(console.contains(opts), "options not taken:\n{console}");
+        eprintln!("{opts}:\n{out}");
+        a.remove_container("m").await.unwrap();
+        common::shutdown(sb).await;
+    }
+}
+
+const SHARED: &str = ember_agent_api::SHARED_GUEST_DIR;

@@ -10,7 +10,9 @@ use serde::Deserialize;
 
 pub const DEFAULT_PATH: &str = "/etc/ember/runtime.toml";
 
-/// Annotation keys that override the configuration for one container.
+/// Annotation keys that override the configuration for one container. They size
+/// the VM booted for a container; a container joining a VM that already runs takes
+/// it as it is (different sizing annotations are ignored, with a log line).
 pub mod annotation {
     pub const VMM: &str = "io.ember.vm.vmm";
     pub const VCPUS: &str = "io.ember.vm.vcpus";

@@ -221,7 +221,13 @@ pub fn serve(args: &Args) -> Result<()> {
         let ttrpc = std::env::var("TTRPC_ADDRESS").ok();
         let publisher = Publisher::start(ttrpc, args.namespace.clone());
         let vm_id = args.vm.clone().unwrap_or_else(|| args.id.clone());
-        let host = VmHost::new(vm_id, args.namespace.clone(), config, task_dir);
+        let host = VmHost::new(
+            vm_id,
+            args.vm.is_some(),
+            args.namespace.clone(),
+            config,
+            task_dir,
+        );
         let task = Task::new(host.clone(), publisher);
         let server = ember_ttrpc::Server::new()
             .register(

@@ -92,6 +92,20 @@ struct HostBind {
     len: u64,
 }
 
+/// Checks, before anything is made, that the host bind mounts of `spec` can reach a
+/// VM (`can_share`: whether its VMM has a shared filesystem): their sources exist,
+/// and without sharing they are files small enough to copy. [`prepare`] checks the
+/// same; calling this first saves booting a VM for a spec that cannot run.
+pub fn check(spec: &Value, bundle: &Path, can_share: bool) -> Result<(), VolumeError> {
+    let binds = host_binds(spec, bundle)?;
+    if !can_share {
+        for b in &binds {
+            copyable(b)?;
+        }
+    }
+    Ok(())
+}
+
 /// Rewrites the host bind mounts of `spec` (the container's OCI spec as the shim
 /// read it) for the VM and makes what they need: shares in the shared directory, or
 /// copied files. Relative sources are taken from `bundle`, as runc does. On error
@@ -102,6 +116,7 @@ pub fn prepare(
     container_id: &str,
     transport: Transport<'_>,
 ) -> Result<Volumes, VolumeError> {
+    check(spec, bundle, matches!(transport, Transport::Shared(_)))?;
     let binds = host_binds(spec, bundle)?;
     let mut out = Volumes::default();
     if binds.is_empty() {
@@ -242,8 +257,8 @@ fn check_copy_name(id: &str) -> Result<(), VolumeError> {
     Ok(())
 }
 
-/// Reads a bind source for a VM without a shared filesystem.
-fn copy_in(container_id: &str, b: &HostBind) -> Result<GuestFile, VolumeError> {
+/// Whether a bind source can be copied into a VM without a shared filesystem.
+fn copyable(b: &HostBind) -> Result<(), VolumeError> {
     let src = b.source.display();
     if b.is_dir {
         return Err(VolumeError::Invalid(format!(
@@ -252,17 +267,26 @@ fn copy_in(container_id: &str, b: &HostBind) -> Result<GuestFile, VolumeError> {
             b.destination
         )));
     }
-    let too_big = || {
-        VolumeError::Invalid(format!(
-            "the host file {src} bind-mounted at {} is larger than {} MiB, the most this \
-             VMM (no shared filesystem) copies in",
-            b.destination,
-            MAX_COPIED_FILE >> 20
-        ))
-    };
     if b.len > MAX_COPIED_FILE {
-        return Err(too_big());
+        return Err(too_big(b));
     }
+    Ok(())
+}
+
+fn too_big(b: &HostBind) -> VolumeError {
+    VolumeError::Invalid(format!(
+        "the host file {} bind-mounted at {} is larger than {} MiB, the most this \
+         VMM (no shared filesystem) copies in",
+        b.source.display(),
+        b.destination,
+        MAX_COPIED_FILE >> 20
+    ))
+}
+
+/// Reads a bind source for a VM without a shared filesystem.
+fn copy_in(container_id: &str, b: &HostBind) -> Result<GuestFile, VolumeError> {
+    copyable(b)?;
+    let src = b.source.display();
     let read_err = |e: std::io::Error| VolumeError::Invalid(format!("reading {src}: {e}"));
     let f = std::fs::File::open(&b.source).map_err(read_err)?;
     let mode = f.metadata().map_err(read_err)?.permissions().mode() & 0o7777;
@@ -271,7 +295,7 @@ fn copy_in(container_id: &str, b: &HostBind) -> Result<GuestFile, VolumeError> {
         .read_to_end(&mut content)
         .map_err(read_err)?;
     if content.len() as u64 > MAX_COPIED_FILE {
-        return Err(too_big());
+        return Err(too_big(b));
     }
     Ok(GuestFile {
         path: format!("{FILES_GUEST_DIR}/{container_id}/{}", b.index),

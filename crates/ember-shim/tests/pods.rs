@@ -29,6 +29,42 @@ fn describe(c: &Containerd, vm: &str) -> ember_vm_api::ember::VmDescription {
     })
 }
 
+/// The pool file of the one VM of `c`.
+fn pool_file(c: &Containerd) -> std::path::PathBuf {
+    let pools: Vec<_> = std::fs::read_dir(c.dir.path().join("shim-state"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("pool"))
+        .filter(|p| p.exists())
+        .collect();
+    assert_eq!(pools.len(), 1, "{pools:?}");
+    pools[0].clone()
+}
+
+/// The container the one VM of `c` was booted for (its rootfs is a boot drive).
+fn booted_for(c: &Containerd) -> String {
+    let dirs: Vec<String> = std::fs::read_dir(c.dir.path().join("shim-state"))
+        .unwrap()
+        .flatten()
+        .flat_map(|e| {
+            std::fs::read_dir(e.path().join("containers"))
+                .into_iter()
+                .flatten()
+        })
+        .flatten()
+        .filter(|e| e.path().join("rootfs.ext4").exists())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    dirs[0].clone()
+}
+
+/// Bytes a file holds on disk.
+fn allocated(p: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).unwrap().blocks() * 512
+}
+
 #[test]
 fn containers_naming_one_vm_share_it() {
     let c = Containerd::start();
@@ -37,7 +73,22 @@ fn containers_naming_one_vm_share_it() {
         .unwrap()
         .extend(["vmA".to_string(), "pod1".to_string()]);
     c.run_annotated("a1", &["io.ember.vm.id=vmA"], SLEEP);
-    c.run_annotated("a2", &["io.ember.vm.id=vmA"], SLEEP);
+    // The second container joins the running VM, with a host directory shared
+    // read-only after the VM booted.
+    let host = c.dir.path().join("hostdir");
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::write(host.join("greeting"), "from the host\n").unwrap();
+    let mount = format!(
+        "type=bind,src={},dst=/host,options=rbind:ro",
+        host.display()
+    );
+    let out = c.try_run_with("a2", &["io.ember.vm.id=vmA"], &["--mount", &mount], SLEEP);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        c.shim_logs()
+    );
     // A CRI pod: the sandbox container first, then a container of the pod.
     c.run_annotated(
         "p1",
@@ -62,6 +113,14 @@ fn containers_naming_one_vm_share_it() {
     let p = boot_id(&c, "p1", "b3");
     assert_eq!(p, boot_id(&c, "p2", "b4"), "the pod's containers run apart");
     assert_ne!(a, p, "two VMs answered with one boot id");
+
+    assert_eq!(
+        c.exec_ok("a2", "h", &["cat", "/host/greeting"]),
+        "from the host\n"
+    );
+    let out = c.exec("a2", "hw", &["sh", "-c", "echo x > /host/new"]);
+    assert!(!out.status.success(), "a read-only share was written");
+    assert!(!host.join("new").exists());
 
     // Each container has its own root filesystem (the second on a pool region).
     c.exec_ok("a2", "w", &["sh", "-c", "echo mine > /only-a2"]);
@@ -93,10 +152,16 @@ fn sixteen_containers_in_one_vm_then_nothing_left() {
     let c = Containerd::start();
     c.used_vms.lock().unwrap().push("vm16".into());
     let ann = ["aws.firecracker.vm.id=vm16"];
-    for i in 0..16 {
-        let script = format!("echo {i} > /mark; exec sleep 1000");
-        c.run_annotated(&format!("c{i}"), &ann, &["sh", "-c", &script]);
-    }
+    // All at once: the first boots the VM, the others wait for it and join.
+    std::thread::scope(|s| {
+        for i in 0..16 {
+            let c = &c;
+            s.spawn(move || {
+                let script = format!("echo {i} > /mark; exec sleep 1000");
+                c.run_annotated(&format!("c{i}"), &ann, &["sh", "-c", &script]);
+            });
+        }
+    });
     assert_eq!(c.vmms().len(), 1, "16 containers, one VM");
     let first = boot_id(&c, "c0", "b");
     for i in [1, 7, 15] {
@@ -107,9 +172,9 @@ fn sixteen_containers_in_one_vm_then_nothing_left() {
     assert_eq!(describe(&c, "vm16").containers.len(), 16);
 
     // Into the running VM and into a fresh one (numbers for the benchmarks).
-    let time = |id: &str, annotations: &[&str]| {
+    let time_on = |runtime: &str, id: &str, annotations: &[&str]| {
         c.used_ids.lock().unwrap().push(id.to_string());
-        let mut a = vec!["run", "--rm", "--runtime", RUNTIME];
+        let mut a = vec!["run", "--rm", "--runtime", runtime];
         for an in annotations {
             a.extend_from_slice(&["--annotation", an]);
         }
@@ -119,14 +184,34 @@ fn sixteen_containers_in_one_vm_then_nothing_left() {
         assert!(out.status.success(), "{id}: {}", text(&out.stderr));
         t.elapsed()
     };
+    let time = |id: &str, annotations: &[&str]| time_on(RUNTIME, id, annotations);
     let joined: Vec<Duration> = (0..3).map(|i| time(&format!("j{i}"), &ann)).collect();
     let fresh: Vec<Duration> = (0..3).map(|i| time(&format!("f{i}"), &[])).collect();
     eprintln!("ctr run --rm true into the running VM: {joined:?}; into a fresh VM: {fresh:?}");
+    if std::path::Path::new("/usr/bin/runc").exists() {
+        let runc: Vec<Duration> = (0..3)
+            .map(|i| time_on(RUNC, &format!("r{i}"), &[]))
+            .collect();
+        eprintln!("ctr run --rm true with runc (no VM): {runc:?}");
+    }
     assert_eq!(describe(&c, "vm16").containers.len(), 16);
 
+    // The containers after the first live on pool regions: their space comes back
+    // as they go (the first one's rootfs is a boot drive of its own).
+    let first = describe(&c, "vm16");
+    let pool = pool_file(&c);
+    assert!(allocated(&pool) > 15 << 20, "{} bytes", allocated(&pool));
+    let booted_for = booted_for(&c);
     for i in 0..16 {
-        c.kill_and_remove(&format!("c{i}"));
+        let id = format!("c{i}");
+        if id != booted_for {
+            c.kill_and_remove(&id);
+        }
     }
+    assert_eq!(allocated(&pool), 0, "released regions still hold space");
+    assert_eq!(describe(&c, "vm16").containers, vec![booted_for.clone()]);
+    assert_eq!(first.vmm_pid, describe(&c, "vm16").vmm_pid);
+    c.kill_and_remove(&booted_for);
     c.assert_clean();
 }
 
@@ -163,6 +248,83 @@ fn killing_the_vmm_ends_every_container_with_255() {
     let log = Containerd::events_seen(events, Duration::from_millis(300));
     for id in ["k1", "k2", "k3"] {
         assert_eq!(exit_statuses(&log, id), vec![255], "{id}:\n{log}");
+    }
+    c.assert_clean();
+}
+
+#[test]
+fn a_killed_vm_shim_takes_its_vmm_and_every_container_along() {
+    let c = Containerd::start();
+    c.used_vms.lock().unwrap().push("orphans".into());
+    for id in ["o1", "o2"] {
+        c.run_annotated(id, &["io.ember.vm.id=orphans"], SLEEP);
+    }
+    let sock = c.sock.display().to_string();
+    let shims = pids_matching(&["containerd-shim-ember-v2", &sock, "serve"]);
+    assert_eq!(shims.len(), 1, "one shim for the VM: {shims:?}");
+    assert_eq!(c.vmms().len(), 1);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shims[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let t = Instant::now();
+    while !c.vmms().is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "the VMM outlived its shim"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // containerd runs `shim delete` for each container of the dead shim.
+    let t = Instant::now();
+    loop {
+        for id in ["o1", "o2"] {
+            let _ = c.ctr(&["task", "delete", "-f", id]);
+            let _ = c.ctr(&["containers", "rm", id]);
+        }
+        let left = text(&c.ctr(&["containers", "ls", "-q"]).stdout);
+        if !left.contains("o1") && !left.contains("o2") {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "containers stayed: {left}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    c.assert_clean();
+}
+
+#[test]
+fn back_to_back_runs_naming_one_vm() {
+    // Each run's VM goes with it; the next run's `start` may still find the shim
+    // lingering (it boots the VM again) or a new one: both work, nothing is left.
+    let c = Containerd::start();
+    c.used_vms.lock().unwrap().push("again".into());
+    for i in 0..4 {
+        let id = format!("r{i}");
+        c.used_ids.lock().unwrap().push(id.clone());
+        let out = c.ctr(&[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            "--annotation",
+            "io.ember.vm.id=again",
+            IMAGE,
+            &id,
+            "sh",
+            "-c",
+            &format!("echo {i}"),
+        ]);
+        assert!(
+            out.status.success(),
+            "{id}: {}\n{}",
+            text(&out.stderr),
+            c.shim_logs()
+        );
+        assert_eq!(text(&out.stdout), format!("{i}\n"));
     }
     c.assert_clean();
 }

@@ -87,9 +87,31 @@ fn create_vm_join_metadata_and_stop_vm() {
     assert_eq!(e.code(), Code::Unimplemented, "{e}");
     assert!(c.vmms().is_empty(), "a refused CreateVM started a VMM");
 
-    let created = rt
-        .block_on(client.create_vm(&create_req(vm), boot))
-        .unwrap();
+    // A root drive and a drive mount, mounted by the agent (CreateVM fails if not).
+    let img = |name: &str| {
+        let p = c.dir.path().join(name);
+        let out = Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&p)
+            .arg("16M")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        p.display().to_string()
+    };
+    let mut req = create_req(vm);
+    req.root_drive = Some(FirecrackerRootDrive {
+        host_path: img("root.img"),
+        ..Default::default()
+    });
+    req.drive_mounts = vec![FirecrackerDriveMount {
+        host_path: img("data.img"),
+        vm_path: "/data".into(),
+        filesystem_type: "ext4".into(),
+        is_writable: true,
+        ..Default::default()
+    }];
+    let created = rt.block_on(client.create_vm(&req, boot)).unwrap();
     assert_eq!(created.vmid, vm);
     assert!(Path::new(&created.socket_path).exists(), "{created:?}");
     assert_eq!(
@@ -164,6 +186,7 @@ fn create_vm_join_metadata_and_stop_vm() {
     assert!(d.explicit, "{d:?}");
     assert_eq!(d.containers, vec!["j1".to_string(), "j2".to_string()]);
     assert_eq!((d.vcpus, d.memory_mib), (1, 256));
+    eprintln!("explicit VM: {d:?}");
 
     rt.block_on(client.stop_vm(
         &StopVmRequest {
@@ -194,6 +217,144 @@ fn create_vm_join_metadata_and_stop_vm() {
     while !client.is_closed() {
         assert!(t.elapsed() < Duration::from_secs(10), "the shim stayed");
         std::thread::sleep(Duration::from_millis(100));
+    }
+    c.assert_clean();
+}
+
+#[test]
+fn balloon_and_exit_after_all_tasks_deleted() {
+    let c = Containerd::start();
+    let vm = "fcvm2";
+    c.used_vms.lock().unwrap().push(vm.into());
+    let address = start_vm_shim(&c, vm);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = rt.block_on(VmClient::connect(&address)).unwrap();
+    let mut req = create_req(vm);
+    req.exit_after_all_tasks_deleted = true;
+    let (log_fifo, metrics_fifo) = (c.dir.path().join("log.fifo"), c.dir.path().join("m.fifo"));
+    req.log_fifo_path = log_fifo.display().to_string();
+    req.metrics_fifo_path = metrics_fifo.display().to_string();
+    req.balloon_device = Some(FirecrackerBalloonDevice {
+        amount_mib: 16,
+        deflate_on_oom: true,
+        stats_polling_intervals: 1,
+    });
+    rt.block_on(client.create_vm(&req, Duration::from_secs(90)))
+        .unwrap();
+    assert_eq!(c.vmms().len(), 1);
+
+    // The FIFOs: made by the shim; the metrics one carries lines about the VMM.
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    assert!(std::fs::metadata(&log_fifo).unwrap().file_type().is_fifo());
+    let mut metrics = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&metrics_fifo)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut buf = vec![0u8; 1 << 16];
+    let n = std::io::Read::read(&mut metrics, &mut buf).unwrap();
+    let first = text(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let m: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(m["vmm_pid"], c.vmms()[0], "{first}");
+    let id = || vm.to_string();
+    let cfg = rt
+        .block_on(client.get_balloon_config(&GetBalloonConfigRequest { vmid: id() }))
+        .unwrap()
+        .balloon_config
+        .unwrap();
+    assert_eq!((cfg.amount_mib, cfg.deflate_on_oom), (16, true));
+    rt.block_on(client.update_balloon(&UpdateBalloonRequest {
+        vmid: id(),
+        amount_mib: 32,
+    }))
+    .unwrap();
+    assert_eq!(
+        code(rt.block_on(client.update_balloon(&UpdateBalloonRequest {
+            vmid: id(),
+            amount_mib: -5,
+        }))),
+        Code::InvalidArgument
+    );
+    rt.block_on(client.update_balloon_stats(&UpdateBalloonStatsRequest {
+        vmid: id(),
+        stats_polling_intervals: 2,
+    }))
+    .unwrap();
+    let stats = rt
+        .block_on(client.get_balloon_stats(&GetBalloonStatsRequest { vmid: id() }))
+        .unwrap();
+    assert_eq!(stats.target_mib, 32, "{stats:?}");
+    let cfg = rt
+        .block_on(client.get_balloon_config(&GetBalloonConfigRequest { vmid: id() }))
+        .unwrap()
+        .balloon_config
+        .unwrap();
+    assert_eq!((cfg.amount_mib, cfg.stats_polling_intervals), (32, 2));
+    c.used_ids.lock().unwrap().push("once".into());
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        "io.ember.vm.id=fcvm2",
+        IMAGE,
+        "once",
+        "sh",
+        "-c",
+        "echo ran",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "ran\n");
+    let t = Instant::now();
+    while !client.is_closed() {
+        assert!(t.elapsed() < Duration::from_secs(20), "the shim stayed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.assert_clean();
+}
+
+#[test]
+fn stop_vm_of_a_vm_its_containers_named() {
+    let c = Containerd::start();
+    let vm = "named";
+    c.used_vms.lock().unwrap().push(vm.into());
+    let events = c.events();
+    for id in ["n1", "n2"] {
+        c.run_annotated(id, &["io.ember.vm.id=named"], &["sleep", "1000"]);
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sock = vm_socket(&c.sock, vm);
+    let client = rt
+        .block_on(VmClient::connect(sock.to_str().unwrap()))
+        .unwrap();
+    let d = rt.block_on(client.describe(vm)).unwrap();
+    assert!(!d.explicit, "{d:?}");
+    assert_eq!(
+        code(rt.block_on(client.create_vm(&create_req(vm), Duration::from_secs(30)))),
+        Code::AlreadyExists
+    );
+    rt.block_on(client.stop_vm(
+        &StopVmRequest {
+            vmid: vm.into(),
+            timeout_seconds: 2,
+        },
+        Duration::from_secs(30),
+    ))
+    .unwrap();
+    assert!(c.vmms().is_empty(), "StopVM left the VMM");
+    for id in ["n1", "n2"] {
+        c.wait_stopped(id, 20);
+        c.remove(id);
+    }
+    let log = Containerd::events_seen(events, Duration::from_millis(300));
+    for id in ["n1", "n2"] {
+        assert_eq!(exit_statuses(&log, id), vec![137], "{id}:\n{log}");
     }
     c.assert_clean();
 }

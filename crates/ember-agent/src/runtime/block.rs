@@ -144,13 +144,28 @@ pub(super) fn mount(r: &BlockRootfs, target: &Path) -> R<BlockMount> {
     })
 }
 
+/// How long a thread keeps trying to delete a device something still held.
+const LATE_RELEASE_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// Deletes the loop device of an unmounted filesystem once the kernel has let go of
-/// it (autoclear). Blocking; best effort.
+/// it (autoclear). Blocking for up to `RELEASE_TIMEOUT`; a device still held then
+/// (a container that binds the mount is still being torn down) is deleted later by
+/// a thread of its own.
 pub(super) fn release_loop(number: Option<u32>) {
-    if let Some(n) = number {
-        if let Err(e) = loopdev::release(n, RELEASE_TIMEOUT) {
-            tracing::warn!("loop{n} stays: {e}");
-        }
+    let Some(n) = number else { return };
+    if loopdev::release(n, RELEASE_TIMEOUT).is_ok() {
+        return;
+    }
+    tracing::info!("loop{n} is still in use; deleting it once it is free");
+    let spawned = std::thread::Builder::new()
+        .name(format!("release-loop{n}"))
+        .spawn(move || {
+            if let Err(e) = loopdev::release(n, LATE_RELEASE_TIMEOUT) {
+                tracing::warn!("loop{n} stays: {e}");
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("loop{n} stays: {e}");
     }
 }
 

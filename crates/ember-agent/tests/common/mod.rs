@@ -81,10 +81,14 @@ pub fn vm() -> Option<Vm> {
 pub async fn connect_vm(vm: &Vm) -> AgentClient {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok(s) = tokio::net::UnixStream::connect(&vm.sock).await {
-            let c = AgentClient::new(s);
-            if c.ping(Duration::from_secs(2)).await.is_ok() {
-                return c;
+        if let Ok(mut s) = tokio::net::UnixStream::connect(&vm.sock).await {
+            // A serial channel has no connections: the marker starts this one.
+            use tokio::io::AsyncWriteExt;
+            if s.write_all(SERIAL_SYNC).await.is_ok() {
+                let c = AgentClient::new(s);
+                if c.ping(Duration::from_secs(2)).await.is_ok() {
+                    return c;
+                }
             }
         }
         assert!(

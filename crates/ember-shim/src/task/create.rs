@@ -85,6 +85,13 @@ impl Task {
             .with_annotations(&bundle.annotations)
             .map_err(|e| err(Code::InvalidArgument, e.to_string()))?;
         let boots = self.vm.phase() == Phase::Absent;
+        // Host mounts that cannot reach the VM are refused before anything is made.
+        let can_share = if boots {
+            matches!(cfg.vmm, ember_vmm::VmmKind::Qemu)
+        } else {
+            self.vm.shared_dir().is_some()
+        };
+        volumes::check(&bundle.spec, &bundle.dir, can_share)?;
         let (storage, device, build_ms, boot) = if boots {
             self.boot_for(&req, &bundle.dir, cfg).await?
         } else {
@@ -115,6 +122,7 @@ impl Task {
             }
         };
         let (spec_json, agent) = agent;
+        let t_agent = std::time::Instant::now();
         let created = agent
             .create_container(&ember_agent_api::CreateContainerRequest {
                 container_id: req.id.clone(),
@@ -144,15 +152,19 @@ impl Task {
             req.terminal,
         );
         init.pid.store(pid, Ordering::SeqCst);
-        self.record_timings(serde_json::json!({
+        let mut timings = serde_json::json!({
             "id": req.id,
             "phase": "create",
             "joined": !boots,
             "rootfs_ms": build_ms,
-            "vmm_ready_ms": boot.map(|b| b.vmm_ready.as_secs_f64() * 1e3),
-            "agent_ready_ms": boot.map(|b| b.agent_ready.as_secs_f64() * 1e3),
+            "agent_create_ms": t_agent.elapsed().as_secs_f64() * 1e3,
             "create_total_ms": t0.elapsed().as_secs_f64() * 1e3,
-        }));
+        });
+        if let Some(b) = boot {
+            timings["vmm_ready_ms"] = (b.vmm_ready.as_secs_f64() * 1e3).into();
+            timings["agent_ready_ms"] = (b.agent_ready.as_secs_f64() * 1e3).into();
+        }
+        self.record_timings(timings);
         if let Err(e) = self.attach_stdio(&agent, &init).await {
             let _ = agent.remove_container(&req.id).await;
             self.undo_volumes(&req.id);
@@ -260,7 +272,15 @@ impl Task {
         let r = tokio::task::spawn_blocking(move || rootfs::place_in_pool(&mounts, &b, &pool))
             .await
             .map_err(|e| err(Code::Internal, e.to_string()))?
-            .map_err(|e| err(Code::Internal, e.to_string()))?;
+            .map_err(|e| match e {
+                // Regions are never reused within a VM: a long-lived VM that made
+                // too many containers has to be replaced.
+                rootfs::RootfsError::Pool(full @ ember_sandbox::PoolError::Full { .. }) => err(
+                    Code::ResourceExhausted,
+                    format!("VM {}: {full}", self.vm.id),
+                ),
+                other => err(Code::Internal, other.to_string()),
+            })?;
         tracing::info!(region = ?r.region, build_ms = r.build_time.as_millis() as u64, "rootfs in the pool");
         let serial = self
             .vm

@@ -22,6 +22,9 @@ use crate::rootfs::BlockRootfs;
 use crate::vm::VmHost;
 use ember_shim_api::*;
 
+/// How long the shim of a named VM with nothing left waits before it exits.
+const GROUPED_LINGER: Duration = Duration::from_millis(300);
+
 /// Where a container's root filesystem lives.
 enum Storage {
     /// A boot drive of the VM: the first container of a VM booted for it.
@@ -270,14 +273,30 @@ impl Task {
         })
     }
 
-    /// Whether the shim goes: at once with `now`, else only when it holds no
-    /// container and no explicit VM runs.
+    /// Whether the shim goes now: at once with `now`, else only when it holds no
+    /// container and no explicit VM runs. The shim of a named VM lingers a moment
+    /// first (and stays if a container came meanwhile): another container of the
+    /// VM whose `start` found this shim may be on its way.
     pub fn request_shutdown(&self, now: bool) -> Result<bool, Status> {
-        if now || self.vm.may_exit() {
+        if now || (self.vm.may_exit() && !self.vm.grouped) {
             self.vm.exit_shim();
             return Ok(true);
         }
-        tracing::info!(vm = %self.vm.id, "shutdown ignored: the VM still serves");
+        if !self.vm.may_exit() {
+            tracing::info!(vm = %self.vm.id, "shutdown ignored: the VM still serves");
+            return Ok(false);
+        }
+        let vm = self.vm.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(GROUPED_LINGER).await;
+            // A Create under way holds the lock: the shim stays for it.
+            let Ok(_quiet) = vm.lifecycle.try_lock() else {
+                return;
+            };
+            if vm.may_exit() {
+                vm.exit_shim();
+            }
+        });
         Ok(false)
     }
 

@@ -88,6 +88,13 @@ impl VmHost {
 
     fn vmm_err(&self, e: ember_vmm::Error) -> Status {
         match e {
+            ember_vmm::Error::NoBalloon => err(
+                Code::FailedPrecondition,
+                format!("VM {} has no balloon device", self.id),
+            ),
+            ember_vmm::Error::InvalidConfig(why) => {
+                err(Code::InvalidArgument, format!("VM {}: {why}", self.id))
+            }
             ember_vmm::Error::Unsupported(what) => err(
                 Code::FailedPrecondition,
                 format!("VM {}: {what} is not supported by its VMM", self.id),

@@ -162,8 +162,11 @@ impl VmHost {
                     .map_err(|e| err(Code::InvalidArgument, e))?;
             }
             if let Some(p) = &spec.metrics_fifo {
-                fifo::spawn_copy(vm_dir.join("metrics.json"), p, rx)
-                    .map_err(|e| err(Code::InvalidArgument, e))?;
+                match cfg.vmm {
+                    VmmKind::Firecracker => fifo::spawn_copy(vm_dir.join("metrics.json"), p, rx),
+                    VmmKind::Qemu => fifo::spawn_stats(pid, p, rx),
+                }
+                .map_err(|e| err(Code::InvalidArgument, e))?;
             }
             *self.fifo_stop.lock().unwrap() = Some(tx);
         }

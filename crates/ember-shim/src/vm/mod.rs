@@ -106,6 +106,8 @@ pub struct VmHost {
     /// ungrouped shim.
     pub id: String,
     pub namespace: String,
+    /// Whether containers name this VM (else it is one container's own).
+    pub grouped: bool,
     pub config: RuntimeConfig,
     /// The shim's state directory: `vm/` (VMM sockets and logs, `shared/`), `pool`,
     /// `containers/<id>/`.
@@ -135,9 +137,16 @@ pub fn err(code: Code, msg: impl Into<String>) -> Status {
 }
 
 impl VmHost {
-    pub fn new(id: String, namespace: String, config: RuntimeConfig, dir: PathBuf) -> Arc<Self> {
+    pub fn new(
+        id: String,
+        grouped: bool,
+        namespace: String,
+        config: RuntimeConfig,
+        dir: PathBuf,
+    ) -> Arc<Self> {
         Arc::new(VmHost {
             id,
+            grouped,
             namespace,
             config,
             dir,
@@ -246,7 +255,9 @@ impl VmHost {
         if phase.up() && (!explicit || exit_after_all) {
             self.stop(Duration::from_secs(10), Phase::Absent).await;
         }
-        if explicit && (exit_after_all || matches!(phase, Phase::Stopped | Phase::Lost)) {
+        // After StopVM (of any VM) the shim goes with the last container; an explicit
+        // VM's shim also when its VMM died or it exits after all tasks.
+        if phase == Phase::Stopped || (explicit && (exit_after_all || phase == Phase::Lost)) {
             self.exit_shim();
         }
     }

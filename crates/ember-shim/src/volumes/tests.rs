@@ -330,3 +330,31 @@ fn copied_files_have_size_limits() {
     prepare(&mut spec, f.dir.path(), "c1", Transport::Shared(&f.shared)).unwrap();
     release(&f.shared, "c1").unwrap();
 }
+
+#[test]
+fn check_refuses_early_and_makes_nothing() {
+    let f = Fixture::new();
+    let dir = bind(&f.path("vol"), "/vol", &["rbind"]);
+    let file = bind(&f.path("hosts"), "/etc/hosts", &["rbind", "ro"]);
+    let missing = bind(&f.path("gone"), "/gone", &["rbind"]);
+    let ok = spec_with(vec![dir.clone(), file.clone()]);
+    check(&ok, f.dir.path(), true).unwrap();
+    let e = check(&ok, f.dir.path(), false).unwrap_err();
+    assert!(e.to_string().contains("no shared filesystem"), "{e}");
+    check(&spec_with(vec![file]), f.dir.path(), false).unwrap();
+    for can_share in [true, false] {
+        let e = check(
+            &spec_with(vec![dir.clone(), missing.clone()]),
+            f.dir.path(),
+            can_share,
+        )
+        .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.to_string().contains(&f.path("gone")), "{e}");
+    }
+    assert!(!f.share_view("c1").exists());
+    assert_eq!(
+        ember_sandbox::share::mounted_under(f.shared.path()).unwrap(),
+        vec![f.shared.path().to_path_buf()]
+    );
+}

@@ -246,11 +246,23 @@ impl Containerd {
 
     /// `ctr run -d` with annotations, as it went.
     pub fn try_run_annotated(&self, id: &str, annotations: &[&str], args: &[&str]) -> Output {
+        self.try_run_with(id, annotations, &[], args)
+    }
+
+    /// `ctr run -d` with annotations and more `ctr run` flags, as it went.
+    pub fn try_run_with(
+        &self,
+        id: &str,
+        annotations: &[&str],
+        flags: &[&str],
+        args: &[&str],
+    ) -> Output {
         self.used_ids.lock().unwrap().push(id.to_string());
         let mut a = vec!["run", "-d", "--runtime", RUNTIME];
         for an in annotations {
             a.extend_from_slice(&["--annotation", an]);
         }
+        a.extend_from_slice(flags);
         a.extend_from_slice(&[IMAGE, id]);
         a.extend_from_slice(args);
         self.ctr(&a)

@@ -14,10 +14,14 @@
 //! - The virtio-blk serial Firecracker shows the guest is derived from the backing
 //!   file (device, inode, mtime), not from [`Drive::id`]; drives appear in the guest in
 //!   the order of `VmConfig::drives` (`vda`, `vdb`, ...).
+//! - No shared directory: `VmConfig::shared_dir` is `Error::Unsupported` at `start`.
+//!   A balloon is configured before boot (`PUT /balloon`) and driven through
+//!   `PATCH /balloon`, `GET /balloon` and `GET|PATCH /balloon/statistics`.
 
 mod api;
 mod balloon;
 mod config;
+mod serial;
 mod vsock;
 
 use std::fs::{File, OpenOptions};
@@ -33,6 +37,8 @@ use crate::{
     Accel, BalloonConfig, BalloonStats, BoxedAgentStream, Drive, Error, Vm, VmConfig, VmExit,
     VmStats, VmmKind,
 };
+
+pub use serial::disk_serial;
 
 use api::ApiClient;
 use config::{
@@ -601,32 +607,3 @@ impl Vm for FirecrackerVm {
 
 #[cfg(test)]
 mod tests;
-
-/// The virtio-blk serial Firecracker gives a disk: the decimal device number, special
-/// device number and inode number of its backing file, run together and cut to the
-/// 20 bytes a virtio-blk id holds.
-pub fn disk_serial(path: &Path) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    let mut id = format!("{}{}{}", m.dev(), m.rdev(), m.ino());
-    id.truncate(20);
-    Some(id)
-}
-
-#[cfg(test)]
-mod serial_tests {
-    use super::*;
-
-    #[test]
-    fn serial_follows_the_backing_file() {
-        use std::os::unix::fs::MetadataExt;
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("disk");
-        std::fs::write(&p, b"x").unwrap();
-        let m = std::fs::metadata(&p).unwrap();
-        let s = disk_serial(&p).unwrap();
-        assert!(s.len() <= 20);
-        assert!(format!("{}{}{}", m.dev(), m.rdev(), m.ino()).starts_with(&s));
-        assert!(disk_serial(&d.path().join("none")).is_none());
-    }
-}

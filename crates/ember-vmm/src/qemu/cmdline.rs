@@ -116,7 +116,9 @@ pub fn build_args(
     if let Some(dir) = &config.shared_dir {
         push("-fsdev");
         push(&format!(
-            "local,id={SHARED_FSDEV},path={},security_model=passthrough",
+            // Host directories bind-mounted into the share may sit on other
+            // filesystems: remap keeps their inode numbers apart in the guest.
+            "local,id={SHARED_FSDEV},path={},security_model=passthrough,multidevs=remap",
             escape_opt(&dir.display().to_string())
         ));
         push("-device");
@@ -237,7 +239,7 @@ mod tests {
         };
         assert!(at(
             "-fsdev",
-            "local,id=shared,path=/var/x,,y/shared,security_model=passthrough"
+            "local,id=shared,path=/var/x,,y/shared,security_model=passthrough,multidevs=remap"
         ));
         assert!(at(
             "-device",

@@ -3,8 +3,10 @@
 //! The guest sees: an 8250 serial console (drained by QEMU into `console.log`), one
 //! virtio-serial port named `ember.agent` bridged to the unix socket `agent.sock` (the
 //! agent channel; it works without `/dev/vhost-vsock`), a virtio-rng, and one
-//! virtio-blk device per drive whose serial is the drive id. QEMU's own messages go to
-//! `vmm.log`.
+//! virtio-blk device per drive whose serial is the drive id; with `shared_dir` a
+//! virtio-9p device (`security_model=passthrough`, tag `ember.shared`), with
+//! `balloon` a virtio-balloon driven over QMP (`balloon`, `query-balloon`, the
+//! device's `guest-stats` QOM properties). QEMU's own messages go to `vmm.log`.
 
 mod accel;
 mod balloon;
