@@ -232,12 +232,11 @@ pub fn attach(r: &Region) -> io::Result<LoopDevice> {
                 res = Err(io::Error::from_raw_os_error(libc::EINVAL));
             }
         }
+        // Whatever direct I/O did not take (EINVAL, EOPNOTSUPP, ...), buffered may.
         let res = match res {
             Ok(()) => Ok(true),
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                configure(&dev, &backing, r, base).map(|_| false)
-            }
-            Err(e) => Err(e),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Err(e),
+            Err(_) => configure(&dev, &backing, r, base).map(|_| false),
         };
         match res {
             Ok(dio) => {
