@@ -379,16 +379,24 @@ fn a_vm_survives_a_kill_9_of_emberd() {
         assert_eq!(vm_info(&mut c, "elsewhere", &vm).await, Err(Code::NotFound));
         assert_eq!(stop_vm(&mut c, "elsewhere", &vm).await, Err(Code::NotFound));
     });
+    import_busybox(&s, ns, work.path());
+    run_in_vm(&s, ns, &vm, "k1");
+    let before = boot_id(&s, ns, "k1");
     let shims = vm_shim_pids(&s, &vm);
     d.kill9();
     assert_eq!(vm_shim_pids(&s, &vm), shims, "the VM died with emberd");
     d.start_again();
+    // The container runs on in the same guest.
+    assert_eq!(task_status(&s, ns, "k1").as_deref(), Some("RUNNING"));
+    assert_eq!(boot_id(&s, ns, "k1"), before);
     rt().block_on(async {
         let mut c = fc(&d).await;
         assert_eq!(vm_info(&mut c, ns, &vm).await, Ok(vm.clone()));
         stop_vm(&mut c, ns, &vm).await.unwrap();
         assert_eq!(vm_info(&mut c, ns, &vm).await, Err(Code::NotFound));
     });
+    // StopVM found the adopted task through its shim.
+    assert!(task_ids(&s, ns).is_empty(), "{:?}", task_ids(&s, ns));
     wait_vm_shim_gone(&s, &vm);
     assert!(vm_bundles(&d, ns).is_empty());
     // A bundle whose shim is gone is cleaned up at the next start.
