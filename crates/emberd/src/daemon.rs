@@ -246,6 +246,9 @@ fn bind(config: &Config) -> Result<tokio::net::UnixListener> {
     Ok(listener)
 }
 
+/// How long connections may take to finish after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// Resolves at SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -304,11 +307,13 @@ pub async fn run(config: Config) -> Result<()> {
         tokio_stream::wrappers::UnixListenerStream::new(listener),
         |conn| conn.map(crate::authority::Http2Conn::new),
     );
+    let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async {
         shutdown_signal().await;
         tracing::info!("shutting down");
+        let _ = stopping_tx.send(());
     };
-    let served = tonic::transport::Server::builder()
+    let serve = tonic::transport::Server::builder()
         .trace_fn(|req| {
             let ns = req
                 .headers()
@@ -322,8 +327,22 @@ pub async fn run(config: Config) -> Result<()> {
             crate::limits::resource_exhausted,
         ))
         .add_routes(routes.routes())
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await;
+        .serve_with_incoming_shutdown(incoming, shutdown);
+    // Connections get a grace period to finish; a client that never answers the
+    // server's goodbye (a stopped process) does not keep the daemon up.
+    let served = tokio::select! {
+        r = serve => r,
+        _ = async {
+            if stopping.await.is_ok() {
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => {
+            tracing::warn!("clients still connected {SHUTDOWN_GRACE:?} after the shutdown signal: stopping anyway");
+            Ok(())
+        }
+    };
     let _ = std::fs::remove_file(&config.grpc.address);
     let _ = std::fs::remove_file(crate::ttrpc::address(&config.grpc.address));
     served.context("serving gRPC")?;

@@ -157,8 +157,8 @@ fn a_vm_shim_that_fails_leaves_nothing() {
     }
 }
 
-/// A boot that fails in the shim (no such kernel): the shim's error reaches the
-/// client, and the shim and bundle are gone.
+/// A boot that fails in the shim (no such kernel, a kernel file that is no
+/// kernel): the shim's error reaches the client, and the shim and bundle are gone.
 #[test]
 fn a_vm_that_fails_to_boot_leaves_no_shim() {
     if !can_run_vms() {
@@ -168,24 +168,41 @@ fn a_vm_that_fails_to_boot_leaves_no_shim() {
     let d = Emberd::start(dir.path());
     let vm = format!("vmb{}", std::process::id());
     let _g = VmGuard(d.socket.clone(), vec![vm.clone()]);
-    rt().block_on(async {
-        let mut c = fc(&d).await;
-        let e = c
-            .create_vm(ns_req(
-                "boot",
-                ember_vm_api::fc::CreateVmRequest {
-                    vmid: vm.clone(),
-                    kernel_image_path: "/nonexistent/vmlinux".into(),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .unwrap_err();
-        assert!(e.message().contains("/nonexistent/vmlinux"), "{e:?}");
-        assert_eq!(vm_info(&mut c, "boot", &vm).await, Err(Code::NotFound));
-    });
-    wait_vm_shim_gone(&d.socket, &vm);
-    assert!(vm_bundles(&d, "boot").is_empty(), "a VM bundle was left");
+    let garbage = dir.path().join("vmlinux");
+    std::fs::write(&garbage, vec![0u8; 1 << 16]).unwrap();
+    let kernels = [
+        (
+            "/nonexistent/vmlinux".to_string(),
+            Some(Code::InvalidArgument),
+        ),
+        (garbage.display().to_string(), None),
+    ];
+    for (kernel, code) in kernels {
+        let t = Instant::now();
+        rt().block_on(async {
+            let mut c = fc(&d).await;
+            let e = c
+                .create_vm(ns_req(
+                    "boot",
+                    ember_vm_api::fc::CreateVmRequest {
+                        vmid: vm.clone(),
+                        kernel_image_path: kernel.clone(),
+                        timeout_seconds: 10,
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .unwrap_err();
+            eprintln!("{kernel}: {e:?} after {:?}", t.elapsed());
+            if let Some(code) = code {
+                assert_eq!(e.code(), code, "{e:?}");
+                assert!(e.message().contains(&kernel), "{e:?}");
+            }
+            assert_eq!(vm_info(&mut c, "boot", &vm).await, Err(Code::NotFound));
+        });
+        wait_vm_shim_gone(&d.socket, &vm);
+        assert!(vm_bundles(&d, "boot").is_empty(), "a VM bundle was left");
+    }
 }
 
 #[test]
@@ -354,21 +371,32 @@ fn a_vm_survives_a_kill_9_of_emberd() {
     let vm = format!("vmk{}", std::process::id());
     let _g = VmGuard(d.socket.clone(), vec![vm.clone()]);
     let s = d.socket.clone();
-    let rt = rt();
-    rt.block_on(async {
+    // A runtime per step: its connections close with it, before emberd stops.
+    rt().block_on(async {
         let mut c = fc(&d).await;
         create_vm(&mut c, ns, &vm, false).await;
+        // VMs are per namespace.
+        assert_eq!(vm_info(&mut c, "elsewhere", &vm).await, Err(Code::NotFound));
+        assert_eq!(stop_vm(&mut c, "elsewhere", &vm).await, Err(Code::NotFound));
     });
+    import_busybox(&s, ns, work.path());
+    run_in_vm(&s, ns, &vm, "k1");
+    let before = boot_id(&s, ns, "k1");
     let shims = vm_shim_pids(&s, &vm);
     d.kill9();
     assert_eq!(vm_shim_pids(&s, &vm), shims, "the VM died with emberd");
     d.start_again();
-    rt.block_on(async {
+    // The container runs on in the same guest.
+    assert_eq!(task_status(&s, ns, "k1").as_deref(), Some("RUNNING"));
+    assert_eq!(boot_id(&s, ns, "k1"), before);
+    rt().block_on(async {
         let mut c = fc(&d).await;
         assert_eq!(vm_info(&mut c, ns, &vm).await, Ok(vm.clone()));
         stop_vm(&mut c, ns, &vm).await.unwrap();
         assert_eq!(vm_info(&mut c, ns, &vm).await, Err(Code::NotFound));
     });
+    // StopVM found the adopted task through its shim.
+    assert!(task_ids(&s, ns).is_empty(), "{:?}", task_ids(&s, ns));
     wait_vm_shim_gone(&s, &vm);
     assert!(vm_bundles(&d, ns).is_empty());
     // A bundle whose shim is gone is cleaned up at the next start.
@@ -422,6 +450,41 @@ fn a_killed_vm_shim_takes_its_tasks_and_record() {
             .any(|p| Path::new(&format!("/proc/{p}")).exists())
     {
         assert!(Instant::now() < deadline, "the VM bundle or its VMM stayed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_vm_whose_vmm_dies_goes_once_its_tasks_are_deleted() {
+    if !can_run_vms() {
+        return;
+    }
+    let ns = "vmmkill";
+    let work = tempfile::tempdir().unwrap();
+    let d = Emberd::start(work.path());
+    let vm = format!("vmq{}", std::process::id());
+    let _g = VmGuard(d.socket.clone(), vec![vm.clone()]);
+    let s = d.socket.clone();
+    import_busybox(&s, ns, work.path());
+    let rt = rt();
+    let mut c = rt.block_on(fc(&d));
+    rt.block_on(create_vm(&mut c, ns, &vm, false));
+    run_in_vm(&s, ns, &vm, "q1");
+    let shims = vm_shim_pids(&s, &vm);
+    let vmms = vmm_pids(&shims);
+    assert_eq!(vmms.len(), 1, "{vmms:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(vmms[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_status(&s, ns, "q1", "STOPPED");
+    ctr(&s, ns, &["tasks", "rm", "q1"]).expect_ok();
+    rt.block_on(wait_vm_gone(&mut c, ns, &vm, 20));
+    wait_vm_shim_gone(&s, &vm);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !vm_bundles(&d, ns).is_empty() {
+        assert!(Instant::now() < deadline, "the VM bundle stayed");
         std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -179,7 +179,9 @@ impl Vms {
         let timeout = call_timeout(req.timeout_seconds, DEFAULT_STOP_TIMEOUT);
         match target.client().stop_vm(&req, timeout).await {
             Ok(()) => {}
-            Err(e @ (ember_ttrpc::Error::Status(_) | ember_ttrpc::Error::Timeout(_))) => {
+            Err(e @ (ember_ttrpc::Error::Status(_) | ember_ttrpc::Error::Timeout(_)))
+                if !target.client().is_closed() =>
+            {
                 if let Target::Explicit(r) = &target {
                     r.stopping.store(false, Ordering::SeqCst);
                 }
