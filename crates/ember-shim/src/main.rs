@@ -9,6 +9,7 @@ mod events;
 mod lifecycle;
 mod rootfs;
 mod service;
+mod sizing;
 mod socket;
 mod stdio;
 mod task;

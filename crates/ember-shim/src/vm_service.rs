@@ -9,6 +9,7 @@ use ember_ttrpc::{Code, Service, Status};
 use ember_vm_api::ember::{DescribeVmRequest, ListVMsRequest, ListVMsResponse, VmDescription};
 use ember_vm_api::fc::*;
 
+use crate::sizing::Host;
 use crate::task::Task;
 use crate::vm::{err, BootSpec, Phase, VmHost};
 
@@ -132,7 +133,7 @@ async fn create_vm(task: &Task, r: CreateVmRequest) -> Result<CreateVmResponse, 
             format!("CreateVM for {} on the shim of VM {}", r.vmid, vm.id),
         ));
     }
-    let spec = BootSpec::from_create_vm(&vm.config, &r)?;
+    let spec = BootSpec::from_create_vm(vm.usable_config()?, &r, &Host::probe())?;
     if r.container_count > 0 {
         tracing::info!(
             vm = %vm.id,

@@ -13,11 +13,21 @@ use ember_ttrpc::{Code, Status};
 use ember_vmm::Drive;
 
 use super::{agent_err, cleanup_rootfs, err, watch_oom, Container, Proc, Storage, Task};
-use crate::config::RuntimeConfig;
+use crate::config::{annotation, RuntimeConfig};
 use crate::rootfs;
+use crate::sizing::{self, Host};
 use crate::vm::{BootSpec, Phase};
 use crate::volumes::{self, Transport};
 use ember_shim_api::*;
+
+/// Annotations that size or shape the VM (ignored by a container that joins one).
+const SIZING_KEYS: &[&str] = &[
+    annotation::VMM,
+    annotation::VCPUS,
+    annotation::MEMORY_MIB,
+    annotation::KERNEL_ARGS,
+    annotation::ACCEL,
+];
 
 /// Drive id (virtio-blk serial) of the rootfs of a VM's first container.
 const ROOTFS_DRIVE: &str = "rootfs";
@@ -78,13 +88,29 @@ impl Task {
                 .map_err(|e| err(Code::Internal, format!("moving the shim into {cg}: {e}")))?;
         }
         let bundle = read_bundle(&req.bundle)?;
-        let cfg = self
-            .vm
-            .config
-            .clone()
-            .with_annotations(&bundle.annotations)
-            .map_err(|e| err(Code::InvalidArgument, e.to_string()))?;
+        let base = self.vm.usable_config()?;
+        let unknown = sizing::unknown_annotations(&bundle.annotations);
+        if !unknown.is_empty() {
+            tracing::warn!(
+                container = %req.id,
+                "unknown annotation {} ignored (Ember reads {})",
+                unknown.join(", "),
+                annotation::KNOWN.join(", ")
+            );
+        }
         let boots = self.vm.phase() == Phase::Absent;
+        // A VM booted for the container is sized by it; one it joins stays as it is
+        // (the container's limits apply to its own cgroup in the guest).
+        let host = Host::probe();
+        let cfg = if boots {
+            sizing::for_boot(base, &bundle.spec, &bundle.annotations, &host)
+        } else {
+            base.clone().with_annotations(&bundle.annotations, &host)
+        }
+        .map_err(|e| err(Code::InvalidArgument, e.to_string()))?;
+        let resized = SIZING_KEYS
+            .iter()
+            .any(|k| bundle.annotations.contains_key(*k));
         // Host mounts that cannot reach the VM are refused before anything is made.
         let can_share = if boots {
             matches!(cfg.vmm, ember_vmm::VmmKind::Qemu)
@@ -95,7 +121,8 @@ impl Task {
         let (storage, device, build_ms, boot) = if boots {
             self.boot_for(&req, &bundle.dir, cfg).await?
         } else {
-            self.place_in_pool(&req, &bundle.dir, &cfg).await?
+            self.place_in_pool(&req, &bundle.dir, resized.then_some(&cfg))
+                .await?
         };
         // Host bind mounts: shared through the running VM's shared directory, or
         // single files copied in; the spec's sources are rewritten for the guest.
@@ -246,15 +273,16 @@ impl Task {
         Ok((Storage::BootDrive(r), device, ms, timings))
     }
 
-    /// Writes the rootfs into a fresh region of the running VM's pool drive.
+    /// Writes the rootfs into a fresh region of the running VM's pool drive;
+    /// `asked` is the sizing the container's annotations ask for, if any.
     async fn place_in_pool(
         &self,
         req: &CreateTaskRequest,
         bundle: &Path,
-        cfg: &RuntimeConfig,
+        asked: Option<&RuntimeConfig>,
     ) -> Result<Placed, Status> {
         self.vm.require_up()?;
-        if let Some(b) = self.vm.booted() {
+        if let (Some(b), Some(cfg)) = (self.vm.booted(), asked) {
             if !same_sizing(&b.config, cfg) {
                 tracing::info!(
                     container = %req.id,
