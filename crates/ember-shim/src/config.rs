@@ -8,6 +8,8 @@
 
 mod diagnose;
 
+pub use diagnose::closest;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 

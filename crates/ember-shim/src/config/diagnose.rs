@@ -23,7 +23,7 @@ pub fn parse(path: &Path, text: &str) -> Result<RuntimeConfig, ConfigError> {
         )
     })?;
     if let Some(key) = table.keys().find(|k| !KEYS.contains(&k.as_str())) {
-        let hint = closest(key)
+        let hint = closest(key, KEYS)
             .map(|k| format!(" (did you mean `{k}`?)"))
             .unwrap_or_default();
         return Err(file(
@@ -109,8 +109,9 @@ pub fn value_text(text: &str, key: &str) -> String {
 }
 
 /// The known key closest to a misspelt one, when it is close.
-pub fn closest(key: &str) -> Option<&'static str> {
-    KEYS.iter()
+pub fn closest(key: &str, known: &[&'static str]) -> Option<&'static str> {
+    known
+        .iter()
         .map(|k| (edit_distance(key, k), *k))
         .min()
         .filter(|(d, k)| *d <= (k.len() / 3).max(2))
@@ -149,10 +150,10 @@ mod tests {
 
     #[test]
     fn misspellings_find_their_key() {
-        assert_eq!(closest("memroy_mib"), Some("memory_mib"));
-        assert_eq!(closest("vcpu"), Some("vcpus"));
-        assert_eq!(closest("kernal"), Some("kernel"));
-        assert_eq!(closest("bootTimeout"), None);
+        assert_eq!(closest("memroy_mib", KEYS), Some("memory_mib"));
+        assert_eq!(closest("vcpu", KEYS), Some("vcpus"));
+        assert_eq!(closest("kernal", KEYS), Some("kernel"));
+        assert_eq!(closest("bootTimeout", KEYS), None);
         assert_eq!(edit_distance("abc", "abc"), 0);
         assert_eq!(edit_distance("ab", "ba"), 1);
     }

@@ -89,12 +89,14 @@ impl Task {
         }
         let bundle = read_bundle(&req.bundle)?;
         let base = self.vm.usable_config()?;
-        let unknown = sizing::unknown_annotations(&bundle.annotations);
-        if !unknown.is_empty() {
+        // ctr shows no warnings: the shim's log is where they go.
+        for key in sizing::unknown_annotations(&bundle.annotations) {
+            let hint = crate::config::closest(key, annotation::KNOWN)
+                .map(|k| format!(" (did you mean {k}?)"))
+                .unwrap_or_default();
             tracing::warn!(
                 container = %req.id,
-                "unknown annotation {} ignored (Ember reads {})",
-                unknown.join(", "),
+                "unknown annotation {key} ignored{hint}; Ember reads {}",
                 annotation::KNOWN.join(", ")
             );
         }
@@ -365,4 +367,77 @@ type Placed = (
 fn same_sizing(a: &RuntimeConfig, b: &RuntimeConfig) -> bool {
     (a.vmm, a.vcpus, a.memory_mib, a.accel, &a.kernel_args)
         == (b.vmm, b.vcpus, b.memory_mib, b.accel, &b.kernel_args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Publisher;
+    use crate::vm::VmHost;
+
+    /// A configuration that broke between `start` and `serve` fails the create
+    /// with its message (a ttrpc error), and the shim goes on serving.
+    #[tokio::test]
+    async fn a_config_broken_at_serve_time_fails_create_with_its_message() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("config.json"), r#"{"ociVersion":"1.0.2"}"#).unwrap();
+        let why = "/etc/ember/runtime.toml:3: unknown key `memroy_mib`".to_string();
+        let host = VmHost::new(
+            "c1".into(),
+            false,
+            "default".into(),
+            Err(why.clone()),
+            d.path().join("state"),
+        );
+        let task = Task::new(host.clone(), Publisher::start(None, "default".into()));
+        let req = CreateTaskRequest {
+            id: "c1".into(),
+            bundle: d.path().display().to_string(),
+            ..Default::default()
+        };
+        let e = task.create(req.clone()).await.unwrap_err();
+        assert_eq!(
+            (e.code(), e.message()),
+            (Code::FailedPrecondition, why.as_str())
+        );
+        // Nothing was made or booted; the same error comes again.
+        assert_eq!(host.phase(), Phase::Absent);
+        assert!(!d.path().join("state").exists());
+        assert_eq!(task.create(req).await.unwrap_err().message(), why);
+    }
+
+    /// Sizes the host cannot give are refused before the rootfs is built or a
+    /// VM boots.
+    #[tokio::test]
+    async fn sizes_the_host_cannot_give_fail_create_before_anything_is_made() {
+        let d = tempfile::tempdir().unwrap();
+        let spec = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "annotations": {"io.ember.vm.vcpus": "0"},
+        });
+        std::fs::write(d.path().join("config.json"), spec.to_string()).unwrap();
+        let host = VmHost::new(
+            "c1".into(),
+            false,
+            "default".into(),
+            Ok(RuntimeConfig::default()),
+            d.path().join("state"),
+        );
+        let task = Task::new(host.clone(), Publisher::start(None, "default".into()));
+        let e = task
+            .create(CreateTaskRequest {
+                id: "c1".into(),
+                bundle: d.path().display().to_string(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert_eq!(
+            e.message(),
+            "annotation io.ember.vm.vcpus=\"0\": a VM needs at least 1 vCPU"
+        );
+        assert_eq!(host.phase(), Phase::Absent);
+        assert!(!d.path().join("state").exists());
+    }
 }
