@@ -175,6 +175,9 @@ impl RuntimeConfig {
         sizing::check_vcpus(c.vcpus.into(), host).map_err(|e| at("vcpus", e.to_string()))?;
         sizing::check_memory(c.memory_mib.into(), host)
             .map_err(|e| at("memory_mib", e.to_string()))?;
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&c.log_level) {
+            return Err(at("log_level", format!("not a log filter: {e}")));
+        }
         if c.boot_timeout_secs == 0 {
             return Err(at("boot_timeout_secs", "at least 1 second".into()));
         }

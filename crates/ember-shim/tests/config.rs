@@ -75,12 +75,36 @@ fn a_broken_runtime_config_is_named_in_ctrs_error_within_seconds() {
         assert!(took < Duration::from_secs(5), "{bad:?}: {took:?} to fail");
         assert!(err.contains(want.as_str()), "{bad:?}: ctr said {err}");
         assert!(!err.contains("ttrpc: closed"), "{err}");
+        // One line: the shim's message, then containerd's ": exit status 1".
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(err.contains(": exit status 1"), "{err}");
         let _ = c.ctr(&["containers", "rm", &id]);
     }
     // Mended, the same runtime runs containers again; nothing was left behind.
     std::fs::write(&path, &good).unwrap();
     let out = c.run("mended", &["true"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    c.assert_clean();
+}
+
+#[test]
+fn containerd_1_7_shows_the_config_error_too() {
+    let c = Containerd::start_release(&TRIXIE);
+    let path = runtime_toml(&c);
+    let good = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("{good}vcpu = 2\n")).unwrap();
+    let t = Instant::now();
+    let out = c.run("badcfg", &["true"]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success() && t.elapsed() < Duration::from_secs(5));
+    let want = format!(
+        "{}:{}: unknown key `vcpu` (did you mean `vcpus`?)",
+        path.display(),
+        good.lines().count() + 1
+    );
+    assert!(err.contains(&want), "ctr said {err}");
+    let _ = c.ctr(&["containers", "rm", "badcfg"]);
+    std::fs::write(&path, &good).unwrap();
     c.assert_clean();
 }
 
@@ -122,7 +146,7 @@ fn ctr_cpu_and_memory_limits_size_the_vm() {
     );
     assert_eq!(c.exec_ok("first", "nproc", &["nproc"]).trim(), "2");
     // 300000000 bytes is 286.1 MiB; the VM has 287 + 64 MiB, of which the guest
-    // kernel keeps about 17 MiB for itself.
+    // kernel keeps some 20 MiB for itself (MemTotal 328 MiB).
     let total = guest_mem_total_mib(&c, "first");
     assert!(
         (300..=351).contains(&total),

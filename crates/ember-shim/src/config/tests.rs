@@ -47,6 +47,7 @@ fn every_key_is_read() {
                 "memory_mib" => "300",
                 "guest_overhead_mib" => "32",
                 "boot_timeout_secs" => "9",
+                "log_level" => "\"warn\"",
                 _ => "\"/x\"",
             };
             format!("{k} = {v}\n")
@@ -57,7 +58,7 @@ fn every_key_is_read() {
         (c.vmm, c.accel, c.vcpus, c.memory_mib, c.guest_overhead_mib),
         (VmmKind::Firecracker, Accel::Kvm, 3, 300, 32)
     );
-    assert_eq!((c.boot_timeout_secs, c.log_level.as_str()), (9, "/x"));
+    assert_eq!((c.boot_timeout_secs, c.log_level.as_str()), (9, "warn"));
     assert_eq!(c.state_dir, PathBuf::from("/x"));
 }
 
@@ -151,6 +152,11 @@ fn sizes_the_host_cannot_give_are_refused_with_the_limit() {
     let m = message("memory_mib = 9000\n");
     assert!(m.contains("more than the host's 8192 MiB"), "{m}");
     assert!(message("boot_timeout_secs = 0\n").contains("boot_timeout_secs = 0"));
+    let m = message("log_level = \"info,x=[\"\n");
+    assert!(
+        m.contains(":1: log_level = \"info,x=[\": not a log filter"),
+        "{m}"
+    );
 }
 
 #[test]
