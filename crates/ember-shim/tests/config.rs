@@ -197,6 +197,12 @@ fn sizes_the_host_cannot_give_fail_fast_naming_value_and_limit() {
     let e = fails_fast(&c, "limit", &[], &["--cpus", &cpus]);
     assert!(e.contains("the container's CPU limit"), "{e}");
     assert!(e.contains("more than the host's"), "{e}");
+    let e = fails_fast(&c, "huge", &[], &["--memory-limit", "100000000000000"]);
+    assert!(
+        e.contains("the container's memory limit (100000000000000 bytes) + 64 MiB for the guest: "),
+        "{e}"
+    );
+    assert!(e.contains("MiB of memory"), "{e}");
     c.assert_clean();
 }
 
