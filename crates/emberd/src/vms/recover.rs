@@ -25,7 +25,16 @@ impl Vms {
             if !me.forget(&r) {
                 return;
             }
-            tracing::info!(namespace = %r.namespace, vm = %r.id, "the VM's shim exited: removing the VM");
+            tracing::warn!(namespace = %r.namespace, vm = %r.id, address = %r.address,
+                exit_status = "unknown", log_tail = %r.log.tail(),
+                "shim unexpected exit: the VM's shim went away; removing the VM");
+            me.tasks
+                .metrics
+                .shim_unexpected_exits
+                .inc(vec![crate::metrics::label(
+                    "shim",
+                    crate::runtime::shim_binary(&me.runtime).unwrap_or_default(),
+                )]);
             me.tasks
                 .cleanup_bundle(&r.namespace, &r.id, &r.bundle)
                 .await;
