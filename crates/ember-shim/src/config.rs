@@ -1,12 +1,22 @@
 //! Runtime configuration: a TOML file (`$EMBER_RUNTIME_CONFIG`, default
 //! `/etc/ember/runtime.toml`; a missing file means the defaults), overridden per
-//! container by annotations in the OCI spec.
+//! container by the OCI spec's resources and by annotations (see [`crate::sizing`]).
+//!
+//! The file is read strictly: an unknown key (with the closest known one
+//! suggested), a value of the wrong type, text that is not TOML, or a VM size the
+//! host cannot give is an error naming the file, the line and the key.
+
+mod diagnose;
+
+pub use diagnose::closest;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use ember_vmm::{Accel, VmmKind};
 use serde::Deserialize;
+
+use crate::sizing::{self, Host};
 
 pub const DEFAULT_PATH: &str = "/etc/ember/runtime.toml";
 
@@ -19,7 +29,32 @@ pub mod annotation {
     pub const MEMORY_MIB: &str = "io.ember.vm.memory_mib";
     pub const KERNEL_ARGS: &str = "io.ember.vm.kernel_args";
     pub const ACCEL: &str = "io.ember.vm.accel";
+    /// Every `io.ember.*` annotation Ember reads; others are warned about.
+    pub const KNOWN: &[&str] = &[
+        ember_vm_api::annotations::EMBER_VM_ID,
+        VMM,
+        VCPUS,
+        MEMORY_MIB,
+        KERNEL_ARGS,
+        ACCEL,
+    ];
 }
+
+/// The keys of the file, as [`RuntimeConfig`]'s fields are named.
+pub const KEYS: &[&str] = &[
+    "vmm",
+    "vmm_binary",
+    "kernel",
+    "initrd",
+    "vcpus",
+    "memory_mib",
+    "guest_overhead_mib",
+    "kernel_args",
+    "accel",
+    "log_level",
+    "boot_timeout_secs",
+    "state_dir",
+];
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -30,8 +65,13 @@ pub struct RuntimeConfig {
     pub vmm_binary: Option<PathBuf>,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
+    /// vCPUs of a VM whose container has no CPU limit or annotation.
     pub vcpus: u8,
+    /// Memory of a VM whose container has no memory limit or annotation.
     pub memory_mib: u32,
+    /// Added to a container's memory limit when it sizes its VM: the guest
+    /// kernel, the agent and the page cache of the container's rootfs.
+    pub guest_overhead_mib: u32,
     /// Appended to the guest kernel command line.
     pub kernel_args: String,
     /// `auto` (probe KVM, else TCG), `kvm` or `tcg`.
@@ -41,6 +81,9 @@ pub struct RuntimeConfig {
     pub boot_timeout_secs: u64,
     /// Where VM sockets, logs and rootfs images live.
     pub state_dir: PathBuf,
+    /// The file this was read from (none: the defaults).
+    #[serde(skip)]
+    pub path: Option<PathBuf>,
 }
 
 impl Default for RuntimeConfig {
@@ -53,11 +96,13 @@ impl Default for RuntimeConfig {
             initrd: guest.join("initramfs.cpio"),
             vcpus: 1,
             memory_mib: 256,
+            guest_overhead_mib: sizing::DEFAULT_GUEST_OVERHEAD_MIB,
             kernel_args: String::new(),
             accel: Accel::Auto,
             log_level: "info".into(),
             boot_timeout_secs: 60,
             state_dir: PathBuf::from("/run/ember/shim"),
+            path: None,
         }
     }
 }
@@ -66,59 +111,113 @@ impl Default for RuntimeConfig {
 pub enum ConfigError {
     #[error("reading {0}: {1}")]
     Read(PathBuf, std::io::Error),
-    #[error("parsing {0}: {1}")]
-    Parse(PathBuf, toml::de::Error),
+    /// Something wrong in the file: where, and what.
+    #[error("{}{}: {why}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+    File {
+        path: PathBuf,
+        line: Option<usize>,
+        key: Option<String>,
+        why: String,
+    },
     #[error("annotation {key}={value:?}: {why}")]
     Annotation {
         key: String,
         value: String,
         why: String,
     },
+    /// A VM size derived from the container's spec that the host cannot give.
+    #[error("{what}: {why}")]
+    Spec { what: String, why: String },
+}
+
+/// Where the configuration file is: `$EMBER_RUNTIME_CONFIG`, else the default.
+pub fn path() -> PathBuf {
+    std::env::var_os("EMBER_RUNTIME_CONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_PATH))
 }
 
 impl RuntimeConfig {
     /// Loads the configuration file, or the defaults when there is none.
     pub fn load() -> Result<Self, ConfigError> {
-        let path = std::env::var_os("EMBER_RUNTIME_CONFIG")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_PATH));
-        Self::load_from(&path)
+        Self::load_from(&path())
     }
 
     pub fn load_from(path: &Path) -> Result<Self, ConfigError> {
         match std::fs::read_to_string(path) {
-            Ok(text) => toml::from_str(&text).map_err(|e| ConfigError::Parse(path.into(), e)),
+            Ok(text) => Self::parse(path, &text, &Host::probe()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
             Err(e) => Err(ConfigError::Read(path.into(), e)),
         }
     }
 
-    /// Applies the `io.ember.vm.*` annotations of a container.
-    pub fn with_annotations(mut self, ann: &HashMap<String, String>) -> Result<Self, ConfigError> {
-        let bad = |key: &str, value: &str, why: &str| ConfigError::Annotation {
+    /// The state directory even of a configuration that does not load (what
+    /// `delete` needs to clean up): the file's `state_dir` when it has a readable
+    /// one, else the default.
+    pub fn state_dir_of_broken(path: &Path) -> PathBuf {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| t.parse::<toml::Table>().ok())
+            .and_then(|t| t.get("state_dir")?.as_str().map(PathBuf::from))
+            .unwrap_or_else(|| Self::default().state_dir)
+    }
+
+    /// Parses the text of file `path`, checking its VM size against `host`.
+    pub fn parse(path: &Path, text: &str, host: &Host) -> Result<Self, ConfigError> {
+        let mut c = diagnose::parse(path, text)?;
+        c.path = Some(path.to_path_buf());
+        let at = |key: &str, why: String| ConfigError::File {
+            path: path.to_path_buf(),
+            line: diagnose::key_line(text, key),
+            key: Some(key.into()),
+            why: format!("{key} = {}: {why}", diagnose::value_text(text, key)),
+        };
+        sizing::check_vcpus(c.vcpus.into(), host).map_err(|e| at("vcpus", e.to_string()))?;
+        sizing::check_memory(c.memory_mib.into(), host)
+            .map_err(|e| at("memory_mib", e.to_string()))?;
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&c.log_level) {
+            return Err(at("log_level", format!("not a log filter: {e}")));
+        }
+        if c.boot_timeout_secs == 0 {
+            return Err(at("boot_timeout_secs", "at least 1 second".into()));
+        }
+        Ok(c)
+    }
+
+    /// Applies the `io.ember.vm.*` annotations of a container; the sizes they ask
+    /// for are checked against `host`.
+    pub fn with_annotations(
+        mut self,
+        ann: &HashMap<String, String>,
+        host: &Host,
+    ) -> Result<Self, ConfigError> {
+        let bad = |key: &str, value: &str, why: String| ConfigError::Annotation {
             key: key.into(),
             value: value.into(),
-            why: why.into(),
+            why,
         };
         if let Some(v) = ann.get(annotation::VMM) {
             self.vmm = match v.as_str() {
                 "qemu" => VmmKind::Qemu,
                 "firecracker" => VmmKind::Firecracker,
-                _ => return Err(bad(annotation::VMM, v, "qemu or firecracker")),
+                _ => return Err(bad(annotation::VMM, v, "qemu or firecracker".into())),
             };
         }
         if let Some(v) = ann.get(annotation::VCPUS) {
-            self.vcpus = v
+            let n: u64 = v
+                .trim()
                 .parse()
-                .ok()
-                .filter(|n| *n >= 1)
-                .ok_or_else(|| bad(annotation::VCPUS, v, "a number from 1 to 255"))?;
+                .map_err(|_| bad(annotation::VCPUS, v, "not a number of vCPUs".into()))?;
+            self.vcpus = sizing::check_vcpus(n, host)
+                .map_err(|e| bad(annotation::VCPUS, v, e.to_string()))?;
         }
         if let Some(v) = ann.get(annotation::MEMORY_MIB) {
-            self.memory_mib =
-                v.parse().ok().filter(|n| *n >= 64).ok_or_else(|| {
-                    bad(annotation::MEMORY_MIB, v, "a number of MiB, at least 64")
-                })?;
+            let n: u64 = v
+                .trim()
+                .parse()
+                .map_err(|_| bad(annotation::MEMORY_MIB, v, "not a number of MiB".into()))?;
+            self.memory_mib = sizing::check_memory(n, host)
+                .map_err(|e| bad(annotation::MEMORY_MIB, v, e.to_string()))?;
         }
         if let Some(v) = ann.get(annotation::KERNEL_ARGS) {
             if !self.kernel_args.is_empty() {
@@ -131,7 +230,7 @@ impl RuntimeConfig {
                 "auto" => Accel::Auto,
                 "kvm" => Accel::Kvm,
                 "tcg" => Accel::Tcg,
-                _ => return Err(bad(annotation::ACCEL, v, "auto, kvm or tcg")),
+                _ => return Err(bad(annotation::ACCEL, v, "auto, kvm or tcg".into())),
             };
         }
         Ok(self)
@@ -139,42 +238,4 @@ impl RuntimeConfig {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn file_and_annotations() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("runtime.toml");
-        std::fs::write(
-            &p,
-            "vcpus = 2\nmemory_mib = 512\naccel = \"tcg\"\nkernel_args = \"quiet\"\n",
-        )
-        .unwrap();
-        let c = RuntimeConfig::load_from(&p).unwrap();
-        assert_eq!((c.vcpus, c.memory_mib, c.accel), (2, 512, Accel::Tcg));
-        let mut ann = HashMap::new();
-        ann.insert(annotation::MEMORY_MIB.to_string(), "1024".to_string());
-        ann.insert(annotation::KERNEL_ARGS.to_string(), "x=1".to_string());
-        let c = c.with_annotations(&ann).unwrap();
-        assert_eq!(c.memory_mib, 1024);
-        assert_eq!(c.kernel_args, "quiet x=1");
-        ann.insert(annotation::VCPUS.to_string(), "zero".to_string());
-        assert!(c.with_annotations(&ann).is_err());
-    }
-
-    #[test]
-    fn missing_file_is_defaults_and_typos_are_errors() {
-        let d = tempfile::tempdir().unwrap();
-        assert_eq!(
-            RuntimeConfig::load_from(&d.path().join("none")).unwrap(),
-            RuntimeConfig::default()
-        );
-        let p = d.path().join("bad.toml");
-        std::fs::write(&p, "memroy_mib = 5\n").unwrap();
-        assert!(matches!(
-            RuntimeConfig::load_from(&p),
-            Err(ConfigError::Parse(..))
-        ));
-    }
-}
+mod tests;

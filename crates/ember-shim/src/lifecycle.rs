@@ -102,7 +102,10 @@ fn bundle_identity() -> Option<(u64, u64)> {
 }
 
 /// `start`: binds the socket, launches `serve` in its own session, prints the address.
+/// A runtime configuration that does not load fails it first, its message on
+/// stderr (containerd hands a failed start's output to its client).
 pub fn start(args: &Args) -> Result<()> {
+    let config = RuntimeConfig::load()?;
     let vm = bundle_vm(args);
     let vm = vm.as_deref();
     let socket = socket_path(args, vm);
@@ -118,7 +121,6 @@ pub fn start(args: &Args) -> Result<()> {
         print!("{address}");
         return Ok(());
     }
-    let config = RuntimeConfig::load()?;
     let dir = state_dir(&config, args, vm);
     await_previous_shim(&dir, args, vm);
     let _ = std::fs::remove_file(&socket);
@@ -190,7 +192,11 @@ fn write_address(address: &str) -> Result<()> {
 
 /// `serve`: the long-running shim.
 pub fn serve(args: &Args) -> Result<()> {
-    let config = RuntimeConfig::load()?;
+    // `start` loaded it a moment ago; should it have broken since, the shim still
+    // serves (with the defaults) and answers every boot with the error, which then
+    // reaches the client instead of a closed connection.
+    let loaded = RuntimeConfig::load().map_err(|e| e.to_string());
+    let config = loaded.clone().unwrap_or_default();
     let vm = args.vm.as_deref();
     let dir = state_dir(&config, args, vm);
     std::fs::create_dir_all(&dir)?;
@@ -202,6 +208,9 @@ pub fn serve(args: &Args) -> Result<()> {
             &config.log_level
         },
     );
+    if let Err(e) = &loaded {
+        tracing::error!("runtime configuration: {e}");
+    }
     let fd: i32 = std::env::var(LISTEN_FD_ENV)
         .ok()
         .and_then(|v| v.parse().ok())
@@ -225,7 +234,7 @@ pub fn serve(args: &Args) -> Result<()> {
             vm_id,
             args.vm.is_some(),
             args.namespace.clone(),
-            config,
+            loaded,
             task_dir,
         );
         let task = Task::new(host.clone(), publisher);
@@ -301,7 +310,14 @@ pub fn delete(args: &Args) -> Result<()> {
     if args.id.is_empty() {
         bail!("-id is required");
     }
-    let config = RuntimeConfig::load()?;
+    // A configuration broken since the shim started must not keep its leftovers.
+    let config = RuntimeConfig::load().unwrap_or_else(|e| {
+        eprintln!("containerd-shim-ember-v2: {e}");
+        RuntimeConfig {
+            state_dir: RuntimeConfig::state_dir_of_broken(&crate::config::path()),
+            ..Default::default()
+        }
+    });
     let vm = recorded_vm(args);
     let vm = vm.as_deref();
     let dir = state_dir(&config, args, vm);

@@ -9,6 +9,7 @@ mod events;
 mod lifecycle;
 mod rootfs;
 mod service;
+mod sizing;
 mod socket;
 mod stdio;
 mod task;
@@ -38,7 +39,13 @@ fn main() {
         }
     };
     if let Err(e) = result {
-        eprintln!("containerd-shim-ember-v2: {e:#}");
+        // containerd quotes a failed start's output in its error, followed by
+        // ": exit status 1": one line without a newline reads best there.
+        if args.action == "start" {
+            eprint!("containerd-shim-ember-v2: {e:#}");
+        } else {
+            eprintln!("containerd-shim-ember-v2: {e:#}");
+        }
         std::process::exit(1);
     }
 }

@@ -9,6 +9,7 @@ use ember_ttrpc::{Code, Service, Status};
 use ember_vm_api::ember::{DescribeVmRequest, ListVMsRequest, ListVMsResponse, VmDescription};
 use ember_vm_api::fc::*;
 
+use crate::sizing::Host;
 use crate::task::Task;
 use crate::vm::{err, BootSpec, Phase, VmHost};
 
@@ -132,7 +133,7 @@ async fn create_vm(task: &Task, r: CreateVmRequest) -> Result<CreateVmResponse, 
             format!("CreateVM for {} on the shim of VM {}", r.vmid, vm.id),
         ));
     }
-    let spec = BootSpec::from_create_vm(&vm.config, &r)?;
+    let spec = BootSpec::from_create_vm(vm.usable_config()?, &r, &Host::probe())?;
     if r.container_count > 0 {
         tracing::info!(
             vm = %vm.id,
@@ -185,4 +186,40 @@ async fn stop_vm(vm: &VmHost, r: &StopVmRequest) -> Result<(), Status> {
         vm.exit_shim();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Publisher;
+
+    /// CreateVM on a shim whose configuration broke after `start` answers with the
+    /// configuration's error, as Create does.
+    #[tokio::test]
+    async fn create_vm_with_a_broken_config_is_an_error_with_its_message() {
+        let d = tempfile::tempdir().unwrap();
+        let why = "/etc/ember/runtime.toml:1: vcpus = 0: a VM needs at least 1 vCPU".to_string();
+        let host = VmHost::new(
+            "vm1".into(),
+            true,
+            "default".into(),
+            Err(why.clone()),
+            d.path().join("state"),
+        );
+        let task = Task::new(host.clone(), Publisher::start(None, "default".into()));
+        let e = create_vm(
+            &task,
+            CreateVmRequest {
+                vmid: "vm1".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            (e.code(), e.message()),
+            (Code::FailedPrecondition, why.as_str())
+        );
+        assert_eq!(host.phase(), Phase::Absent);
+    }
 }

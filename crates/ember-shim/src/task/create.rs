@@ -13,11 +13,21 @@ use ember_ttrpc::{Code, Status};
 use ember_vmm::Drive;
 
 use super::{agent_err, cleanup_rootfs, err, watch_oom, Container, Proc, Storage, Task};
-use crate::config::RuntimeConfig;
+use crate::config::{annotation, RuntimeConfig};
 use crate::rootfs;
+use crate::sizing::{self, Host};
 use crate::vm::{BootSpec, Phase};
 use crate::volumes::{self, Transport};
 use ember_shim_api::*;
+
+/// Annotations that size or shape the VM (ignored by a container that joins one).
+const SIZING_KEYS: &[&str] = &[
+    annotation::VMM,
+    annotation::VCPUS,
+    annotation::MEMORY_MIB,
+    annotation::KERNEL_ARGS,
+    annotation::ACCEL,
+];
 
 /// Drive id (virtio-blk serial) of the rootfs of a VM's first container.
 const ROOTFS_DRIVE: &str = "rootfs";
@@ -78,13 +88,31 @@ impl Task {
                 .map_err(|e| err(Code::Internal, format!("moving the shim into {cg}: {e}")))?;
         }
         let bundle = read_bundle(&req.bundle)?;
-        let cfg = self
-            .vm
-            .config
-            .clone()
-            .with_annotations(&bundle.annotations)
-            .map_err(|e| err(Code::InvalidArgument, e.to_string()))?;
+        let base = self.vm.usable_config()?;
+        // ctr shows no warnings: the shim's log is where they go.
+        for key in sizing::unknown_annotations(&bundle.annotations) {
+            let hint = crate::config::closest(key, annotation::KNOWN)
+                .map(|k| format!(" (did you mean {k}?)"))
+                .unwrap_or_default();
+            tracing::warn!(
+                container = %req.id,
+                "unknown annotation {key} ignored{hint}; Ember reads {}",
+                annotation::KNOWN.join(", ")
+            );
+        }
         let boots = self.vm.phase() == Phase::Absent;
+        // A VM booted for the container is sized by it; one it joins stays as it is
+        // (the container's limits apply to its own cgroup in the guest).
+        let host = Host::probe();
+        let cfg = if boots {
+            sizing::for_boot(base, &bundle.spec, &bundle.annotations, &host)
+        } else {
+            base.clone().with_annotations(&bundle.annotations, &host)
+        }
+        .map_err(|e| err(Code::InvalidArgument, e.to_string()))?;
+        let resized = SIZING_KEYS
+            .iter()
+            .any(|k| bundle.annotations.contains_key(*k));
         // Host mounts that cannot reach the VM are refused before anything is made.
         let can_share = if boots {
             matches!(cfg.vmm, ember_vmm::VmmKind::Qemu)
@@ -95,7 +123,8 @@ impl Task {
         let (storage, device, build_ms, boot) = if boots {
             self.boot_for(&req, &bundle.dir, cfg).await?
         } else {
-            self.place_in_pool(&req, &bundle.dir, &cfg).await?
+            self.place_in_pool(&req, &bundle.dir, resized.then_some(&cfg))
+                .await?
         };
         // Host bind mounts: shared through the running VM's shared directory, or
         // single files copied in; the spec's sources are rewritten for the guest.
@@ -246,15 +275,16 @@ impl Task {
         Ok((Storage::BootDrive(r), device, ms, timings))
     }
 
-    /// Writes the rootfs into a fresh region of the running VM's pool drive.
+    /// Writes the rootfs into a fresh region of the running VM's pool drive;
+    /// `asked` is the sizing the container's annotations ask for, if any.
     async fn place_in_pool(
         &self,
         req: &CreateTaskRequest,
         bundle: &Path,
-        cfg: &RuntimeConfig,
+        asked: Option<&RuntimeConfig>,
     ) -> Result<Placed, Status> {
         self.vm.require_up()?;
-        if let Some(b) = self.vm.booted() {
+        if let (Some(b), Some(cfg)) = (self.vm.booted(), asked) {
             if !same_sizing(&b.config, cfg) {
                 tracing::info!(
                     container = %req.id,
@@ -337,4 +367,77 @@ type Placed = (
 fn same_sizing(a: &RuntimeConfig, b: &RuntimeConfig) -> bool {
     (a.vmm, a.vcpus, a.memory_mib, a.accel, &a.kernel_args)
         == (b.vmm, b.vcpus, b.memory_mib, b.accel, &b.kernel_args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Publisher;
+    use crate::vm::VmHost;
+
+    /// A configuration that broke between `start` and `serve` fails the create
+    /// with its message (a ttrpc error), and the shim goes on serving.
+    #[tokio::test]
+    async fn a_config_broken_at_serve_time_fails_create_with_its_message() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("config.json"), r#"{"ociVersion":"1.0.2"}"#).unwrap();
+        let why = "/etc/ember/runtime.toml:3: unknown key `memroy_mib`".to_string();
+        let host = VmHost::new(
+            "c1".into(),
+            false,
+            "default".into(),
+            Err(why.clone()),
+            d.path().join("state"),
+        );
+        let task = Task::new(host.clone(), Publisher::start(None, "default".into()));
+        let req = CreateTaskRequest {
+            id: "c1".into(),
+            bundle: d.path().display().to_string(),
+            ..Default::default()
+        };
+        let e = task.create(req.clone()).await.unwrap_err();
+        assert_eq!(
+            (e.code(), e.message()),
+            (Code::FailedPrecondition, why.as_str())
+        );
+        // Nothing was made or booted; the same error comes again.
+        assert_eq!(host.phase(), Phase::Absent);
+        assert!(!d.path().join("state").exists());
+        assert_eq!(task.create(req).await.unwrap_err().message(), why);
+    }
+
+    /// Sizes the host cannot give are refused before the rootfs is built or a
+    /// VM boots.
+    #[tokio::test]
+    async fn sizes_the_host_cannot_give_fail_create_before_anything_is_made() {
+        let d = tempfile::tempdir().unwrap();
+        let spec = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "annotations": {"io.ember.vm.vcpus": "0"},
+        });
+        std::fs::write(d.path().join("config.json"), spec.to_string()).unwrap();
+        let host = VmHost::new(
+            "c1".into(),
+            false,
+            "default".into(),
+            Ok(RuntimeConfig::default()),
+            d.path().join("state"),
+        );
+        let task = Task::new(host.clone(), Publisher::start(None, "default".into()));
+        let e = task
+            .create(CreateTaskRequest {
+                id: "c1".into(),
+                bundle: d.path().display().to_string(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert_eq!(
+            e.message(),
+            "annotation io.ember.vm.vcpus=\"0\": a VM needs at least 1 vCPU"
+        );
+        assert_eq!(host.phase(), Phase::Absent);
+        assert!(!d.path().join("state").exists());
+    }
 }

@@ -109,6 +109,9 @@ pub struct VmHost {
     /// Whether containers name this VM (else it is one container's own).
     pub grouped: bool,
     pub config: RuntimeConfig,
+    /// Why the runtime configuration did not load when the shim started serving
+    /// (it serves with the defaults and refuses to boot VMs, with this message).
+    pub config_error: Option<String>,
     /// The shim's state directory: `vm/` (VMM sockets and logs, `shared/`), `pool`,
     /// `containers/<id>/`.
     pub dir: PathBuf,
@@ -141,14 +144,19 @@ impl VmHost {
         id: String,
         grouped: bool,
         namespace: String,
-        config: RuntimeConfig,
+        config: Result<RuntimeConfig, String>,
         dir: PathBuf,
     ) -> Arc<Self> {
+        let (config, config_error) = match config {
+            Ok(c) => (c, None),
+            Err(e) => (RuntimeConfig::default(), Some(e)),
+        };
         Arc::new(VmHost {
             id,
             grouped,
             namespace,
             config,
+            config_error,
             dir,
             sandbox: tokio::sync::Mutex::new(None),
             agent: Mutex::new(None),
@@ -170,6 +178,14 @@ impl VmHost {
             shutdown: Notify::new(),
             shutting_down: AtomicBool::new(false),
         })
+    }
+
+    /// The runtime configuration, when it loaded.
+    pub fn usable_config(&self) -> Result<&RuntimeConfig, Status> {
+        match &self.config_error {
+            None => Ok(&self.config),
+            Some(e) => Err(err(Code::FailedPrecondition, e.clone())),
+        }
     }
 
     pub fn phase(&self) -> Phase {

@@ -9,14 +9,11 @@ use ember_vmm::{BalloonConfig, Drive};
 
 use super::err;
 use crate::config::RuntimeConfig;
+use crate::sizing::{self, Host};
 
 /// Guest path where `CreateVM`'s RootDrive is mounted. Ember's guest always boots
 /// its own initramfs agent; the root drive is a filesystem the guest mounts there.
 pub const ROOT_DRIVE_GUEST_PATH: &str = "/run/ember/rootdrive";
-/// Most vCPUs a VM may ask for.
-const MAX_VCPUS: u32 = 64;
-/// Smallest guest memory that boots Ember's guest.
-const MIN_MEMORY_MIB: u32 = 64;
 
 /// A boot drive the agent mounts at a guest path once the VM is up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,8 +54,13 @@ impl BootSpec {
         }
     }
 
-    /// An explicit VM from `CreateVM` over the runtime configuration `base`.
-    pub fn from_create_vm(base: &RuntimeConfig, req: &CreateVmRequest) -> Result<Self, Status> {
+    /// An explicit VM from `CreateVM` over the runtime configuration `base`; its
+    /// MachineCfg is checked against what `host` can give, as annotations are.
+    pub fn from_create_vm(
+        base: &RuntimeConfig,
+        req: &CreateVmRequest,
+        host: &Host,
+    ) -> Result<Self, Status> {
         let bad = |m: String| err(Code::InvalidArgument, m);
         if !req.network_interfaces.is_empty() {
             return Err(err(
@@ -77,26 +79,15 @@ impl BootSpec {
             ));
         }
         let mut config = base.clone();
+        // Zero is Firecracker's "not set": the runtime configuration's size.
         if let Some(m) = &req.machine_cfg {
-            if m.vcpu_count > MAX_VCPUS {
-                return Err(bad(format!(
-                    "MachineCfg.VcpuCount {} is more than {MAX_VCPUS}",
-                    m.vcpu_count
-                )));
-            }
             if m.vcpu_count > 0 {
-                config.vcpus = m.vcpu_count as u8;
+                config.vcpus = sizing::check_vcpus(m.vcpu_count.into(), host)
+                    .map_err(|e| bad(format!("MachineCfg.VcpuCount {}: {e}", m.vcpu_count)))?;
             }
             if m.mem_size_mib > 0 {
-                let host = host_memory_mib();
-                if m.mem_size_mib < MIN_MEMORY_MIB || host.is_some_and(|h| m.mem_size_mib > h) {
-                    return Err(bad(format!(
-                        "MachineCfg.MemSizeMib {} is outside {MIN_MEMORY_MIB}..={} MiB",
-                        m.mem_size_mib,
-                        host.unwrap_or(u32::MAX)
-                    )));
-                }
-                config.memory_mib = m.mem_size_mib;
+                config.memory_mib = sizing::check_memory(m.mem_size_mib.into(), host)
+                    .map_err(|e| bad(format!("MachineCfg.MemSizeMib {}: {e}", m.mem_size_mib)))?;
             }
         }
         if !req.kernel_image_path.is_empty() {
@@ -204,19 +195,6 @@ fn existing(p: &str, what: &str) -> Result<PathBuf, Status> {
     Ok(path)
 }
 
-fn host_memory_mib() -> Option<u32> {
-    let m = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kb: u64 = m
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    u32::try_from(kb / 1024).ok()
-}
-
 /// The filesystem in an image, from its magic numbers (ext4 when unknown).
 pub fn detect_fstype(path: &Path) -> String {
     use std::os::unix::fs::FileExt;
@@ -242,6 +220,11 @@ mod tests {
     use super::*;
     use ember_vm_api::fc::*;
 
+    const HOST: Host = Host {
+        cpus: 4,
+        memory_mib: 2048,
+    };
+
     fn code(r: Result<BootSpec, Status>) -> Code {
         r.err().map(|s| s.code()).unwrap_or(Code::Ok)
     }
@@ -253,7 +236,7 @@ mod tests {
             vmid: "vm1".into(),
             ..Default::default()
         };
-        let s = BootSpec::from_create_vm(&base, &ok).unwrap();
+        let s = BootSpec::from_create_vm(&base, &ok, &HOST).unwrap();
         assert!(s.explicit && s.drives.is_empty());
         assert_eq!(
             (s.config.vcpus, s.config.memory_mib),
@@ -263,7 +246,7 @@ mod tests {
         let with = |f: &dyn Fn(&mut CreateVmRequest)| {
             let mut r = ok.clone();
             f(&mut r);
-            BootSpec::from_create_vm(&base, &r)
+            BootSpec::from_create_vm(&base, &r, &HOST)
         };
         let sized = with(&|r| {
             r.machine_cfg = Some(FirecrackerMachineConfiguration {
@@ -274,7 +257,22 @@ mod tests {
         })
         .unwrap();
         assert_eq!((sized.config.vcpus, sized.config.memory_mib), (2, 128));
-        for m in [(1000, 0), (0, 1), (0, u32::MAX)] {
+        for (m, why) in [
+            (
+                (5, 0),
+                "MachineCfg.VcpuCount 5: 5 vCPUs is more than the host's 4 CPUs",
+            ),
+            (
+                (1000, 0),
+                "MachineCfg.VcpuCount 1000: 1000 vCPUs is more than the host's 4 CPUs",
+            ),
+            ((0, 1), "MachineCfg.MemSizeMib 1: 1 MiB is below the"),
+            (
+                (0, 4096),
+                "MachineCfg.MemSizeMib 4096: 4096 MiB is more than the host's 2048 MiB",
+            ),
+            ((0, u32::MAX), "is more than the host's 2048 MiB"),
+        ] {
             let r = with(&|r| {
                 r.machine_cfg = Some(FirecrackerMachineConfiguration {
                     vcpu_count: m.0,
@@ -282,7 +280,9 @@ mod tests {
                     ..Default::default()
                 })
             });
-            assert_eq!(code(r), Code::InvalidArgument, "{m:?}");
+            let e = r.err().unwrap_or_else(|| panic!("{m:?} accepted"));
+            assert_eq!(e.code(), Code::InvalidArgument, "{m:?}");
+            assert!(e.message().contains(why), "{m:?}: {}", e.message());
         }
         assert_eq!(
             code(with(
@@ -340,7 +340,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let s = BootSpec::from_create_vm(&RuntimeConfig::default(), &req).unwrap();
+        let s = BootSpec::from_create_vm(&RuntimeConfig::default(), &req, &HOST).unwrap();
         assert_eq!(s.drives.len(), 2);
         assert!(s.drives[0].read_only && !s.drives[1].read_only);
         assert_eq!(s.mounts[0].target, ROOT_DRIVE_GUEST_PATH);
