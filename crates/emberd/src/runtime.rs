@@ -185,8 +185,8 @@ impl TaskManager {
         // Shims run detached from emberd (`start` daemonizes them): their exit
         // status is not emberd's to collect.
         tracing::warn!(namespace = %task.namespace, id = %task.id, shim_pid = task.shim_pid,
-            address = %task.address, runtime = %task.runtime, exit_status = "unknown",
-            log_tail = %task.log.tail(),
+            address = %task.address, runtime = %task.runtime, exit_status = %"unknown",
+            log_tail = %task.log.tail().replace('\n', " | "),
             "shim unexpected exit: the task's shim went away; its task exits with {SHIM_GONE_STATUS}");
         self.metrics.shim_unexpected_exits.inc(vec![label(
             "shim",
@@ -286,9 +286,9 @@ impl TaskManager {
             let joined = self.lock().values().any(|t| t.address == address);
             let shim_pid = client.connect_info(id).await.map_or(0, |c| c.shim_pid);
             if joined {
-                tracing::info!(namespace = ns, id, runtime, shim_pid, %address, "task joins a running shim");
+                tracing::info!(namespace = %ns, id = %id, runtime = %runtime, shim_pid, %address, "task joins a running shim");
             } else {
-                tracing::info!(namespace = ns, id, runtime, shim_pid, %address, "shim started");
+                tracing::info!(namespace = %ns, id = %id, runtime = %runtime, shim_pid, %address, "shim started");
             }
             let resp = client
                 .create(&CreateTaskRequest {
@@ -346,7 +346,7 @@ impl TaskManager {
                 Ok(task)
             }
             Err(e) => {
-                tracing::warn!(namespace = ns, id, runtime, "task create failed: {e}");
+                tracing::warn!(namespace = %ns, id = %id, runtime = %runtime, "task create failed: {e}");
                 log.abort();
                 self.cleanup_bundle(ns, id, &bundle).await;
                 Err(e)
@@ -398,7 +398,7 @@ impl TaskManager {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let failed = |why: String| {
-            tracing::warn!(namespace = ns, id, binary, "shim start failed: {why}");
+            tracing::warn!(namespace = %ns, id = %id, binary = %binary, "shim start failed: {why}");
             self.metrics
                 .shim_start_failures
                 .inc(vec![label("shim", binary.to_string())]);

@@ -26,7 +26,7 @@ impl Vms {
                 return;
             }
             tracing::warn!(namespace = %r.namespace, vm = %r.id, address = %r.address,
-                exit_status = "unknown", log_tail = %r.log.tail(),
+                exit_status = %"unknown", log_tail = %r.log.tail().replace('\n', " | "),
                 "shim unexpected exit: the VM's shim went away; removing the VM");
             me.tasks
                 .metrics
