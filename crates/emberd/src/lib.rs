@@ -13,6 +13,7 @@ pub mod plugin;
 pub mod proxy;
 pub mod runtime;
 pub mod services;
+pub mod shim_binary;
 pub mod shim_log;
 pub mod ttrpc;
 pub mod vms;
