@@ -294,12 +294,40 @@ fn metrics_follow_runc_and_microvm_tasks() {
     // No templates: the restore histogram has no samples.
     assert!(!m.text.contains("ember_vm_restore_seconds_count"));
 
+    // A VM made by CreateVM counts as such, beside the container's.
+    let ev = format!("me{pid}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut c = rt.block_on(common::vms::fc(&d));
+    rt.block_on(common::vms::create_vm(&mut c, NS, &ev, false));
+    let m = scrape(&addr);
+    assert_eq!(
+        m.sum("ember_vm_boot_seconds_count", &["kind=\"createvm\""]),
+        1.0
+    );
+    assert_eq!(
+        m.sum("ember_vm_boot_seconds_count", &["kind=\"container\""]),
+        1.0
+    );
+    assert_eq!(
+        m.get("ember_vms_running{namespace=\"ember-metrics\"}"),
+        Some(2.0),
+        "{}",
+        m.text
+    );
+    let ev_label = format!("vm=\"{ev}\"");
+    assert!(
+        m.sum("ember_vm_memory_bytes", &[&ev_label, "kind=\"rss\""]) > 1e6,
+        "{}",
+        m.text
+    );
+    assert_eq!(rt.block_on(common::vms::stop_vm(&mut c, NS, &ev)), Ok(()));
+
     remove(&s, &v);
     remove(&s, &r);
     let m = scrape_until(&addr, "no VMs after the delete", |m| {
         m.sum("ember_vms_running", &[]) == 0.0 && m.sum("emberd_tasks", &[]) == 0.0
     });
-    assert_eq!(m.sum("ember_vm_boot_seconds_count", &[]), 1.0);
+    assert_eq!(m.sum("ember_vm_boot_seconds_count", &[]), 2.0);
 }
 
 /// Runs emberd until it exits (it should not start); its exit code and stderr.
