@@ -83,6 +83,9 @@ pub struct TaskManager {
     /// tasks never meet a containerd's (runc's default root) on the same host.
     runc_root: PathBuf,
     pub(crate) metrics: Arc<Metrics>,
+    /// Addresses of the shims that CreateVM started, for the log to tell a
+    /// container joining one from a shim started for it.
+    pub(crate) vm_shims: Mutex<std::collections::HashSet<String>>,
 }
 
 impl TaskManager {
@@ -106,6 +109,7 @@ impl TaskManager {
             ttrpc_address: crate::ttrpc::address(grpc_address).display().to_string(),
             tasks: Mutex::default(),
             metrics,
+            vm_shims: Mutex::default(),
         })
     }
 
@@ -237,7 +241,8 @@ impl TaskManager {
             let client = ShimClient::connect(&address)
                 .await
                 .map_err(|e| E::Internal(format!("connecting to the shim at {address}: {e}")))?;
-            let joined = self.lock().values().any(|t| t.address == address);
+            let joined = self.lock().values().any(|t| t.address == address)
+                || self.vm_shims.lock().is_ok_and(|v| v.contains(&address));
             let shim_pid = client.connect_info(id).await.map_or(0, |c| c.shim_pid);
             if joined {
                 tracing::info!(namespace = %ns, id = %id, runtime = %runtime, shim_pid, %address, "task joins a running shim");

@@ -320,7 +320,49 @@ fn metrics_follow_runc_and_microvm_tasks() {
         "{}",
         m.text
     );
+    // A container joining it boots nothing, and the log says it joined.
+    let j = format!("mj{pid}");
+    let ann = format!("io.ember.vm.id={ev}");
+    ctr(
+        &s,
+        NS,
+        &[
+            "run",
+            "-d",
+            "--runtime",
+            "io.containerd.ember.v2",
+            "--annotation",
+            &ann,
+            IMAGE,
+            &j,
+            "sleep",
+            "600",
+        ],
+    )
+    .expect_ok();
+    wait_status(&s, NS, &j, "RUNNING");
+    let joined = d.log();
+    let id = format!("id={j}");
+    assert!(
+        joined
+            .lines()
+            .any(|l| l.contains("task joins a running shim") && l.contains(&id)),
+        "{joined}"
+    );
+    assert!(!joined
+        .lines()
+        .any(|l| l.contains("shim started") && l.contains(&id)));
+    std::thread::sleep(Duration::from_millis(500));
+    let m = scrape(&addr);
+    assert_eq!(m.sum("ember_vm_boot_seconds_count", &[]), 2.0, "{}", m.text);
+    assert_eq!(
+        m.get("ember_vms_running{namespace=\"ember-metrics\"}"),
+        Some(2.0),
+        "{}",
+        m.text
+    );
     assert_eq!(rt.block_on(common::vms::stop_vm(&mut c, NS, &ev)), Ok(()));
+    let _ = ctr(&s, NS, &["containers", "rm", &j]);
 
     remove(&s, &v);
     remove(&s, &r);

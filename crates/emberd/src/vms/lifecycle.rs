@@ -73,6 +73,9 @@ impl Vms {
             match me.boot(&ns, req).await {
                 Ok((record, resp)) => {
                     me.lock().insert(key, Slot::Ready(record.clone()));
+                    if let Ok(mut v) = me.tasks.vm_shims.lock() {
+                        v.insert(record.address.clone());
+                    }
                     me.watch(record);
                     Ok(resp)
                 }
@@ -240,10 +243,16 @@ impl Vms {
     pub(super) fn forget(&self, r: &Arc<VmRecord>) -> bool {
         let key = (r.namespace.clone(), r.id.clone());
         let mut slots = self.lock();
-        match slots.get(&key) {
+        let current = match slots.get(&key) {
             Some(Slot::Ready(cur)) if Arc::ptr_eq(cur, r) => slots.remove(&key).is_some(),
             _ => false,
+        };
+        if current {
+            if let Ok(mut v) = self.tasks.vm_shims.lock() {
+                v.remove(&r.address);
+            }
         }
+        current
     }
 }
 

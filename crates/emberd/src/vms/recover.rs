@@ -60,6 +60,9 @@ impl Vms {
                         tracing::info!(namespace = %ns_name, vm = %id, "reconnected to a VM's shim");
                         self.lock()
                             .insert((ns_name.clone(), id.clone()), Slot::Ready(r.clone()));
+                        if let Ok(mut v) = self.tasks.vm_shims.lock() {
+                            v.insert(r.address.clone());
+                        }
                         self.watch(r);
                     }
                     Err(e) => {
