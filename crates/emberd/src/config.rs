@@ -16,6 +16,10 @@
 //! [debug]
 //!   level = "info"
 //!
+//! [metrics]
+//!   address = "127.0.0.1:1338"   # Prometheus text at /v1/metrics; none when empty
+//!   grpc_histogram = false       # gRPC handling times as well
+//!
 //! [plugins."io.containerd.snapshotter.v1.overlayfs"]
 //!   root_path = "/srv/overlay"
 //!
@@ -49,6 +53,7 @@ pub struct Config {
     pub required_plugins: Vec<String>,
     pub grpc: GrpcConfig,
     pub debug: DebugConfig,
+    pub metrics: MetricsConfig,
     pub plugins: BTreeMap<String, toml::Value>,
     pub proxy_plugins: BTreeMap<String, ProxyPlugin>,
     /// Everything else in the file, kept to warn about it.
@@ -70,6 +75,16 @@ pub struct GrpcConfig {
 #[serde(default)]
 pub struct DebugConfig {
     pub level: String,
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, toml::Value>,
+}
+
+/// `[metrics]`: where Prometheus metrics are served (none when `address` is empty).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct MetricsConfig {
+    pub address: String,
+    pub grpc_histogram: bool,
     #[serde(flatten)]
     pub unknown: BTreeMap<String, toml::Value>,
 }
@@ -104,6 +119,7 @@ impl Default for Config {
             required_plugins: vec![],
             grpc: GrpcConfig::default(),
             debug: DebugConfig::default(),
+            metrics: MetricsConfig::default(),
             plugins: BTreeMap::new(),
             proxy_plugins: BTreeMap::new(),
             unknown: BTreeMap::new(),
@@ -116,6 +132,10 @@ impl Config {
         let cfg: Config = toml::from_str(text).context("parsing the configuration")?;
         if !(0..=2).contains(&cfg.version) {
             bail!("unsupported configuration version {}", cfg.version);
+        }
+        if !cfg.metrics.address.is_empty() {
+            crate::metrics::http::parse_address(&cfg.metrics.address)
+                .context("[metrics] address")?;
         }
         for (name, p) in &cfg.proxy_plugins {
             if !PROXY_TYPES.contains(&p.kind.as_str()) {
@@ -142,6 +162,7 @@ impl Config {
         let mut keys: Vec<String> = self.unknown.keys().cloned().collect();
         keys.extend(self.grpc.unknown.keys().map(|k| format!("grpc.{k}")));
         keys.extend(self.debug.unknown.keys().map(|k| format!("debug.{k}")));
+        keys.extend(self.metrics.unknown.keys().map(|k| format!("metrics.{k}")));
         keys
     }
 
@@ -246,6 +267,25 @@ oom_score = 0
         assert!(Config::parse("[proxy_plugins.x]\ntype = \"diff\"\naddress = \"\"").is_err());
         assert!(Config::parse("version = 3").is_err());
         assert!(Config::parse("root = 5").is_err());
+    }
+
+    #[test]
+    fn metrics_section() {
+        let c = Config::parse("").unwrap();
+        assert!(c.metrics.address.is_empty() && !c.metrics.grpc_histogram);
+        let c =
+            Config::parse("[metrics]\naddress = \"127.0.0.1:1338\"\ngrpc_histogram = true\nx = 1")
+                .unwrap();
+        assert_eq!(c.metrics.address, "127.0.0.1:1338");
+        assert!(c.metrics.grpc_histogram);
+        assert_eq!(c.unknown_keys(), vec!["metrics.x"]);
+        let e = Config::parse("[metrics]\naddress = \"1338\"").unwrap_err();
+        let e = format!("{e:#}");
+        assert!(
+            e.contains("[metrics] address") && e.contains("\"1338\""),
+            "{e}"
+        );
+        assert!(Config::parse("[metrics]\ngrpc_histogram = \"yes\"").is_err());
     }
 
     #[test]

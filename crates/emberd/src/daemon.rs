@@ -19,6 +19,7 @@ use tonic::service::RoutesBuilder;
 
 use crate::config::{parse_duration, plugin_section, Config};
 use crate::events::Exchange;
+use crate::metrics::Metrics;
 use crate::plugin::{
     self, init_all, InitError, Instance, Registration, Registry, CONTENT, EVENT, GRPC, METADATA,
     RUNTIME, SNAPSHOTTER,
@@ -106,7 +107,7 @@ fn snapshotter_root(ctx: &crate::plugin::InitContext) -> Result<PathBuf, InitErr
 }
 
 /// The plugins emberd is built from (besides the gRPC services).
-pub fn builtins(config: &Config) -> Vec<Registration> {
+pub fn builtins(config: &Config, metrics: Arc<Metrics>) -> Vec<Registration> {
     let mut regs = vec![
         Registration::new(EVENT, "exchange", &[], |_| {
             Ok(Arc::new(Exchange::default()) as Instance)
@@ -187,7 +188,7 @@ pub fn builtins(config: &Config) -> Vec<Registration> {
             .registry
             .first::<Exchange>(EVENT)
             .map_err(InitError::Failed)?;
-        Ok(TaskManager::new(ctx.state.clone(), &address, events) as Instance)
+        Ok(TaskManager::new(ctx.state.clone(), &address, events, metrics.clone()) as Instance)
     }));
     regs.push(crate::vms::registration());
     regs.extend(crate::proxy::registrations(config));
@@ -264,11 +265,17 @@ pub async fn run(config: Config) -> Result<()> {
     for key in config.unknown_keys() {
         tracing::warn!(%key, "ignoring unknown configuration key");
     }
+    // Before anything else: a metrics address that cannot be served stops the start.
+    let metrics = Arc::new(Metrics::new(config.metrics.grpc_histogram));
+    let metrics_listener = match config.metrics.address.as_str() {
+        "" => None,
+        a => Some(crate::metrics::http::bind(a)?),
+    };
     prepare_dir(&config.root, 0o711)?;
     prepare_dir(&config.state, 0o711)?;
 
     let info = Arc::new(DaemonInfo::default());
-    let mut regs = builtins(&config);
+    let mut regs = builtins(&config, metrics.clone());
     regs.extend(services::registrations(info.clone()));
     let registry = init_all(&config, regs);
     for required in &config.required_plugins {
@@ -300,6 +307,18 @@ pub async fn run(config: Config) -> Result<()> {
         vms.recover().await;
     }
     let listener = bind(&config)?;
+    let metrics_server = metrics_listener.map(|l| {
+        let sources = crate::metrics::Sources {
+            tasks: registry.first::<TaskManager>(RUNTIME).ok(),
+            vms: registry
+                .get::<crate::vms::Vms>(plugin::SERVICE, crate::vms::PLUGIN_ID)
+                .ok(),
+        };
+        if let Ok(a) = l.local_addr() {
+            tracing::info!(address = %a, path = crate::metrics::http::PATH, "metrics serving");
+        }
+        tokio::spawn(crate::metrics::http::serve(l, metrics.clone(), sources))
+    });
     tracing::info!(address = %config.grpc.address.display(), "emberd serving");
     // Clients' `:authority` is not always a valid one on unix sockets (see
     // `authority`); containerd ignores it, so emberd must not refuse it either.
@@ -323,6 +342,7 @@ pub async fn run(config: Config) -> Result<()> {
             tracing::debug!(method = %req.uri().path(), namespace = %ns, "request");
             tracing::info_span!("grpc", method = %req.uri().path(), namespace = %ns)
         })
+        .layer(crate::metrics::grpc::Layer(metrics.clone()))
         .layer(tower::util::MapResponseLayer::new(
             crate::limits::resource_exhausted,
         ))
@@ -343,6 +363,9 @@ pub async fn run(config: Config) -> Result<()> {
             Ok(())
         }
     };
+    if let Some(m) = metrics_server {
+        m.abort();
+    }
     let _ = std::fs::remove_file(&config.grpc.address);
     let _ = std::fs::remove_file(crate::ttrpc::address(&config.grpc.address));
     served.context("serving gRPC")?;

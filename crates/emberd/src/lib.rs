@@ -7,11 +7,14 @@ pub mod daemon;
 pub mod events;
 pub mod gc;
 pub mod limits;
+pub mod metrics;
 pub mod mounts;
 pub mod plugin;
 pub mod proxy;
 pub mod runtime;
 pub mod services;
+pub mod shim_binary;
+pub mod shim_log;
 pub mod ttrpc;
 pub mod vms;
 

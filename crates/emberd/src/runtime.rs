@@ -11,13 +11,19 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use containerd_client::events::TaskExit;
 use ember_metadata::Error as E;
-use ember_shim_api::{CreateTaskRequest, Mount, RuncOptions, ShimClient};
+use ember_shim_api::{CreateTaskRequest, Mount, ShimClient};
 
 use crate::events::Exchange;
+use crate::metrics::{label, Metrics};
+pub use crate::shim_binary::shim_binary;
+use crate::shim_binary::{is_runc, with_runc_root};
+pub(crate) use crate::shim_log::{follow_shim_log, ShimLog};
 
 /// Why a runtime call failed: the daemon's own error classes, or a shim's answer.
 #[derive(Debug, thiserror::Error)]
@@ -43,42 +49,12 @@ pub struct ShimTask {
     pub client: ShimClient,
     /// The init process's pid.
     pub pid: u32,
+    /// The shim's pid, as its Connect answers (0 when it did not).
+    pub shim_pid: u32,
+    /// Set once the task is deleted: its shim may exit from then on.
+    exit_expected: AtomicBool,
     /// Copies the shim's log into the daemon's; stopped when the task goes.
-    log: tokio::task::AbortHandle,
-}
-
-impl Drop for ShimTask {
-    fn drop(&mut self) {
-        self.log.abort();
-    }
-}
-
-/// Opens the bundle's `log` FIFO (creating it), which shims write their log to,
-/// and copies what arrives into the daemon's log.
-pub(crate) fn follow_shim_log(
-    bundle: &Path,
-    ns: &str,
-    id: &str,
-) -> Result<tokio::task::AbortHandle> {
-    use tokio::io::AsyncBufReadExt;
-    let path = bundle.join("log");
-    if !path.exists() {
-        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o700))
-            .map_err(|e| E::Internal(format!("creating {}: {e}", path.display())))?;
-    }
-    // Read-write, so the reader never sees end-of-file between shim writers.
-    let rx = tokio::net::unix::pipe::OpenOptions::new()
-        .read_write(true)
-        .open_receiver(&path)
-        .map_err(|e| E::Internal(format!("opening {}: {e}", path.display())))?;
-    let (ns, id) = (ns.to_string(), id.to_string());
-    let task = tokio::spawn(async move {
-        let mut lines = tokio::io::BufReader::new(rx).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            tracing::info!(target: "emberd::shim", namespace = %ns, id = %id, "{line}");
-        }
-    });
-    Ok(task.abort_handle())
+    log: ShimLog,
 }
 
 /// The exit status reported for a task whose shim died.
@@ -106,58 +82,19 @@ pub struct TaskManager {
     /// runc's state root for the tasks of runc shims: the daemon's own, so that its
     /// tasks never meet a containerd's (runc's default root) on the same host.
     runc_root: PathBuf,
-}
-
-/// Whether a runtime is run by the runc shim (which takes runc's options).
-fn is_runc(runtime: &str, binary: &str) -> bool {
-    runtime.starts_with("io.containerd.runc.")
-        || Path::new(binary)
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("containerd-shim-runc-"))
-}
-
-/// The options of a runc task: the client's, with runc's root set to `root` unless
-/// the client chose one.
-fn with_runc_root(
-    options: Option<prost_types::Any>,
-    root: &Path,
-) -> Result<Option<prost_types::Any>> {
-    let mut o = match &options {
-        None => RuncOptions::default(),
-        Some(any) => match RuncOptions::from_any(any) {
-            Ok(Some(o)) => o,
-            // Another type: the shim decides what it makes of it.
-            Ok(None) => return Ok(options),
-            Err(e) => {
-                return Err(E::InvalidArgument(format!("runc options: {e}")).into());
-            }
-        },
-    };
-    if o.root.is_empty() {
-        o.root = root.display().to_string();
-    }
-    Ok(Some(o.to_any()))
-}
-
-/// The shim binary for a runtime name: `io.containerd.NAME.VERSION` →
-/// `containerd-shim-NAME-VERSION`; an absolute path is used as is.
-pub fn shim_binary(runtime: &str) -> Result<String> {
-    if runtime.starts_with('/') {
-        return Ok(runtime.to_string());
-    }
-    let parts: Vec<&str> = runtime.split('.').collect();
-    if parts.len() < 2 || parts.iter().any(|p| p.is_empty()) {
-        return Err(E::InvalidArgument(format!(
-            "runtime name {runtime:?} is not of the form io.containerd.NAME.VERSION"
-        ))
-        .into());
-    }
-    let (name, version) = (parts[parts.len() - 2], parts[parts.len() - 1]);
-    Ok(format!("containerd-shim-{name}-{version}"))
+    pub(crate) metrics: Arc<Metrics>,
+    /// Addresses of the shims that CreateVM started, for the log to tell a
+    /// container joining one from a shim started for it.
+    pub(crate) vm_shims: Mutex<std::collections::HashSet<String>>,
 }
 
 impl TaskManager {
-    pub fn new(state: PathBuf, grpc_address: &Path, events: Arc<Exchange>) -> Arc<TaskManager> {
+    pub fn new(
+        state: PathBuf,
+        grpc_address: &Path,
+        events: Arc<Exchange>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<TaskManager> {
         // Beside the bundles' directory, in the daemon's state directory.
         let runc_root = state
             .parent()
@@ -171,6 +108,8 @@ impl TaskManager {
             grpc_address: grpc_address.display().to_string(),
             ttrpc_address: crate::ttrpc::address(grpc_address).display().to_string(),
             tasks: Mutex::default(),
+            metrics,
+            vm_shims: Mutex::default(),
         })
     }
 
@@ -191,6 +130,9 @@ impl TaskManager {
             };
             if still {
                 me.shim_gone(&task).await;
+            } else if task.exit_expected.load(Ordering::SeqCst) {
+                tracing::info!(namespace = %task.namespace, id = %task.id, shim_pid = task.shim_pid,
+                    address = %task.address, "shim exited (expected: its task was deleted)");
             }
         });
     }
@@ -198,7 +140,16 @@ impl TaskManager {
     /// A shim died under a tracked task: the task exits with 255 and is cleaned up,
     /// as containerd does.
     async fn shim_gone(&self, task: &ShimTask) {
-        tracing::warn!(namespace = %task.namespace, id = %task.id, "the shim went away: cleaning up its task");
+        // Shims run detached from emberd (`start` daemonizes them): their exit
+        // status is not emberd's to collect.
+        tracing::warn!(namespace = %task.namespace, id = %task.id, shim_pid = task.shim_pid,
+            address = %task.address, runtime = %task.runtime, exit_status = %"unknown",
+            log_tail = %task.log.tail().replace('\n', " | "),
+            "shim unexpected exit: the task's shim went away; its task exits with {SHIM_GONE_STATUS}");
+        self.metrics.shim_unexpected_exits.inc(vec![label(
+            "shim",
+            shim_binary(&task.runtime).unwrap_or_default(),
+        )]);
         self.events.publish(
             &task.namespace,
             "/tasks/exit",
@@ -223,6 +174,14 @@ impl TaskManager {
             .get(&(ns.to_string(), id.to_string()))
             .cloned()
             .ok_or_else(|| E::NotFound(format!("task {id}")).into())
+    }
+
+    /// The namespaces that hold tasks, sorted.
+    pub fn namespaces(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.lock().keys().map(|(ns, _)| ns.clone()).collect();
+        v.sort();
+        v.dedup();
+        v
     }
 
     pub fn list(&self, ns: &str) -> Vec<Arc<ShimTask>> {
@@ -272,6 +231,8 @@ impl TaskManager {
         std::fs::write(bundle.join("config.json"), spec).map_err(io)?;
         std::fs::write(bundle.join("runtime"), runtime).map_err(io)?;
         let log = follow_shim_log(&bundle, ns, id)?;
+        let t0 = Instant::now();
+        let started_at = std::time::SystemTime::now();
         let started = async {
             let address = self
                 .start_shim(&binary, ns, id, &bundle, options.as_ref())
@@ -280,6 +241,14 @@ impl TaskManager {
             let client = ShimClient::connect(&address)
                 .await
                 .map_err(|e| E::Internal(format!("connecting to the shim at {address}: {e}")))?;
+            let joined = self.lock().values().any(|t| t.address == address)
+                || self.vm_shims.lock().is_ok_and(|v| v.contains(&address));
+            let shim_pid = client.connect_info(id).await.map_or(0, |c| c.shim_pid);
+            if joined {
+                tracing::info!(namespace = %ns, id = %id, runtime = %runtime, shim_pid, %address, "task joins a running shim");
+            } else {
+                tracing::info!(namespace = %ns, id = %id, runtime = %runtime, shim_pid, %address, "shim started");
+            }
             let resp = client
                 .create(&CreateTaskRequest {
                     id: id.to_string(),
@@ -294,15 +263,31 @@ impl TaskManager {
                 })
                 .await;
             match resp {
-                Ok(r) => Ok((client, r.pid, address)),
-                Err(e) => {
+                Ok(r) => Ok((client, r.pid, address, shim_pid, joined)),
+                Err(e @ ember_ttrpc::Error::Status(_)) => {
                     let _ = client.shutdown(id, true).await;
                     Err(Error::from(e))
                 }
+                // The shim died on the way: its log tells why.
+                Err(e) => Err(E::Internal(format!(
+                    "{binary} for task {id}: {e}{}",
+                    crate::shim_log::explain(&log).await
+                ))
+                .into()),
             }
         };
         match started.await {
-            Ok((client, pid, address)) => {
+            Ok((client, pid, address, shim_pid, joined)) => {
+                if !joined {
+                    let vm = crate::vms::spec_vm_id(spec).unwrap_or_else(|| id.to_string());
+                    crate::metrics::observe_task_boot(
+                        self.metrics.clone(),
+                        &address,
+                        vm,
+                        started_at,
+                        t0.elapsed(),
+                    );
+                }
                 let task = Arc::new(ShimTask {
                     namespace: ns.to_string(),
                     id: id.to_string(),
@@ -312,12 +297,15 @@ impl TaskManager {
                     vm_id: crate::vms::spec_vm_id(spec),
                     client,
                     pid,
+                    shim_pid,
+                    exit_expected: AtomicBool::new(false),
                     log,
                 });
                 self.track(task.clone());
                 Ok(task)
             }
             Err(e) => {
+                tracing::warn!(namespace = %ns, id = %id, runtime = %runtime, "task create failed: {e}");
                 log.abort();
                 self.cleanup_bundle(ns, id, &bundle).await;
                 Err(e)
@@ -368,8 +356,16 @@ impl TaskManager {
             })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        let failed = |why: String| {
+            tracing::warn!(namespace = %ns, id = %id, binary = %binary, "shim start failed: {why}");
+            self.metrics
+                .shim_start_failures
+                .inc(vec![label("shim", binary.to_string())]);
+        };
         let mut child = cmd.spawn().map_err(|e| {
-            E::FailedPrecondition(format!("starting shim {binary}: {e} (is it on PATH?)"))
+            let e = format!("starting shim {binary}: {e} (is it on PATH?)");
+            failed(e.clone());
+            E::FailedPrecondition(e)
         })?;
         if let (Some(o), Some(mut stdin)) = (options, child.stdin.take()) {
             // A shim that does not read its options closes the pipe: not an error.
@@ -380,17 +376,20 @@ impl TaskManager {
             .await
             .map_err(|e| E::Internal(format!("running {binary} start: {e}")))?;
         if !out.status.success() {
-            return Err(E::Internal(format!(
-                "{binary} start failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-            .into());
+            let stderr = crate::shim_log::last_lines(&String::from_utf8_lossy(&out.stderr), 20);
+            failed(format!("{}: {stderr}", out.status));
+            return Err(
+                E::Internal(format!("{binary} start failed ({}): {stderr}", out.status)).into(),
+            );
         }
         let address = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if address.is_empty() {
+            failed("it printed no address".into());
             return Err(E::Internal(format!("{binary} start printed no address")).into());
         }
+        self.metrics
+            .shim_starts
+            .inc(vec![label("shim", binary.to_string())]);
         Ok(address)
     }
 
@@ -405,6 +404,7 @@ impl TaskManager {
         let resp = match task.client.delete(id, "").await {
             Ok(r) => {
                 // Untracked first: the shim's exit is expected now.
+                task.exit_expected.store(true, Ordering::SeqCst);
                 self.lock().remove(&key);
                 let _ = task.client.shutdown(id, false).await;
                 let _ = std::fs::remove_dir_all(&task.bundle);
@@ -495,8 +495,10 @@ impl TaskManager {
             bundle: bundle.to_path_buf(),
             address,
             vm_id: crate::vms::spec_vm_id(&spec),
+            shim_pid: client.connect_info(id).await.map_or(0, |c| c.shim_pid),
             client,
             pid: state.pid,
+            exit_expected: AtomicBool::new(false),
             log: follow_shim_log(bundle, ns, id)?,
         }))
     }
@@ -518,61 +520,5 @@ pub(crate) async fn stop_unadopted_shim(id: &str, bundle: &Path) {
     };
     if tokio::time::timeout(TIMEOUT, stop).await.is_ok() {
         tracing::info!(%id, "stopped a shim whose task was never adopted");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shim_binaries_follow_the_runtime_name() {
-        assert_eq!(
-            shim_binary("io.containerd.ember.v2").unwrap(),
-            "containerd-shim-ember-v2"
-        );
-        assert_eq!(
-            shim_binary("io.containerd.runc.v2").unwrap(),
-            "containerd-shim-runc-v2"
-        );
-        assert_eq!(shim_binary("/opt/shim").unwrap(), "/opt/shim");
-        assert!(shim_binary("runc").is_err());
-        assert!(shim_binary("io..v2").is_err());
-    }
-
-    #[test]
-    fn runc_tasks_get_the_daemon_runc_root() {
-        let root = Path::new("/run/emberd/runc");
-        assert!(is_runc("io.containerd.runc.v2", "containerd-shim-runc-v2"));
-        assert!(is_runc(
-            "/usr/bin/containerd-shim-runc-v2",
-            "/usr/bin/containerd-shim-runc-v2"
-        ));
-        assert!(!is_runc(
-            "io.containerd.ember.v2",
-            "containerd-shim-ember-v2"
-        ));
-        let o = with_runc_root(None, root).unwrap().unwrap();
-        let o = RuncOptions::from_any(&o).unwrap().unwrap();
-        assert_eq!(o.root, "/run/emberd/runc");
-        // The client's other options stay; its own root wins.
-        let mine = RuncOptions {
-            binary_name: "crun".into(),
-            ..Default::default()
-        };
-        let o = with_runc_root(Some(mine.to_any()), root).unwrap().unwrap();
-        let o = RuncOptions::from_any(&o).unwrap().unwrap();
-        assert_eq!(
-            (o.binary_name.as_str(), o.root.as_str()),
-            ("crun", "/run/emberd/runc")
-        );
-        let chosen = RuncOptions {
-            root: "/x".into(),
-            ..Default::default()
-        };
-        let o = with_runc_root(Some(chosen.to_any()), root)
-            .unwrap()
-            .unwrap();
-        assert_eq!(RuncOptions::from_any(&o).unwrap().unwrap().root, "/x");
     }
 }

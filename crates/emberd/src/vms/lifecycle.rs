@@ -73,6 +73,9 @@ impl Vms {
             match me.boot(&ns, req).await {
                 Ok((record, resp)) => {
                     me.lock().insert(key, Slot::Ready(record.clone()));
+                    if let Ok(mut v) = me.tasks.vm_shims.lock() {
+                        v.insert(record.address.clone());
+                    }
                     me.watch(record);
                     Ok(resp)
                 }
@@ -104,8 +107,12 @@ impl Vms {
         std::fs::write(bundle.join("config.json"), vm_spec(&id)).map_err(io)?;
         std::fs::write(bundle.join("runtime"), &self.runtime).map_err(io)?;
         let log = follow_shim_log(&bundle, ns, &id)?;
+        let t0 = std::time::Instant::now();
         let address = match self.tasks.start_shim(&binary, ns, &id, &bundle, None).await {
-            Ok(a) => a,
+            Ok(a) => {
+                tracing::info!(namespace = ns, vm = %id, runtime = %self.runtime, address = %a, "shim started for CreateVM");
+                a
+            }
             Err(e) => {
                 log.abort();
                 self.tasks.cleanup_bundle(ns, &id, &bundle).await;
@@ -118,11 +125,24 @@ impl Vms {
                 E::Internal(format!("connecting to the VM's shim at {address}: {e}"))
             })?;
             let timeout = call_timeout(req.timeout_seconds, DEFAULT_BOOT_TIMEOUT);
-            let resp = client.create_vm(&req, timeout).await?;
+            let resp = match client.create_vm(&req, timeout).await {
+                Ok(r) => r,
+                Err(e @ (ember_ttrpc::Error::Status(_) | ember_ttrpc::Error::Timeout(_))) => {
+                    return Err(e.into())
+                }
+                // The shim died on the way: its log tells why.
+                Err(e) => {
+                    let why = crate::shim_log::explain(&log).await;
+                    return Err(E::Internal(format!("{binary} for VM {id}: {e}{why}")).into());
+                }
+            };
             Ok::<_, Error>((client, resp))
         };
         match booted.await {
             Ok((client, mut resp)) => {
+                self.tasks
+                    .metrics
+                    .vm_booted(crate::metrics::BootKind::CreateVm, t0.elapsed());
                 if resp.vmid.is_empty() {
                     resp.vmid = id.clone();
                 }
@@ -223,10 +243,16 @@ impl Vms {
     pub(super) fn forget(&self, r: &Arc<VmRecord>) -> bool {
         let key = (r.namespace.clone(), r.id.clone());
         let mut slots = self.lock();
-        match slots.get(&key) {
+        let current = match slots.get(&key) {
             Some(Slot::Ready(cur)) if Arc::ptr_eq(cur, r) => slots.remove(&key).is_some(),
             _ => false,
+        };
+        if current {
+            if let Ok(mut v) = self.tasks.vm_shims.lock() {
+                v.remove(&r.address);
+            }
         }
+        current
     }
 }
 

@@ -103,13 +103,7 @@ pub struct VmRecord {
     /// Set while StopVM runs: the shim's exit is expected then.
     stopping: AtomicBool,
     /// Copies the shim's log into the daemon's; stopped with the record.
-    log: tokio::task::AbortHandle,
-}
-
-impl Drop for VmRecord {
-    fn drop(&mut self) {
-        self.log.abort();
-    }
+    log: crate::runtime::ShimLog,
 }
 
 /// What a (namespace, VM id) holds in the registry.
@@ -170,6 +164,14 @@ impl Vms {
 
     fn bundle(&self, ns: &str, id: &str) -> PathBuf {
         self.root.join(ns).join(id)
+    }
+
+    /// The namespaces that hold explicit VMs, sorted.
+    pub fn namespaces(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.lock().keys().map(|(ns, _)| ns.clone()).collect();
+        v.sort();
+        v.dedup();
+        v
     }
 
     /// The tasks of namespace `ns` whose containers name VM `id`.

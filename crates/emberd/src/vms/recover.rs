@@ -25,7 +25,16 @@ impl Vms {
             if !me.forget(&r) {
                 return;
             }
-            tracing::info!(namespace = %r.namespace, vm = %r.id, "the VM's shim exited: removing the VM");
+            tracing::warn!(namespace = %r.namespace, vm = %r.id, address = %r.address,
+                exit_status = %"unknown", log_tail = %r.log.tail().replace('\n', " | "),
+                "shim unexpected exit: the VM's shim went away; removing the VM");
+            me.tasks
+                .metrics
+                .shim_unexpected_exits
+                .inc(vec![crate::metrics::label(
+                    "shim",
+                    crate::runtime::shim_binary(&me.runtime).unwrap_or_default(),
+                )]);
             me.tasks
                 .cleanup_bundle(&r.namespace, &r.id, &r.bundle)
                 .await;
@@ -51,6 +60,9 @@ impl Vms {
                         tracing::info!(namespace = %ns_name, vm = %id, "reconnected to a VM's shim");
                         self.lock()
                             .insert((ns_name.clone(), id.clone()), Slot::Ready(r.clone()));
+                        if let Ok(mut v) = self.tasks.vm_shims.lock() {
+                            v.insert(r.address.clone());
+                        }
                         self.watch(r);
                     }
                     Err(e) => {

@@ -58,6 +58,8 @@ pub struct Emberd {
     pub root: PathBuf,
     pub socket: PathBuf,
     pub config: Option<PathBuf>,
+    /// Environment emberd (and so its shims) starts with, beyond the test's.
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -68,6 +70,10 @@ impl Emberd {
     }
 
     pub fn start_with_config(dir: &Path, config: Option<&str>) -> Emberd {
+        Self::start_with_env(dir, config, &[])
+    }
+
+    pub fn start_with_env(dir: &Path, config: Option<&str>, env: &[(&str, &str)]) -> Emberd {
         let config = config.map(|c| {
             let p = dir.join("emberd.toml");
             std::fs::write(&p, c).unwrap();
@@ -78,6 +84,10 @@ impl Emberd {
             root: dir.join("root"),
             socket: dir.join("emberd.sock"),
             config,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             child: None,
         };
         d.spawn();
@@ -97,6 +107,7 @@ impl Emberd {
         let bin = Path::new(env!("CARGO_BIN_EXE_emberd")).parent().unwrap();
         let path = std::env::var("PATH").unwrap_or_default();
         cmd.env("PATH", format!("{}:{path}", bin.display()));
+        cmd.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         cmd.arg("--root")
             .arg(&self.root)
             .arg("--state")
