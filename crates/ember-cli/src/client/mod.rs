@@ -4,9 +4,11 @@
 
 pub mod container;
 pub mod containers;
+pub mod events;
 pub mod content;
 pub mod image_export;
 pub mod image_list;
+pub mod image_tag;
 pub mod image_unpack;
 pub mod images;
 pub mod leases;
@@ -54,9 +56,10 @@ pub struct ClientOpts {
 
 impl ClientOpts {
     pub async fn channel(&self) -> Result<Channel> {
-        containerd_client::connect(&self.address)
-            .await
-            .with_context(|| format!("connecting to {}", self.address.display()))
+        match containerd_client::connect(&self.address).await {
+            Ok(c) => Ok(c),
+            Err(e) => Err(not_reachable(&self.address, &e)),
+        }
     }
 
     /// A request in the selected namespace.
@@ -66,6 +69,40 @@ impl ClientOpts {
             r.metadata_mut().insert("containerd-namespace", v);
         }
         r
+    }
+}
+
+/// Why the daemon at `socket` could not be reached, and what to do about it.
+fn not_reachable(socket: &std::path::Path, e: &(dyn std::error::Error + 'static)) -> anyhow::Error {
+    let io = std::iter::successors(Some(e), |e| (*e).source())
+        .find_map(|e| e.downcast_ref::<std::io::Error>())
+        .map(|e| e.kind());
+    let start = "start it with `emberd` (as root; `nohup emberd >/var/log/emberd.log 2>&1 &` \
+                 runs it in the background), or name its socket with --address or EMBER_ADDRESS";
+    let s = socket.display();
+    match io {
+        Some(std::io::ErrorKind::NotFound) => {
+            anyhow::anyhow!("emberd is not running: there is no socket {s}; {start}")
+        }
+        Some(std::io::ErrorKind::ConnectionRefused) => {
+            anyhow::anyhow!("emberd is not running: nothing listens on {s}; {start}")
+        }
+        Some(std::io::ErrorKind::PermissionDenied) => anyhow::anyhow!(
+            "no permission to use {s}: run ember as root (or as a user the socket lets in)"
+        ),
+        _ => {
+            let mut msg = format!("connecting to {s}");
+            let mut last = String::new();
+            for c in std::iter::successors(Some(e), |e| (*e).source()) {
+                let t = c.to_string();
+                if !t.is_empty() && !last.contains(&t) {
+                    msg.push_str(": ");
+                    msg.push_str(&t);
+                }
+                last = t;
+            }
+            anyhow::anyhow!(msg)
+        }
     }
 }
 

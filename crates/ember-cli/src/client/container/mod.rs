@@ -1,5 +1,5 @@
-//! Docker-like container verbs (`run`, `ps`, `exec`, `logs`, `stop`, `kill`, `rm`,
-//! `inspect`) over containerd's Containers, Snapshots and Tasks services.
+//! Docker-like container verbs (`run`, `ps`, `exec`, `logs`, `stats`, `stop`, `kill`,
+//! `rm`, `inspect`) over containerd's Containers, Snapshots and Tasks services.
 
 pub mod exec;
 pub mod inspect;
@@ -9,6 +9,8 @@ pub mod ps;
 pub mod rm;
 pub mod run;
 pub mod spec;
+pub mod stats;
+pub mod stdin_hold;
 pub mod stdio;
 pub mod stop;
 
