@@ -23,7 +23,10 @@ fn kvm_verdict(accel: &str, reason: &str) -> String {
             let why = reason.trim().trim_end_matches(": using TCG");
             let why = why.lines().next().unwrap_or("").trim();
             let why = if why.chars().count() > 100 {
-                format!("{}…; see --verbose", why.chars().take(100).collect::<String>())
+                format!(
+                    "{}…; see --verbose",
+                    why.chars().take(100).collect::<String>()
+                )
             } else {
                 why.to_string()
             };
@@ -175,9 +178,15 @@ mod tests {
             "no (/dev/kvm is missing or not accessible): microVMs run under TCG emulation (slower)"
         );
         assert!(!v.contains('\n'));
-        let long = format!("KVM probe: QEMU exited (1) before the guest init: {}\nmore: using TCG", "x".repeat(200));
+        let long = format!(
+            "KVM probe: QEMU exited (1) before the guest init: {}\nmore: using TCG",
+            "x".repeat(200)
+        );
         let v = kvm_verdict("tcg", &long);
-        assert!(!v.contains('\n') && v.contains("see --verbose") && v.len() < 200, "{v}");
+        assert!(
+            !v.contains('\n') && v.contains("see --verbose") && v.len() < 200,
+            "{v}"
+        );
         assert!(kvm_verdict("unknown", "no guest").starts_with("unknown: no guest"));
     }
 

@@ -13,7 +13,7 @@ use super::{rfc3339, rpc, time_of, ClientOpts};
 #[derive(clap::Args, Debug)]
 #[command(about = "Show the daemon's events as they happen")]
 pub struct EventsArgs {
-    /// containerd filters, e.g. `topic~=/tasks/` or `namespace==default`; an event
+    /// containerd filters, e.g. `topic~="^/tasks/"` or `namespace==default`; an event
     /// matching any of them is shown.
     #[arg(long = "filter", short = 'f')]
     filters: Vec<String>,

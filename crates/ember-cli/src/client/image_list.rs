@@ -106,11 +106,7 @@ pub fn image_filters(arg: &str) -> Result<Vec<String>> {
         return Ok(out);
     }
     for sel in selectors(arg) {
-        let field = sel
-            .split(['=', '!', '~'])
-            .next()
-            .unwrap_or_default()
-            .trim();
+        let field = sel.split(['=', '!', '~']).next().unwrap_or_default().trim();
         let mut parts = field.splitn(2, '.');
         let first = parts.next().unwrap_or_default().trim_matches('"');
         let rest = parts.next().map(|r| r.trim_matches('"'));
@@ -231,7 +227,10 @@ mod tests {
         assert!(image_filters("name==x,labels.\"a.b\"==c").is_ok());
         assert!(image_filters("target.digest~=/^sha256:/").is_ok());
         let e = image_filters("nmae==x").unwrap_err().to_string();
-        assert!(e.contains("unknown filter field \"nmae\"") && e.contains("target.digest"), "{e}");
+        assert!(
+            e.contains("unknown filter field \"nmae\"") && e.contains("target.digest"),
+            "{e}"
+        );
         assert!(image_filters("name==x,size==3").is_err());
         assert!(image_filters("target==x").is_err());
         assert!(image_filters("Not A Name").is_err());

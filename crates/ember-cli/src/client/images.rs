@@ -382,7 +382,8 @@ async fn import_leased(
     // Blobs are read by offset: stdin is kept in a file for the import's length.
     let (archive, _spool) = tokio::task::spawn_blocking(move || -> Result<_> {
         if from_stdin {
-            let mut tmp = tempfile::NamedTempFile::new().context("creating a file to hold stdin")?;
+            let mut tmp =
+                tempfile::NamedTempFile::new().context("creating a file to hold stdin")?;
             std::io::copy(&mut std::io::stdin().lock(), &mut tmp)?;
             let a = Archive::open(tmp.path(), base_name.as_deref())?;
             return Ok((a, Some(tmp)));

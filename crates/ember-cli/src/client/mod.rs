@@ -4,8 +4,8 @@
 
 pub mod container;
 pub mod containers;
-pub mod events;
 pub mod content;
+pub mod events;
 pub mod image_export;
 pub mod image_list;
 pub mod image_tag;

@@ -6,10 +6,10 @@
 //! beside a `binary://` logger).
 
 use std::io::Read;
-use std::sync::{Arc, Mutex};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use nix::sys::stat::Mode;
@@ -52,7 +52,10 @@ pub fn start(opts: &ClientOpts, dir: &Path, id: &str) -> Result<(String, String,
     }
     if line.trim() != "held" {
         let _ = child.kill();
-        anyhow::bail!("the holder of the stdio FIFOs in {} did not start", fifo.display());
+        anyhow::bail!(
+            "the holder of the stdio FIFOs in {} did not start",
+            fifo.display()
+        );
     }
     let [i, o, e] = fifos(dir).map(|p| p.display().to_string());
     Ok((i, o, e))
@@ -66,12 +69,7 @@ pub fn serve(dir: &str, args: &[String]) -> i32 {
     let dir = Path::new(dir);
     // Read-write: opens do not wait for the other end, and no FIFO sees its last
     // writer go while this process lives.
-    let open = |p: &Path| {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(p)
-    };
+    let open = |p: &Path| std::fs::OpenOptions::new().read(true).write(true).open(p);
     let [i, o, e] = fifos(dir);
     let (Ok(_stdin), Ok(out), Ok(err), Ok(sink)) = (open(&i), open(&o), open(&e), Sink::open(dir))
     else {

@@ -76,13 +76,7 @@ pub struct Attached {
 /// the output also into `keep` when given (a container's kept output).
 /// Stdin's end is closed at end of input, and the shim told with `CloseIO` once
 /// [`Attached::created`] says the process exists.
-pub fn attach(
-    conn: &Conn,
-    f: &Fifos,
-    id: &str,
-    exec_id: &str,
-    keep: Option<Sink>,
-) -> Attached {
+pub fn attach(conn: &Conn, f: &Fifos, id: &str, exec_id: &str, keep: Option<Sink>) -> Attached {
     let keep = keep.map(|s| Arc::new(Mutex::new(s)));
     let copy_out = |p: PathBuf, err: bool| {
         let keep = keep.clone();
