@@ -354,7 +354,9 @@ mod tests {
             Duration::from_secs(1),
         );
         let out = render(&rows);
-        assert!(out.starts_with("ID   CPU %"), "{out}");
-        assert!(out.contains("50.00%   0.0 B / -   0"), "{out}");
+        assert_eq!(
+            out,
+            "ID   CPU %    MEM USAGE / LIMIT   PIDS\nx    50.00%   0.0 B / -           0\n"
+        );
     }
 }
