@@ -126,7 +126,7 @@ fn main() {
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("ember: {e:#}");
+            eprintln!("ember: {}", crate::client::describe(&e));
             std::process::exit(1);
         }
     }

@@ -154,6 +154,15 @@ fn runc_verbs() {
         text(&o.stdout)
     );
 
+    // No error repeats its own cause.
+    let o = d.run(&["images", "import", "/no/such.tar"]);
+    let e = text(&o.stderr);
+    assert_eq!(e.matches("No such file").count(), 1, "{e}");
+    assert_eq!(e.matches("/no/such.tar").count(), 1, "{e}");
+    let o = d.run(&["images", "rm", "nosuch:1"]);
+    let e = text(&o.stderr);
+    assert_eq!(e.matches("nosuch:1").count(), 1, "{e}");
+
     // events: the daemon's stream, human lines and JSON, filters passed on.
     let mut ev = d
         .ember()

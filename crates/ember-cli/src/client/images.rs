@@ -507,7 +507,11 @@ pub async fn run(opts: &ClientOpts, a: ImagesArgs) -> Result<i32> {
                 {
                     Ok(_) => println!("{name}"),
                     Err(e) => {
-                        eprintln!("ember: {name}: {}", e.message());
+                        if e.message().contains(&name) {
+                            eprintln!("ember: {}", e.message());
+                        } else {
+                            eprintln!("ember: {name}: {}", e.message());
+                        }
                         failed += 1;
                     }
                 }

@@ -106,6 +106,34 @@ fn not_reachable(socket: &std::path::Path, e: &(dyn std::error::Error + 'static)
     }
 }
 
+/// An error and its causes in one line, each cause once: a cause whose text the
+/// line holds already is left out, and one that starts by naming what the line
+/// ends with (`reading x.tar` then `x.tar: no such file`) loses that name.
+pub fn describe(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || msg.contains(&text) {
+            continue;
+        }
+        if msg.is_empty() {
+            msg = text;
+            continue;
+        }
+        let last = msg.rsplit(' ').next().unwrap_or_default().to_string();
+        let text = text
+            .strip_prefix(&format!("{last}: "))
+            .map(str::to_string)
+            .unwrap_or(text);
+        if msg.contains(&text) {
+            continue;
+        }
+        msg.push_str(": ");
+        msg.push_str(&text);
+    }
+    msg
+}
+
 /// Turns a gRPC status into an error that reads like the daemon's message.
 pub fn rpc(s: containerd_client::tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}", s.message())
@@ -248,6 +276,18 @@ pub fn age(t: Option<SystemTime>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn causes_are_told_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
+        let e = anyhow::Error::new(io).context("/x.tar: No such file or directory");
+        let e = e.context("reading /x.tar");
+        assert_eq!(describe(&e), "reading /x.tar: No such file or directory");
+        let e = anyhow::anyhow!("image \"a:1\" not found").context("pulling a:1");
+        assert_eq!(describe(&e), "pulling a:1: image \"a:1\" not found");
+        let e = anyhow::anyhow!("boom").context("boom");
+        assert_eq!(describe(&e), "boom");
+    }
 
     #[test]
     fn formatting() {

@@ -59,7 +59,7 @@ pub async fn exit_code(verb: impl std::future::Future<Output = Result<i32>>) -> 
     match verb.await {
         Ok(code) => Ok(code),
         Err(e) => {
-            eprintln!("ember: {e:#}");
+            eprintln!("ember: {}", crate::client::describe(&e));
             Ok(EXIT_EMBER)
         }
     }
@@ -229,7 +229,7 @@ where
         match f(id.clone()).await {
             Ok(()) => println!("{id}"),
             Err(e) => {
-                eprintln!("ember: {e:#}");
+                eprintln!("ember: {}", crate::client::describe(&e));
                 failed = true;
             }
         }
