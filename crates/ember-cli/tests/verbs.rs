@@ -394,7 +394,15 @@ fn microvm_stats_and_logs() {
     assert!(s["pids"].as_u64().unwrap() >= 1, "{s}");
     let limit = s["memory_limit_bytes"].as_u64().unwrap();
     assert!(limit == 0 || limit <= 256 << 20, "{s}");
-    ok(&d.run(&["rm", "-f", "busy", "fg"]));
+    // run -d -i in a microVM: stdin stays open and takes what is written later.
+    ok(&d.run(&["run", "-d", "-i", "--name", "in", IMAGE, "sh"]));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(wait_status(&d, "in", "Up"), "Up");
+    let fifo = d.dir.path().join("cli/logs/default/in/stdin");
+    std::fs::write(&fifo, "echo via-vm-stdin; exit 6\n").unwrap();
+    assert_eq!(wait_status(&d, "in", "Exited (6)"), "Exited (6)");
+    assert_eq!(ok(&d.run(&["logs", "in"])), "via-vm-stdin\n");
+    ok(&d.run(&["rm", "-f", "busy", "fg", "in"]));
 }
 
 /// `ember vm run -t`: the caller's terminal resized while the container runs
