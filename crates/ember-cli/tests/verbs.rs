@@ -435,3 +435,31 @@ fn vm_run_tty_forwards_resizes() {
         .collect();
     assert_eq!(sizes, ["33 91", "20 50"], "{out}{}", text(&o.stderr));
 }
+
+/// `ember info`: the KVM verdict in one line, the reasons under `--verbose`.
+#[test]
+fn info_states_kvm_in_one_line() {
+    let info = |args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_ember"))
+            .arg("info")
+            .args(args)
+            .output()
+            .unwrap();
+        ok(&o)
+    };
+    let short = info(&[]);
+    let kvm: Vec<&str> = short.lines().filter(|l| l.starts_with("KVM:")).collect();
+    assert_eq!(kvm.len(), 1, "{short}");
+    let verdict = kvm[0].trim_start_matches("KVM:").trim();
+    assert!(
+        verdict.starts_with("yes") || verdict.starts_with("no") || verdict.starts_with("unknown"),
+        "{short}"
+    );
+    assert!(!short.contains("why:"), "{short}");
+    assert!(short.contains("Host volumes:"), "{short}");
+    let long = info(&["--verbose"]);
+    assert!(
+        long.contains("KVM:") && long.contains("why:") && long.contains("/dev/kvm:"),
+        "{long}"
+    );
+}
