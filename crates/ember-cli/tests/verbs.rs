@@ -415,10 +415,15 @@ fn vm_run_tty_forwards_resizes() {
     {
         return;
     }
+    // The resize comes once the first size is out, however slow the boot.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("out");
     let cmd = format!(
-        "stty cols 91 rows 33; (sleep 4; stty cols 50 rows 20 </dev/tty) & \
-         {} vm run -t -- sh -c 'stty size; sleep 8; stty size'",
+        "stty cols 91 rows 33; : >{log}; \
+         (until grep -q '33 91' {log}; do sleep 0.1; done; stty cols 50 rows 20 </dev/tty) & \
+         {} vm run -t -- sh -c 'stty size; sleep 4; stty size' | tee {log}",
         env!("CARGO_BIN_EXE_ember"),
+        log = log.display(),
     );
     let o = std::process::Command::new("script")
         .args(["-qec", &cmd, "/dev/null"])
