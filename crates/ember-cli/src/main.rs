@@ -78,9 +78,9 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(fifo) = args
         .get(1)
-        .and_then(|a| a.strip_prefix(client::container::stdin_hold::ARG_PREFIX))
+        .and_then(|a| a.strip_prefix(client::container::stdio_hold::ARG_PREFIX))
     {
-        std::process::exit(client::container::stdin_hold::serve(fifo, &args[2..]));
+        std::process::exit(client::container::stdio_hold::serve(fifo, &args[2..]));
     }
     let cli = Cli::parse();
     tracing_subscriber::fmt()

@@ -10,7 +10,7 @@ pub mod rm;
 pub mod run;
 pub mod spec;
 pub mod stats;
-pub mod stdin_hold;
+pub mod stdio_hold;
 pub mod stdio;
 pub mod stop;
 

@@ -244,7 +244,7 @@ async fn run_leased(conn: &Conn, opts: &ClientOpts, a: RunArgs, id: String) -> R
         (None, Some(d)) => {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
             if a.process.interactive {
-                super::stdin_hold::start(opts, d, &id)?
+                super::stdio_hold::start(opts, d, &id)?
             } else {
                 let u = logger::uri(d)?;
                 (String::new(), u.clone(), u)
