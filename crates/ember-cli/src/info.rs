@@ -10,6 +10,34 @@ pub struct InfoArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// Say why the accelerator is what it is.
+    #[arg(short, long)]
+    verbose: bool,
+}
+
+/// The KVM verdict in one line.
+fn kvm_verdict(accel: &str, reason: &str) -> String {
+    match accel {
+        "kvm" => "yes: microVMs run with KVM".to_string(),
+        "tcg" => {
+            let why = reason.trim().trim_end_matches(": using TCG");
+            let why = why.lines().next().unwrap_or("").trim();
+            let why = if why.chars().count() > 100 {
+                format!(
+                    "{}…; see --verbose",
+                    why.chars().take(100).collect::<String>()
+                )
+            } else {
+                why.to_string()
+            };
+            if why.is_empty() {
+                "no: microVMs run under TCG emulation (slower)".to_string()
+            } else {
+                format!("no ({why}): microVMs run under TCG emulation (slower)")
+            }
+        }
+        _ => format!("unknown: {reason}"),
+    }
 }
 
 pub async fn run(args: InfoArgs) -> Result<()> {
@@ -60,16 +88,19 @@ pub async fn run(args: InfoArgs) -> Result<()> {
         return Ok(());
     }
     println!("Version:        {}", env!("CARGO_PKG_VERSION"));
-    println!("Accelerator:    {accel}");
-    println!("  why:          {reason}");
-    println!(
-        "/dev/kvm:       {}",
-        if qemu::kvm_device_usable() {
-            "usable"
-        } else {
-            "absent or not accessible"
-        }
-    );
+    println!("KVM:            {}", kvm_verdict(&accel, &reason));
+    if args.verbose {
+        println!("Accelerator:    {accel}");
+        println!("  why:          {reason}");
+        println!(
+            "/dev/kvm:       {}",
+            if qemu::kvm_device_usable() {
+                "usable"
+            } else {
+                "absent or not accessible"
+            }
+        );
+    }
     match &guest {
         Ok(g) => {
             println!(
@@ -137,6 +168,27 @@ fn host_volumes_with(path: &std::path::Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_line_kvm_verdict() {
+        assert_eq!(kvm_verdict("kvm", "x"), "yes: microVMs run with KVM");
+        let v = kvm_verdict("tcg", "/dev/kvm is missing or not accessible: using TCG");
+        assert_eq!(
+            v,
+            "no (/dev/kvm is missing or not accessible): microVMs run under TCG emulation (slower)"
+        );
+        assert!(!v.contains('\n'));
+        let long = format!(
+            "KVM probe: QEMU exited (1) before the guest init: {}\nmore: using TCG",
+            "x".repeat(200)
+        );
+        let v = kvm_verdict("tcg", &long);
+        assert!(
+            !v.contains('\n') && v.contains("see --verbose") && v.len() < 200,
+            "{v}"
+        );
+        assert!(kvm_verdict("unknown", "no guest").starts_with("unknown: no guest"));
+    }
 
     #[test]
     fn host_volumes_follow_the_configured_vmm() {

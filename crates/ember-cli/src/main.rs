@@ -1,7 +1,20 @@
 //! `ember`: the command line of Ember.
 
+/// `print!` and `println!` for all of `ember`: the same, except that a reader of stdout
+/// that has gone (`ember plugins --json | head -1`) ends `ember` quietly, as it ends
+/// any Unix filter, instead of a panic. Defined before the modules so that their
+/// `println!` is this one.
+macro_rules! print {
+    ($($t:tt)*) => { $crate::stdout::write(format_args!($($t)*)) };
+}
+macro_rules! println {
+    () => { $crate::stdout::write(format_args!("\n")) };
+    ($($t:tt)*) => { $crate::stdout::write(format_args!("{}\n", format_args!($($t)*))) };
+}
+
 mod client;
 mod info;
+mod stdout;
 mod vm;
 
 use anyhow::Result;
@@ -50,6 +63,9 @@ enum Command {
     Kill(client::container::stop::KillArgs),
     Rm(client::container::rm::RmArgs),
     Inspect(client::container::inspect::InspectArgs),
+    Stats(client::container::stats::StatsArgs),
+    Tag(client::image_tag::TagArgs),
+    Events(client::events::EventsArgs),
 }
 
 fn main() {
@@ -58,6 +74,13 @@ fn main() {
             .map(String::from)
     }) {
         std::process::exit(client::container::logger::serve(&dir));
+    }
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(fifo) = args
+        .get(1)
+        .and_then(|a| a.strip_prefix(client::container::stdio_hold::ARG_PREFIX))
+    {
+        std::process::exit(client::container::stdio_hold::serve(fifo, &args[2..]));
     }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -95,12 +118,15 @@ fn main() {
             Command::Kill(a) => client::container::stop::run_kill(&cli.client, a).await,
             Command::Rm(a) => client::container::rm::run(&cli.client, a).await,
             Command::Inspect(a) => client::container::inspect::run(&cli.client, a).await,
+            Command::Tag(a) => client::image_tag::tag(&cli.client, a).await,
+            Command::Stats(a) => client::container::stats::run(&cli.client, a).await,
+            Command::Events(a) => client::events::run(&cli.client, a).await,
         }
     });
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("ember: {e:#}");
+            eprintln!("ember: {}", crate::client::describe(&e));
             std::process::exit(1);
         }
     }

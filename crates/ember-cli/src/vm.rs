@@ -202,10 +202,24 @@ async fn run_in(sb: &Sandbox, spec: &serde_json::Value, a: &RunArgs) -> Result<i
         e?;
         Ok::<_, ember_sandbox::Error>(agent.wait_process(id, "").await?)
     };
+    // The terminal's new size on each SIGWINCH, for as long as the process runs.
+    let resizes = async {
+        if raw.is_some() {
+            use tokio::signal::unix::{signal, SignalKind};
+            if let Ok(mut winch) = signal(SignalKind::window_change()) {
+                while winch.recv().await.is_some() {
+                    let (cols, rows) = terminal_size();
+                    let _ = agent.resize_pty(id, "", cols, rows).await;
+                }
+            }
+        }
+        std::future::pending::<()>().await
+    };
     // stdin may never end (a terminal): the process's end decides.
     let status = tokio::select! {
         r = wait => r?,
         _ = async { input.await; std::future::pending::<()>().await } => unreachable!(),
+        _ = resizes => unreachable!(),
     };
     drop(raw);
     let _ = tokio::time::timeout(Duration::from_secs(10), agent.remove_container(id)).await;

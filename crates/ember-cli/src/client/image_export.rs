@@ -1,6 +1,6 @@
 //! `ember images export`: images written as an OCI layout tar.
 
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 
 use anyhow::{anyhow, Context, Result};
@@ -12,6 +12,9 @@ use super::images::{media_is_index, media_is_manifest, Ctx};
 use super::{rpc, ClientOpts};
 
 pub(super) async fn export(opts: &ClientOpts, out: PathBuf, names: Vec<String>) -> Result<()> {
+    if out.as_os_str() == "-" && std::io::stdout().is_terminal() {
+        anyhow::bail!("refusing to write a tar to a terminal: redirect stdout or name a file");
+    }
     let channel = opts.channel().await?;
     let ctx = Ctx {
         opts: opts.clone(),
@@ -76,8 +79,14 @@ pub(super) async fn export(opts: &ClientOpts, out: PathBuf, names: Vec<String>) 
         manifests: index,
         annotations: Default::default(),
     };
-    let f = std::fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;
-    let mut b = tar::Builder::new(std::io::BufWriter::new(f));
+    let w: Box<dyn Write> = if out.as_os_str() == "-" {
+        Box::new(std::io::stdout().lock())
+    } else {
+        Box::new(
+            std::fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?,
+        )
+    };
+    let mut b = tar::Builder::new(std::io::BufWriter::new(w));
     let mut add = |name: &str, data: &mut dyn Read, size: u64| -> Result<()> {
         let mut h = tar::Header::new_ustar();
         h.set_size(size);

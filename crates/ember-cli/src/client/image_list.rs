@@ -3,7 +3,7 @@
 
 use std::time::SystemTime;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use containerd_client::services::v1 as api;
 use containerd_client::services::v1::images_client::ImagesClient;
 use ember_images::Descriptor;
@@ -55,7 +55,95 @@ async fn image_size(ctx: &Ctx, target: &Descriptor) -> Option<i64> {
     Some(size + m.layers.iter().map(|l| l.size).sum::<i64>())
 }
 
-pub async fn list(opts: &ClientOpts, quiet: bool, filters: Vec<String>) -> Result<()> {
+/// The fields image filters can name.
+const FIELDS: &str = "name, target.digest, target.mediatype, labels.KEY";
+
+/// Selectors of one filter string: split at `,` outside quotes.
+fn selectors(f: &str) -> Vec<String> {
+    let (mut out, mut cur, mut quote) = (Vec::new(), String::new(), None::<char>);
+    let mut prev_op = false;
+    for c in f.chars() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '"' || (prev_op && (c == '/' || c == '|')) => quote = Some(c),
+            None if c == ',' => {
+                out.push(std::mem::take(&mut cur));
+                prev_op = false;
+                continue;
+            }
+            None => {}
+        }
+        prev_op = c == '=';
+        cur.push(c);
+    }
+    out.push(cur);
+    out
+}
+
+/// A filter argument as the daemon takes it: `FIELD OP VALUE` selectors are
+/// checked for fields images have (containerd matches nothing on others, which
+/// hides a typo); a bare image name lists that image, or every tag of a repository.
+pub fn image_filters(arg: &str) -> Result<Vec<String>> {
+    if !arg.contains("==") && !arg.contains("!=") && !arg.contains("~=") && !arg.contains(',') {
+        let full = ember_images::reference::normalize(arg)
+            .filter(|_| !arg.contains(['\\', ']', '^', '|', '"']));
+        let Some(full) = full else {
+            bail!("{arg:?} is neither an image name nor a filter like name==NAME ({FIELDS})");
+        };
+        let last = arg.rsplit('/').next().unwrap_or(arg);
+        let mut out = vec![format!("name=={full:?}")];
+        if full != arg {
+            out.push(format!("name=={arg:?}"));
+        }
+        if !last.contains(':') && !arg.contains('@') {
+            let repo = full.strip_suffix(":latest").unwrap_or(&full);
+            out.push(format!("name~=|^{}[:@]|", regex_escape(repo)));
+            if repo != arg {
+                out.push(format!("name~=|^{}[:@]|", regex_escape(arg)));
+            }
+        }
+        return Ok(out);
+    }
+    for sel in selectors(arg) {
+        let field = sel.split(['=', '!', '~']).next().unwrap_or_default().trim();
+        let mut parts = field.splitn(2, '.');
+        let first = parts.next().unwrap_or_default().trim_matches('"');
+        let rest = parts.next().map(|r| r.trim_matches('"'));
+        let known = match first {
+            "name" => rest.is_none(),
+            "target" => matches!(rest, Some("digest" | "mediatype")),
+            "labels" => rest.is_some_and(|r| !r.is_empty()),
+            _ => false,
+        };
+        if !known {
+            bail!("unknown filter field {field:?} in {arg:?}: images have {FIELDS}");
+        }
+    }
+    Ok(vec![arg.to_string()])
+}
+
+/// `s` matched literally: special characters as one-character classes (the
+/// filter language takes no `\.` inside a quoted expression).
+fn regex_escape(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        if ".+*?()|[{}$".contains(c) {
+            out.push('[');
+            out.push(c);
+            out.push(']');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+pub async fn list(opts: &ClientOpts, quiet: bool, args: Vec<String>) -> Result<()> {
+    let mut filters = Vec::new();
+    for a in &args {
+        filters.extend(image_filters(a)?);
+    }
     let channel = opts.channel().await?;
     let list = ImagesClient::new(channel.clone())
         .list(opts.req(api::ListImagesRequest { filters }))
@@ -120,6 +208,33 @@ pub async fn list(opts: &ClientOpts, quiet: bool, filters: Vec<String>) -> Resul
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn filter_arguments() {
+        assert_eq!(
+            image_filters("busybox").unwrap(),
+            vec![
+                r#"name=="docker.io/library/busybox:latest""#.to_string(),
+                r#"name=="busybox""#.to_string(),
+                "name~=|^docker[.]io/library/busybox[:@]|".to_string(),
+                "name~=|^busybox[:@]|".to_string(),
+            ]
+        );
+        assert_eq!(
+            image_filters("docker.io/ember/busybox:1").unwrap(),
+            vec![r#"name=="docker.io/ember/busybox:1""#.to_string()]
+        );
+        assert!(image_filters("name==x,labels.\"a.b\"==c").is_ok());
+        assert!(image_filters("target.digest~=/^sha256:/").is_ok());
+        let e = image_filters("nmae==x").unwrap_err().to_string();
+        assert!(
+            e.contains("unknown filter field \"nmae\"") && e.contains("target.digest"),
+            "{e}"
+        );
+        assert!(image_filters("name==x,size==3").is_err());
+        assert!(image_filters("target==x").is_err());
+        assert!(image_filters("Not A Name").is_err());
+    }
 
     #[test]
     fn ages() {

@@ -36,6 +36,7 @@ pub struct ImagesArgs {
 enum Cmd {
     /// Import a docker-archive or OCI layout tar and unpack its images.
     Import {
+        /// The tar (`-`: stdin).
         file: PathBuf,
         /// Name for OCI layout images that only carry a tag (`BASE:TAG`).
         #[arg(long)]
@@ -52,6 +53,7 @@ enum Cmd {
     },
     /// Export images as an OCI layout tar.
     Export {
+        /// The tar to write (`-`: stdout).
         out: PathBuf,
         #[arg(required = true)]
         names: Vec<String>,
@@ -61,16 +63,12 @@ enum Cmd {
     Ls {
         #[arg(short, long)]
         quiet: bool,
+        /// Image names (`busybox`: every tag of it) or containerd filters
+        /// (`name==REF`, `labels.KEY==V`, `target.digest~=^sha256:ab`).
         filters: Vec<String>,
     },
     /// Give an image another name.
-    Tag {
-        source: String,
-        target: String,
-        /// Replace an existing image of that name.
-        #[arg(long)]
-        force: bool,
-    },
+    Tag(super::image_tag::TagArgs),
     /// Remove images.
     #[command(alias = "remove")]
     Rm {
@@ -375,14 +373,28 @@ async fn import_leased(
     no_unpack: bool,
     quiet: bool,
 ) -> Result<()> {
-    let f = file.clone();
-    let archive = Arc::new(
-        tokio::task::spawn_blocking(move || Archive::open(&f, base_name.as_deref()))
-            .await?
-            .with_context(|| format!("reading {}", file.display()))?,
-    );
+    let from_stdin = file.as_os_str() == "-";
+    let shown = if from_stdin {
+        "stdin".to_string()
+    } else {
+        file.display().to_string()
+    };
+    // Blobs are read by offset: stdin is kept in a file for the import's length.
+    let (archive, _spool) = tokio::task::spawn_blocking(move || -> Result<_> {
+        if from_stdin {
+            let mut tmp =
+                tempfile::NamedTempFile::new().context("creating a file to hold stdin")?;
+            std::io::copy(&mut std::io::stdin().lock(), &mut tmp)?;
+            let a = Archive::open(tmp.path(), base_name.as_deref())?;
+            return Ok((a, Some(tmp)));
+        }
+        Ok((Archive::open(&file, base_name.as_deref())?, None))
+    })
+    .await?
+    .with_context(|| format!("reading {shown}"))?;
+    let archive = Arc::new(archive);
     if archive.images.is_empty() {
-        bail!("{} names no image", file.display());
+        bail!("{shown} names no image");
     }
     let total: u64 = archive.blobs.iter().map(|b| b.size.max(0) as u64).sum();
     let bar = super::progress::bytes_bar(total, quiet);
@@ -479,40 +491,7 @@ pub async fn run(opts: &ClientOpts, a: ImagesArgs) -> Result<i32> {
         } => import(opts, file, base_name, snapshotter, no_unpack, quiet).await?,
         Cmd::Export { out, names } => super::image_export::export(opts, out, names).await?,
         Cmd::Ls { quiet, filters } => super::image_list::list(opts, quiet, filters).await?,
-        Cmd::Tag {
-            source,
-            target,
-            force,
-        } => {
-            let mut c = ImagesClient::new(opts.channel().await?);
-            let mut img = c
-                .get(opts.req(api::GetImageRequest { name: source }))
-                .await
-                .map_err(rpc)?
-                .into_inner()
-                .image
-                .ok_or_else(|| anyhow!("no image record"))?;
-            img.name = target.clone();
-            let created = c
-                .create(opts.req(api::CreateImageRequest {
-                    image: Some(img.clone()),
-                    ..Default::default()
-                }))
-                .await;
-            match created {
-                Ok(_) => {}
-                Err(s) if s.code() == Code::AlreadyExists && force => {
-                    c.update(opts.req(api::UpdateImageRequest {
-                        image: Some(img),
-                        ..Default::default()
-                    }))
-                    .await
-                    .map_err(rpc)?;
-                }
-                Err(s) => return Err(rpc(s)),
-            }
-            println!("{target}");
-        }
+        Cmd::Tag(a) => return super::image_tag::tag(opts, a).await,
         Cmd::Rm { names, sync } => {
             let mut c = ImagesClient::new(opts.channel().await?);
             let mut failed = 0;
@@ -528,7 +507,11 @@ pub async fn run(opts: &ClientOpts, a: ImagesArgs) -> Result<i32> {
                 {
                     Ok(_) => println!("{name}"),
                     Err(e) => {
-                        eprintln!("ember: {name}: {}", e.message());
+                        if e.message().contains(&name) {
+                            eprintln!("ember: {}", e.message());
+                        } else {
+                            eprintln!("ember: {name}: {}", e.message());
+                        }
                         failed += 1;
                     }
                 }

@@ -5,8 +5,10 @@
 pub mod container;
 pub mod containers;
 pub mod content;
+pub mod events;
 pub mod image_export;
 pub mod image_list;
+pub mod image_tag;
 pub mod image_unpack;
 pub mod images;
 pub mod leases;
@@ -54,9 +56,10 @@ pub struct ClientOpts {
 
 impl ClientOpts {
     pub async fn channel(&self) -> Result<Channel> {
-        containerd_client::connect(&self.address)
-            .await
-            .with_context(|| format!("connecting to {}", self.address.display()))
+        match containerd_client::connect(&self.address).await {
+            Ok(c) => Ok(c),
+            Err(e) => Err(not_reachable(&self.address, &e)),
+        }
     }
 
     /// A request in the selected namespace.
@@ -67,6 +70,68 @@ impl ClientOpts {
         }
         r
     }
+}
+
+/// Why the daemon at `socket` could not be reached, and what to do about it.
+fn not_reachable(socket: &std::path::Path, e: &(dyn std::error::Error + 'static)) -> anyhow::Error {
+    let io = std::iter::successors(Some(e), |e| (*e).source())
+        .find_map(|e| e.downcast_ref::<std::io::Error>())
+        .map(|e| e.kind());
+    let start = "start it with `emberd` (as root; `nohup emberd >/var/log/emberd.log 2>&1 &` \
+                 runs it in the background), or name its socket with --address or EMBER_ADDRESS";
+    let s = socket.display();
+    match io {
+        Some(std::io::ErrorKind::NotFound) => {
+            anyhow::anyhow!("emberd is not running: there is no socket {s}; {start}")
+        }
+        Some(std::io::ErrorKind::ConnectionRefused) => {
+            anyhow::anyhow!("emberd is not running: nothing listens on {s}; {start}")
+        }
+        Some(std::io::ErrorKind::PermissionDenied) => anyhow::anyhow!(
+            "no permission to use {s}: run ember as root (or as a user the socket lets in)"
+        ),
+        _ => {
+            let mut msg = format!("connecting to {s}");
+            let mut last = String::new();
+            for c in std::iter::successors(Some(e), |e| (*e).source()) {
+                let t = c.to_string();
+                if !t.is_empty() && !last.contains(&t) {
+                    msg.push_str(": ");
+                    msg.push_str(&t);
+                }
+                last = t;
+            }
+            anyhow::anyhow!(msg)
+        }
+    }
+}
+
+/// An error and its causes in one line, each cause once: a cause whose text the
+/// line holds already is left out, and one that starts by naming what the line
+/// ends with (`reading x.tar` then `x.tar: no such file`) loses that name.
+pub fn describe(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || msg.contains(&text) {
+            continue;
+        }
+        if msg.is_empty() {
+            msg = text;
+            continue;
+        }
+        let last = msg.rsplit(' ').next().unwrap_or_default().to_string();
+        let text = text
+            .strip_prefix(&format!("{last}: "))
+            .map(str::to_string)
+            .unwrap_or(text);
+        if msg.contains(&text) {
+            continue;
+        }
+        msg.push_str(": ");
+        msg.push_str(&text);
+    }
+    msg
 }
 
 /// Turns a gRPC status into an error that reads like the daemon's message.
@@ -211,6 +276,18 @@ pub fn age(t: Option<SystemTime>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn causes_are_told_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
+        let e = anyhow::Error::new(io).context("/x.tar: No such file or directory");
+        let e = e.context("reading /x.tar");
+        assert_eq!(describe(&e), "reading /x.tar: No such file or directory");
+        let e = anyhow::anyhow!("image \"a:1\" not found").context("pulling a:1");
+        assert_eq!(describe(&e), "pulling a:1: image \"a:1\" not found");
+        let e = anyhow::anyhow!("boom").context("boom");
+        assert_eq!(describe(&e), "boom");
+    }
 
     #[test]
     fn formatting() {

@@ -53,7 +53,7 @@ async fn exec(opts: &ClientOpts, a: ExecArgs) -> Result<i32> {
     let exec_id = format!("exec-{}", std::process::id());
     let fifos = Fifos::new(a.process.interactive, a.process.tty)?;
     let (stdin, stdout, stderr) = fifos.uris();
-    let attached = stdio::attach(&conn, &fifos, &a.id, &exec_id);
+    let attached = stdio::attach(&conn, &fifos, &a.id, &exec_id, None);
     if let Err(s) = conn
         .tasks()
         .exec(conn.req(api::ExecProcessRequest {

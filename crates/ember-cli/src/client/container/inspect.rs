@@ -51,7 +51,7 @@ pub async fn run(opts: &ClientOpts, a: InspectArgs) -> Result<i32> {
         match one(&conn, &id).await {
             Ok(v) => out.push(v),
             Err(e) => {
-                eprintln!("ember: {e:#}");
+                eprintln!("ember: {}", crate::client::describe(&e));
                 failed = true;
             }
         }

@@ -1,7 +1,8 @@
-//! Kept output of detached containers: `ember` itself serves as the shim's
-//! `binary://` logger, writing stdout and stderr into `output.log` under the
-//! container's log directory, rotated to `output.log.1` past [`ROTATE_AT`], so at
-//! most twice that is kept.
+//! Kept output of containers: `ember` itself serves as the shim's `binary://`
+//! logger of a detached container, writing stdout and stderr into `output.log`
+//! under the container's log directory, rotated to `output.log.1` past
+//! [`ROTATE_AT`], so at most twice that is kept. A foreground `ember run` writes
+//! what it shows into the same files ([`Sink`]), so `ember logs` works for both.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -31,14 +32,27 @@ pub fn dir(namespace: &str, id: &str) -> PathBuf {
     super::state_dir().join("logs").join(namespace).join(id)
 }
 
-struct Sink {
+/// The kept output of one container, rotated past [`ROTATE_AT`].
+pub struct Sink {
     dir: PathBuf,
     file: File,
     written: u64,
 }
 
 impl Sink {
-    fn write(&mut self, data: &[u8]) {
+    /// Appends to the output kept in `dir` (created if need be).
+    pub fn open(dir: &Path) -> std::io::Result<Sink> {
+        std::fs::create_dir_all(dir)?;
+        let file = open(dir)?;
+        let written = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Ok(Sink {
+            dir: dir.to_path_buf(),
+            file,
+            written,
+        })
+    }
+
+    pub fn write(&mut self, data: &[u8]) {
         if self.written + data.len() as u64 > ROTATE_AT && self.written > 0 {
             let _ = std::fs::rename(self.dir.join(CURRENT), self.dir.join(PREVIOUS));
             if let Ok(f) = open(&self.dir) {
@@ -62,8 +76,7 @@ fn open(dir: &Path) -> std::io::Result<File> {
 /// Runs as the logger: fd 3 is stdout, fd 4 stderr, fd 5 closed once ready.
 /// Returns when both streams end.
 pub fn serve(dir: &str) -> i32 {
-    let dir = PathBuf::from(dir);
-    let file = std::fs::create_dir_all(&dir).and_then(|_| open(&dir));
+    let sink = Sink::open(Path::new(dir));
     // SAFETY: the shim hands this process fds 3, 4 and 5 and nothing else owns them.
     let (out, err, ready) = unsafe {
         (
@@ -73,12 +86,10 @@ pub fn serve(dir: &str) -> i32 {
         )
     };
     drop(ready);
-    let file = match file {
-        Ok(f) => f,
-        Err(_) => return 1,
+    let Ok(sink) = sink else {
+        return 1;
     };
-    let written = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let sink = Arc::new(Mutex::new(Sink { dir, file, written }));
+    let sink = Arc::new(Mutex::new(sink));
     let pump = |mut src: File, sink: Arc<Mutex<Sink>>| {
         std::thread::spawn(move || {
             let mut buf = [0u8; 32 * 1024];

@@ -1,4 +1,4 @@
-//! `ember logs`: the kept output of a detached container.
+//! `ember logs`: the kept output of a container `ember run` made.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
@@ -11,7 +11,7 @@ use super::{is_running, Conn, LOG_DIR_LABEL};
 use crate::client::ClientOpts;
 
 #[derive(clap::Args, Debug)]
-#[command(about = "Show the output of a detached container")]
+#[command(about = "Show the output of a container")]
 pub struct LogsArgs {
     /// Keep following until the task exits.
     #[arg(short, long)]
@@ -30,8 +30,9 @@ fn copy_from(path: &Path, offset: u64, out: &mut impl Write) -> u64 {
     }
     let mut buf = Vec::new();
     let _ = f.read_to_end(&mut buf);
-    let _ = out.write_all(&buf);
-    let _ = out.flush();
+    if let Err(e) = out.write_all(&buf).and_then(|_| out.flush()) {
+        crate::stdout::check(&e);
+    }
     start + buf.len() as u64
 }
 
@@ -40,7 +41,7 @@ pub async fn run(opts: &ClientOpts, a: LogsArgs) -> Result<i32> {
     let c = conn.container(&a.id).await?;
     let Some(dir) = c.labels.get(LOG_DIR_LABEL) else {
         bail!(
-            "container {} keeps no output (only detached `ember run -d` containers do)",
+            "container {} keeps no output (only containers `ember run` made do)",
             a.id
         );
     };

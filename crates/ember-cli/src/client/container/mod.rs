@@ -1,5 +1,5 @@
-//! Docker-like container verbs (`run`, `ps`, `exec`, `logs`, `stop`, `kill`, `rm`,
-//! `inspect`) over containerd's Containers, Snapshots and Tasks services.
+//! Docker-like container verbs (`run`, `ps`, `exec`, `logs`, `stats`, `stop`, `kill`,
+//! `rm`, `inspect`) over containerd's Containers, Snapshots and Tasks services.
 
 pub mod exec;
 pub mod inspect;
@@ -9,6 +9,8 @@ pub mod ps;
 pub mod rm;
 pub mod run;
 pub mod spec;
+pub mod stats;
+pub mod stdio_hold;
 pub mod stdio;
 pub mod stop;
 
@@ -57,7 +59,7 @@ pub async fn exit_code(verb: impl std::future::Future<Output = Result<i32>>) -> 
     match verb.await {
         Ok(code) => Ok(code),
         Err(e) => {
-            eprintln!("ember: {e:#}");
+            eprintln!("ember: {}", crate::client::describe(&e));
             Ok(EXIT_EMBER)
         }
     }
@@ -227,7 +229,7 @@ where
         match f(id.clone()).await {
             Ok(()) => println!("{id}"),
             Err(e) => {
-                eprintln!("ember: {e:#}");
+                eprintln!("ember: {}", crate::client::describe(&e));
                 failed = true;
             }
         }

@@ -18,7 +18,8 @@ pub struct RunArgs {
     /// Container id (else a generated one).
     #[arg(long)]
     name: Option<String>,
-    /// Run in the background and print the id; output is kept for `ember logs`.
+    /// Run in the background and print the id (output is kept for `ember logs`,
+    /// as it is in the foreground).
     #[arg(short, long)]
     detach: bool,
     /// Remove the container when it exits.
@@ -195,7 +196,9 @@ async fn run_leased(conn: &Conn, opts: &ClientOpts, a: RunArgs, id: String) -> R
         .with_context(|| format!("preparing the snapshot of {id}"))?
         .into_inner()
         .mounts;
-    let log_dir = a.detach.then(|| logger::dir(&opts.namespace, &id));
+    // Output is kept for `ember logs` either way: the shim's logger writes it when
+    // detached, the copy to this terminal otherwise.
+    let log_dir = Some(logger::dir(&opts.namespace, &id));
     let prepared = Prepared {
         id: id.clone(),
         snapshotter: a.snapshotter.clone(),
@@ -240,12 +243,24 @@ async fn run_leased(conn: &Conn, opts: &ClientOpts, a: RunArgs, id: String) -> R
         (Some(f), _) => f.uris(),
         (None, Some(d)) => {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-            let u = logger::uri(d)?;
-            (String::new(), u.clone(), u)
+            if a.process.interactive {
+                super::stdio_hold::start(opts, d, &id)?
+            } else {
+                let u = logger::uri(d)?;
+                (String::new(), u.clone(), u)
+            }
         }
         (None, None) => Default::default(),
     };
-    let attached = fifos.as_ref().map(|f| stdio::attach(conn, f, &id, ""));
+    let keep = match (&fifos, &log_dir) {
+        (Some(_), Some(d)) => {
+            Some(logger::Sink::open(d).with_context(|| format!("creating {}", d.display()))?)
+        }
+        _ => None,
+    };
+    let attached = fifos
+        .as_ref()
+        .map(|f| stdio::attach(conn, f, &id, "", keep));
     let create = conn
         .tasks()
         .create(conn.req(api::CreateTaskRequest {

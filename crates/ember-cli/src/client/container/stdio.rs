@@ -4,6 +4,7 @@
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use anyhow::{Context, Result};
 use containerd_client::services::v1 as api;
 use nix::sys::stat::Mode;
 
+use super::logger::Sink;
 use super::Conn;
 use crate::vm::{terminal_size, RawMode};
 
@@ -70,11 +72,14 @@ pub struct Attached {
     created: Option<std::sync::mpsc::Sender<()>>,
 }
 
-/// Opens the FIFOs (blocking until the shim opens its ends) on threads and copies.
+/// Opens the FIFOs (blocking until the shim opens its ends) on threads and copies,
+/// the output also into `keep` when given (a container's kept output).
 /// Stdin's end is closed at end of input, and the shim told with `CloseIO` once
 /// [`Attached::created`] says the process exists.
-pub fn attach(conn: &Conn, f: &Fifos, id: &str, exec_id: &str) -> Attached {
+pub fn attach(conn: &Conn, f: &Fifos, id: &str, exec_id: &str, keep: Option<Sink>) -> Attached {
+    let keep = keep.map(|s| Arc::new(Mutex::new(s)));
     let copy_out = |p: PathBuf, err: bool| {
+        let keep = keep.clone();
         std::thread::spawn(move || {
             let Ok(mut r) = OpenOptions::new().read(true).open(&p) else {
                 return;
@@ -84,6 +89,9 @@ pub fn attach(conn: &Conn, f: &Fifos, id: &str, exec_id: &str) -> Attached {
                 match r.read(&mut buf) {
                     Ok(0) | Err(_) => return,
                     Ok(n) => {
+                        if let Some(Ok(mut k)) = keep.as_ref().map(|k| k.lock()) {
+                            k.write(&buf[..n]);
+                        }
                         let res = if err {
                             let mut e = std::io::stderr().lock();
                             e.write_all(&buf[..n]).and_then(|_| e.flush())
@@ -92,7 +100,10 @@ pub fn attach(conn: &Conn, f: &Fifos, id: &str, exec_id: &str) -> Attached {
                             o.write_all(&buf[..n]).and_then(|_| o.flush())
                         };
                         if res.is_err() {
-                            return;
+                            // The reader has gone: the output is still kept.
+                            if keep.is_none() {
+                                return;
+                            }
                         }
                     }
                 }
