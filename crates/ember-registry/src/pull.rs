@@ -169,7 +169,7 @@ impl Ctx<'_> {
             let result = self.download(&desc, &parent, w.as_mut(), offset).await;
             match result {
                 Ok(()) => break,
-                Err(Error::Unavailable(m)) if attempt < ATTEMPTS => {
+                Err(Error::Unavailable(m) | Error::Interrupted(m)) if attempt < ATTEMPTS => {
                     tracing::warn!(digest = %desc.digest, error = %m, "download interrupted; resuming");
                 }
                 Err(e) => return Err(e),
@@ -214,7 +214,14 @@ impl Ctx<'_> {
                     if !pending.is_empty() {
                         w.write(pending.split().freeze()).await?;
                     }
-                    return Err(e);
+                    let why = match e {
+                        Error::Unavailable(m) => m,
+                        e => e.to_string(),
+                    };
+                    return Err(Error::Interrupted(format!(
+                        "{} after {got} of {} bytes: {why}",
+                        desc.digest, desc.size
+                    )));
                 }
             };
             let Some(chunk) = chunk else { break };
@@ -242,7 +249,7 @@ impl Ctx<'_> {
             w.write(pending.freeze()).await?;
         }
         if got != desc.size as u64 {
-            return Err(Error::Unavailable(format!(
+            return Err(Error::Interrupted(format!(
                 "{} ended after {got} of {} bytes",
                 desc.digest, desc.size
             )));
@@ -367,7 +374,7 @@ pub async fn pull(
         manifests.push(target.clone());
     } else {
         return Err(Error::Unsupported(format!(
-            "{name}: media type {:?}",
+            "{name}: media type {:?} is neither an image manifest nor an index",
             target.media_type
         )));
     }
