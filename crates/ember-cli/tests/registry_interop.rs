@@ -4,9 +4,10 @@
 //!   one side, gzip on the other) pushed by `skopeo copy`: `ember pull` keeps
 //!   this host's platform, `--platform linux/arm64` the other, `--all-platforms`
 //!   both (each in a namespace of its own, checked by the blobs it holds);
-//! - the pulled image runs in a microVM (`ember run --rm`: the file from the
-//!   zstd layer printed, the exit code passed on);
-//! - `ember push` of an imported image and of the whole index: `skopeo inspect`
+//! - the pulled image runs in microVMs (`ember run --rm`: the file from the
+//!   zstd layer printed, the exit code passed on; `run -d --name`, `ps`, `logs`,
+//!   `exec`, `stop`, `rm`);
+//! - `ember images tag` and `ember push` of an imported image, and push of the whole index: `skopeo inspect`
 //!   sees the digests Ember has, and the second repository gets its blobs by
 //!   cross-repository mounts, not uploads;
 //! - Debian's `ctr pull` (client-side, containerd 1.6) into emberd.
@@ -56,7 +57,7 @@ fn skopeo_index_pulled_per_platform_run_pushed_and_inspected() {
     let arm_tar = layout::tar_of(&w.join("scratch"), &[("etc/ember-platform", b"arm64\n")]);
     let arm = lay.layer(&arm_tar, Compression::Gzip);
     let m_amd = lay.image("amd64", &[busybox.clone(), amd.clone()]);
-    let m_arm = lay.image("arm64", &[arm.clone()]);
+    let m_arm = lay.image("arm64", std::slice::from_ref(&arm));
     let index = lay.index(&[m_amd.clone(), m_arm.clone()]);
     lay.name("multi", &index);
     // Ember reaches the registry through the proxy (so the source its blobs are
@@ -131,17 +132,48 @@ fn skopeo_index_pulled_per_platform_run_pushed_and_inspected() {
         ]);
         assert_eq!(o.status.code(), Some(3), "{}\n{}", text(&o.stderr), d.log());
         assert_eq!(text(&o.stdout), "amd64 from zstd\n");
+        // Detached, named: listed, its logs read, exec'd into, stopped, removed.
+        ok(&d.run(&[
+            "run",
+            "-d",
+            "--name",
+            "pulled",
+            &multi,
+            "sh",
+            "-c",
+            "trap 'exit 0' TERM; cat /etc/ember-platform; while true; do sleep 0.1; done",
+        ]));
+        let ps = ok(&d.run(&["ps"]));
+        assert!(ps.lines().any(|l| l.starts_with("pulled ")), "{ps}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !ok(&d.run(&["logs", "pulled"])).contains("amd64 from zstd") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no output in the logs"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let o = d.run(&[
+            "exec",
+            "pulled",
+            "sh",
+            "-c",
+            "cat /etc/ember-platform; exit 5",
+        ]);
+        assert_eq!(o.status.code(), Some(5), "{}", text(&o.stderr));
+        assert_eq!(text(&o.stdout), "amd64 from zstd\n");
+        ok(&d.run(&["stop", "pulled"]));
+        ok(&d.run(&["rm", "pulled"]));
+        let ps = ok(&d.run(&["ps", "-a"]));
+        assert!(!ps.lines().any(|l| l.starts_with("pulled ")), "{ps}");
     }
 
-    // Ember pushes, skopeo reads: an imported docker-archive image...
+    // Ember pushes, skopeo reads: an imported docker-archive image, tagged with
+    // the name it is pushed under...
     d.import_busybox("docker.io/ember/busybox:latest");
     let pushed = format!("{}/ember/busybox:1", proxy.host);
-    ok(&d.run(&[
-        "push",
-        "--plain-http",
-        &pushed,
-        "docker.io/ember/busybox:latest",
-    ]));
+    ok(&d.run(&["images", "tag", "docker.io/ember/busybox:latest", &pushed]));
+    ok(&d.run(&["push", "--plain-http", &pushed]));
     let local: serde_json::Value =
         serde_json::from_str(&ok(&d.run(&["--json", "images"]))).unwrap();
     let local_digest = local

@@ -3,7 +3,7 @@
 //! the middle of a blob, manifests served with another media type. It counts the
 //! blob bytes it hands out and records each request line.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 
@@ -184,7 +184,7 @@ fn serve(client: TcpStream, upstream: &str, state: &Mutex<State>) -> std::io::Re
     let up = TcpStream::connect(upstream)?;
     let mut from_up = BufReader::new(up.try_clone()?);
     let mut to_up = up;
-    while let Some(mut req) = read_head(&mut from_client)? {
+    while let Some(req) = read_head(&mut from_client)? {
         let body = read_body(&mut from_client, &req, false)?;
         let mut parts = req.first.split(' ');
         let method = parts.next().unwrap_or_default().to_string();
@@ -194,7 +194,8 @@ fn serve(client: TcpStream, upstream: &str, state: &Mutex<State>) -> std::io::Re
             .unwrap()
             .requests
             .push(format!("{method} {path}"));
-        req.set("Host", upstream);
+        // The Host header stays the proxy's: the registry builds upload
+        // locations from it, and they must lead back here.
         let has_req_body = !body.is_empty() || req.get("content-length").is_some();
         send(&mut to_up, req, &body, has_req_body)?;
         let Some(mut resp) = read_head(&mut from_up)? else {
