@@ -44,6 +44,10 @@ pub enum Error {
     Config(String),
     #[error("registry unreachable: {0}")]
     Unavailable(String),
+    /// A transfer that started and broke off (a short body, a dropped
+    /// connection); what arrived is kept to resume from.
+    #[error("download interrupted: {0}")]
+    Interrupted(String),
     #[error("registry protocol: {0}")]
     Protocol(String),
     #[error("invalid content: {0}")]

@@ -127,6 +127,23 @@ impl Ctx<'_> {
         Ok((data, false))
     }
 
+    /// The source labels for a blob the store holds: this repository added to the
+    /// ones recorded (`repo1,repo2`, as containerd keeps them).
+    async fn merged_sources(&self, digest: &str) -> BTreeMap<String, String> {
+        let held = self.store.labels(digest).await.unwrap_or_default();
+        self.source_labels
+            .iter()
+            .map(|(k, repo)| {
+                let v = match held.get(k) {
+                    Some(old) if old.split(',').any(|r| r == repo) => old.clone(),
+                    Some(old) if !old.is_empty() => format!("{old},{repo}"),
+                    _ => repo.clone(),
+                };
+                (k.clone(), v)
+            })
+            .collect()
+    }
+
     async fn store_document(
         &self,
         desc: &Descriptor,
@@ -134,10 +151,13 @@ impl Ctx<'_> {
         children: &[Descriptor],
     ) -> Result<()> {
         let mut labels = child_labels(&desc.media_type, children);
-        labels.extend(self.source_labels.clone());
         match self.store.writer(desc).await? {
-            None => self.store.add_labels(&desc.digest, labels).await,
+            None => {
+                labels.extend(self.merged_sources(&desc.digest).await);
+                self.store.add_labels(&desc.digest, labels).await
+            }
             Some(mut w) => {
+                labels.extend(self.source_labels.clone());
                 w.reset().await?;
                 w.write(data.into()).await?;
                 match w.commit(labels).await {
@@ -158,6 +178,12 @@ impl Ctx<'_> {
         self.report(&desc, &parent, "waiting", 0);
         let _permit = self.sem.acquire().await;
         let Some(mut w) = self.store.writer(&desc).await? else {
+            // Held already (perhaps pulled from elsewhere): this source is added,
+            // so a later push can mount the blob from here too.
+            let labels = self.merged_sources(&desc.digest).await;
+            if let Err(e) = self.store.add_labels(&desc.digest, labels).await {
+                tracing::warn!(digest = %desc.digest, error = %e, "labelling a blob's source");
+            }
             self.report(&desc, &parent, "already exists", desc.size);
             self.arrived(Arrived::Blob(desc.digest.clone()));
             return Ok(());
@@ -169,7 +195,7 @@ impl Ctx<'_> {
             let result = self.download(&desc, &parent, w.as_mut(), offset).await;
             match result {
                 Ok(()) => break,
-                Err(Error::Unavailable(m)) if attempt < ATTEMPTS => {
+                Err(Error::Unavailable(m) | Error::Interrupted(m)) if attempt < ATTEMPTS => {
                     tracing::warn!(digest = %desc.digest, error = %m, "download interrupted; resuming");
                 }
                 Err(e) => return Err(e),
@@ -214,7 +240,14 @@ impl Ctx<'_> {
                     if !pending.is_empty() {
                         w.write(pending.split().freeze()).await?;
                     }
-                    return Err(e);
+                    let why = match e {
+                        Error::Unavailable(m) => m,
+                        e => e.to_string(),
+                    };
+                    return Err(Error::Interrupted(format!(
+                        "{} after {got} of {} bytes: {why}",
+                        desc.digest, desc.size
+                    )));
                 }
             };
             let Some(chunk) = chunk else { break };
@@ -242,7 +275,7 @@ impl Ctx<'_> {
             w.write(pending.freeze()).await?;
         }
         if got != desc.size as u64 {
-            return Err(Error::Unavailable(format!(
+            return Err(Error::Interrupted(format!(
                 "{} ended after {got} of {} bytes",
                 desc.digest, desc.size
             )));
@@ -367,7 +400,7 @@ pub async fn pull(
         manifests.push(target.clone());
     } else {
         return Err(Error::Unsupported(format!(
-            "{name}: media type {:?}",
+            "{name}: media type {:?} is neither an image manifest nor an index",
             target.media_type
         )));
     }

@@ -255,7 +255,11 @@ async fn run_transfer(
     }
     auth_task.abort();
     result.map(|_| ()).map_err(|s| {
-        if s.code() == Code::Unimplemented {
+        // A daemon without the service (containerd 1.6) answers for an unknown
+        // service; other Unimplemented answers are the daemon's own.
+        if s.code() == Code::Unimplemented
+            && (s.message().is_empty() || s.message().contains("unknown service"))
+        {
             anyhow!("the daemon has no Transfer service: {}", s.message())
         } else {
             rpc(s)

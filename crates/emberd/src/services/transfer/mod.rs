@@ -137,7 +137,7 @@ pub fn registry_status(e: ember_registry::Error) -> Status {
         E::NotFound(_) => Code::NotFound,
         E::Auth(_) => Code::Unauthenticated,
         E::Config(_) => Code::FailedPrecondition,
-        E::Unavailable(_) => Code::Unavailable,
+        E::Unavailable(_) | E::Interrupted(_) => Code::Unavailable,
         E::Unsupported(_) => Code::Unimplemented,
         E::Invalid(_) => Code::DataLoss,
         E::AlreadyExists(_) => Code::AlreadyExists,

@@ -87,11 +87,18 @@ pub async fn pull(job: &Job<'_>, reg: OciRegistry, is: ImageStore) -> Result<(),
     };
     let (pulled, unpacked) = tokio::join!(pulling, unpacking);
     let pulled = pulled.map_err(|e| {
+        // Failures reaching or finding the image are resolution failures, as
+        // containerd words them; the others happened while fetching content.
+        let stage = match e {
+            ember_registry::Error::InvalidReference(_)
+            | ember_registry::Error::NotFound(_)
+            | ember_registry::Error::Auth(_)
+            | ember_registry::Error::Config(_)
+            | ember_registry::Error::Unavailable(_) => "failed to resolve image",
+            _ => "failed to pull image",
+        };
         let s = registry_status(e);
-        Status::new(
-            s.code(),
-            format!("failed to resolve image: {}", s.message()),
-        )
+        Status::new(s.code(), format!("{stage}: {}", s.message()))
     })?;
     let unpacked = unpacked?;
     job.status(format!("Pulling from {source}"));
