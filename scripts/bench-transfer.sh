@@ -109,7 +109,7 @@ ctr_pull() { # host [extra flags]
     "$CTR17" -a "$SOCK" images pull "${@:2}" --platform linux/amd64 "$1/ember/bench-layers:latest" >/dev/null
 }
 ember_pull() { # host [extra flags]
-    "$EMBER" -a "$SOCK" pull -q "${@:2}" --platform linux/amd64 --snapshotter overlayfs "$1/ember/bench-layers:latest" >/dev/null
+    "$EMBER" --address "$SOCK" pull -q "${@:2}" --platform linux/amd64 --snapshotter overlayfs "$1/ember/bench-layers:latest" >/dev/null
 }
 pull_once() { # start-function name puller host [extra flags]
     local d=$WORK/$2-$RANDOM

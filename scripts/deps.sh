@@ -5,7 +5,7 @@ packages=(
   build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils   # guest kernel build
   linux-source-6.1                                                    # guest kernel source
   qemu-system-x86                                                     # the QEMU microvm backend
-  busybox-static e2fsprogs erofs-utils                                # guest and test root filesystems
+  busybox-static e2fsprogs erofs-utils zstd gzip                      # guest and test root filesystems, layer compression
   protobuf-compiler pkg-config                                        # builds
   containerd runc                                                     # peers for tests and benchmarks
   docker.io docker-registry skopeo                                    # client compatibility: dockerd, a loopback registry
