@@ -131,6 +131,24 @@ fn pull_push_login_against_emberd_and_containerd() {
     // Quiet: only the name and digest.
     let quiet = e(&["pull", "-q", "--plain-http", &remote]);
     assert_eq!(quiet.expect_ok().trim(), format!("{remote} {digest}"));
+    // `ember run` pulls an image it does not have, then runs it.
+    e(&["images", "rm", "--sync", &remote]).expect_ok();
+    let ran = e(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "runc",
+        "--plain-http",
+        &remote,
+        "echo",
+        "pulled and run",
+    ]);
+    assert!(
+        ran.expect_ok().ends_with("pulled and run\n"),
+        "{}",
+        ran.stdout
+    );
+    assert!(ran.stderr.contains("pulling"), "{}", ran.stderr);
 
     // A platform asked for by name; a malformed one refused before any call.
     let host = format!("linux/{}", ember_images::Platform::host().architecture);
@@ -208,7 +226,9 @@ fn pull_push_login_against_emberd_and_containerd() {
     let sref = format!("{}/ember/busybox:latest", secured.host);
     let denied = e(&["pull", "--plain-http", &sref]);
     assert!(
-        !denied.ok && denied.stderr.contains("unauthorized"),
+        !denied.ok
+            && denied.stderr.contains("unauthorized")
+            && denied.stderr.contains("ember login"),
         "{}",
         denied.stderr
     );

@@ -90,7 +90,7 @@ fn runc_container_verbs() {
     assert_eq!(ok(&o), "ROUND TRIP\n");
 
     // Errors: missing image, command not found, unknown id.
-    let o = d.run(&["run", "--rm", "nosuch/image:1", "true"]);
+    let o = d.run(&["run", "--rm", "--pull", "never", "nosuch/image:1", "true"]);
     assert_eq!(o.status.code(), Some(125));
     assert!(
         text(&o.stderr).contains("not found locally") && text(&o.stderr).contains("ember pull"),

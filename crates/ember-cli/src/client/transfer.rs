@@ -261,6 +261,11 @@ async fn run_transfer(
             && (s.message().is_empty() || s.message().contains("unknown service"))
         {
             anyhow!("the daemon has no Transfer service: {}", s.message())
+        } else if s.code() == Code::Unauthenticated {
+            anyhow!(
+                "{}: log in with `ember login REGISTRY` (or pass --user USER[:PASSWORD])",
+                s.message()
+            )
         } else {
             rpc(s)
         }
@@ -316,6 +321,28 @@ async fn report(
         println!("{name} {digest}");
     }
     Ok(())
+}
+
+/// `ember run`'s pull of an image it did not find: the host's platform, progress as
+/// `ember pull` shows it.
+pub async fn pull_for_run(
+    opts: &ClientOpts,
+    reference: &str,
+    snapshotter: &str,
+    plain_http: bool,
+) -> Result<()> {
+    let a = PullArgs {
+        reference: reference.to_string(),
+        registry: RegistryOpts {
+            plain_http,
+            user: None,
+            quiet: false,
+        },
+        platform: None,
+        all_platforms: false,
+        snapshotter: snapshotter.to_string(),
+    };
+    pull(opts, a).await.map(|_| ())
 }
 
 pub async fn pull(opts: &ClientOpts, a: PullArgs) -> Result<i32> {

@@ -10,8 +10,8 @@ pub mod rm;
 pub mod run;
 pub mod spec;
 pub mod stats;
-pub mod stdio_hold;
 pub mod stdio;
+pub mod stdio_hold;
 pub mod stop;
 
 use std::path::PathBuf;

@@ -54,9 +54,22 @@ pub struct RunArgs {
     /// Bind mount type=bind,source=HOST,target=CONTAINER[,readonly].
     #[arg(long = "mount")]
     mounts: Vec<String>,
+    /// When to pull the image: `missing` (default) or `never`.
+    #[arg(long, value_enum, default_value = "missing")]
+    pull: Pull,
+    /// Speak plain HTTP to the registry when pulling (as `ember pull --plain-http`).
+    #[arg(long)]
+    plain_http: bool,
     image: String,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     args: Vec<String>,
+}
+
+/// `ember run --pull`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pull {
+    Missing,
+    Never,
 }
 
 /// `512m`, `1g`, `1048576k`; a plain number is bytes. The result is in MiB.
@@ -169,7 +182,17 @@ async fn run_leased(conn: &Conn, opts: &ClientOpts, a: RunArgs, id: String) -> R
     if conn.container(&id).await.is_ok() {
         bail!("the container name {id} is already in use");
     }
-    let image = spec::image(conn, &a.image).await?;
+    let image = match spec::image(conn, &a.image).await {
+        Err(e) if e.downcast_ref::<spec::MissingImage>().is_some() && a.pull != Pull::Never => {
+            // As docker does: a missing image is pulled, with progress on stderr's
+            // side of things, then looked up again.
+            eprintln!("Unable to find image {} locally: pulling it", a.image);
+            crate::client::transfer::pull_for_run(opts, &a.image, &a.snapshotter, a.plain_http)
+                .await?;
+            spec::image(conn, &a.image).await?
+        }
+        r => r?,
+    };
     let process = spec::process(
         &image.config,
         &ProcessOpts {

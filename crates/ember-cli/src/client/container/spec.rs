@@ -86,8 +86,24 @@ pub async fn image(conn: &Conn, name: &str) -> Result<Image> {
             top,
         });
     }
-    bail!("image {name} not found locally; run `ember pull {name}` first")
+    Err(MissingImage(name.to_string()).into())
 }
+
+/// The image `run` was asked for is not in the daemon's image store.
+#[derive(Debug)]
+pub struct MissingImage(pub String);
+
+impl std::fmt::Display for MissingImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "image {} not found locally (`ember pull {}` fetches it)",
+            self.0, self.0
+        )
+    }
+}
+
+impl std::error::Error for MissingImage {}
 
 /// What the flags add to the image's process.
 #[derive(Default)]
