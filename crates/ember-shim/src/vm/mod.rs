@@ -202,7 +202,17 @@ impl VmHost {
             .lock()
             .unwrap()
             .clone()
-            .ok_or_else(|| err(Code::FailedPrecondition, "no microVM is running"))
+            .ok_or_else(|| self.no_microvm())
+    }
+
+    /// A VM whose agent or pool is gone, e.g. a Create that raced its VMM's death.
+    fn no_microvm(&self) -> Status {
+        self.admit().err().unwrap_or_else(|| {
+            err(
+                Code::FailedPrecondition,
+                format!("VM {} has no running microVM", self.id),
+            )
+        })
     }
 
     /// The exit status of a process whose agent connection broke.
@@ -301,7 +311,7 @@ impl VmHost {
             .lock()
             .unwrap()
             .clone()
-            .ok_or_else(|| err(Code::FailedPrecondition, "no microVM is running"))
+            .ok_or_else(|| self.no_microvm())
     }
 
     /// Gives a container's region back (hole punch); a VM already gone took its pool
@@ -550,4 +560,25 @@ pub fn container_dir(dir: &Path, container: &str) -> PathBuf {
         })
         .collect();
     dir.join("containers").join(safe)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vm_without_its_microvm_is_named_in_the_refusal() {
+        let dir = tempfile::tempdir().unwrap();
+        let vm = VmHost::new(
+            "doomed".into(),
+            true,
+            "ns".into(),
+            Ok(RuntimeConfig::default()),
+            dir.path().to_path_buf(),
+        );
+        for e in [vm.agent().err().unwrap(), vm.pool().err().unwrap()] {
+            assert_eq!(e.code(), Code::FailedPrecondition);
+            assert!(e.message().contains("doomed"), "{}", e.message());
+        }
+    }
 }
