@@ -449,27 +449,16 @@ impl TaskManager {
 
     /// Adopts the tasks of a previous run whose shims still answer; cleans up the rest.
     pub async fn recover(&self) {
-        let Ok(namespaces) = std::fs::read_dir(&self.state) else {
-            return;
-        };
-        for ns in namespaces.flatten() {
-            let ns_name = ns.file_name().to_string_lossy().into_owned();
-            let Ok(ids) = std::fs::read_dir(ns.path()) else {
-                continue;
-            };
-            for entry in ids.flatten() {
-                let id = entry.file_name().to_string_lossy().into_owned();
-                let bundle = entry.path();
-                match self.adopt(&ns_name, &id, &bundle).await {
-                    Ok(task) => {
-                        tracing::info!(namespace = %ns_name, %id, pid = task.pid, "reconnected to a running shim");
-                        self.track(task);
-                    }
-                    Err(e) => {
-                        tracing::info!(namespace = %ns_name, %id, "cleaning up a task that cannot be adopted: {e}");
-                        stop_unadopted_shim(&id, &bundle).await;
-                        self.cleanup_bundle(&ns_name, &id, &bundle).await;
-                    }
+        for (ns_name, id, bundle) in bundles(&self.state) {
+            match self.adopt(&ns_name, &id, &bundle).await {
+                Ok(task) => {
+                    tracing::info!(namespace = %ns_name, %id, pid = task.pid, "reconnected to a running shim");
+                    self.track(task);
+                }
+                Err(e) => {
+                    tracing::info!(namespace = %ns_name, %id, "cleaning up a task that cannot be adopted: {e}");
+                    stop_unadopted_shim(&id, &bundle).await;
+                    self.cleanup_bundle(&ns_name, &id, &bundle).await;
                 }
             }
         }
@@ -502,6 +491,26 @@ impl TaskManager {
             log: follow_shim_log(bundle, ns, id)?,
         }))
     }
+}
+
+/// The bundles of a previous run under `root` (`root/<namespace>/<id>/`), as
+/// (namespace, id, path).
+pub(crate) fn bundles(root: &Path) -> Vec<(String, String, PathBuf)> {
+    let Ok(namespaces) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for ns in namespaces.flatten() {
+        let ns_name = ns.file_name().to_string_lossy().into_owned();
+        let Ok(ids) = std::fs::read_dir(ns.path()) else {
+            continue;
+        };
+        for entry in ids.flatten() {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            found.push((ns_name.clone(), id, entry.path()));
+        }
+    }
+    found
 }
 
 /// Asks a shim that still serves but holds no task the daemon can adopt (the daemon

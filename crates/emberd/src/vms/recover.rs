@@ -44,34 +44,23 @@ impl Vms {
     /// Adopts the VMs of a previous run whose shims still answer; cleans up the
     /// rest. Runs after the task runtime recovered its tasks.
     pub async fn recover(&self) {
-        let Ok(namespaces) = std::fs::read_dir(&self.root) else {
-            return;
-        };
-        for ns in namespaces.flatten() {
-            let ns_name = ns.file_name().to_string_lossy().into_owned();
-            let Ok(ids) = std::fs::read_dir(ns.path()) else {
-                continue;
-            };
-            for entry in ids.flatten() {
-                let id = entry.file_name().to_string_lossy().into_owned();
-                let bundle = entry.path();
-                match self.adopt(&ns_name, &id, &bundle).await {
-                    Ok(r) => {
-                        tracing::info!(namespace = %ns_name, vm = %id, "reconnected to a VM's shim");
-                        self.lock()
-                            .insert((ns_name.clone(), id.clone()), Slot::Ready(r.clone()));
-                        if let Ok(mut v) = self.tasks.vm_shims.lock() {
-                            v.insert(r.address.clone());
-                        }
-                        self.watch(r);
+        for (ns_name, id, bundle) in crate::runtime::bundles(&self.root) {
+            match self.adopt(&ns_name, &id, &bundle).await {
+                Ok(r) => {
+                    tracing::info!(namespace = %ns_name, vm = %id, "reconnected to a VM's shim");
+                    self.lock()
+                        .insert((ns_name.clone(), id.clone()), Slot::Ready(r.clone()));
+                    if let Ok(mut v) = self.tasks.vm_shims.lock() {
+                        v.insert(r.address.clone());
                     }
-                    Err(e) => {
-                        tracing::info!(namespace = %ns_name, vm = %id, "cleaning up a VM that cannot be adopted: {e}");
-                        let address =
-                            std::fs::read_to_string(bundle.join("address")).unwrap_or_default();
-                        self.discard_shim(&ns_name, &id, &bundle, address.trim())
-                            .await;
-                    }
+                    self.watch(r);
+                }
+                Err(e) => {
+                    tracing::info!(namespace = %ns_name, vm = %id, "cleaning up a VM that cannot be adopted: {e}");
+                    let address =
+                        std::fs::read_to_string(bundle.join("address")).unwrap_or_default();
+                    self.discard_shim(&ns_name, &id, &bundle, address.trim())
+                        .await;
                 }
             }
         }
