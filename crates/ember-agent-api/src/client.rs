@@ -319,6 +319,15 @@ impl AgentClient {
         Ok(())
     }
 
+    /// Sets up the guest's interfaces, routes and DNS (see `ConfigureNetworkRequest`).
+    pub async fn configure_network(&self, req: &crate::ConfigureNetworkRequest) -> Result<()> {
+        let _: Empty = self
+            .rpc
+            .call(SERVICE, method::CONFIGURE_NETWORK, req, QUICK)
+            .await?;
+        Ok(())
+    }
+
     /// Asks the agent to sync and power the guest off.
     pub async fn shutdown(&self) -> Result<()> {
         let _: Empty = self

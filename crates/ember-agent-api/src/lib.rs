@@ -11,9 +11,11 @@
 
 mod client;
 mod messages;
+mod network;
 
 pub use client::AgentClient;
 pub use messages::*;
+pub use network::*;
 
 /// The ttrpc service name of the agent.
 pub const SERVICE: &str = "ember.agent.v1.Agent";
@@ -70,4 +72,5 @@ pub mod method {
     pub const MOUNT_BLOCK: &str = "MountBlock";
     pub const UNMOUNT: &str = "Unmount";
     pub const SET_METADATA: &str = "SetMetadata";
+    pub const CONFIGURE_NETWORK: &str = "ConfigureNetwork";
 }

@@ -46,6 +46,10 @@ pub struct BlockRootfs {
     /// Length in bytes of the region at `offset` (0: the whole device).
     #[prost(uint64, tag = "7")]
     pub length: u64,
+    /// A guest path of an image file holding the filesystem (e.g. under the shared
+    /// directory), mapped with a loop device; used instead of `serial` when set.
+    #[prost(string, tag = "8")]
+    pub file: String,
 }
 
 /// A file the agent writes into the guest before the container is set up, for a
@@ -113,6 +117,16 @@ pub struct CreateContainerRequest {
     /// Files written into the guest before the spec's mounts are made.
     #[prost(message, repeated, tag = "5")]
     pub files: Vec<GuestFile>,
+    /// A layered root filesystem assembled in the guest: read-only lower layers
+    /// (EROFS images, topmost first). When set, `rootfs` is unused and `upper`
+    /// holds the writable layer.
+    #[prost(message, repeated, tag = "6")]
+    pub layers: Vec<BlockRootfs>,
+    /// The writable layer of a layered rootfs: a filesystem (ext4) whose `upper/`
+    /// and `work/` directories become the overlay's upperdir and workdir (created
+    /// when missing). Absent with `layers` set: the rootfs is read-only.
+    #[prost(message, optional, tag = "7")]
+    pub upper: Option<BlockRootfs>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -62,6 +62,7 @@ async fn basics_and_errors() {
             rootfs: Some(h.rootfs()),
             stdio: None,
             files: Vec::new(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -124,6 +124,7 @@ async fn create_from(
             rootfs: Some(rootfs),
             stdio: Some(StdioConfig::default()),
             files: Vec::new(),
+            ..Default::default()
         })
         .await
         .map(|r| r.pid)
@@ -309,6 +310,7 @@ async fn files_read_only_binds_and_metadata() {
         rootfs: Some(h.rootfs()),
         stdio: Some(StdioConfig::default()),
         files,
+        ..Default::default()
     };
     for bad in ["/etc/passwd", "/run/ember/files/../x", "/run/ember/files"] {
         let e = h

@@ -60,6 +60,7 @@ pub async fn run(args: InfoArgs) -> Result<()> {
                 boot_timeout: std::time::Duration::from_secs(10),
                 shared_dir: None,
                 balloon: None,
+                ..Default::default()
             };
             let v = qemu::resolve_accel(&cfg).await;
             (format!("{:?}", v.accel).to_lowercase(), v.reason)

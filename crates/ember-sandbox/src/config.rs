@@ -4,10 +4,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ember_guest::GuestImage;
-use ember_vmm::{Accel, BalloonConfig, Drive, VmConfig, VmmKind};
+use ember_vmm::{Accel, BalloonConfig, Drive, Nic, VmConfig, VmmKind};
 
 /// What a sandbox boots.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct SandboxConfig {
     pub id: String,
     pub vmm: VmmKind,
@@ -26,6 +26,10 @@ pub struct SandboxConfig {
     /// Host directory shared with the guest (see `VmConfig::shared_dir`).
     pub shared_dir: Option<PathBuf>,
     pub balloon: Option<BalloonConfig>,
+    /// See `VmConfig::nics`.
+    pub nics: Vec<Nic>,
+    /// See `VmConfig::netns`.
+    pub netns: Option<PathBuf>,
 }
 
 impl SandboxConfig {
@@ -46,6 +50,7 @@ impl SandboxConfig {
             boot_timeout: Duration::from_secs(60),
             shared_dir: None,
             balloon: None,
+            ..Default::default()
         }
     }
 
@@ -71,6 +76,9 @@ impl SandboxConfig {
             boot_timeout: self.boot_timeout,
             shared_dir: self.shared_dir.clone(),
             balloon: self.balloon,
+            nics: self.nics.clone(),
+            netns: self.netns.clone(),
+            ..Default::default()
         }
     }
 }

@@ -188,6 +188,7 @@ impl Sandbox {
             }),
             stdio: Some(stdio),
             files: Vec::new(),
+            ..Default::default()
         };
         Ok(self.agent.create_container(&req).await?.pid)
     }

@@ -11,18 +11,20 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::Error;
 
 /// Which VMM runs the guest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VmmKind {
+    #[default]
     Qemu,
     Firecracker,
 }
 
 /// CPU virtualisation wanted for the guest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Accel {
     /// Hardware KVM when a probe boot shows it really runs the guest, else TCG.
+    #[default]
     Auto,
     Kvm,
     Tcg,
@@ -38,7 +40,7 @@ pub struct Drive {
 }
 
 /// Everything a backend needs to start one microVM.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct VmConfig {
     /// Unique id, used in names and logs.
     pub id: String,
@@ -63,6 +65,26 @@ pub struct VmConfig {
     pub shared_dir: Option<PathBuf>,
     /// A memory balloon device, configured at boot.
     pub balloon: Option<BalloonConfig>,
+    /// Network interfaces, attached at boot (virtio-net on a host tap device).
+    pub nics: Vec<Nic>,
+    /// The network namespace the VMM process runs in (a path such as
+    /// `/var/run/netns/NAME` or `/proc/PID/ns/net`); its taps live there. None: the
+    /// caller's namespace.
+    pub netns: Option<PathBuf>,
+}
+
+/// A virtio-net interface of the guest, backed by a tap device on the host (in the
+/// VMM's network namespace).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Nic {
+    /// Unique among the VM's NICs; used in VMM device names.
+    pub id: String,
+    /// Name of the host tap device (it must exist in the VMM's network namespace).
+    pub tap: String,
+    /// The guest interface's MAC address, `aa:bb:cc:dd:ee:ff`.
+    pub mac: String,
+    /// MTU of the link (0: the VMM's default).
+    pub mtu: u32,
 }
 
 /// A memory balloon: how much guest memory it holds and how it reports.

@@ -241,6 +241,7 @@ fn vm_config(dir: &Path, bin: PathBuf, kernel: &[u8], id: &str) -> VmConfig {
         boot_timeout: Duration::from_secs(20),
         shared_dir: None,
         balloon: None,
+        ..Default::default()
     }
 }
 
@@ -439,6 +440,7 @@ fn missing_files_are_named() {
         boot_timeout: Duration::from_secs(5),
         shared_dir: None,
         balloon: None,
+        ..Default::default()
     };
     FirecrackerVm::new(base.clone()).expect("complete config");
 

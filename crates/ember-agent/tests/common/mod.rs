@@ -249,6 +249,7 @@ impl Harness {
                 rootfs: Some(self.rootfs()),
                 stdio: Some(stdio),
                 files: Vec::new(),
+                ..Default::default()
             })
             .await?;
         Ok(r.pid)

@@ -92,6 +92,7 @@ pub async fn create(
             rootfs: Some(rootfs),
             stdio: Some(StdioConfig::default()),
             files,
+            ..Default::default()
         })
         .await
         .map(|r| r.pid)

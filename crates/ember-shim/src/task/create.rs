@@ -162,6 +162,7 @@ impl Task {
                     stdin: !req.stdin.is_empty(),
                 }),
                 files: volumes.files,
+                ..Default::default()
             })
             .await;
         let pid = match created {

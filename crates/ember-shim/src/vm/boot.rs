@@ -82,6 +82,7 @@ impl VmHost {
             boot_timeout: Duration::from_secs(cfg.boot_timeout_secs),
             shared_dir: shared_dir.clone(),
             balloon: spec.balloon,
+            ..Default::default()
         };
         let sb = Sandbox::boot(sc)
             .await

@@ -21,6 +21,7 @@ fn config(dir: &Path) -> VmConfig {
         boot_timeout: Duration::from_secs(5),
         shared_dir: None,
         balloon: None,
+        ..Default::default()
     }
 }
 

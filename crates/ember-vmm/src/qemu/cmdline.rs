@@ -196,6 +196,7 @@ mod tests {
             boot_timeout: Duration::from_secs(10),
             shared_dir: None,
             balloon: None,
+            ..Default::default()
         }
     }
 

@@ -401,6 +401,7 @@ mod tests {
             boot_timeout: Duration::from_secs(5),
             shared_dir: None,
             balloon: None,
+            ..Default::default()
         }
     }
 
