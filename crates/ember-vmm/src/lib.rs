@@ -3,6 +3,7 @@
 //! its REST API.
 
 mod error;
+mod nic;
 mod process;
 mod vm;
 
@@ -10,4 +11,5 @@ pub mod firecracker;
 pub mod qemu;
 
 pub use error::Error;
+pub use nic::valid_mac;
 pub use vm::*;

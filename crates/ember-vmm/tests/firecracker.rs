@@ -567,3 +567,117 @@ fn balloon_calls_need_a_balloon() {
     assert!(matches!(e, Error::NoBalloon), "{e}");
     assert!(e.to_string().contains("no memory balloon"), "{e}");
 }
+
+/// A network namespace made for one test (`ip netns add`), deleted on drop.
+struct TestNetns(String);
+
+impl TestNetns {
+    fn new(tag: &str) -> Self {
+        let name = format!("ember-t-{tag}-{}", std::process::id());
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(std::process::Stdio::null())
+            .status();
+        run("ip", &["netns", "add", &name]);
+        TestNetns(name)
+    }
+
+    fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.0))
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+fn run(bin: &str, args: &[&str]) {
+    let out = std::process::Command::new(bin).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{bin} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The inode of a namespace file, which identifies the namespace.
+fn ns_inode(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().ino()
+}
+
+/// Firecracker runs in the VM's network namespace, accepts the network interface
+/// and opens its tap there (the tiny guest has no virtio-net driver: the host side is
+/// what is checked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nic_on_a_tap_in_the_vms_network_namespace() {
+    let Some(bin) = firecracker_bin() else { return };
+    let ns = TestNetns::new("fcnic");
+    run(
+        "ip",
+        &["-n", &ns.0, "tuntap", "add", "dev", "tap0", "mode", "tap"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = vm_config(dir.path(), bin, &spinning_guest(), "fc-nic");
+    config.netns = Some(ns.path());
+    config.nics = vec![ember_vmm::Nic {
+        id: "eth0".into(),
+        tap: "tap0".into(),
+        mac: "02:00:0a:58:00:02".into(),
+        mtu: 1500,
+    }];
+    let mut vm = FirecrackerVm::new(config).unwrap();
+    vm.start().await.expect("start with a NIC");
+    let pid = vm.pid().unwrap();
+    console_until(&vm, Duration::from_secs(20), |c| c.contains(MARKER_1)).await;
+    assert_eq!(
+        ns_inode(Path::new(&format!("/proc/{pid}/ns/net"))),
+        ns_inode(&ns.path()),
+        "firecracker is not in the VM's network namespace"
+    );
+    // A tun/tap descriptor's fdinfo names its interface.
+    let opened = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.unwrap().path()).ok())
+        .any(|info| {
+            info.lines()
+                .any(|l| l.split_whitespace().eq(["iff:", "tap0"]))
+        });
+    assert!(opened, "firecracker holds no descriptor of tap0");
+    // The tap is up in the namespace while the VMM holds it (carrier on).
+    let link = std::process::Command::new("ip")
+        .args(["-n", &ns.0, "-o", "link", "show", "tap0"])
+        .output()
+        .unwrap();
+    let link = String::from_utf8_lossy(&link.stdout);
+    assert!(!link.contains("NO-CARRIER"), "{link}");
+    vm.stop(Duration::from_millis(200)).await.expect("stop");
+    assert!(process_gone(pid));
+}
+
+/// A NIC that Firecracker cannot accept is refused before anything starts.
+#[test]
+fn a_bad_nic_is_refused_before_firecracker_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = vm_config(
+        dir.path(),
+        "/nonexistent/firecracker".into(),
+        &spinning_guest(),
+        "fc-badnic",
+    );
+    config.nics = vec![ember_vmm::Nic {
+        id: "eth-0".into(),
+        tap: "tap0".into(),
+        mac: "02:00:0a:58:00:02".into(),
+        mtu: 0,
+    }];
+    let e = FirecrackerVm::new(config)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.contains("eth-0"), "{e}");
+}

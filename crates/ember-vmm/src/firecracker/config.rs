@@ -117,14 +117,31 @@ pub(crate) struct Vsock {
 }
 
 /// `PUT /network-interfaces/{iface_id}`: a virtio-net device backed by a host tap.
-/// Not wired yet: `VmConfig` has no network devices.
-#[allow(dead_code)]
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub(crate) struct NetworkInterface {
     pub iface_id: String,
     pub host_dev_name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub guest_mac: Option<String>,
+}
+
+/// The `PUT /network-interfaces/{iface_id}` bodies of the VM's NICs, with their
+/// paths. Firecracker has no MTU setting: the guest sets it (ConfigureNetwork).
+pub(crate) fn nics(config: &VmConfig) -> Vec<(String, NetworkInterface)> {
+    config
+        .nics
+        .iter()
+        .map(|n| {
+            (
+                format!("/network-interfaces/{}", n.id),
+                NetworkInterface {
+                    iface_id: n.id.clone(),
+                    host_dev_name: n.tap.clone(),
+                    guest_mac: Some(n.mac.clone()),
+                },
+            )
+        })
+        .collect()
 }
 
 /// `PUT /actions`
@@ -303,6 +320,25 @@ mod tests {
                 guest_mac: Some("06:00:AC:10:00:02".into()),
             }),
             json!({"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:AC:10:00:02"})
+        );
+    }
+
+    #[test]
+    fn nic_bodies() {
+        let mut c = config();
+        assert!(nics(&c).is_empty());
+        c.nics = vec![crate::Nic {
+            id: "eth0".into(),
+            tap: "tap0".into(),
+            mac: "02:00:0a:58:00:02".into(),
+            mtu: 1400,
+        }];
+        let n = nics(&c);
+        assert_eq!(n.len(), 1);
+        assert_eq!(n[0].0, "/network-interfaces/eth0");
+        assert_eq!(
+            json(&n[0].1),
+            json!({"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "02:00:0a:58:00:02"})
         );
     }
 

@@ -122,6 +122,7 @@ impl FirecrackerVm {
         if config.memory_mib == 0 {
             return Err(Error::InvalidConfig("memory_mib must be at least 1".into()));
         }
+        crate::nic::check(&config.nics)?;
         require_file("firecracker binary", &config.vmm_binary, BINARY_HINT)?;
         require_file("guest kernel", &config.kernel, KERNEL_HINT)?;
         if let Some(initrd) = &config.initrd {
@@ -248,6 +249,9 @@ impl FirecrackerVm {
             .arg("--id")
             .arg(config::instance_id(&self.config.id))
             .current_dir(&self.config.state_dir);
+        if let Some(netns) = &self.config.netns {
+            crate::nic::join_in_child(&mut cmd, netns)?;
+        }
         let stderr = console.try_clone()?;
         let child =
             spawn_supervised(cmd, Stdio::from(console), Stdio::from(stderr)).map_err(|source| {
@@ -315,6 +319,9 @@ impl FirecrackerVm {
                 &json(&DriveBody::from_drive(drive)),
             )
             .await?;
+        }
+        for (path, body) in config::nics(&self.config) {
+            api.put(&path, &json(&body)).await?;
         }
         if let Some(b) = self.config.balloon {
             balloon::configure(&api, b).await?;

@@ -145,6 +145,8 @@ async fn probe_kvm(config: &VmConfig) -> (AccelVerdict, bool) {
     let mut probe = config.clone();
     probe.id = format!("{}-kvmprobe", config.id);
     probe.drives.clear();
+    // The probe runs in the caller's network namespace, where the taps are not.
+    probe.nics.clear();
     probe.vcpus = 1;
     probe.memory_mib = 128;
     probe.kernel_args = "ember.probe=kvm".into();

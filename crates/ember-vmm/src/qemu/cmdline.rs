@@ -134,7 +134,8 @@ pub fn build_args(
             if b.deflate_on_oom { "on" } else { "off" }
         ));
     }
-    push("-kernel");
+    a.extend(nics(config).into_iter().map(OsString::from));
+    a.push(OsString::from("-kernel"));
     a.push(config.kernel.clone().into_os_string());
     if let Some(initrd) = &config.initrd {
         a.push(OsString::from("-initrd"));
@@ -149,6 +150,27 @@ pub fn build_args(
     a.push(OsString::from(cmdline));
     a.push(OsString::from("-pidfile"));
     a.push(paths.pidfile.clone().into_os_string());
+    a
+}
+
+/// The `-netdev`/`-device` pairs of the VM's NICs: a tap QEMU opens by name in its
+/// network namespace (no helper scripts, no vhost: there is no /dev/vhost-net on every
+/// host) and a virtio-net MMIO device with the NIC's MAC (and MTU, when set).
+pub fn nics(config: &VmConfig) -> Vec<String> {
+    let mut a = Vec::new();
+    for n in &config.nics {
+        a.push("-netdev".to_string());
+        a.push(format!(
+            "tap,id=net_{},ifname={},script=no,downscript=no,vhost=off",
+            n.id, n.tap
+        ));
+        let mut dev = format!("virtio-net-device,netdev=net_{},mac={}", n.id, n.mac);
+        if n.mtu > 0 {
+            dev.push_str(&format!(",host_mtu={}", n.mtu));
+        }
+        a.push("-device".to_string());
+        a.push(dev);
+    }
     a
 }
 
@@ -250,6 +272,46 @@ mod tests {
             "-device",
             "virtio-balloon-device,id=balloon0,deflate-on-oom=on"
         ));
+    }
+
+    #[test]
+    fn nics_become_tap_netdevs_and_virtio_net_devices() {
+        let mut c = config();
+        assert!(nics(&c).is_empty());
+        c.nics = vec![
+            crate::Nic {
+                id: "eth0".into(),
+                tap: "tap0".into(),
+                mac: "02:00:0a:58:00:02".into(),
+                mtu: 1400,
+            },
+            crate::Nic {
+                id: "eth1".into(),
+                tap: "tap1".into(),
+                mac: "02:00:0a:58:00:03".into(),
+                mtu: 0,
+            },
+        ];
+        assert_eq!(
+            nics(&c),
+            [
+                "-netdev",
+                "tap,id=net_eth0,ifname=tap0,script=no,downscript=no,vhost=off",
+                "-device",
+                "virtio-net-device,netdev=net_eth0,mac=02:00:0a:58:00:02,host_mtu=1400",
+                "-netdev",
+                "tap,id=net_eth1,ifname=tap1,script=no,downscript=no,vhost=off",
+                "-device",
+                "virtio-net-device,netdev=net_eth1,mac=02:00:0a:58:00:03",
+            ]
+        );
+        let args: Vec<String> = build_args(&c, Accel::Tcg, &QemuPaths::new(&c.state_dir), None)
+            .into_iter()
+            .map(|s| s.into_string().unwrap())
+            .collect();
+        let joined = args.join(" ");
+        assert!(joined.contains("ifname=tap1"), "{joined}");
+        assert!(joined.find("-netdev").unwrap() < joined.find("-kernel").unwrap());
     }
 
     #[test]

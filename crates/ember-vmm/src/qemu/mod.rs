@@ -211,6 +211,7 @@ impl Vm for QemuVm {
         if self.child.is_some() {
             return Err(Error::InvalidConfig("the VM is already started".into()));
         }
+        crate::nic::check(&self.config.nics)?;
         let verdict = accel::resolve(&self.config).await;
         tracing::info!(vm = %self.config.id, accel = ?verdict.accel, "{}", verdict.reason);
         let accel = verdict.accel;
@@ -227,6 +228,9 @@ impl Vm for QemuVm {
         };
         let mut cmd = Command::new(&self.config.vmm_binary);
         cmd.args(build_args(&self.config, accel, &self.paths, tsc));
+        if let Some(netns) = &self.config.netns {
+            crate::nic::join_in_child(&mut cmd, netns)?;
+        }
         let child =
             spawn_supervised(cmd, Stdio::null(), Stdio::from(log)).map_err(|e| Error::Spawn {
                 binary: self.config.vmm_binary.clone(),
