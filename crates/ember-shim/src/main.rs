@@ -7,6 +7,7 @@ mod cgroup;
 mod config;
 mod events;
 mod lifecycle;
+mod net;
 mod rootfs;
 mod service;
 mod sizing;

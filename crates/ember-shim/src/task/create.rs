@@ -120,8 +120,11 @@ impl Task {
             self.vm.shared_dir().is_some()
         };
         volumes::check(&bundle.spec, &bundle.dir, can_share)?;
+        // The VM's network namespace (checked also for a container that joins: the
+        // VM's is the one it runs in).
+        let network = crate::net::request_from_spec(&bundle.spec).map_err(|e| e.status())?;
         let (storage, device, build_ms, boot) = if boots {
-            self.boot_for(&req, &bundle.dir, cfg).await?
+            self.boot_for(&req, &bundle.dir, cfg, network).await?
         } else {
             self.place_in_pool(&req, &bundle.dir, resized.then_some(&cfg))
                 .await?
@@ -165,8 +168,11 @@ impl Task {
                 ..Default::default()
             })
             .await;
+        // The task's pid is the VMM's: in the VM's network namespace, as clients that
+        // run CNI on /proc/<pid>/ns/net expect. Its processes' guest pids are in Pids.
+        let vmm_pid = self.vm.booted().map(|b| b.vmm_pid).filter(|p| *p != 0);
         let pid = match created {
-            Ok(r) => r.pid,
+            Ok(r) => vmm_pid.unwrap_or(r.pid),
             Err(e) => {
                 self.undo_volumes(&req.id);
                 self.undo_create(&storage, &bundle.dir, boots).await;
@@ -238,6 +244,7 @@ impl Task {
         req: &CreateTaskRequest,
         bundle: &Path,
         cfg: RuntimeConfig,
+        network: crate::net::NetRequest,
     ) -> Result<Placed, Status> {
         let scratch = self.vm.container_dir(&req.id);
         std::fs::create_dir_all(&scratch).map_err(|e| err(Code::Internal, e.to_string()))?;
@@ -253,7 +260,9 @@ impl Task {
             path: r.image.clone(),
             read_only: r.read_only,
         };
-        if let Err(e) = self.vm.boot(BootSpec::implicit(cfg, vec![drive])).await {
+        let mut spec = BootSpec::implicit(cfg, vec![drive]);
+        spec.network = network;
+        if let Err(e) = self.vm.boot(spec).await {
             cleanup_rootfs(&r, bundle);
             return Err(e);
         }

@@ -139,14 +139,28 @@ impl Task {
             };
             return Err(err(Code::Unknown, format!("cannot start a {what} process")));
         }
-        let pid = match self.agent()?.start_process(id, exec_id).await {
+        if exec_id.is_empty() {
+            // Interfaces a client gave the VM's namespace after Create (CNI on the
+            // task pid, OCI hooks) reach the guest before the container runs.
+            if let Err(e) = crate::net::wire_late(&self.vm).await {
+                p.started.store(false, Ordering::SeqCst);
+                return Err(e);
+            }
+        }
+        let guest_pid = match self.agent()?.start_process(id, exec_id).await {
             Ok(pid) => pid,
             Err(e) => {
                 p.started.store(false, Ordering::SeqCst);
                 return Err(agent_err(e));
             }
         };
-        p.pid.store(pid, Ordering::SeqCst);
+        // A container's init keeps the task pid Create gave (the VMM's).
+        let pid = if exec_id.is_empty() && p.pid() != 0 {
+            p.pid()
+        } else {
+            p.pid.store(guest_pid, Ordering::SeqCst);
+            guest_pid
+        };
         if exec_id.is_empty() {
             self.publisher.publish(
                 "/tasks/start",

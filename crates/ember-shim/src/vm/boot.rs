@@ -67,6 +67,11 @@ impl VmHost {
         let mut drives = spec.drives.clone();
         drives.push(pool.drive());
         let name: String = self.id.chars().take(40).collect();
+        // Taps (and the VM's own namespace) before the VMM, which opens them.
+        let net = crate::net::prepare_for_boot(spec.network.clone(), self.dir.clone()).await?;
+        *self.net.lock().await = net.as_ref().map(|n| n.net.clone());
+        // `..Default::default()` keeps fields SandboxConfig gains later at their defaults.
+        #[allow(clippy::needless_update)]
         let sc = SandboxConfig {
             id: name,
             vmm: cfg.vmm,
@@ -82,6 +87,8 @@ impl VmHost {
             boot_timeout: Duration::from_secs(cfg.boot_timeout_secs),
             shared_dir: shared_dir.clone(),
             balloon: spec.balloon,
+            nics: net.as_ref().map(|n| n.nics.clone()).unwrap_or_default(),
+            netns: net.as_ref().map(|n| n.net.netns.clone()),
             ..Default::default()
         };
         let sb = Sandbox::boot(sc)
@@ -145,6 +152,13 @@ impl VmHost {
                     format!("mounting {} in the guest: {e}", m.target),
                 )
             })?;
+        }
+        // Interfaces there before boot: the guest takes their MACs, addresses, routes.
+        if let Some(req) = net.as_ref().and_then(|n| n.guest.as_ref()) {
+            agent
+                .configure_network(req)
+                .await
+                .map_err(|e| crate::net::configure_err(&e))?;
         }
         // Held until the VM counts as running: a change made meanwhile waits, then
         // goes to the agent.

@@ -130,6 +130,8 @@ pub struct VmHost {
     pub lifecycle: tokio::sync::Mutex<()>,
     /// Tells the copiers of the log and metrics FIFOs to stop.
     fifo_stop: Mutex<Option<tokio::sync::watch::Sender<bool>>>,
+    /// What Ember made for the VM's network (taps, redirects, its namespace).
+    pub(crate) net: tokio::sync::Mutex<Option<crate::net::VmNet>>,
     /// Fires when the shim may exit.
     pub shutdown: Notify,
     shutting_down: AtomicBool,
@@ -175,6 +177,7 @@ impl VmHost {
             members: Mutex::new(BTreeSet::new()),
             lifecycle: tokio::sync::Mutex::new(()),
             fifo_stop: Mutex::new(None),
+            net: tokio::sync::Mutex::new(None),
             shutdown: Notify::new(),
             shutting_down: AtomicBool::new(false),
         })
@@ -438,6 +441,8 @@ impl VmHost {
                 Err(e) => tracing::warn!("stopping the microVM: {e}"),
             }
         }
+        // The taps go once the VMM that held them is gone.
+        crate::net::release_for(self).await;
         self.pool.lock().unwrap().take();
         let _ = std::fs::remove_file(self.dir.join(POOL_FILE));
         self.shared.lock().unwrap().take();

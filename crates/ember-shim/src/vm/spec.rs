@@ -37,6 +37,8 @@ pub struct BootSpec {
     pub exit_after_all: bool,
     pub log_fifo: Option<PathBuf>,
     pub metrics_fifo: Option<PathBuf>,
+    /// The network namespace the VMM runs in and the NICs made there.
+    pub network: crate::net::NetRequest,
 }
 
 impl BootSpec {
@@ -51,6 +53,7 @@ impl BootSpec {
             exit_after_all: false,
             log_fifo: None,
             metrics_fifo: None,
+            network: Default::default(),
         }
     }
 
@@ -177,6 +180,7 @@ impl BootSpec {
             exit_after_all: req.exit_after_all_tasks_deleted,
             log_fifo: fifo(&req.log_fifo_path),
             metrics_fifo: fifo(&req.metrics_fifo_path),
+            network: Default::default(),
         })
     }
 }
