@@ -176,7 +176,7 @@ fn cni_bridge_serves_64_mib_pings_and_two_vms_reach_each_other() {
         c.shim_logs()
     );
     // The address is the one host-local gave out.
-    assert_eq!(n.allocations(), [web_ip.clone()]);
+    assert_eq!(n.allocations(), std::slice::from_ref(&web_ip));
     let ping = c.exec(
         "web",
         "ping",
@@ -378,11 +378,16 @@ fn a_named_namespace_carries_its_interface_into_the_vm() {
     assert!(ping.status.success(), "{}", text(&ping.stdout));
     // The test namespace reaches the container too.
     let back = n
-        .exec("ping")
-        .args(["-c", "2", "-W", "5", "10.88.63.50"])
+        .exec("busybox")
+        .args(["ping", "-c", "2", "-W", "5", "10.88.63.50"])
         .output()
         .unwrap();
-    assert!(back.status.success(), "{}", text(&back.stdout));
+    assert!(
+        back.status.success(),
+        "{}{}",
+        text(&back.stdout),
+        text(&back.stderr)
+    );
     c.kill_and_remove("pod1");
     let links = in_pod(&["-o", "link"]);
     assert!(!links.contains("tap"), "{links}");
