@@ -126,6 +126,24 @@ fn a_killed_shim_leaves_no_network_behind() {
     c.assert_clean();
 }
 
+/// A VMM killed under its shim takes the VM's network with it.
+#[test]
+fn a_killed_vmm_leaves_no_network_behind() {
+    let c = Containerd::start();
+    c.run_detached("vmmkill", &["sleep", "600"]);
+    let pid = task_pid(&c, "vmmkill");
+    assert!(vm_netns(&c, "vmmkill").exists());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    c.wait_stopped("vmmkill", 30);
+    assert_netns_gone(&c, "vmmkill");
+    c.remove("vmmkill");
+    c.assert_clean();
+}
+
 /// A network namespace path that does not exist is refused as InvalidArgument,
 /// before anything is made.
 #[test]

@@ -25,6 +25,11 @@ pub fn create(path: &Path) -> Result<(), NetError> {
         path: path.to_path_buf(),
         why: e,
     };
+    // A namespace left at this path by a VM of the same key is a leftover (boots of
+    // one VM are serialised): it goes, rather than being mounted over.
+    if path.exists() {
+        remove(path);
+    }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| fail(format!("making {}: {e}", dir.display())))?;
     }
@@ -130,6 +135,15 @@ mod tests {
         assert_ne!(
             std::fs::metadata(&p).unwrap().ino(),
             std::fs::metadata("/proc/self/ns/net").unwrap().ino()
+        );
+        // Made again at the same path: the leftover goes first (one mount, not two).
+        create(&p).unwrap();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let here = p.display().to_string();
+        assert_eq!(
+            mounts.lines().filter(|l| l.contains(&here)).count(),
+            1,
+            "{mounts}"
         );
         remove(&p);
         assert!(!p.exists());
