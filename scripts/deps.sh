@@ -13,6 +13,7 @@ packages=(
   golang-github-opencontainers-go-digest-dev golang-github-opencontainers-image-spec-dev golang-github-containerd-typeurl-dev  # imported by the Go tests themselves
   python3-grpcio python3-grpc-tools                                   # Python gRPC client tests
   curl ca-certificates openssl
+  iproute2 containernetworking-plugins                                # VM networks: ip/tc (taps, tc redirects); CNI bridge + host-local for ctr run --cni
 )
 missing=()
 for p in "${packages[@]}"; do
