@@ -99,6 +99,23 @@ fn the_task_pid_is_the_vmm_in_the_vms_own_namespace() {
     c.assert_clean();
 }
 
+/// Containers that join a running VM report its VMM's pid as their task pid.
+#[test]
+fn containers_of_one_vm_report_its_vmm_pid() {
+    let c = Containerd::start();
+    let vm = format!("netvm{}", std::process::id());
+    c.used_vms.lock().unwrap().push(vm.clone());
+    let ann = format!("io.ember.vm.id={vm}");
+    c.run_annotated("j1", &[&ann], &["sleep", "600"]);
+    c.run_annotated("j2", &[&ann], &["sleep", "600"]);
+    let (p1, p2) = (task_pid(&c, "j1"), task_pid(&c, "j2"));
+    assert_eq!(p1, p2);
+    assert_eq!(c.vmms(), [p1 as i32]);
+    c.kill_and_remove("j2");
+    c.kill_and_remove("j1");
+    c.assert_clean();
+}
+
 /// After a kill -9 of the shim, containerd's `delete` releases the namespace and
 /// taps Ember made, from the VM's record.
 #[test]
