@@ -19,6 +19,12 @@ use std::time::Duration;
 use common::*;
 use net::*;
 
+/// `ctr run -d` of the test image, its id noted for the cleanup checks and sweeps.
+fn run_detached(c: &Containerd, id: &str, args: &[&str]) {
+    c.used_ids.lock().unwrap().push(id.to_string());
+    c.run_detached(id, args);
+}
+
 fn inode(p: &Path) -> u64 {
     std::fs::metadata(p)
         .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
@@ -71,7 +77,8 @@ fn assert_netns_gone(c: &Containerd, id: &str) {
 #[test]
 fn the_task_pid_is_the_vmm_in_the_vms_own_namespace() {
     let c = Containerd::start();
-    c.run_detached("pid1", &["sleep", "600"]);
+    let _sweep = NetnsSweep(&c);
+    run_detached(&c, "pid1", &["sleep", "600"]);
     let pid = task_pid(&c, "pid1");
     assert!(
         c.vmms().contains(&(pid as i32)),
@@ -103,6 +110,7 @@ fn the_task_pid_is_the_vmm_in_the_vms_own_namespace() {
 #[test]
 fn containers_of_one_vm_report_its_vmm_pid() {
     let c = Containerd::start();
+    let _sweep = NetnsSweep(&c);
     let vm = format!("netvm{}", std::process::id());
     c.used_vms.lock().unwrap().push(vm.clone());
     let ann = format!("io.ember.vm.id={vm}");
@@ -121,7 +129,8 @@ fn containers_of_one_vm_report_its_vmm_pid() {
 #[test]
 fn a_killed_shim_leaves_no_network_behind() {
     let c = Containerd::start();
-    c.run_detached("crash1", &["sleep", "600"]);
+    let _sweep = NetnsSweep(&c);
+    run_detached(&c, "crash1", &["sleep", "600"]);
     let ns = vm_netns(&c, "crash1");
     assert!(ns.exists());
     let sock = c.sock.display().to_string();
@@ -147,7 +156,8 @@ fn a_killed_shim_leaves_no_network_behind() {
 #[test]
 fn a_killed_vmm_leaves_no_network_behind() {
     let c = Containerd::start();
-    c.run_detached("vmmkill", &["sleep", "600"]);
+    let _sweep = NetnsSweep(&c);
+    run_detached(&c, "vmmkill", &["sleep", "600"]);
     let pid = task_pid(&c, "vmmkill");
     assert!(vm_netns(&c, "vmmkill").exists());
     nix::sys::signal::kill(
@@ -166,6 +176,7 @@ fn a_killed_vmm_leaves_no_network_behind() {
 #[test]
 fn a_namespace_path_that_does_not_exist_is_invalid_argument() {
     let c = Containerd::start();
+    let _sweep = NetnsSweep(&c);
     let missing = format!("/run/netns/ember-t-missing-{}", std::process::id());
     let out = c.try_run_with(
         "nons",
@@ -189,6 +200,7 @@ fn a_namespace_path_that_does_not_exist_is_invalid_argument() {
 #[test]
 fn cni_bridge_serves_64_mib_pings_and_two_vms_reach_each_other() {
     let c = Containerd::start();
+    let _sweep = NetnsSweep(&c);
     let n = TestNet::new("web", 61);
     let mut web = n.spawn_run(
         &c,
@@ -297,6 +309,7 @@ fn cni_bridge_serves_64_mib_pings_and_two_vms_reach_each_other() {
 #[test]
 fn twenty_cni_runs_in_a_row_leave_nothing_behind() {
     let c = Containerd::start();
+    let _sweep = NetnsSweep(&c);
     let n = TestNet::new("rows", 62);
     for i in 0..20 {
         let id = format!("row{i}");
@@ -338,6 +351,7 @@ fn twenty_cni_runs_in_a_row_leave_nothing_behind() {
 #[test]
 fn a_named_namespace_carries_its_interface_into_the_vm() {
     let c = Containerd::start();
+    let _sweep = NetnsSweep(&c);
     let n = TestNet::new("cri", 63);
     let pod = format!("ember-t-pod-{}", std::process::id());
     let _ = std::process::Command::new("ip")

@@ -242,3 +242,20 @@ pub fn container_ipv4(c: &Containerd, id: &str) -> Option<String> {
     let cidr = s.split_whitespace().skip_while(|w| *w != "inet").nth(1)?;
     Some(cidr.split('/').next()?.to_string())
 }
+
+/// Removes the namespaces the shim made for this containerd's containers, in case a
+/// failed test left its shims to be killed (no `shim delete` runs then). Declared
+/// after the `Containerd`, so it runs first.
+pub struct NetnsSweep<'a>(pub &'a Containerd);
+
+impl Drop for NetnsSweep<'_> {
+    fn drop(&mut self) {
+        for id in self.0.used_ids.lock().unwrap().iter() {
+            let p = vm_netns(self.0, id);
+            if p.exists() {
+                let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+    }
+}
