@@ -6,6 +6,7 @@ mod args;
 mod cgroup;
 mod config;
 mod events;
+mod hooks;
 mod lifecycle;
 mod rootfs;
 mod service;

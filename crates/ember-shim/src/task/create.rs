@@ -120,6 +120,7 @@ impl Task {
             self.vm.shared_dir().is_some()
         };
         volumes::check(&bundle.spec, &bundle.dir, can_share)?;
+        let hooks = crate::hooks::Hooks::from_spec(&bundle.spec)?;
         let (storage, device, build_ms, boot) = if boots {
             self.boot_for(&req, &bundle.dir, cfg).await?
         } else {
@@ -173,6 +174,24 @@ impl Task {
                 return Err(agent_err(e));
             }
         };
+        let state = crate::hooks::State {
+            oci_version: spec
+                .get("ociVersion")
+                .and_then(|v| v.as_str())
+                .unwrap_or("1.0.2")
+                .into(),
+            id: req.id.clone(),
+            status: "created".into(),
+            pid,
+            bundle: req.bundle.clone(),
+            annotations: bundle.annotations.clone(),
+        };
+        if let Err(e) = self.after_create_hooks(&hooks, &state).await {
+            let _ = agent.remove_container(&req.id).await;
+            self.undo_volumes(&req.id);
+            self.undo_create(&storage, &bundle.dir, boots).await;
+            return Err(e);
+        }
         let init = Proc::new(
             &req.id,
             "",
@@ -209,6 +228,10 @@ impl Task {
                 init: init.clone(),
                 execs: HashMap::new(),
                 paused: false,
+                hooks: crate::hooks::ContainerHooks {
+                    hooks,
+                    state: Some(state),
+                },
             },
         );
         self.vm.join(&req.id);
@@ -230,6 +253,18 @@ impl Task {
             },
         );
         Ok(pid)
+    }
+
+    /// The step between a container made in the VM and Create's answer: the
+    /// `createRuntime` and `prestart` hooks on the host, then whatever they set up
+    /// for the sandbox (network interfaces) is wired to the VM.
+    async fn after_create_hooks(
+        &self,
+        hooks: &crate::hooks::Hooks,
+        state: &crate::hooks::State,
+    ) -> Result<(), Status> {
+        crate::hooks::after_create(hooks, state).await?;
+        Ok(())
     }
 
     /// Boots the VM for its first container, whose rootfs image is a boot drive.
