@@ -4,6 +4,7 @@
 
 mod args;
 mod cgroup;
+mod cni;
 mod config;
 mod events;
 mod hooks;
