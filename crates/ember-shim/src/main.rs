@@ -16,6 +16,7 @@ mod socket;
 mod stdio;
 mod task;
 mod vm;
+mod vm_network;
 mod vm_service;
 mod volumes;
 

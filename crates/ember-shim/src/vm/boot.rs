@@ -82,6 +82,12 @@ impl VmHost {
             boot_timeout: Duration::from_secs(cfg.boot_timeout_secs),
             shared_dir: shared_dir.clone(),
             balloon: spec.balloon,
+            nics: spec
+                .fc_network
+                .as_ref()
+                .map(|n| n.nics.clone())
+                .unwrap_or_default(),
+            netns: spec.fc_network.as_ref().and_then(|n| n.netns.clone()),
             ..Default::default()
         };
         let sb = Sandbox::boot(sc)
@@ -143,6 +149,19 @@ impl VmHost {
                 err(
                     Code::Internal,
                     format!("mounting {} in the guest: {e}", m.target),
+                )
+            })?;
+        }
+        // CreateVM's network interfaces: the guest takes their addresses and routes.
+        if let Some(n) = spec
+            .fc_network
+            .as_ref()
+            .filter(|n| !n.guest.interfaces.is_empty())
+        {
+            agent.configure_network(&n.guest).await.map_err(|e| {
+                err(
+                    Code::Internal,
+                    format!("configuring the guest's network: {e}"),
                 )
             })?;
         }

@@ -37,6 +37,10 @@ pub struct BootSpec {
     pub exit_after_all: bool,
     pub log_fifo: Option<PathBuf>,
     pub metrics_fifo: Option<PathBuf>,
+    /// CreateVM's NetworkInterfaces, checked; made into `fc_network` before boot.
+    pub network_interfaces: Vec<crate::vm_network::Planned>,
+    /// NICs, the VMM's network namespace and the guest's configuration from them.
+    pub fc_network: Option<crate::vm_network::FcNetwork>,
 }
 
 impl BootSpec {
@@ -51,6 +55,8 @@ impl BootSpec {
             exit_after_all: false,
             log_fifo: None,
             metrics_fifo: None,
+            network_interfaces: Vec::new(),
+            fc_network: None,
         }
     }
 
@@ -62,12 +68,7 @@ impl BootSpec {
         host: &Host,
     ) -> Result<Self, Status> {
         let bad = |m: String| err(Code::InvalidArgument, m);
-        if !req.network_interfaces.is_empty() {
-            return Err(err(
-                Code::Unimplemented,
-                "CreateVM.NetworkInterfaces: Ember's VMs have no network interfaces yet",
-            ));
-        }
+        let network_interfaces = crate::vm_network::check(&req.network_interfaces)?;
         if req
             .jailer_config
             .as_ref()
@@ -177,6 +178,8 @@ impl BootSpec {
             exit_after_all: req.exit_after_all_tasks_deleted,
             log_fifo: fifo(&req.log_fifo_path),
             metrics_fifo: fifo(&req.metrics_fifo_path),
+            network_interfaces,
+            fc_network: None,
         })
     }
 }
@@ -300,7 +303,7 @@ mod tests {
         );
         assert_eq!(
             code(with(&|r| r.network_interfaces = vec![Default::default()])),
-            Code::Unimplemented
+            Code::InvalidArgument
         );
         assert_eq!(
             code(with(&|r| r.jailer_config = Some(JailerConfig {
