@@ -428,4 +428,4 @@ pub fn parse_result(network: &str, v: &Value, inv: &Invocation) -> Result<CniRes
 
 #[cfg(test)]
 #[path = "cni_tests.rs"]
-mod tests;
+pub(crate) mod tests;

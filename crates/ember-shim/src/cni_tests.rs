@@ -108,18 +108,18 @@ fn networks_are_found_by_name() {
 
 /// Two namespaces made here: `host` (where the plugins run and the bridge lives)
 /// and `sandbox`; plugins reach `host` through wrappers in `bin`.
-struct Netns {
-    host: String,
-    sandbox: String,
-    bin: tempfile::TempDir,
+pub(crate) struct Netns {
+    pub host: String,
+    pub sandbox: String,
+    pub bin: tempfile::TempDir,
 }
 
-fn ip(args: &[&str]) -> std::process::Output {
+pub(crate) fn ip(args: &[&str]) -> std::process::Output {
     Command::new("ip").args(args).output().unwrap()
 }
 
 impl Netns {
-    fn new(tag: &str) -> Option<Netns> {
+    pub fn new(tag: &str) -> Option<Netns> {
         if !nix::unistd::geteuid().is_root() || !Path::new("/usr/lib/cni/bridge").exists() {
             eprintln!("SKIPPED: needs root and /usr/lib/cni (containernetworking-plugins)");
             return None;
@@ -176,7 +176,7 @@ impl Drop for Netns {
     }
 }
 
-fn bridge_network(dir: &Path, ipam_dir: &Path, subnet: &str) -> Network {
+pub(crate) fn bridge_network(dir: &Path, ipam_dir: &Path, subnet: &str) -> Network {
     let conf = json!({
         "cniVersion": "1.0.0",
         "name": "embertest",
@@ -185,7 +185,7 @@ fn bridge_network(dir: &Path, ipam_dir: &Path, subnet: &str) -> Network {
              "ipam": {"type": "host-local", "dataDir": ipam_dir, "ranges": [[{"subnet": subnet}]],
                       "routes": [{"dst": "0.0.0.0/0"}]},
              "dns": {"nameservers": ["10.88.0.1"], "search": ["ember.test"]}},
-            {"type": "tuning", "sysctl": {"net.ipv4.conf.eth0.arp_notify": "1"}}
+            {"type": "tuning", "mtu": 1400}
         ]
     });
     std::fs::write(dir.join("10-embertest.conflist"), conf.to_string()).unwrap();
@@ -208,6 +208,8 @@ fn add_and_del_with_the_real_plugins() {
     assert_eq!(r.nameservers, ["10.88.0.1"]);
     let link = text(&ip(&["-n", &ns.sandbox, "-o", "link", "show", "eth0"]).stdout);
     assert!(link.contains(&r.mac), "{link} vs {r:?}");
+    // The chain's second plugin (tuning) ran on the first's result.
+    assert!(link.contains("mtu 1400"), "{link}");
     let addr = text(&ip(&["-n", &ns.sandbox, "-o", "addr", "show", "eth0"]).stdout);
     assert!(addr.contains(&r.addresses[0]), "{addr}");
     // The bridge is in the plugins' namespace, not the host's.

@@ -513,6 +513,103 @@ mod tests {
         assert_eq!(check(&[limited]).unwrap_err().code(), Code::Unimplemented);
     }
 
+    fn cni_planned(ns: &crate::cni::tests::Netns, conf_dir: &Path, cache: &Path) -> Planned {
+        Planned::Cni {
+            network: "embertest".into(),
+            ifname: "veth0".into(),
+            bin_path: vec![ns.bin.path().to_path_buf()],
+            conf_dir: conf_dir.into(),
+            cache_dir: cache.into(),
+            args: vec![("IgnoreUnknown".into(), "1".into())],
+        }
+    }
+
+    fn leases(ipam: &Path) -> usize {
+        std::fs::read_dir(ipam.join("embertest"))
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("10.86."))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Until the tap redirect is built in, a CNI network is refused after CNI ADD
+    /// ran: its DEL gives the address back and the namespace goes.
+    #[test]
+    fn a_cni_network_that_cannot_be_wired_leaves_nothing() {
+        let Some(ns) = crate::cni::tests::Netns::new("fcw") else {
+            return;
+        };
+        let d = tempfile::tempdir().unwrap();
+        let ipam = d.path().join("ipam");
+        crate::cni::tests::bridge_network(d.path(), &ipam, "10.86.0.0/24");
+        let vmdir = d.path().join(format!("vm-fcw-{}", std::process::id()));
+        let planned = [cni_planned(&ns, d.path(), &d.path().join("cache"))];
+        let e = prepare("fcw", &planned, &vmdir).unwrap_err();
+        assert_eq!(e.code(), Code::Unimplemented, "{e:?}");
+        assert!(e.message().contains("veth0"), "{e:?}");
+        assert_eq!(leases(&ipam), 0);
+        assert!(!Path::new(NETNS_DIR).join(key_of(&vmdir)).exists());
+        assert!(!vmdir.join(RECORD_FILE).exists());
+
+        // A network that fails in CNI: the plugin's error, nothing left.
+        let mut missing = cni_planned(&ns, d.path(), &d.path().join("cache"));
+        if let Planned::Cni { network, .. } = &mut missing {
+            *network = "missing-net".into();
+        }
+        let planned = [missing];
+        let e = prepare("fcw", &planned, &vmdir).unwrap_err();
+        assert!(e.message().contains("CNI network missing-net"), "{e:?}");
+        assert!(!vmdir.join(RECORD_FILE).exists());
+    }
+
+    /// What a crashed shim leaves (the record, CNI's interface and address, the
+    /// namespace) goes at `release`.
+    #[test]
+    fn release_undoes_a_recorded_cni_add() {
+        let Some(ns) = crate::cni::tests::Netns::new("fcr") else {
+            return;
+        };
+        let d = tempfile::tempdir().unwrap();
+        let ipam = d.path().join("ipam");
+        let conf = crate::cni::tests::bridge_network(d.path(), &ipam, "10.86.0.0/24");
+        let vmdir = d.path().join(format!("vm-fcr-{}", std::process::id()));
+        let netns = PathBuf::from(NETNS_DIR).join(key_of(&vmdir));
+        let Planned::Cni {
+            bin_path,
+            cache_dir,
+            args,
+            ..
+        } = cni_planned(&ns, d.path(), &d.path().join("cache"))
+        else {
+            unreachable!()
+        };
+        let record = Record {
+            conf_dir: d.path().into(),
+            network: "embertest".into(),
+            invocation: cni::Invocation {
+                container_id: "fcr".into(),
+                netns: netns.clone(),
+                ifname: "veth0".into(),
+                args,
+                bin_path,
+                cache_dir,
+            },
+            made_netns: true,
+        };
+        save(&vmdir, &record).unwrap();
+        create_netns(&netns).unwrap();
+        cni::add(&conf, &record.invocation).unwrap();
+        assert_eq!(leases(&ipam), 1);
+        release(&vmdir);
+        assert_eq!(leases(&ipam), 0, "CNI DEL ran");
+        assert!(!netns.exists(), "the namespace is gone");
+        assert!(!vmdir.join(RECORD_FILE).exists());
+        // Nothing recorded: nothing to do.
+        release(&vmdir);
+    }
+
     #[test]
     fn a_static_tap_must_exist() {
         let planned = check(&[stat(
