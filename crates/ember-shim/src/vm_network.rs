@@ -599,6 +599,15 @@ mod tests {
             made_netns: true,
         };
         save(&vmdir, &record).unwrap();
+        // Whatever happens below, nothing stays.
+        struct Undo(PathBuf, PathBuf);
+        impl Drop for Undo {
+            fn drop(&mut self) {
+                release(&self.0);
+                remove_netns(&self.1);
+            }
+        }
+        let _undo = Undo(vmdir.clone(), netns.clone());
         create_netns(&netns).unwrap();
         cni::add(&conf, &record.invocation).unwrap();
         assert_eq!(leases(&ipam), 1);

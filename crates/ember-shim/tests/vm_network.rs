@@ -230,3 +230,381 @@ fn prestart_hook_pid_is_the_sandbox_host_process() {
         "the hook's pid {pid} is not the VMM's (VMMs: {vmms:?})"
     );
 }
+
+// ---- CreateVM with network interfaces ----
+
+use ember_vm_api::fc::*;
+use ember_vm_api::VmClient;
+
+/// A namespace standing for the host side of CreateVM's networks: the shim runs in
+/// it (its taps, its CNI bridges live there), with dnsmasq answering for ember.test.
+struct ShimNetns {
+    name: String,
+    dnsmasq: Option<std::process::Child>,
+}
+
+fn ip(args: &[&str]) -> std::process::Output {
+    Command::new("ip").args(args).output().unwrap()
+}
+
+impl ShimNetns {
+    fn new(tag: &str) -> ShimNetns {
+        let name = format!("ember-vmn-{tag}-{}", std::process::id());
+        let _ = ip(&["netns", "del", &name]);
+        assert!(ip(&["netns", "add", &name]).status.success());
+        let n = ShimNetns {
+            name,
+            dnsmasq: None,
+        };
+        n.ip(&["link", "set", "lo", "up"]);
+        n
+    }
+
+    fn ip(&self, args: &[&str]) -> String {
+        let mut a = vec!["-n", &self.name];
+        a.extend_from_slice(args);
+        let o = ip(&a);
+        assert!(o.status.success(), "ip {a:?}: {}", text(&o.stderr));
+        text(&o.stdout)
+    }
+
+    fn dns(&mut self, listen: &str, answer: &str) {
+        self.dnsmasq = Some(
+            Command::new("ip")
+                .args(["netns", "exec", &self.name, "/usr/sbin/dnsmasq"])
+                .args([
+                    "--keep-in-foreground",
+                    "--no-resolv",
+                    "--no-hosts",
+                    "--bind-dynamic",
+                ])
+                .arg(format!("--listen-address={listen}"))
+                .arg(format!("--address=/ember.test/{answer}"))
+                .args(["--pid-file=", "--user=root"])
+                .spawn()
+                .expect("dnsmasq (scripts/deps.sh installs dnsmasq-base)"),
+        );
+    }
+
+    fn ping(&self, addr: &str) -> bool {
+        (0..5).any(|_| {
+            Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &self.name,
+                    "/bin/busybox",
+                    "ping",
+                    "-c1",
+                    "-W2",
+                    addr,
+                ])
+                .output()
+                .unwrap()
+                .status
+                .success()
+        })
+    }
+
+    /// Starts the shim of VM `vm` in this namespace, as emberd does; its address.
+    fn start_vm_shim(&self, c: &Containerd, vm: &str) -> String {
+        let bundle = c.dir.path().join("ember.vm").join(vm);
+        std::fs::create_dir_all(&bundle).unwrap();
+        std::fs::write(
+            bundle.join("config.json"),
+            format!(r#"{{"ociVersion":"1.0.2","annotations":{{"io.ember.vm.id":"{vm}"}}}}"#),
+        )
+        .unwrap();
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .arg(env!("CARGO_BIN_EXE_containerd-shim-ember-v2"))
+            .args(["-namespace", "default", "-address"])
+            .arg(&c.sock)
+            .args(["-id", vm, "start"])
+            .current_dir(&bundle)
+            .env("TTRPC_ADDRESS", format!("{}.ttrpc", c.sock.display()))
+            .env("EMBER_RUNTIME_CONFIG", c.dir.path().join("runtime.toml"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "start: {}", text(&out.stderr));
+        text(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for ShimNetns {
+    fn drop(&mut self) {
+        if let Some(d) = &mut self.dnsmasq {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+fn vm_req(vm: &str, nic: FirecrackerNetworkInterface) -> CreateVmRequest {
+    CreateVmRequest {
+        vmid: vm.into(),
+        machine_cfg: Some(FirecrackerMachineConfiguration {
+            vcpu_count: 1,
+            mem_size_mib: 256,
+            ..Default::default()
+        }),
+        network_interfaces: vec![nic],
+        ..Default::default()
+    }
+}
+
+/// A CNI network of the bridge plugin in `dir` (bridge `bridge`, `subnet`/24 whose
+/// .1 is the gateway and the nameserver).
+fn cni_conf(dir: &Path, name: &str, bridge: &str, prefix: &str, extra: Option<serde_json::Value>) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut plugins = vec![serde_json::json!({
+        "type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
+        "ipam": {"type": "host-local", "dataDir": dir.join("ipam"),
+                 "ranges": [[{"subnet": format!("{prefix}.0/24")}]],
+                 "routes": [{"dst": "0.0.0.0/0"}]},
+        "dns": {"nameservers": [format!("{prefix}.1")]}
+    })];
+    plugins.extend(extra);
+    std::fs::write(
+        dir.join(format!("10-{name}.conflist")),
+        serde_json::json!({"cniVersion": "1.0.0", "name": name, "plugins": plugins}).to_string(),
+    )
+    .unwrap();
+}
+
+fn cni_nic(name: &str, conf: &Path) -> FirecrackerNetworkInterface {
+    FirecrackerNetworkInterface {
+        allow_mmds: true,
+        cni_config: Some(CniConfiguration {
+            network_name: name.into(),
+            interface_name: "veth0".into(),
+            bin_path: vec!["/usr/lib/cni".into()],
+            conf_dir: conf.display().to_string(),
+            cache_dir: conf.join("cache").display().to_string(),
+            args: vec![cni_configuration::CniArg {
+                key: "IgnoreUnknown".into(),
+                value: "1".into(),
+            }],
+        }),
+        ..Default::default()
+    }
+}
+
+fn leases(conf: &Path, name: &str) -> usize {
+    std::fs::read_dir(conf.join("ipam").join(name))
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("10."))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Names of this containerd's VM state directories (Ember's namespace of a VM is
+/// named for its state directory).
+fn state_names(c: &Containerd) -> Vec<String> {
+    std::fs::read_dir(c.dir.path().join("shim-state"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Which of `names` have a namespace under /run/ember/netns.
+fn netns_left(names: &[String]) -> Vec<String> {
+    names
+        .iter()
+        .filter(|n| Path::new("/run/ember/netns").join(n).exists())
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn create_vm_with_a_static_tap() {
+    let c = Containerd::start();
+    let mut ns = ShimNetns::new("st");
+    ns.ip(&["tuntap", "add", "dev", "fctap0", "mode", "tap"]);
+    ns.ip(&["addr", "add", "10.99.1.1/24", "dev", "fctap0"]);
+    ns.ip(&["link", "set", "fctap0", "mtu", "1400", "up"]);
+    ns.dns("10.99.1.1", "10.99.1.7");
+    let vm = "fcstatic";
+    c.used_vms.lock().unwrap().push(vm.into());
+    let address = ns.start_vm_shim(&c, vm);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = rt.block_on(VmClient::connect(&address)).unwrap();
+    let nic = FirecrackerNetworkInterface {
+        static_config: Some(StaticNetworkConfiguration {
+            mac_address: "02:fc:00:00:00:02".into(),
+            host_dev_name: "fctap0".into(),
+            ip_config: Some(IpConfiguration {
+                primary_addr: "10.99.1.2/24".into(),
+                gateway_addr: "10.99.1.1".into(),
+                nameservers: vec!["10.99.1.1".into()],
+            }),
+        }),
+        ..Default::default()
+    };
+    // A tap that is not there is named.
+    let mut missing = nic.clone();
+    missing.static_config.as_mut().unwrap().host_dev_name = "nosuchtap".into();
+    let e = rt
+        .block_on(client.create_vm(&vm_req(vm, missing), Duration::from_secs(90)))
+        .unwrap_err();
+    assert!(e.to_string().contains("nosuchtap: no such device"), "{e}");
+    rt.block_on(client.create_vm(&vm_req(vm, nic), Duration::from_secs(90)))
+        .unwrap_or_else(|e| panic!("CreateVM: {e}\n{}", c.shim_logs()));
+    assert!(ns.ping("10.99.1.2"), "the guest does not answer on its tap");
+    let ann = [format!("io.ember.vm.id={vm}")];
+    let ann: Vec<&str> = ann.iter().map(String::as_str).collect();
+    c.run_annotated("st1", &ann, &["sleep", "1000"]);
+    let out = c.exec_ok(
+        "st1",
+        "net",
+        &[
+            "sh",
+            "-c",
+            "ip -o addr show eth0; ip -o link show eth0; ping -c1 -W3 10.99.1.1 >/dev/null && echo gw-ok; \
+             for i in $(seq 20); do nslookup www.ember.test >/tmp/o 2>&1; grep -q 10.99.1.7 /tmp/o && break; sleep 0.3; done; cat /tmp/o",
+        ],
+    );
+    assert!(out.contains("inet 10.99.1.2/24"), "{out}");
+    assert!(out.contains("mtu 1400"), "the MTU is the tap's: {out}");
+    assert!(out.contains("gw-ok"), "{out}");
+    assert!(out.contains("10.99.1.7"), "{out}");
+    c.kill_and_remove("st1");
+    rt.block_on(client.stop_vm(
+        &StopVmRequest {
+            vmid: vm.into(),
+            timeout_seconds: 5,
+        },
+        Duration::from_secs(30),
+    ))
+    .unwrap();
+    assert!(c.vmms().is_empty(), "StopVM left the VMM");
+    // The tap was the caller's: it stays.
+    ns.ip(&["link", "show", "fctap0"]);
+}
+
+#[test]
+fn create_vm_with_a_cni_network() {
+    let c = Containerd::start();
+    let mut ns = ShimNetns::new("cni");
+    let conf = c.dir.path().join("cni");
+    cni_conf(&conf, "fcnet", "fcbr0", "10.99.2", None);
+    ns.dns("10.99.2.1", "10.99.2.7");
+    let vm = "fccni";
+    c.used_vms.lock().unwrap().push(vm.into());
+    let address = ns.start_vm_shim(&c, vm);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = rt.block_on(VmClient::connect(&address)).unwrap();
+    rt.block_on(client.create_vm(
+        &vm_req(vm, cni_nic("fcnet", &conf)),
+        Duration::from_secs(90),
+    ))
+    .unwrap_or_else(|e| panic!("CreateVM: {e}\n{}", c.shim_logs()));
+    assert_eq!(leases(&conf, "fcnet"), 1);
+    let names = state_names(&c);
+    assert_eq!(
+        netns_left(&names).len(),
+        1,
+        "the VM runs in a namespace of its own"
+    );
+    let ann = [format!("io.ember.vm.id={vm}")];
+    let ann: Vec<&str> = ann.iter().map(String::as_str).collect();
+    c.run_annotated("cn1", &ann, &["sleep", "1000"]);
+    let out = c.exec_ok(
+        "cn1",
+        "net",
+        &[
+            "sh",
+            "-c",
+            "ip -o addr show eth0; ping -c1 -W3 10.99.2.1 >/dev/null && echo gw-ok; \
+             for i in $(seq 20); do nslookup www.ember.test >/tmp/o 2>&1; grep -q 10.99.2.7 /tmp/o && break; sleep 0.3; done; cat /tmp/o",
+        ],
+    );
+    assert!(out.contains("inet 10.99.2."), "{out}");
+    assert!(out.contains("gw-ok"), "{out}");
+    assert!(out.contains("10.99.2.7"), "{out}");
+    c.kill_and_remove("cn1");
+    rt.block_on(client.stop_vm(
+        &StopVmRequest {
+            vmid: vm.into(),
+            timeout_seconds: 5,
+        },
+        Duration::from_secs(30),
+    ))
+    .unwrap();
+    assert!(c.vmms().is_empty(), "StopVM left the VMM");
+    assert_eq!(leases(&conf, "fcnet"), 0, "CNI DEL gave the address back");
+    assert_eq!(
+        netns_left(&names),
+        Vec::<String>::new(),
+        "the VM's namespace is gone"
+    );
+}
+
+/// A CNI network whose plugin fails: its error reaches the caller, and no VMM,
+/// namespace, address or interface is left.
+#[test]
+fn a_failing_cni_network_fails_create_vm_and_leaves_nothing() {
+    let c = Containerd::start();
+    let ns = ShimNetns::new("cnibad");
+    let conf = c.dir.path().join("cni");
+    cni_conf(
+        &conf,
+        "badnet",
+        "fcbr1",
+        "10.99.3",
+        Some(serde_json::json!({"type": "tuning", "sysctl": {"net.nonexistent.knob": "1"}})),
+    );
+    let vm = "fccnibad";
+    c.used_vms.lock().unwrap().push(vm.into());
+    let address = ns.start_vm_shim(&c, vm);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = rt.block_on(VmClient::connect(&address)).unwrap();
+    let e = rt
+        .block_on(client.create_vm(
+            &vm_req(vm, cni_nic("badnet", &conf)),
+            Duration::from_secs(90),
+        ))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("CNI plugin tuning (ADD) of network badnet failed"),
+        "{e}"
+    );
+    assert!(e.contains("nonexistent"), "{e}");
+    assert!(c.vmms().is_empty(), "a VMM was started: {:?}", c.vmms());
+    assert_eq!(leases(&conf, "badnet"), 0, "the address was given back");
+    let names = state_names(&c);
+    assert!(!names.is_empty());
+    assert_eq!(
+        netns_left(&names),
+        Vec::<String>::new(),
+        "a namespace was left"
+    );
+    let veths = ns.ip(&["-o", "link", "show", "type", "veth"]);
+    assert!(veths.trim().is_empty(), "veths left: {veths}");
+    // A network that does not exist is named.
+    let e = rt
+        .block_on(client.create_vm(
+            &vm_req(vm, cni_nic("nonet", &conf)),
+            Duration::from_secs(90),
+        ))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("CNI network nonet: no configuration of that name"),
+        "{e}"
+    );
+    let _ = rt.block_on(client.stop_vm(
+        &StopVmRequest {
+            vmid: vm.into(),
+            timeout_seconds: 1,
+        },
+        Duration::from_secs(30),
+    ));
+}
