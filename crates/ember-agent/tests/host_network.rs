@@ -382,3 +382,68 @@ fn which(name: &str) -> Result<std::path::PathBuf, ()> {
     }
     Err(())
 }
+
+/// `scripts/bench-net-guest.sh`: configuring one NIC (rename, MAC, MTU, an IPv4 and
+/// an IPv6 address, three routes, up) by Ember's ConfigureNetwork and by the same
+/// steps as iproute2 commands, on a fresh veth each round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn bench_configure_network() {
+    require_root!();
+    const ROUNDS: usize = 20;
+    let net = Net::new("bench");
+    let h = net.agent("net-bench").await;
+    let fresh_veth = || {
+        let _ = Command::new("ip")
+            .args(["-n", &net.guest, "link", "del", "eth0"])
+            .output();
+        sh(&[
+            "ip", "-n", &net.guest, "link", "add", "vg0", "address", DEVICE_MAC, "type", "veth",
+            "peer", "name", "vh0", "netns", &net.host,
+        ]);
+        sh(&["ip", "-n", &net.host, "link", "set", "vh0", "up"]);
+    };
+    // The fixture made one already.
+    let _ = Command::new("ip")
+        .args(["-n", &net.guest, "link", "del", "vg0"])
+        .output();
+    let mut ember = Vec::new();
+    for _ in 0..ROUNDS {
+        fresh_veth();
+        let t = std::time::Instant::now();
+        h.client.configure_network(&request()).await.unwrap();
+        ember.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let g = net.guest.clone();
+    let steps: Vec<Vec<&str>> = vec![
+        vec!["link", "set", "vg0", "down"],
+        vec!["link", "set", "vg0", "name", "eth0"],
+        vec!["link", "set", "eth0", "address", GUEST_MAC],
+        vec!["link", "set", "eth0", "mtu", "1400"],
+        vec!["addr", "replace", "10.99.0.2/24", "dev", "eth0"],
+        vec!["addr", "replace", "fd99::2/64", "dev", "eth0", "nodad"],
+        vec!["link", "set", "eth0", "up"],
+        vec!["route", "replace", "default", "via", "10.99.0.1"],
+        vec!["route", "replace", "10.98.0.0/16", "dev", "eth0"],
+        vec![
+            "-6", "route", "replace", "default", "via", "fd99::1", "dev", "eth0",
+        ],
+    ];
+    let mut iproute = Vec::new();
+    for _ in 0..ROUNDS {
+        fresh_veth();
+        let t = std::time::Instant::now();
+        for s in &steps {
+            let mut a = vec!["ip", "-n", &g];
+            a.extend_from_slice(s);
+            sh(&a);
+        }
+        iproute.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    let (e, i) = (median(&mut ember), median(&mut iproute));
+    println!("BENCH configure-network ember_configure_network_ms={e:.2} iproute2_commands_ms={i:.2} ratio={:.2} rounds={ROUNDS}", e / i);
+}
