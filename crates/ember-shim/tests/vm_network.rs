@@ -608,3 +608,49 @@ fn a_failing_cni_network_fails_create_vm_and_leaves_nothing() {
         Duration::from_secs(30),
     ));
 }
+
+/// resolv.conf, hosts and hostname bind-mounted from host files (as CRI, dockerd and
+/// nerdctl pass them) are what the container sees at /etc.
+#[test]
+fn name_files_from_host_bind_mounts() {
+    let c = Containerd::start();
+    let files = c.dir.path().join("etc-files");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(
+        files.join("resolv.conf"),
+        "nameserver 192.0.2.53\nsearch host.test\n",
+    )
+    .unwrap();
+    std::fs::write(
+        files.join("hosts"),
+        "127.0.0.1 localhost\n192.0.2.9 web.host.test\n",
+    )
+    .unwrap();
+    std::fs::write(files.join("hostname"), "from-the-host\n").unwrap();
+    let mut flags = Vec::new();
+    for f in ["resolv.conf", "hosts", "hostname"] {
+        flags.push("--mount".to_string());
+        flags.push(format!(
+            "type=bind,src={},dst=/etc/{f},options=rbind:ro",
+            files.join(f).display()
+        ));
+    }
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let out = c.try_run_with("names", &[], &flags, &["sleep", "1000"]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        c.shim_logs()
+    );
+    let seen = c.exec_ok(
+        "names",
+        "cat",
+        &["cat", "/etc/resolv.conf", "/etc/hosts", "/etc/hostname"],
+    );
+    assert_eq!(
+        seen,
+        "nameserver 192.0.2.53\nsearch host.test\n127.0.0.1 localhost\n192.0.2.9 web.host.test\nfrom-the-host\n"
+    );
+    c.kill_and_remove("names");
+}
