@@ -12,6 +12,7 @@ packages=(
   golang-go golang-github-containerd-containerd-dev                   # Go tests with containerd's 1.6 client
   golang-github-opencontainers-go-digest-dev golang-github-opencontainers-image-spec-dev golang-github-containerd-typeurl-dev  # imported by the Go tests themselves
   python3-grpcio python3-grpc-tools                                   # Python gRPC client tests
+  dnsmasq-base                                                        # DNS server of the network tests (in their namespaces)
   curl ca-certificates openssl
   iproute2 containernetworking-plugins                                # VM networks: ip/tc (taps, tc redirects); CNI bridge + host-local for ctr run --cni
 )

@@ -184,7 +184,8 @@ pub fn pid1_setup() -> io::Result<String> {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "ember".into());
     let _ = nix::unistd::sethostname(&hostname);
-    bring_up_loopback();
+    // Containers share the guest's network: localhost must work in each.
+    crate::network::loopback_up();
     Ok(cmdline)
 }
 
@@ -232,35 +233,6 @@ fn find_9p_tag(tag: &str) -> Option<String> {
         (t.trim_end_matches(['\0', '\n']) == tag)
             .then(|| e.file_name().to_string_lossy().into_owned())
     })
-}
-
-/// `ip link set lo up`, so that containers sharing the guest network have localhost.
-fn bring_up_loopback() {
-    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
-    let Ok(s) = socket(
-        AddressFamily::Inet,
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    ) else {
-        return;
-    };
-    // SAFETY: ifreq is plain C data (a name array and a union of integers and
-    // plain structs) for which all-zero bytes are a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (i, b) in b"lo\0".iter().enumerate() {
-        req.ifr_name[i] = *b as libc::c_char;
-    }
-    // SAFETY: SIOCGIFFLAGS reads the NUL-terminated name from and writes the flags
-    // into a `struct ifreq`; `req` is a live, writable one. `s` is an open socket
-    // owned by `s` for the whole call.
-    if unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } == 0 {
-        // SAFETY: the kernel just filled in `ifru_flags` (SIOCGIFFLAGS), the union
-        // member read here; every bit pattern is a valid c_short.
-        unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
-        // SAFETY: SIOCSIFFLAGS only reads the name and flags of `req`, a live ifreq.
-        unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCSIFFLAGS, &req) };
-    }
 }
 
 /// sync and power off at once. Never returns.

@@ -19,6 +19,7 @@ mod channel;
 mod container;
 mod init;
 mod loopdev;
+mod network;
 mod reaper;
 mod runtime;
 mod service;
@@ -167,6 +168,8 @@ async fn run(opts: Opts, is_pid1: bool) -> Result<()> {
     if !is_pid1 {
         // Orphans of our containers come back to us, as they would to PID 1.
         let _ = nix::sys::prctl::set_child_subreaper(true);
+        // As in a guest: containers share this namespace, and localhost works there.
+        network::loopback_up();
     }
     std::fs::create_dir_all(&opts.state_dir)
         .with_context(|| format!("creating {}", opts.state_dir.display()))?;
@@ -175,6 +178,7 @@ async fn run(opts: Opts, is_pid1: bool) -> Result<()> {
     if let Some(d) = &opts.run_dir {
         cfg.files_dir = d.join("files");
         cfg.metadata_dir = d.join("metadata");
+        cfg.network_dir = d.join("network");
     }
     if is_pid1 {
         init::mount_shared_dir();

@@ -235,6 +235,16 @@ pub fn server(agent: Arc<Agent>, closed: watch::Receiver<bool>) -> Server {
                     }
                 }
             })
+            .method(method::CONFIGURE_NETWORK, {
+                let a = a.clone();
+                move |r: ConfigureNetworkRequest| {
+                    let a = a.clone();
+                    async move {
+                        a.configure_network(r).await?;
+                        Ok(Empty {})
+                    }
+                }
+            })
             .method(method::SET_CLOCK, |r: SetClockRequest| async move {
                 crate::sys::set_clock(r.unix_ns)
                     .map_err(|e| Status::new(Code::Internal, format!("setting the clock: {e}")))?;

@@ -47,6 +47,9 @@ pub enum Plan {
         /// The guest's metadata directory, bind-mounted read-only into the container.
         #[serde(default)]
         metadata_dir: Option<PathBuf>,
+        /// resolv.conf and hosts the agent keeps, bound read-only into the container.
+        #[serde(default)]
+        name_files: Vec<crate::network::files::NameFile>,
     },
     /// A process in the namespaces of a running container init.
     Exec {

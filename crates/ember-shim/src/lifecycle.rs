@@ -366,6 +366,8 @@ pub fn delete(args: &Args) -> Result<()> {
     // Taps, redirects and the namespace Ember made, from the VM's record.
     crate::net::release_recorded(&dir);
     let _ = nix::mount::umount2(&bundle.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
+    // A CNI network of a VM whose shim died: CNI DEL, its namespace.
+    crate::vm_network::release(&dir);
     remove_state(&dir);
     let _ = std::fs::remove_file(socket_path(args, vm));
     write_delete_response()

@@ -4,8 +4,10 @@
 
 mod args;
 mod cgroup;
+mod cni;
 mod config;
 mod events;
+mod hooks;
 mod lifecycle;
 mod net;
 mod rootfs;
@@ -15,6 +17,7 @@ mod socket;
 mod stdio;
 mod task;
 mod vm;
+mod vm_network;
 mod vm_service;
 mod volumes;
 

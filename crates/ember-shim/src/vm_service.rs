@@ -133,7 +133,7 @@ async fn create_vm(task: &Task, r: CreateVmRequest) -> Result<CreateVmResponse, 
             format!("CreateVM for {} on the shim of VM {}", r.vmid, vm.id),
         ));
     }
-    let spec = BootSpec::from_create_vm(vm.usable_config()?, &r, &Host::probe())?;
+    let mut spec = BootSpec::from_create_vm(vm.usable_config()?, &r, &Host::probe())?;
     if r.container_count > 0 {
         tracing::info!(
             vm = %vm.id,
@@ -149,7 +149,22 @@ async fn create_vm(task: &Task, r: CreateVmRequest) -> Result<CreateVmResponse, 
             format!("VM {} already exists", vm.id),
         ));
     }
-    vm.boot(spec).await?;
+    if !spec.network_interfaces.is_empty() {
+        let (id, planned, dir) = (
+            vm.id.clone(),
+            spec.network_interfaces.clone(),
+            vm.dir.clone(),
+        );
+        let made =
+            tokio::task::spawn_blocking(move || crate::vm_network::prepare(&id, &planned, &dir))
+                .await
+                .map_err(|e| err(Code::Internal, e.to_string()))??;
+        spec.fc_network = Some(made);
+    }
+    if let Err(e) = vm.boot(spec).await {
+        release_network(vm).await;
+        return Err(e);
+    }
     task.watch_vm(vm.agent()?);
     let info = vm.info()?;
     Ok(CreateVmResponse {
@@ -182,10 +197,17 @@ async fn stop_vm(vm: &VmHost, r: &StopVmRequest) -> Result<(), Status> {
         Phase::Absent => vm.mark_stopped(),
         Phase::Booting | Phase::Stopping | Phase::Stopped | Phase::Lost => {}
     }
+    release_network(vm).await;
     if vm.members().is_empty() {
         vm.exit_shim();
     }
     Ok(())
+}
+
+/// CNI DEL and the VM's network namespace, once its VMM is gone.
+async fn release_network(vm: &VmHost) {
+    let dir = vm.dir.clone();
+    let _ = tokio::task::spawn_blocking(move || crate::vm_network::release(&dir)).await;
 }
 
 #[cfg(test)]

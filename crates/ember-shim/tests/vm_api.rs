@@ -84,7 +84,7 @@ fn create_vm_join_metadata_and_stop_vm() {
     let mut net = create_req(vm);
     net.network_interfaces = vec![Default::default()];
     let e = rt.block_on(client.create_vm(&net, boot)).unwrap_err();
-    assert_eq!(e.code(), Code::Unimplemented, "{e}");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
     assert!(c.vmms().is_empty(), "a refused CreateVM started a VMM");
 
     // A root drive and a drive mount, mounted by the agent (CreateVM fails if not).

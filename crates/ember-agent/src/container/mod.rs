@@ -40,6 +40,7 @@ pub fn init_child(plan: &Plan, report_fd: RawFd, start_fd: RawFd, console_fd: Ra
         rootfs,
         terminal,
         metadata_dir,
+        name_files,
         ..
     } = plan
     else {
@@ -50,6 +51,7 @@ pub fn init_child(plan: &Plan, report_fd: RawFd, start_fd: RawFd, console_fd: Ra
         spec,
         rootfs,
         metadata_dir.as_deref(),
+        name_files,
         *terminal,
         report_fd,
         console_fd,

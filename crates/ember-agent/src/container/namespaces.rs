@@ -9,8 +9,9 @@ use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use super::err;
 use crate::spawn::report;
 
-/// Namespace clone flags for a container init; joins namespaces given by path
-/// (network, ...) right here in the helper. Unsupported ones are reported and skipped.
+/// Namespace clone flags for a container init; joins namespaces given by path right
+/// here in the helper. Unsupported ones are reported and skipped; the network
+/// namespace is always the agent's (the guest's), shared by every container.
 pub fn prepare_init_namespaces(spec: &Spec, report_fd: RawFd) -> io::Result<libc::c_int> {
     let mut flags =
         libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
@@ -26,7 +27,9 @@ pub fn prepare_init_namespaces(spec: &Spec, report_fd: RawFd) -> io::Result<libc
             LinuxNamespaceType::Uts => libc::CLONE_NEWUTS,
             LinuxNamespaceType::Ipc => libc::CLONE_NEWIPC,
             LinuxNamespaceType::Cgroup => libc::CLONE_NEWCGROUP,
-            LinuxNamespaceType::Network => libc::CLONE_NEWNET,
+            // Every container of a VM shares the guest's network (a pod's network):
+            // neither a new namespace nor a path (the host's, meaningless here).
+            LinuxNamespaceType::Network => continue,
             LinuxNamespaceType::User => {
                 report(
                     report_fd,
@@ -57,9 +60,7 @@ pub fn prepare_init_namespaces(spec: &Spec, report_fd: RawFd) -> io::Result<libc
                         "log",
                         &format!("joining namespace {}: {e}; ignored", path.display()),
                     );
-                    if flag != libc::CLONE_NEWNET {
-                        flags |= flag;
-                    }
+                    flags |= flag;
                 }
             }
         }

@@ -15,6 +15,7 @@ pub(super) fn setup_init(
     spec: &Spec,
     rootfs: &Path,
     metadata_dir: Option<&Path>,
+    name_files: &[crate::network::files::NameFile],
     terminal: bool,
     report_fd: RawFd,
     console_fd: RawFd,
@@ -51,6 +52,7 @@ pub(super) fn setup_init(
         // After the spec's mounts, so that a tmpfs on /run does not hide it.
         bind_metadata(rootfs, src, report_fd);
     }
+    crate::network::files::bind(rootfs, name_files, report_fd);
     if dev_is_tmpfs {
         create_default_devices(rootfs)?;
     }

@@ -98,6 +98,7 @@ impl Agent {
                 .metadata_dir
                 .is_dir()
                 .then(|| self.cfg.metadata_dir.clone()),
+            name_files: crate::network::files::for_container(&self.cfg.network_dir, &spec),
         };
         let (pty, console_child) = pty.unzip();
         let (spawned, outcome) = spawn::spawn(&plan, parts.child, console_child)

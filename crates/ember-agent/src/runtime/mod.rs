@@ -43,6 +43,8 @@ pub struct Config {
     /// Where the metadata document lives; bind-mounted read-only into every
     /// container at the directory of `METADATA_GUEST_PATH`.
     pub metadata_dir: PathBuf,
+    /// Where `ConfigureNetwork` writes the name-service files bound into containers.
+    pub network_dir: PathBuf,
 }
 
 impl Config {
@@ -54,6 +56,7 @@ impl Config {
             is_pid1,
             files_dir: ember_agent_api::FILES_GUEST_DIR.into(),
             metadata_dir: metadata::guest_dir(),
+            network_dir: crate::network::GUEST_DIR.into(),
         }
     }
 }
@@ -106,6 +109,10 @@ pub fn validate_id(kind: &str, id: &str) -> R<()> {
 }
 
 impl Agent {
+    pub fn network_dir(&self) -> &std::path::Path {
+        &self.cfg.network_dir
+    }
+
     pub fn new(cfg: Config, reaper: Reaper) -> Arc<Agent> {
         let cgroup_parent =
             cfg.cgroup_root

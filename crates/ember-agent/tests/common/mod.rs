@@ -101,6 +101,12 @@ pub async fn connect_vm(vm: &Vm) -> AgentClient {
 
 impl Harness {
     pub async fn start(name: &str) -> Harness {
+        Self::start_wrapped(name, &[]).await
+    }
+
+    /// `start`, with the agent run under the command `wrap` (e.g. `ip netns exec NS`);
+    /// a VM (see `vm()`) is used as is.
+    pub async fn start_wrapped(name: &str, wrap: &[&str]) -> Harness {
         if let Some(vm) = vm() {
             return Harness {
                 dir: PathBuf::from("/nonexistent"),
@@ -148,6 +154,10 @@ impl Harness {
                 "--",
                 env!("CARGO_BIN_EXE_ember-agent"),
             ]);
+            c
+        } else if let Some((first, rest)) = wrap.split_first() {
+            let mut c = Command::new(first);
+            c.args(rest).arg(env!("CARGO_BIN_EXE_ember-agent"));
             c
         } else {
             Command::new(env!("CARGO_BIN_EXE_ember-agent"))

@@ -123,6 +123,7 @@ impl Task {
         // The VM's network namespace (checked also for a container that joins: the
         // VM's is the one it runs in).
         let network = crate::net::request_from_spec(&bundle.spec).map_err(|e| e.status())?;
+        let hooks = crate::hooks::Hooks::from_spec(&bundle.spec)?;
         let (storage, device, build_ms, boot) = if boots {
             self.boot_for(&req, &bundle.dir, cfg, network).await?
         } else {
@@ -179,6 +180,24 @@ impl Task {
                 return Err(agent_err(e));
             }
         };
+        let state = crate::hooks::State {
+            oci_version: spec
+                .get("ociVersion")
+                .and_then(|v| v.as_str())
+                .unwrap_or("1.0.2")
+                .into(),
+            id: req.id.clone(),
+            status: "created".into(),
+            pid,
+            bundle: req.bundle.clone(),
+            annotations: bundle.annotations.clone(),
+        };
+        if let Err(e) = self.after_create_hooks(&hooks, &state).await {
+            let _ = agent.remove_container(&req.id).await;
+            self.undo_volumes(&req.id);
+            self.undo_create(&storage, &bundle.dir, boots).await;
+            return Err(e);
+        }
         let init = Proc::new(
             &req.id,
             "",
@@ -215,6 +234,10 @@ impl Task {
                 init: init.clone(),
                 execs: HashMap::new(),
                 paused: false,
+                hooks: crate::hooks::ContainerHooks {
+                    hooks,
+                    state: Some(state),
+                },
             },
         );
         self.vm.join(&req.id);
@@ -236,6 +259,21 @@ impl Task {
             },
         );
         Ok(pid)
+    }
+
+    /// The step between a container made in the VM and Create's answer: the
+    /// `createRuntime` and `prestart` hooks on the host, then whatever they set up
+    /// for the sandbox (network interfaces) is wired to the VM.
+    async fn after_create_hooks(
+        &self,
+        hooks: &crate::hooks::Hooks,
+        state: &crate::hooks::State,
+    ) -> Result<(), Status> {
+        crate::hooks::after_create(hooks, state).await?;
+        // Interfaces a hook gave the VM's namespace (dockerd's libnetwork prestart
+        // hook adds its veth there) are joined to the VM's NICs now; those a client
+        // adds after Create (CNI on the task pid) are joined at Start.
+        crate::net::wire_late(&self.vm).await
     }
 
     /// Boots the VM for its first container, whose rootfs image is a boot drive.

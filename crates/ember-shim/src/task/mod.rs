@@ -39,6 +39,7 @@ struct Container {
     init: Arc<Proc>,
     execs: HashMap<String, Arc<Proc>>,
     paused: bool,
+    hooks: crate::hooks::ContainerHooks,
 }
 
 /// The shim's containers and their processes, over its VM.
@@ -115,6 +116,15 @@ impl Task {
         }
         if let Ok(agent) = self.agent() {
             let _ = tokio::time::timeout(Duration::from_secs(20), agent.remove_container(id)).await;
+        }
+        let hooks = self
+            .containers
+            .lock()
+            .unwrap()
+            .get(id)
+            .map(|c| c.hooks.clone());
+        if let Some(h) = hooks {
+            h.poststop().await;
         }
         // A created-but-never-started init ends with the container; it never ran, so
         // its status is 0, as runc's shim reports.

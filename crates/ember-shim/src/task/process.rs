@@ -170,6 +170,15 @@ impl Task {
                     pid,
                 },
             );
+            let hooks = self
+                .containers
+                .lock()
+                .unwrap()
+                .get(id)
+                .map(|c| c.hooks.clone());
+            if let Some(h) = hooks {
+                h.poststart(pid).await;
+            }
         } else {
             self.publisher.publish(
                 "/tasks/exec-started",

@@ -67,9 +67,19 @@ impl VmHost {
         let mut drives = spec.drives.clone();
         drives.push(pool.drive());
         let name: String = self.id.chars().take(40).collect();
-        // Taps (and the VM's own namespace) before the VMM, which opens them.
+        // Taps (and the VM's own namespace) before the VMM, which opens them: from the
+        // first container's namespace, or those CreateVM's interfaces were given.
         let net = crate::net::prepare_for_boot(spec.network.clone(), self.dir.clone()).await?;
-        *self.net.lock().await = net.as_ref().map(|n| n.net.clone());
+        let fc = spec.fc_network.as_ref();
+        *self.net.lock().await = net
+            .as_ref()
+            .map(|n| n.net.clone())
+            .or_else(|| fc.and_then(|f| f.host.clone()));
+        let (nics, netns) = match (&net, fc) {
+            (Some(n), _) => (n.nics.clone(), Some(n.net.netns.clone())),
+            (None, Some(f)) => (f.nics.clone(), f.netns.clone()),
+            (None, None) => (Vec::new(), None),
+        };
         // `..Default::default()` keeps fields SandboxConfig gains later at their defaults.
         #[allow(clippy::needless_update)]
         let sc = SandboxConfig {
@@ -87,8 +97,8 @@ impl VmHost {
             boot_timeout: Duration::from_secs(cfg.boot_timeout_secs),
             shared_dir: shared_dir.clone(),
             balloon: spec.balloon,
-            nics: net.as_ref().map(|n| n.nics.clone()).unwrap_or_default(),
-            netns: net.as_ref().map(|n| n.net.netns.clone()),
+            nics,
+            netns,
             ..Default::default()
         };
         let sb = Sandbox::boot(sc)
@@ -153,8 +163,14 @@ impl VmHost {
                 )
             })?;
         }
-        // Interfaces there before boot: the guest takes their MACs, addresses, routes.
-        if let Some(req) = net.as_ref().and_then(|n| n.guest.as_ref()) {
+        // Interfaces there before boot, or CreateVM's: the guest takes their MACs,
+        // addresses, routes.
+        let guest = net
+            .as_ref()
+            .and_then(|n| n.guest.as_ref())
+            .or(spec.fc_network.as_ref().map(|n| &n.guest))
+            .filter(|g| !g.interfaces.is_empty());
+        if let Some(req) = guest {
             agent
                 .configure_network(req)
                 .await

@@ -39,6 +39,10 @@ pub struct BootSpec {
     pub metrics_fifo: Option<PathBuf>,
     /// The network namespace the VMM runs in and the NICs made there.
     pub network: crate::net::NetRequest,
+    /// CreateVM's NetworkInterfaces, checked; made into `fc_network` before boot.
+    pub network_interfaces: Vec<crate::vm_network::Planned>,
+    /// NICs, the VMM's network namespace and the guest's configuration from them.
+    pub fc_network: Option<crate::vm_network::FcNetwork>,
 }
 
 impl BootSpec {
@@ -54,6 +58,8 @@ impl BootSpec {
             log_fifo: None,
             metrics_fifo: None,
             network: Default::default(),
+            network_interfaces: Vec::new(),
+            fc_network: None,
         }
     }
 
@@ -65,12 +71,7 @@ impl BootSpec {
         host: &Host,
     ) -> Result<Self, Status> {
         let bad = |m: String| err(Code::InvalidArgument, m);
-        if !req.network_interfaces.is_empty() {
-            return Err(err(
-                Code::Unimplemented,
-                "CreateVM.NetworkInterfaces: Ember's VMs have no network interfaces yet",
-            ));
-        }
+        let network_interfaces = crate::vm_network::check(&req.network_interfaces)?;
         if req
             .jailer_config
             .as_ref()
@@ -181,6 +182,8 @@ impl BootSpec {
             log_fifo: fifo(&req.log_fifo_path),
             metrics_fifo: fifo(&req.metrics_fifo_path),
             network: Default::default(),
+            network_interfaces,
+            fc_network: None,
         })
     }
 }
@@ -304,7 +307,7 @@ mod tests {
         );
         assert_eq!(
             code(with(&|r| r.network_interfaces = vec![Default::default()])),
-            Code::Unimplemented
+            Code::InvalidArgument
         );
         assert_eq!(
             code(with(&|r| r.jailer_config = Some(JailerConfig {
