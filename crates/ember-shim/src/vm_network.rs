@@ -542,10 +542,12 @@ mod tests {
         assert_eq!(host.wires[0].iface, "veth0");
         let nic = &made.nics[0];
         assert_eq!(nic.tap, host.wires[0].tap);
-        let veth_mac = netns::run(&vm_netns, "cat", &["/sys/class/net/veth0/address"])
+        let veth_mac = net::discover::interfaces(&vm_netns)
             .unwrap()
-            .trim()
-            .to_string();
+            .into_iter()
+            .find(|i| i.name == "veth0")
+            .expect("CNI's veth0 is in the VM's namespace")
+            .mac;
         assert_eq!(nic.mac, veth_mac);
         let filters = net::redirect::filters(&vm_netns, "veth0").unwrap();
         assert!(filters.contains(&nic.tap), "{filters}");
