@@ -231,6 +231,72 @@ fn prestart_hook_pid_is_the_sandbox_host_process() {
     );
 }
 
+/// A prestart hook that gives the VM's namespace an interface (as dockerd's
+/// libnetwork does) has it joined to the VM's pre-made NIC before Create answers.
+#[test]
+fn an_interface_added_by_a_prestart_hook_is_wired_at_create() {
+    let c = Containerd::start();
+    let out = c.dir.path().join("hook-out");
+    std::fs::create_dir_all(&out).unwrap();
+    let id = "hooked-veth";
+    // The hook reads the task pid from its state and adds an Ethernet interface
+    // (a tap: no peer to clean up) in that process's network namespace (the
+    // VM's own, made by Ember and removed with it).
+    let add_iface = serde_json::json!([{
+        "path": "/bin/sh",
+        "args": ["sh", "-c", "pid=$(sed -n 's/.*\"pid\":\\([0-9]*\\).*/\\1/p') && \
+            nsenter --net=/proc/$pid/ns/net sh -c \
+            'ip tuntap add dev eth0 mode tap && ip addr add 10.99.0.2/24 dev eth0 && \
+             ip link set eth0 up'"],
+        "env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
+        "timeout": 10
+    }]);
+    let bundle = hooked_bundle(
+        &c.dir.path().join("bundles").join(id),
+        &["sleep", "60"],
+        &out,
+        add_iface,
+    );
+    let cfg = bundle.join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
+    let ns = spec["linux"]["namespaces"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut ns: Vec<_> = ns.into_iter().filter(|n| n["type"] != "network").collect();
+    ns.push(serde_json::json!({"type": "network"}));
+    spec["linux"]["namespaces"] = ns.into();
+    std::fs::write(&cfg, serde_json::to_vec(&spec).unwrap()).unwrap();
+    let address = start_shim(&c, id, &bundle);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = rt.block_on(ShimClient::connect(&address)).unwrap();
+    let created = rt.block_on(client.create(&create_req(id, &bundle)));
+    let filters = created.as_ref().ok().map(|r| {
+        let o = Command::new("nsenter")
+            .arg(format!("--net=/proc/{}/ns/net", r.pid))
+            .args(["tc", "filter", "show", "dev", "eth0", "ingress"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    });
+    let _ = rt.block_on(client.kill(&KillRequest {
+        id: id.into(),
+        signal: 9,
+        ..Default::default()
+    }));
+    let _ = rt.block_on(client.delete(id, ""));
+    let _ = rt.block_on(client.shutdown(id, true));
+    shim_delete(&c, id, &bundle);
+    let created = created.unwrap();
+    assert_eq!(read_state(&out, "prestart")["pid"], created.pid);
+    let filters = filters.unwrap();
+    assert!(
+        filters.contains("tap0"),
+        "eth0 is not redirected to the VM's tap after Create: {filters:?}"
+    );
+}
+
 // ---- CreateVM with network interfaces ----
 
 use ember_vm_api::fc::*;
