@@ -2,7 +2,8 @@
 //! containerd: the same `docker` session against each, with the outcomes (exit
 //! codes, outputs, states) compared. Each dockerd has its own data root, exec
 //! root, pid file and socket, and runs in a network namespace the test creates;
-//! containers get no network.
+//! containers get no network, but one on a user bridge network inside that
+//! namespace.
 
 mod common;
 
@@ -289,6 +290,47 @@ fn session(label: &str, d: &Dockerd, archive: &Path) -> Vec<Step> {
     );
     assert_eq!(out.stdout, "EMBER\n", "{label}: {}", out.stderr);
 
+    // A user bridge network: libnetwork's prestart hook moves the container's veth
+    // into its network namespace (the VM's); the container gets its address and
+    // reaches the bridge.
+    let out = step(
+        "network create",
+        &[
+            "network",
+            "create",
+            "--subnet",
+            "10.77.0.0/24",
+            "--gateway",
+            "10.77.0.1",
+            "embernet",
+        ],
+        None,
+    );
+    assert_eq!(out.code, 0, "{label}: {}", out.stderr);
+    let network_id = out.stdout.trim().to_string();
+    let out = step(
+        "run --network",
+        &[
+            "run",
+            "--rm",
+            "--network",
+            "embernet",
+            SHORT,
+            "sh",
+            "-c",
+            "ip -4 addr show eth0 | grep -o 'inet [0-9./]*'; \
+             ping -c 1 -W 10 10.77.0.1 >/dev/null && echo reached",
+        ],
+        None,
+    );
+    assert_eq!(
+        out.stdout, "inet 10.77.0.2/24\nreached\n",
+        "{label}: {}",
+        out.stderr
+    );
+    let out = step("network rm", &["network", "rm", "embernet"], None);
+    assert_eq!(out.code, 0, "{label}: {}", out.stderr);
+
     // A container that stops at once on SIGTERM.
     let script = r#"trap "exit 0" TERM; echo started; while true; do sleep 0.1; done"#;
     let out = step(
@@ -403,9 +445,12 @@ fn session(label: &str, d: &Dockerd, archive: &Path) -> Vec<Step> {
     assert_eq!(out.stdout.trim(), "long", "{label}");
     let out = step("ps -a", &["ps", "-aq"], None);
     assert_eq!(out.stdout.trim(), "", "{label}");
-    // The container's id differs between daemons.
+    // The container's and the network's ids differ between daemons.
     for st in &mut s.steps {
-        st.output = st.output.replace(&id, "<id>");
+        st.output = st
+            .output
+            .replace(&id, "<id>")
+            .replace(&network_id, "<network id>");
     }
     s.steps
 }
