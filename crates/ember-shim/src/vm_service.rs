@@ -204,10 +204,15 @@ async fn stop_vm(vm: &VmHost, r: &StopVmRequest) -> Result<(), Status> {
     Ok(())
 }
 
-/// CNI DEL and the VM's network namespace, once its VMM is gone.
+/// The taps (when a failed boot left them recorded), CNI DEL and the VM's network
+/// namespace, once its VMM is gone.
 async fn release_network(vm: &VmHost) {
     let dir = vm.dir.clone();
-    let _ = tokio::task::spawn_blocking(move || crate::vm_network::release(&dir)).await;
+    let _ = tokio::task::spawn_blocking(move || {
+        crate::net::release_recorded(&dir);
+        crate::vm_network::release(&dir);
+    })
+    .await;
 }
 
 #[cfg(test)]
