@@ -10,6 +10,7 @@ use ember_ttrpc::Status;
 use oci_spec::runtime::{Process, Spec};
 use tokio::sync::watch;
 
+use super::layers::prepare_layered;
 use super::process::{make_stdio, Pending, Proc};
 use super::remove::{cleanup_now, Cleanup};
 use super::rootfs::prepare_rootfs;
@@ -47,10 +48,11 @@ impl Agent {
         if process.args().as_ref().is_none_or(|a| a.is_empty()) {
             return Err(Status::invalid_argument("spec process.args is empty"));
         }
-        let rootfs_cfg = req
-            .rootfs
-            .clone()
-            .ok_or_else(|| Status::invalid_argument("rootfs is required"))?;
+        let rootfs_cfg = match (&req.rootfs, req.layers.is_empty()) {
+            (_, false) => None,
+            (Some(r), true) => Some(r.clone()),
+            (None, true) => return Err(Status::invalid_argument("rootfs is required")),
+        };
         let stdio_cfg = req.stdio.clone().unwrap_or_default();
         let state_dir = self.cfg.state_dir.join(&id);
         std::fs::create_dir_all(&state_dir).map_err(|e| internal("creating state dir", e))?;
@@ -58,17 +60,21 @@ impl Agent {
         let mut cleanup = Cleanup {
             state_dir: Some(state_dir.clone()),
             cgroup: None,
-            loop_number: None,
+            loop_numbers: Vec::new(),
         };
         // Before the spec's mounts, which may name them.
         self.write_files(&req.files)?;
-        let (rootfs, rootfs_loop) = {
+        let (rootfs, rootfs_loops) = {
             let sd = state_dir.clone();
-            tokio::task::spawn_blocking(move || prepare_rootfs(&rootfs_cfg, &sd))
-                .await
-                .map_err(|e| internal("rootfs", e))??
+            let (layers, upper) = (req.layers.clone(), req.upper.clone());
+            tokio::task::spawn_blocking(move || match rootfs_cfg {
+                Some(r) => prepare_rootfs(&r, &sd).map(|(root, l)| (root, l.into_iter().collect())),
+                None => prepare_layered(&layers, upper.as_ref(), &sd),
+            })
+            .await
+            .map_err(|e| internal("rootfs", e))??
         };
-        cleanup.loop_number = rootfs_loop;
+        cleanup.loop_numbers = rootfs_loops.clone();
         let cg = match &self.cgroup_parent {
             Some(parent) => {
                 let cg = Cgroup::create(parent, &id).map_err(|e| internal("creating cgroup", e))?;
@@ -124,7 +130,7 @@ impl Agent {
             id: id.clone(),
             cgroup: cg,
             state_dir,
-            rootfs_loop,
+            rootfs_loops,
             init: init.clone(),
             execs: Mutex::new(HashMap::new()),
             removing: AtomicBool::new(false),

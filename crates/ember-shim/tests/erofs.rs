@@ -1,0 +1,399 @@
+//! EROFS snapshots reach the VM without a copy, driven through Debian's containerd:
+//! snapshots laid out as the erofs snapshotter lays them out (`layer.erofs` beside
+//! each layer's `fs`, `rw.ext4` beside the writable layer's `rw`, mounted on the
+//! host as the snapshotter leaves them) are given to `Tasks.Create` as its rootfs.
+//! The layers' content is read back byte-exact inside the VM, a container's writes
+//! land in its `rw.ext4` and survive the task, two containers of a pod share one VM
+//! (the second's images through the shared directory), a corrupt layer fails its
+//! container alone, naming the layer.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use containerd_client::services::v1 as api;
+use containerd_client::services::v1::tasks_client::TasksClient;
+use containerd_client::tonic::transport::Channel;
+use containerd_client::tonic::Request;
+use containerd_client::types::Mount;
+
+const NS: &str = "default";
+/// Size of the random file of the test's biggest layer.
+const BIG_MIB: usize = 48;
+
+fn req<T>(msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.metadata_mut()
+        .insert("containerd-namespace", NS.parse().unwrap());
+    r
+}
+
+fn sh(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{cmd:?}: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// Snapshots laid out as the erofs snapshotter does, unmounted again on drop.
+struct Snapshots {
+    root: PathBuf,
+}
+
+impl Snapshots {
+    fn dir(&self, n: &str) -> PathBuf {
+        self.root.join("snapshots").join(n)
+    }
+
+    /// A layer `n` made from the tree `fill` writes: `layer.erofs`, mounted at `fs`.
+    fn layer(&self, n: &str, fill: impl FnOnce(&Path)) -> PathBuf {
+        let d = self.dir(n);
+        let tree = d.join("tree");
+        std::fs::create_dir_all(&tree).unwrap();
+        std::fs::create_dir_all(d.join("fs")).unwrap();
+        fill(&tree);
+        sh(Command::new("mkfs.erofs")
+            .arg("--quiet")
+            .arg(d.join("layer.erofs"))
+            .arg(&tree));
+        std::fs::remove_dir_all(&tree).unwrap();
+        sh(Command::new("mount")
+            .args(["-t", "erofs", "-o", "ro,loop"])
+            .arg(d.join("layer.erofs"))
+            .arg(d.join("fs")));
+        d.join("fs")
+    }
+
+    /// A corrupt layer: `layer.erofs` of random bytes (its `fs` left empty).
+    fn corrupt_layer(&self, n: &str) -> PathBuf {
+        let d = self.dir(n);
+        std::fs::create_dir_all(d.join("fs")).unwrap();
+        sh(Command::new("dd")
+            .args(["if=/dev/urandom", "bs=64k", "count=16", "status=none"])
+            .arg(format!("of={}", d.join("layer.erofs").display())));
+        d.join("fs")
+    }
+
+    /// A writable layer `n`: a sparse `rw.ext4` with `upper/` and `work/`,
+    /// mounted at `rw`. Returns the upperdir.
+    fn upper(&self, n: &str) -> PathBuf {
+        let d = self.dir(n);
+        let tree = d.join("tree");
+        std::fs::create_dir_all(tree.join("upper")).unwrap();
+        std::fs::create_dir_all(tree.join("work")).unwrap();
+        std::fs::create_dir_all(d.join("rw")).unwrap();
+        sh(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-E", "root_owner=0:0", "-d"])
+            .arg(&tree)
+            .arg(d.join("rw.ext4"))
+            .arg("256M"));
+        std::fs::remove_dir_all(&tree).unwrap();
+        sh(Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(d.join("rw.ext4"))
+            .arg(d.join("rw")));
+        d.join("rw/upper")
+    }
+
+    /// A file of writable layer `n`'s upper directory, read with the image
+    /// mounted read-only aside.
+    fn written(&self, n: &str, file: &str) -> Option<String> {
+        let d = self.dir(n);
+        let mnt = d.join("check");
+        std::fs::create_dir_all(&mnt).unwrap();
+        sh(Command::new("mount")
+            .args(["-o", "ro,loop,noload"])
+            .arg(d.join("rw.ext4"))
+            .arg(&mnt));
+        let s = std::fs::read_to_string(mnt.join("upper").join(file)).ok();
+        sh(Command::new("umount").arg(&mnt));
+        s
+    }
+}
+
+impl Drop for Snapshots {
+    fn drop(&mut self) {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let root = self.root.display().to_string();
+        let mut points: Vec<&str> = info
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|p| p.starts_with(&root))
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in points {
+            let _ = Command::new("umount").arg(p).status();
+        }
+    }
+}
+
+fn is_mounted(p: &Path) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let p = p.display().to_string();
+    info.lines()
+        .any(|l| l.split(' ').nth(4) == Some(p.as_str()))
+}
+
+/// Whether some process holds the claim on writable layer `dir`'s image.
+fn claimed(dir: &Path) -> bool {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.join("rw.ext4.lock"))
+        .unwrap();
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).is_err()
+}
+
+/// The erofs snapshotter's mount of an active snapshot.
+fn overlay(lowers: &[&Path], upper: &Path) -> Mount {
+    let lower: Vec<String> = lowers.iter().map(|l| l.display().to_string()).collect();
+    Mount {
+        r#type: "overlay".into(),
+        source: "overlay".into(),
+        target: String::new(),
+        options: vec![
+            "index=off".into(),
+            format!("lowerdir={}", lower.join(":")),
+            format!("upperdir={}", upper.display()),
+            format!("workdir={}", upper.with_file_name("work").display()),
+        ],
+    }
+}
+
+struct Client {
+    tasks: TasksClient<Channel>,
+}
+
+impl Client {
+    async fn create(&mut self, id: &str, mounts: Vec<Mount>) -> Result<u32, String> {
+        self.tasks
+            .create(req(api::CreateTaskRequest {
+                container_id: id.into(),
+                rootfs: mounts,
+                ..Default::default()
+            }))
+            .await
+            .map(|r| r.into_inner().pid)
+            .map_err(|e| e.message().to_string())
+    }
+
+    async fn start(&mut self, id: &str) {
+        self.tasks
+            .start(req(api::StartRequest {
+                container_id: id.into(),
+                exec_id: String::new(),
+            }))
+            .await
+            .unwrap();
+    }
+
+    /// Starts `id`'s task and waits for its exit status.
+    async fn run(&mut self, id: &str) -> u32 {
+        self.start(id).await;
+        let w = self.tasks.wait(req(api::WaitRequest {
+            container_id: id.into(),
+            exec_id: String::new(),
+        }));
+        tokio::time::timeout(Duration::from_secs(120), w)
+            .await
+            .expect("the task did not end")
+            .unwrap()
+            .into_inner()
+            .exit_status
+    }
+
+    async fn status(&mut self, id: &str) -> i32 {
+        self.tasks
+            .get(req(api::GetRequest {
+                container_id: id.into(),
+                exec_id: String::new(),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .process
+            .unwrap()
+            .status
+    }
+
+    async fn kill(&mut self, id: &str) {
+        self.tasks
+            .kill(req(api::KillRequest {
+                container_id: id.into(),
+                signal: 9,
+                ..Default::default()
+            }))
+            .await
+            .unwrap();
+    }
+
+    async fn delete(&mut self, id: &str) {
+        self.tasks
+            .delete(req(api::DeleteTaskRequest {
+                container_id: id.into(),
+            }))
+            .await
+            .unwrap();
+    }
+}
+
+fn container(c: &Containerd, id: &str, annotations: &[&str], script: &str) {
+    c.used_ids.lock().unwrap().push(id.to_string());
+    let mut a = vec!["containers", "create", "--runtime", RUNTIME];
+    for an in annotations {
+        a.extend_from_slice(&["--annotation", an]);
+    }
+    a.extend_from_slice(&[IMAGE, id, "--", "sh", "-c", script]);
+    let out = c.ctr(&a);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+fn host_sha256(p: &Path) -> String {
+    sh(Command::new("sha256sum").arg(p))
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// Files named `rootfs.ext4` (the copy path's images) under `dir`.
+fn copies_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() && !p.is_symlink() {
+                stack.push(p);
+            } else if p.file_name().is_some_and(|n| n == "rootfs.ext4") {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erofs_snapshots_reach_the_vm_as_drives_and_shared_files() {
+    if nix::unistd::geteuid().as_raw() != 0 {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let c = Containerd::start();
+    let snaps = Snapshots {
+        root: c.dir.path().join("erofs"),
+    };
+    let base = snaps.layer("1", |t| ember_guest::busybox_rootfs(t).unwrap());
+    let big = snaps.layer("2", |t| {
+        std::fs::create_dir_all(t.join("data")).unwrap();
+        std::fs::create_dir_all(t.join("etc")).unwrap();
+        std::fs::write(t.join("etc/layer2"), "second layer\n").unwrap();
+        // Shadows the first layer's file.
+        std::fs::write(t.join("etc/hostname"), "layered\n").unwrap();
+        sh(Command::new("dd")
+            .args(["if=/dev/urandom", "bs=1M", "status=none"])
+            .arg(format!("count={BIG_MIB}"))
+            .arg(format!("of={}", t.join("data/big").display())));
+    });
+    let big_sum = host_sha256(&big.join("data/big"));
+    let ch = containerd_client::connect(&c.sock).await.unwrap();
+    let mut cl = Client {
+        tasks: TasksClient::new(ch),
+    };
+
+    // One container, two tasks on its snapshot: the layers read back byte-exact,
+    // the first task's write is there for the second.
+    let up = snaps.upper("3");
+    let rw3 = snaps.dir("3");
+    container(
+        &c,
+        "erofs-a",
+        &[],
+        "if [ -f /written ]; then cat /written > /again; else \
+         sha256sum /data/big > /sum; cat /etc/layer2 /etc/hostname >> /sum; \
+         echo persisted > /written; fi",
+    );
+    let mounts = vec![overlay(&[&big, &base], &up)];
+    for round in 0..2 {
+        cl.create("erofs-a", mounts.clone())
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}\n{}", c.shim_logs()));
+        assert!(claimed(&rw3), "the writable image is not claimed");
+        assert!(
+            !is_mounted(&rw3.join("rw")),
+            "rw.ext4 is still mounted on the host"
+        );
+        assert_eq!(
+            copies_under(&c.dir.path().join("shim-state")),
+            Vec::<PathBuf>::new()
+        );
+        assert_eq!(cl.run("erofs-a").await, 0, "{}", c.shim_logs());
+        cl.delete("erofs-a").await;
+        assert!(!claimed(&rw3), "the claim outlived the task");
+    }
+    assert_eq!(
+        snaps.written("3", "sum").unwrap(),
+        format!("{big_sum}  /data/big\nsecond layer\nlayered\n")
+    );
+    assert_eq!(snaps.written("3", "again").unwrap(), "persisted\n");
+
+    // A pod: the first container boots the VM with its layers as drives, the
+    // second joins with one more layer and its writable image through the shared
+    // directory; a third on a corrupt layer fails alone.
+    let pod = "io.ember.vm.id=erofs-pod";
+    let extra = snaps.layer("4", |t| {
+        std::fs::create_dir_all(t.join("extra")).unwrap();
+        std::fs::write(t.join("extra/file"), "only in the joining container\n").unwrap();
+    });
+    let (up5, up6, up7) = (snaps.upper("5"), snaps.upper("6"), snaps.upper("7"));
+    let bad = snaps.corrupt_layer("8");
+    container(&c, "erofs-p1", &[pod], "echo first > /p1; exec sleep 600");
+    container(
+        &c,
+        "erofs-p2",
+        &[pod],
+        "sha256sum /data/big > /sum; cat /extra/file /etc/hostname >> /sum",
+    );
+    container(&c, "erofs-p3", &[pod], "true");
+    cl.create("erofs-p1", vec![overlay(&[&big, &base], &up5)])
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.shim_logs()));
+    cl.start("erofs-p1").await;
+    cl.create("erofs-p2", vec![overlay(&[&extra, &big, &base], &up6)])
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.shim_logs()));
+    assert_eq!(c.vmms().len(), 1, "the pod runs in one VM");
+    assert_eq!(cl.run("erofs-p2").await, 0, "{}", c.shim_logs());
+    cl.delete("erofs-p2").await;
+    assert_eq!(
+        snaps.written("6", "sum").unwrap(),
+        format!("{big_sum}  /data/big\nonly in the joining container\nlayered\n")
+    );
+    let e = cl
+        .create("erofs-p3", vec![overlay(&[&bad, &base], &up7)])
+        .await
+        .unwrap_err();
+    assert!(e.contains("layer 1 of 2"), "{e}");
+    assert!(!claimed(&snaps.dir("7")), "a failed create kept its claim");
+    // The pod's first container runs on.
+    assert_eq!(cl.status("erofs-p1").await, 2, "erofs-p1 is not running");
+    cl.kill("erofs-p1").await;
+    let w = cl.tasks.wait(req(api::WaitRequest {
+        container_id: "erofs-p1".into(),
+        exec_id: String::new(),
+    }));
+    tokio::time::timeout(Duration::from_secs(60), w)
+        .await
+        .unwrap()
+        .unwrap();
+    cl.delete("erofs-p1").await;
+    assert_eq!(snaps.written("5", "p1").unwrap(), "first\n");
+    for id in ["erofs-a", "erofs-p1", "erofs-p2", "erofs-p3"] {
+        c.ctr(&["containers", "rm", id]);
+    }
+    c.assert_clean();
+}
