@@ -363,11 +363,25 @@ async fn erofs_snapshots_reach_the_vm_as_drives_and_shared_files() {
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", c.shim_logs()));
     cl.start("erofs-p1").await;
+    // Loop devices of the guest, seen from the running container (sysfs).
+    let loops = |n: &str| {
+        c.exec_ok(
+            "erofs-p1",
+            n,
+            &["sh", "-c", "ls -d /sys/block/loop* 2>/dev/null | wc -l"],
+        )
+        .trim()
+        .parse::<u32>()
+        .unwrap()
+    };
+    let before = loops("l0");
     cl.create("erofs-p2", vec![overlay(&[&extra, &big, &base], &up6)])
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", c.shim_logs()));
     assert_eq!(c.vmms().len(), 1, "the pod runs in one VM");
     assert_eq!(cl.run("erofs-p2").await, 0, "{}", c.shim_logs());
+    // Its extra layer and its writable image are loop-mapped shared files.
+    assert_eq!(loops("lp2"), before + 2);
     cl.delete("erofs-p2").await;
     assert_eq!(
         snaps.written("6", "sum").unwrap(),
@@ -379,6 +393,16 @@ async fn erofs_snapshots_reach_the_vm_as_drives_and_shared_files() {
         .unwrap_err();
     assert!(e.contains("layer 1 of 2"), "{e}");
     assert!(!claimed(&snaps.dir("7")), "a failed create kept its claim");
+    // The joining containers' loop devices (their shared images) are gone.
+    let mut after = loops("l1");
+    for i in 0..50 {
+        if after == before {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        after = loops(&format!("l{}", i + 2));
+    }
+    assert_eq!(after, before, "loop devices left in the guest");
     // The pod's first container runs on.
     assert_eq!(cl.status("erofs-p1").await, 2, "erofs-p1 is not running");
     cl.kill("erofs-p1").await;
