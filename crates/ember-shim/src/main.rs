@@ -6,6 +6,7 @@ mod args;
 mod cgroup;
 mod config;
 mod events;
+mod info;
 mod lifecycle;
 mod rootfs;
 mod service;
@@ -27,6 +28,13 @@ fn main() {
     };
     if args.version {
         println!("containerd-shim-ember-v2 {}", env!("CARGO_PKG_VERSION"));
+        return;
+    }
+    if args.info {
+        if let Err(e) = info::print() {
+            eprintln!("containerd-shim-ember-v2: writing the runtime info: {e}");
+            std::process::exit(1);
+        }
         return;
     }
     let result = match args.action.as_str() {
