@@ -121,19 +121,105 @@ pub fn claim_dir(dir: &Path) -> Result<UpperClaim> {
         ))
     })?;
     let rw = dir.join(UPPER_MOUNT);
+    let busy = || {
+        Error::FailedPrecondition(format!(
+            "{} is busy on the host (a rootfs mounted from this snapshot is still in use)",
+            rw.display()
+        ))
+    };
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    // An overlay keeps its own reference to its upper layer's mount: unmounting
+    // `rw/` would succeed and leave the filesystem alive behind the VM's back.
+    if overlay_users(&table, &rw) {
+        return Err(busy());
+    }
+    let loop_dev = mount_source(&table, &rw);
     match unmount_if_mounted(&rw) {
         Ok(_) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-            return Err(Error::FailedPrecondition(format!(
-                "{} is busy on the host (a rootfs mounted from this snapshot is still in use)",
-                rw.display()
-            )));
-        }
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return Err(busy()),
         Err(e) => {
             return Err(Error::internal(&format!("unmounting {}", rw.display()), e));
         }
     }
+    if let Some(dev) = loop_dev {
+        if loop_still_bound(&dev, &image) {
+            // Someone else still holds the filesystem: put the mount back.
+            let _ = std::process::Command::new("mount")
+                .arg(&dev)
+                .arg(&rw)
+                .status();
+            return Err(busy());
+        }
+    }
     Ok(UpperClaim { image, _lock: lock })
+}
+
+/// Unescapes a mountinfo field (`\\040` for a space and so on).
+fn unescape(field: &str) -> String {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&field[i + 1..i + 4], 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `(mount point, fs type, source, super options)` of each mountinfo line.
+fn mountinfo(table: &str) -> impl Iterator<Item = (String, &str, String, &str)> {
+    table.lines().filter_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        let point = unescape(left.split(' ').nth(4)?);
+        let mut r = right.split(' ');
+        let fstype = r.next()?;
+        let source = unescape(r.next()?);
+        let opts = r.next().unwrap_or("");
+        Some((point, fstype, source, opts))
+    })
+}
+
+/// Whether an overlay mount uses `rw/upper` or `rw/work`.
+fn overlay_users(table: &str, rw: &Path) -> bool {
+    let upper = format!("upperdir={}", rw.join("upper").display());
+    let work = format!("workdir={}", rw.join("work").display());
+    mountinfo(table).any(|(_, fstype, _, opts)| {
+        fstype == "overlay"
+            && opts
+                .split(',')
+                .map(unescape)
+                .any(|o| o == upper || o == work)
+    })
+}
+
+/// The device mounted on `target`, when it is a loop device.
+fn mount_source(table: &str, target: &Path) -> Option<String> {
+    let target = target.to_str()?;
+    mountinfo(table)
+        .filter(|(point, _, source, _)| point == target && source.starts_with("/dev/loop"))
+        .map(|(_, _, source, _)| source)
+        .last()
+}
+
+/// Whether the loop device `dev` is still bound to `image`.
+fn loop_still_bound(dev: &str, image: &Path) -> bool {
+    let name = dev.trim_start_matches("/dev/");
+    match std::fs::read_to_string(format!("/sys/block/{name}/loop/backing_file")) {
+        Ok(f) => {
+            let f = f.trim();
+            std::fs::canonicalize(image)
+                .map(|p| p == Path::new(f))
+                .unwrap_or(true)
+        }
+        Err(_) => false,
+    }
 }
 
 #[cfg(test)]
@@ -152,6 +238,23 @@ mod tests {
         claim.release();
         assert!(!UpperLock::held_elsewhere(d.path()).unwrap());
         assert!(d.path().join(UPPER_LOCK).exists());
+    }
+
+    #[test]
+    fn mountinfo_users() {
+        let table = "36 25 0:32 / /var/lib/x/snapshots/3/rw rw,relatime shared:1 - ext4 /dev/loop4 rw\n\
+                     40 25 0:33 / /run/b\\040c/rootfs rw - overlay overlay rw,lowerdir=/l,upperdir=/var/lib/x/snapshots/3/rw/upper,workdir=/var/lib/x/snapshots/3/rw/work\n";
+        let rw = Path::new("/var/lib/x/snapshots/3/rw");
+        assert!(overlay_users(table, rw));
+        assert!(!overlay_users(
+            table,
+            Path::new("/var/lib/x/snapshots/4/rw")
+        ));
+        assert_eq!(mount_source(table, rw).as_deref(), Some("/dev/loop4"));
+        assert_eq!(
+            mountinfo(table).nth(1).map(|m| m.0),
+            Some("/run/b c/rootfs".to_string())
+        );
     }
 
     #[test]
