@@ -116,6 +116,38 @@ pub fn describe(mounts: &[Mount]) -> Option<ErofsRootfs> {
     }
 }
 
+/// Where a layer applied onto `mounts` goes as an EROFS image: `Some(Ok(path of
+/// layer.erofs))` for an active erofs snapshot nothing was written to yet; `None`
+/// when the mounts are another snapshotter's, or something was written into the
+/// snapshot's upper directory already (the layer then goes there too, and Commit
+/// builds the image); an error when the snapshot has its image already or its
+/// writable image is not on the host (a VM holds it).
+pub fn layer_target(mounts: &[Mount]) -> Option<crate::Result<PathBuf>> {
+    let rootfs = describe(mounts)?;
+    let dir = rootfs.upper_dir()?.to_path_buf();
+    let image = dir.join(LAYER_IMAGE);
+    if image.exists() {
+        return Some(Err(crate::Error::FailedPrecondition(format!(
+            "a layer was applied to {} already",
+            dir.display()
+        ))));
+    }
+    let upper = dir.join(UPPER_MOUNT).join("upper");
+    match std::fs::read_dir(&upper) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                None
+            } else {
+                Some(Ok(image))
+            }
+        }
+        Err(_) => Some(Err(crate::Error::FailedPrecondition(format!(
+            "{} is not mounted on the host (in use by a VM?)",
+            dir.join(UPPER_MOUNT).display()
+        )))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,8 @@ mod store;
 pub use claim::{claim_dir, claim_upper, UpperClaim, UpperLock};
 pub use host::{is_mounted, parse_size};
 pub use layout::{
-    describe, ErofsRootfs, LAYER_IMAGE, LAYER_MOUNT, UPPER_IMAGE, UPPER_LOCK, UPPER_MOUNT,
+    describe, layer_target, ErofsRootfs, LAYER_IMAGE, LAYER_MOUNT, UPPER_IMAGE, UPPER_LOCK,
+    UPPER_MOUNT,
 };
 pub use snapshotter::{ErofsConfig, ErofsSnapshotter, DEFAULT_SIZE, SIZE_LABEL};
 

@@ -484,6 +484,11 @@ impl Inner {
             let path = entry.path();
             match ids.get(&name) {
                 Some(Kind::Committed) => drop_upper(&path),
+                // A layer image a killed process was writing.
+                Some(_) if self.opening() => {
+                    let _ =
+                        std::fs::remove_file(ember_diff::erofs::temp_path(&path.join(LAYER_IMAGE)));
+                }
                 Some(_) => {}
                 None if name.starts_with("tmp-") => {
                     // Made by a prepare of this process still running, or of one
