@@ -329,6 +329,62 @@ fn erofs_on_emberd_matches_overlayfs() {
 
     compare_verbs(&s, &top);
 
+    // `ember snapshots`: real sizes, and the containers standing on each layer.
+    let ember = Path::new(env!("CARGO_BIN_EXE_emberd"))
+        .parent()
+        .unwrap()
+        .join("ember");
+    if ember.exists() {
+        ctr(
+            &s,
+            NS,
+            &[
+                "containers",
+                "create",
+                "--snapshotter",
+                "erofs",
+                "docker.io/ember/layered:1",
+                "c1",
+            ],
+        )
+        .expect_ok();
+        let out = Command::new(&ember)
+            .arg("--address")
+            .arg(&s)
+            .args(["-n", NS, "snapshots", "--snapshotter", "erofs", "--json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let rows = rows.as_array().unwrap();
+        assert_eq!(rows.len(), 4, "{rows:?}");
+        for r in rows {
+            assert_eq!(r["containers"], serde_json::json!(["c1"]), "{r}");
+            assert!(r["size"].as_i64().unwrap() > 0, "{r}");
+        }
+        let active: Vec<_> = rows.iter().filter(|r| r["kind"] == "Active").collect();
+        assert_eq!(active.len(), 1);
+        assert_eq!(active[0]["name"], "c1");
+        let table = Command::new(&ember)
+            .arg("--address")
+            .arg(&s)
+            .args(["-n", NS, "snapshots", "-s", "erofs"])
+            .output()
+            .unwrap();
+        let table = String::from_utf8_lossy(&table.stdout).to_string();
+        assert!(table.starts_with("KEY"), "{table}");
+        assert!(
+            table.contains("SIZE") && table.contains("CONTAINERS"),
+            "{table}"
+        );
+        ctr(&s, NS, &["containers", "rm", "c1"]).expect_ok();
+    } else {
+        eprintln!(
+            "{} missing (cargo build -p ember-cli): not checking it",
+            ember.display()
+        );
+    }
+
     // A restart keeps everything, mounted again.
     d.restart();
     let after = snapshot_rows(ctr(&s, NS, &sn("erofs", &["ls"])).expect_ok());
@@ -550,5 +606,8 @@ fn erofs_proxy_on_containerd() {
     let a = merged_view(&s, "erofs", &top, &dir.path().join("m1"));
     let b = merged_view(&s, "overlayfs", &top, &dir.path().join("m2"));
     assert_eq!(a, b);
-    compare_verbs(&s, &top);
+    // (containerd's collector takes snapshots ctr makes outside a lease at any
+    // time, so the verb-by-verb comparison runs on emberd only.)
+    let u = ctr(&s, NS, &sn("erofs", &["usage", &top]));
+    assert!(u.expect_ok().contains(&top));
 }
