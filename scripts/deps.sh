@@ -32,3 +32,6 @@ fi
 # containerd 1.7 (its ctr and shims) from Debian trixie, unpacked aside, never installed
 # over the system's packages.
 "$(dirname "$0")/trixie.sh" containerd >/dev/null
+# erofs-utils 1.8 (mkfs.erofs --tar, for layers straight to EROFS images) from trixie,
+# with the C library and libraries it links, run through that C library's own loader.
+"$(dirname "$0")/trixie.sh" erofs-utils libc6 libdeflate0 libxxhash0 liblz4-1 liblzma5 zlib1g libzstd1 libselinux1 libuuid1 libpcre2-8-0 >/dev/null
