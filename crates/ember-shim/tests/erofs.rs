@@ -421,3 +421,207 @@ async fn erofs_snapshots_reach_the_vm_as_drives_and_shared_files() {
     }
     c.assert_clean();
 }
+
+/// A docker archive of `name` whose layers are the trees `layers` (bottom first).
+fn docker_archive(work: &Path, name: &str, layers: &[PathBuf]) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let stage = work.join("archive");
+    std::fs::create_dir_all(&stage).unwrap();
+    let (mut files, mut diffs) = (Vec::new(), Vec::new());
+    for (i, l) in layers.iter().enumerate() {
+        let tar = stage.join(format!("l{i}.tar"));
+        sh(Command::new("tar")
+            .args(["--numeric-owner", "--sort=name", "-C"])
+            .arg(l)
+            .arg("-cf")
+            .arg(&tar)
+            .arg("."));
+        let d = hex(&Sha256::digest(std::fs::read(&tar).unwrap()));
+        std::fs::create_dir_all(stage.join(&d)).unwrap();
+        std::fs::rename(&tar, stage.join(&d).join("layer.tar")).unwrap();
+        files.push(format!("{d}/layer.tar"));
+        diffs.push(format!("sha256:{d}"));
+    }
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"]},
+        "rootfs": {"type": "layers", "diff_ids": diffs},
+    })
+    .to_string();
+    let cd = hex(&Sha256::digest(config.as_bytes()));
+    std::fs::write(stage.join(format!("{cd}.json")), &config).unwrap();
+    let manifest = serde_json::json!([{
+        "Config": format!("{cd}.json"), "RepoTags": [name], "Layers": files,
+    }]);
+    std::fs::write(stage.join("manifest.json"), manifest.to_string()).unwrap();
+    let out = work.join("image.tar");
+    sh(Command::new("tar")
+        .arg("-C")
+        .arg(&stage)
+        .arg("-cf")
+        .arg(&out)
+        .arg("."));
+    out
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Kills the snapshotter proxy on drop.
+struct Proxy(std::process::Child);
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `ctr run` with the erofs snapshotter and Ember's runtime; its output.
+fn run_erofs(c: &Containerd, flags: &[&str], image: &str, id: &str, args: &[&str]) -> String {
+    c.used_ids.lock().unwrap().push(id.to_string());
+    let mut a = vec!["run", "--snapshotter", "erofs", "--runtime", RUNTIME];
+    a.extend_from_slice(flags);
+    a.extend_from_slice(&[image, id]);
+    a.extend_from_slice(args);
+    let out = c.ctr(&a);
+    assert!(
+        out.status.success(),
+        "ctr {a:?}: {}\n{}",
+        text(&out.stderr),
+        c.shim_logs()
+    );
+    text(&out.stdout)
+}
+
+/// Debian's ctr and containerd with the erofs snapshotter as a proxy plugin: images
+/// imported into it run in Ember's VMs straight from their EROFS layers.
+#[test]
+fn ctr_runs_images_of_the_erofs_snapshotter() {
+    if nix::unistd::geteuid().as_raw() != 0 {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let _snaps = Snapshots {
+        root: dir.path().join("erofs"),
+    };
+    let bin = Path::new(env!("CARGO_BIN_EXE_containerd-shim-ember-v2"))
+        .with_file_name("ember-snapshotter-proxy");
+    assert!(
+        bin.exists(),
+        "{}: cargo build -p ember-snapshot",
+        bin.display()
+    );
+    let sock = dir.path().join("erofs.sock");
+    let _proxy = Proxy(
+        Command::new(&bin)
+            .arg("--root")
+            .arg(dir.path().join("erofs"))
+            .arg("--address")
+            .arg(&sock)
+            .args(["--type", "erofs", "--default-size", "1G"])
+            .stderr(std::fs::File::create(dir.path().join("proxy.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the proxy did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let extra = format!(
+        "[proxy_plugins.erofs]\n  type = \"snapshot\"\n  address = \"{}\"\n",
+        sock.display()
+    );
+    let c = Containerd::start_configured(&DEBIAN, &extra);
+    let bb = c.dir.path().join("busybox.tar");
+    let import = |archive: &Path| {
+        let out = c.ctr(&[
+            "images",
+            "import",
+            "--snapshotter",
+            "erofs",
+            archive.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "import: {}", text(&out.stderr));
+    };
+    import(&bb);
+    // busybox + two layers of random data (200 MiB in all).
+    let work = dir.path().join("image");
+    let (l0, l1, l2) = (work.join("l0"), work.join("l1/data"), work.join("l2/data"));
+    for d in [&l0, &l1, &l2] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    ember_guest::busybox_rootfs(&l0).unwrap();
+    for (d, f) in [(&l1, "a"), (&l2, "b")] {
+        sh(Command::new("dd")
+            .args(["if=/dev/urandom", "bs=1M", "count=100", "status=none"])
+            .arg(format!("of={}", d.join(f).display())));
+    }
+    let last_sum = host_sha256(&l2.join("b"));
+    let big = "docker.io/ember/big:latest";
+    import(&docker_archive(
+        &work,
+        big,
+        &[l0.clone(), work.join("l1"), work.join("l2")],
+    ));
+
+    assert_eq!(
+        run_erofs(&c, &["--rm"], IMAGE, "e2e-bb", &["cat", "/etc/hostname"]).trim(),
+        "ember"
+    );
+    // The last layer's content, read inside the VM.
+    let inside = run_erofs(&c, &["--rm"], big, "e2e-big", &["sha256sum", "/data/b"]);
+    assert_eq!(inside.split_whitespace().next(), Some(last_sum.as_str()));
+    // A write survives its task: the next task of the container reads it.
+    let script = "if [ -f /kept ]; then cat /kept; else echo kept > /kept; echo first; fi";
+    assert_eq!(
+        run_erofs(&c, &[], big, "e2e-w", &["sh", "-c", script]).trim(),
+        "first"
+    );
+    let again = c.ctr(&["task", "start", "e2e-w"]);
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert_eq!(text(&again.stdout).trim(), "kept");
+    c.ctr(&["tasks", "delete", "e2e-w"]);
+    let rm = c.ctr(&["containers", "rm", "e2e-w"]);
+    assert!(rm.status.success(), "{}", text(&rm.stderr));
+    // Two containers of the image in one VM: the second's writable image goes
+    // through the shared directory.
+    let pod = "io.ember.vm.id=e2e-pod";
+    run_erofs(
+        &c,
+        &["-d", "--annotation", pod],
+        big,
+        "e2e-p1",
+        &["sleep", "600"],
+    );
+    let second = run_erofs(
+        &c,
+        &["--rm", "--annotation", pod],
+        big,
+        "e2e-p2",
+        &["sh", "-c", "sha256sum /data/b; echo x > /w; cat /w"],
+    );
+    assert_eq!(
+        second.split_whitespace().collect::<Vec<_>>(),
+        [last_sum.as_str(), "/data/b", "x"]
+    );
+    assert_eq!(c.vmms().len(), 1, "the pod runs in one VM");
+    // No copy: the running VM's rootfs is its layers, not a built image.
+    assert_eq!(
+        copies_under(&c.dir.path().join("shim-state")),
+        Vec::<PathBuf>::new()
+    );
+    assert!(
+        c.shim_logs().contains("EROFS rootfs handed over as drives"),
+        "{}",
+        c.shim_logs()
+    );
+    c.kill_and_remove("e2e-p1");
+    c.assert_clean();
+}
