@@ -393,6 +393,21 @@ async fn erofs_snapshots_reach_the_vm_as_drives_and_shared_files() {
         .unwrap_err();
     assert!(e.contains("layer 1 of 2"), "{e}");
     assert!(!claimed(&snaps.dir("7")), "a failed create kept its claim");
+    // A corrupt writable image fails its container alone too, naming it.
+    let d9 = snaps.dir("9");
+    std::fs::create_dir_all(&d9).unwrap();
+    sh(Command::new("dd")
+        .args(["if=/dev/urandom", "bs=64k", "count=16", "status=none"])
+        .arg(format!("of={}", d9.join("rw.ext4").display())));
+    container(&c, "erofs-p4", &[pod], "true");
+    let e = cl
+        .create(
+            "erofs-p4",
+            vec![overlay(&[&big, &base], &d9.join("rw/upper"))],
+        )
+        .await
+        .unwrap_err();
+    assert!(e.contains("the writable layer"), "{e}");
     // The joining containers' loop devices (their shared images) are gone.
     let mut after = loops("l1");
     for i in 0..50 {
@@ -416,7 +431,7 @@ async fn erofs_snapshots_reach_the_vm_as_drives_and_shared_files() {
         .unwrap();
     cl.delete("erofs-p1").await;
     assert_eq!(snaps.written("5", "p1").unwrap(), "first\n");
-    for id in ["erofs-a", "erofs-p1", "erofs-p2", "erofs-p3"] {
+    for id in ["erofs-a", "erofs-p1", "erofs-p2", "erofs-p3", "erofs-p4"] {
         c.ctr(&["containers", "rm", id]);
     }
     c.assert_clean();
