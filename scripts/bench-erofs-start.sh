@@ -125,7 +125,7 @@ for s in 0 $sizes; do
   done
 done
 
-label() { [ "$1" = 0 ] && echo "busybox (1 layer)" || echo "busybox + $1 MiB ($(( ($1 + 255) / 256 )) layers)"; }
+label() { [ "$1" = 0 ] && echo "busybox (1 layer)" || echo "busybox + $1 MiB (+$(( ($1 + 255) / 256 )) data layer(s))"; }
 echo "| image | overlayfs: Create | overlayfs: run \`true\` | erofs: Create | erofs: run \`true\` | erofs vs overlayfs | erofs vs erofs busybox |"
 echo "| --- | --- | --- | --- | --- | --- | --- |"
 for s in 0 $sizes; do
