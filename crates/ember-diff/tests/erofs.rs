@@ -256,6 +256,8 @@ fn a_full_disk_fails_cleanly_and_can_be_retried() {
     let image = small.join("layer.erofs");
     let err = write_layer(&image, tar.as_slice()).unwrap_err();
     assert!(matches!(err, Error::Io { .. }), "{err}");
+    let msg = format!("{err}: {:?}", std::error::Error::source(&err));
+    assert!(msg.contains("no space left"), "{msg}");
     assert!(!image.exists() && !temp_path(&image).exists(), "{err}");
     // With room, the same layer goes through.
     let image = d.path().join("layer.erofs");
