@@ -226,3 +226,42 @@ fn escaping_layers_leave_nothing() {
     assert!(!image.exists() && !temp_path(&image).exists(), "{err}");
     assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
 }
+
+#[test]
+fn a_full_disk_fails_cleanly_and_can_be_retried() {
+    if !usable() {
+        return;
+    }
+    let d = tempfile::tempdir_in("/var/tmp").unwrap();
+    let small = d.path().join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    let out = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&small)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let _m = Mounted(small.clone());
+    // Incompressible data, more than the filesystem holds.
+    let mut data = vec![0u8; 8 << 20];
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    for b in data.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    use tar::EntryType::*;
+    let tar = layer(&[("big", Regular, "", &data)]);
+    let image = small.join("layer.erofs");
+    let err = write_layer(&image, tar.as_slice()).unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err}");
+    let msg = format!("{err}: {:?}", std::error::Error::source(&err));
+    assert!(msg.contains("no space left"), "{msg}");
+    assert!(!image.exists() && !temp_path(&image).exists(), "{err}");
+    // With room, the same layer goes through.
+    let image = d.path().join("layer.erofs");
+    write_layer(&image, tar.as_slice()).unwrap();
+    let m = Mounted::erofs(&image, &d.path().join("mnt"));
+    assert_eq!(std::fs::read(m.0.join("big")).unwrap(), data);
+}

@@ -60,6 +60,31 @@ fn tar_tool() -> Result<&'static ErofsTool, Error> {
     Ok(t)
 }
 
+/// A hint when the filesystem holding `path` is (nearly) full: mkfs.erofs's own
+/// message then names a consequence (a bad checksum reading back what it could not
+/// write), not the cause.
+fn space_hint(path: &Path) -> &'static str {
+    let Some(dir) = path.parent() else { return "" };
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return "";
+    };
+    // SAFETY: `c` is NUL-terminated and outlives the call; `st` is a plain C struct
+    // the call fills in.
+    let st = unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c.as_ptr(), &mut st) != 0 {
+            return "";
+        }
+        st
+    };
+    let free = st.f_bavail as u128 * st.f_frsize as u128;
+    if free < 4 << 20 {
+        " (no space left on the device)"
+    } else {
+        ""
+    }
+}
+
 /// Copies what is read into a writer.
 struct Tee<R, W> {
     inner: R,
@@ -106,6 +131,27 @@ impl Build {
         })
     }
 
+    /// The tool's own failure, when it has exited unsuccessfully (it stopped
+    /// reading: a full disk, a tar it does not accept).
+    fn failure(&mut self) -> Option<Error> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        if status.success() {
+            return None;
+        }
+        self.child = None;
+        let stderr = self
+            .stderr
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        let hint = space_hint(&self.tmp);
+        let _ = std::fs::remove_file(&self.tmp);
+        Some(Error::io(
+            format!("mkfs.erofs {}", self.tmp.display()),
+            io::Error::other(format!("{status}: {}{hint}", stderr.trim())),
+        ))
+    }
+
     /// Waits for the tool, then moves the image to `out` durably.
     fn finish(mut self, out: &Path) -> Result<(), Error> {
         let status = self
@@ -122,9 +168,11 @@ impl Build {
         if !status.success() {
             let msg = stderr.trim();
             // The tool writes the image, so a full disk shows as its failure.
+            let hint = space_hint(&self.tmp);
+            let _ = std::fs::remove_file(&self.tmp);
             return Err(Error::io(
                 format!("mkfs.erofs {}", self.tmp.display()),
-                io::Error::other(format!("{status}: {msg}")),
+                io::Error::other(format!("{status}: {msg}{hint}")),
             ));
         }
         let f = std::fs::File::open(&self.tmp)
@@ -147,8 +195,9 @@ impl Drop for Build {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
-            let _ = std::fs::remove_file(&self.tmp);
         }
+        // Renamed away when finished; anything left is a failed build's.
+        let _ = std::fs::remove_file(&self.tmp);
     }
 }
 
@@ -240,32 +289,44 @@ pub fn write_layer(out: &Path, layer: impl Read) -> Result<Applied, Error> {
     };
     let mut archive = tar::Archive::new(tee);
     let mut checker = Checker::default();
-    let read_err = |e: io::Error| {
-        if e.to_string().starts_with("feeding mkfs.erofs") {
-            Error::io("writing the image", e)
-        } else {
-            Error::Invalid(format!("reading the layer: {e}"))
+    let streamed = (|| -> Result<(String, u64), Error> {
+        let read_err = |e: io::Error| Error::Invalid(format!("reading the layer: {e}"));
+        {
+            let entries = archive.entries().map_err(read_err)?;
+            for entry in entries {
+                let mut entry = entry.map_err(read_err)?;
+                checker.check(&mut entry)?;
+            }
+        }
+        let mut tee = archive.into_inner();
+        io::copy(&mut tee, &mut io::sink()).map_err(read_err)?;
+        let Tee {
+            inner,
+            out: mut feed,
+        } = tee;
+        feed.flush()
+            .map_err(|e| Error::io("feeding mkfs.erofs", e))?;
+        drop(feed);
+        inner
+            .finish()
+            .map_err(|e| Error::Invalid(format!("reading the end of the layer: {e}")))
+    })();
+    let (diff_id, size) = match streamed {
+        Ok(v) => v,
+        // A refused entry is the layer's fault whatever the tool did meanwhile.
+        Err(e @ Error::Unsafe { .. }) => return Err(e),
+        Err(e) => {
+            // The tool stopping early (full disk, a header it refuses) shows on our
+            // side as a broken pipe: report the tool's reason instead.
+            for _ in 0..50 {
+                if let Some(failed) = build.failure() {
+                    return Err(failed);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            return Err(e);
         }
     };
-    {
-        let entries = archive.entries().map_err(read_err)?;
-        for entry in entries {
-            let mut entry = entry.map_err(read_err)?;
-            checker.check(&mut entry)?;
-        }
-    }
-    let mut tee = archive.into_inner();
-    io::copy(&mut tee, &mut io::sink()).map_err(read_err)?;
-    let Tee {
-        inner,
-        out: mut feed,
-    } = tee;
-    feed.flush()
-        .map_err(|e| Error::io("feeding mkfs.erofs", e))?;
-    drop(feed);
-    let (diff_id, size) = inner
-        .finish()
-        .map_err(|e| Error::Invalid(format!("reading the end of the layer: {e}")))?;
     build.finish(out)?;
     Ok(Applied {
         diff_id,

@@ -122,8 +122,14 @@ pub fn describe(mounts: &[Mount]) -> Option<ErofsRootfs> {
 /// snapshot's upper directory already (the layer then goes there too, and Commit
 /// builds the image); an error when the snapshot has its image already or its
 /// writable image is not on the host (a VM holds it).
+///
+/// `None` too when the host's `mkfs.erofs` cannot read tar streams (before 1.8):
+/// the layer is then unpacked into `upper/` and Commit builds the image.
 pub fn layer_target(mounts: &[Mount]) -> Option<crate::Result<PathBuf>> {
     let rootfs = describe(mounts)?;
+    if !super::tool_available().is_some_and(|t| t.reads_tar()) {
+        return None;
+    }
     let dir = rootfs.upper_dir()?.to_path_buf();
     let image = dir.join(LAYER_IMAGE);
     if image.exists() {

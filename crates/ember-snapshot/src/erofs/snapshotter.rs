@@ -470,14 +470,18 @@ impl Inner {
     /// Removes directories without a record (unmounting what is mounted in them
     /// first) and what a commit interrupted after its record left behind.
     fn cleanup(&self) -> Result<()> {
-        let records = self.read(|t| store::all(t))?;
+        // The records as of the write lock: a prepare renames its directory into
+        // place and inserts its record in one write transaction, so none is half-way
+        // while this looks (its tmp- directory is left alone, see below).
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let records = {
+            let t = txn.open_table(SNAPSHOTS).map_err(db_err)?;
+            store::all(&t)?
+        };
         let ids: std::collections::HashMap<String, Kind> = records
             .iter()
             .map(|(_, r)| (r.id.to_string(), r.kind))
             .collect();
-        // A prepare between its id and its record holds a tmp- directory; hold the
-        // write lock so none is half-way while looking.
-        let txn = self.db.begin_write().map_err(db_err)?;
         for entry in std::fs::read_dir(self.snapshots())? {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().to_string();
