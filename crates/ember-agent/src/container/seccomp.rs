@@ -95,8 +95,6 @@ pub enum SeccompError {
     Flag(String),
     #[error("seccomp rule for {name}: argument index {index} is out of range (0-5)")]
     ArgIndex { name: String, index: usize },
-    #[error("seccomp rule for {name}: SCMP_CMP_MASKED_EQ needs valueTwo")]
-    MaskedNoValue { name: String },
     #[error("seccomp filter has {0} instructions, more than the kernel's {MAX_INSNS}")]
     TooLong(usize),
     #[error("seccomp profile names no architecture this guest runs (x86_64)")]
@@ -297,9 +295,6 @@ fn blocks_for(
                         index: a.index(),
                     });
                 }
-                if a.op() == Op::ScmpCmpMaskedEq && a.value_two().is_none() {
-                    return Err(SeccompError::MaskedNoValue { name: name.clone() });
-                }
             }
             let Some(nr) = resolve(arch, name) else {
                 if arch == AUDIT_ARCH_X86_64 {
@@ -318,6 +313,7 @@ fn blocks_for(
                         a.index() as u32,
                         a.op(),
                         a.value(),
+                        // Absent (Go's omitempty): 0, as runc reads it.
                         a.value_two().unwrap_or(0),
                     )
                 })

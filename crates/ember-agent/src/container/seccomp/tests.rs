@@ -83,7 +83,7 @@ fn argument_comparisons() {
             {"names": ["personality"], "action": "SCMP_ACT_ALLOW",
              "args": [{"index": 0, "value": 8, "op": "SCMP_CMP_EQ"}]},
             {"names": ["clone"], "action": "SCMP_ACT_ALLOW",
-             "args": [{"index": 0, "value": 0x7E020000u64, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"}]},
+             "args": [{"index": 0, "value": 0x7E020000u64, "op": "SCMP_CMP_MASKED_EQ"}]},
             {"names": ["read"], "action": "SCMP_ACT_ALLOW",
              "args": [{"index": 2, "value": big, "op": "SCMP_CMP_LT"}]},
             {"names": ["write"], "action": "SCMP_ACT_ALLOW",
