@@ -284,6 +284,7 @@ fn blocks_for(
     warnings: &mut Vec<String>,
 ) -> Result<Vec<Block>, SeccompError> {
     let mut blocks = Vec::new();
+    let mut unknown = Vec::new();
     for rule in rules {
         let ret = action_value(rule.action(), rule.errno_ret())?;
         let args = rule.args().clone().unwrap_or_default();
@@ -297,9 +298,7 @@ fn blocks_for(
                 }
             }
             let Some(nr) = resolve(arch, name) else {
-                if arch == AUDIT_ARCH_X86_64 {
-                    warnings.push(format!("seccomp: unknown syscall {name:?} skipped"));
-                }
+                unknown.push(name.as_str());
                 continue;
             };
             if ret == default {
@@ -320,6 +319,12 @@ fn blocks_for(
                 .collect();
             blocks.push(Block { nr, checks, ret });
         }
+    }
+    if arch == AUDIT_ARCH_X86_64 && !unknown.is_empty() {
+        warnings.push(format!(
+            "seccomp: syscalls x86_64 does not have, skipped: {}",
+            unknown.join(", ")
+        ));
     }
     // Stable: within one precedence the profile's order stays.
     blocks.sort_by_key(|b| std::cmp::Reverse(precedence(b.ret)));
