@@ -4,12 +4,13 @@
 //!
 //! The program dispatches on the architecture first (x86_64, plus i386 when the
 //! profile lists `SCMP_ARCH_X86`; anything else, x32 included unless listed, is
-//! killed, as libseccomp's bad-architecture action does), then tests one block per
-//! (syscall, rule): the syscall number, the rule's argument comparisons (all must
-//! hold, 64-bit unsigned) and the rule's action. Blocks of stronger actions come
-//! first, so where rules overlap the most restrictive applies, as stacked kernel
-//! filters would decide. Names the architecture does not know are skipped (and
-//! reported), as libseccomp does.
+//! killed, as libseccomp's bad-architecture action does), then finds the call's
+//! rules by a binary search on its number (`section`) and tests them: one block
+//! per (syscall, rule) with the rule's argument comparisons (all must hold, 64-bit
+//! unsigned) and its action. Blocks of stronger actions come first, so where rules
+//! overlap the most restrictive applies, as stacked kernel filters would decide.
+//! Names the architecture does not know are skipped (and reported), as libseccomp
+//! does.
 
 use std::io;
 use std::str::FromStr;
@@ -416,20 +417,15 @@ pub fn compile(s: &LinuxSeccomp) -> Result<Compiled, SeccompError> {
     });
     p.push(stmt(RET_K, x32_ret));
     if native {
-        for b in &x86_64_blocks {
-            assemble(b, &mut p);
-        }
-        p.push(stmt(RET_K, default));
+        section::emit(&x86_64_blocks, default, &mut p);
     } else {
         p.push(stmt(RET_K, RET_KILL_PROCESS));
     }
     let i386_at = p.len();
     if i386 {
         p[4].k = (i386_at - 5) as u32;
-        for b in &i386_blocks {
-            assemble(b, &mut p);
-        }
-        p.push(stmt(RET_K, default));
+        p.push(stmt(LD_W_ABS, OFF_NR));
+        section::emit(&i386_blocks, default, &mut p);
     } else {
         // The jump lands on the kill right after it.
         p[4].k = 0;
@@ -477,5 +473,6 @@ pub fn load(f: &Filter) -> io::Result<()> {
     Ok(())
 }
 
+mod section;
 #[cfg(test)]
 mod tests;

@@ -169,3 +169,62 @@ fn stronger_actions_first_and_bad_profiles() {
         profile(json!({"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_AARCH64"]}));
     assert!(matches!(compile(&arch), Err(SeccompError::NoArch)));
 }
+
+#[test]
+fn every_syscall_through_the_search() {
+    // Each x86_64 call by its number: allowed, an errno of its own, killed, allowed
+    // only with arg0 == its number, or left to the default.
+    let mut rules = Vec::new();
+    let mut want = std::collections::HashMap::new();
+    let mut named = 0;
+    for n in 0..470u32 {
+        let Some(s) = syscalls::x86_64::Sysno::new(n as usize) else {
+            continue;
+        };
+        named += 1;
+        let (rule, ret) = match n % 5 {
+            0 => (
+                json!({"names": [s.name()], "action": "SCMP_ACT_ALLOW"}),
+                RET_ALLOW,
+            ),
+            1 => (
+                json!({"names": [s.name()], "action": "SCMP_ACT_ERRNO", "errnoRet": n % 97 + 1}),
+                RET_ERRNO | (n % 97 + 1),
+            ),
+            2 => (
+                json!({"names": [s.name()], "action": "SCMP_ACT_KILL_PROCESS"}),
+                RET_KILL_PROCESS,
+            ),
+            3 => (
+                json!({"names": [s.name()], "action": "SCMP_ACT_ALLOW",
+                       "args": [{"index": 0, "value": n, "op": "SCMP_CMP_EQ"}]}),
+                RET_ALLOW,
+            ),
+            _ => continue,
+        };
+        rules.push(rule);
+        want.insert(n, ret);
+    }
+    assert!(named > 300, "{named}");
+    let p = profile(json!({
+        "defaultAction": "SCMP_ACT_ERRNO",
+        "defaultErrnoRet": 99,
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "syscalls": rules
+    }));
+    let f = compile(&p).unwrap().filter.insns;
+    assert!(f.len() < MAX_INSNS, "{}", f.len());
+    let deny = RET_ERRNO | 99;
+    for n in 0..500u32 {
+        let w = want.get(&n).copied().unwrap_or(deny);
+        let args = [n as u64, 0, 0, 0, 0, 0];
+        assert_eq!(run(&f, X, n, args), w, "nr {n}");
+        if n % 5 == 3 && want.contains_key(&n) {
+            assert_eq!(
+                run(&f, X, n, [n as u64 + 1, 0, 0, 0, 0, 0]),
+                deny,
+                "nr {n} arg"
+            );
+        }
+    }
+}
