@@ -31,6 +31,7 @@ use std::process::{Command, Stdio};
 use oci_spec::runtime::{Process, Spec};
 use serde::{Deserialize, Serialize};
 
+use crate::container::seccomp::Filter;
 use crate::sys;
 
 /// The hidden subcommand that runs the spawn helper.
@@ -47,6 +48,9 @@ pub enum Plan {
         /// The guest's metadata directory, bind-mounted read-only into the container.
         #[serde(default)]
         metadata_dir: Option<PathBuf>,
+        /// The compiled `linux.seccomp`, loaded right before the execve.
+        #[serde(default)]
+        seccomp: Option<Filter>,
     },
     /// A process in the namespaces of a running container init.
     Exec {
@@ -58,6 +62,9 @@ pub enum Plan {
         /// the program never sees a 0x0 terminal.
         #[serde(default)]
         winsize: Option<(u32, u32)>,
+        /// The container's seccomp filter (exec processes get it too).
+        #[serde(default)]
+        seccomp: Option<Filter>,
     },
 }
 

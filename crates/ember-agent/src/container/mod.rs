@@ -3,11 +3,16 @@
 //! process attributes and `execve`.
 
 mod caps;
+pub mod device_cgroup;
 mod devices;
 mod exec;
 mod mounts;
 mod namespaces;
+pub mod policy;
+pub mod rlimits;
 mod rootfs;
+pub mod seccomp;
+pub mod sysctl;
 
 use std::io;
 use std::os::fd::RawFd;
@@ -40,6 +45,7 @@ pub fn init_child(plan: &Plan, report_fd: RawFd, start_fd: RawFd, console_fd: Ra
         rootfs,
         terminal,
         metadata_dir,
+        seccomp,
         ..
     } = plan
     else {
@@ -76,7 +82,7 @@ pub fn init_child(plan: &Plan, report_fd: RawFd, start_fd: RawFd, console_fd: Ra
     }
     drop(start);
     let process = spec.process().clone().unwrap_or_default();
-    let e = exec_process(&process);
+    let e = exec_process(&process, seccomp.as_ref());
     fail(report_fd, e, 127)
 }
 
@@ -86,6 +92,7 @@ pub fn exec_child(plan: &Plan, report_fd: RawFd, console_fd: RawFd) -> ! {
         process,
         terminal,
         winsize,
+        seccomp,
         ..
     } = plan
     else {
@@ -98,7 +105,7 @@ pub fn exec_child(plan: &Plan, report_fd: RawFd, console_fd: RawFd) -> ! {
     if let Err(e) = session(*terminal) {
         fail(report_fd, e, 1);
     }
-    let e = exec_process(process);
+    let e = exec_process(process, seccomp.as_ref());
     fail(report_fd, e, 127)
 }
 

@@ -48,6 +48,11 @@ impl Agent {
         if process.args().as_ref().is_none_or(|a| a.is_empty()) {
             return Err(Status::invalid_argument("spec process.args is empty"));
         }
+        let confinement = crate::container::policy::prepare(&spec)
+            .map_err(|e| Status::invalid_argument(format!("container {id:?}: {e}")))?;
+        for w in &confinement.warnings {
+            tracing::warn!(container = %id, "{w}");
+        }
         let rootfs_cfg = match (&req.rootfs, req.layers.is_empty()) {
             (_, false) => None,
             (Some(r), true) => Some(r.clone()),
@@ -79,14 +84,18 @@ impl Agent {
             Some(parent) => {
                 let cg = Cgroup::create(parent, &id).map_err(|e| internal("creating cgroup", e))?;
                 cleanup.cgroup = Some(cg.clone());
-                if let Some(res) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
+                let res = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
+                if let Some(res) = res {
                     cg.apply(res).map_err(|e| {
                         Status::invalid_argument(format!("applying resources: {e}"))
                     })?;
                 }
                 Some(cg)
             }
-            None => None,
+            None => {
+                tracing::warn!(container = %id, "no cgroups: device rules not enforced");
+                None
+            }
         };
         let console = process
             .console_size()
@@ -104,6 +113,7 @@ impl Agent {
                 .metadata_dir
                 .is_dir()
                 .then(|| self.cfg.metadata_dir.clone()),
+            seccomp: confinement.seccomp.clone(),
         };
         let (pty, console_child) = pty.unzip();
         let (spawned, outcome) = spawn::spawn(&plan, parts.child, console_child)
@@ -135,9 +145,23 @@ impl Agent {
             execs: Mutex::new(HashMap::new()),
             removing: AtomicBool::new(false),
             oom_seen: AtomicU64::new(0),
+            seccomp: confinement.seccomp,
         });
         if let Some(pid) = outcome.pid {
             self.watch_exit(&container, &init, pid);
+        }
+        let mut outcome = outcome;
+        if let (Some(cg), true, None) = (&container.cgroup, outcome.ready, &outcome.error) {
+            // Once the init has made the container's /dev, before anything runs:
+            // from here on the spec's device rules decide every open and mknod.
+            let devices = spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.resources().as_ref())
+                .and_then(|r| r.devices().as_ref());
+            if let Err(e) = crate::container::device_cgroup::apply(&cg.path, devices) {
+                outcome.error = Some(e.to_string());
+            }
         }
         if !outcome.ready || outcome.error.is_some() {
             if let Some(pid) = outcome.pid {

@@ -69,6 +69,8 @@ pub struct Container {
     execs: Mutex<HashMap<String, Arc<Proc>>>,
     removing: AtomicBool,
     oom_seen: AtomicU64,
+    /// The spec's seccomp filter, for exec processes.
+    seccomp: Option<crate::container::seccomp::Filter>,
 }
 
 pub struct Agent {
