@@ -13,6 +13,9 @@ pub struct QemuPaths {
     pub console: std::path::PathBuf,
     pub log: std::path::PathBuf,
     pub pidfile: std::path::PathBuf,
+    /// The guest console goes to QEMU's stdout (drained into a capped log by the
+    /// host) instead of straight into `console`.
+    pub console_to_stdout: bool,
 }
 
 impl QemuPaths {
@@ -23,6 +26,7 @@ impl QemuPaths {
             console: state_dir.join("console.log"),
             log: state_dir.join("vmm.log"),
             pidfile: state_dir.join("qemu.pid"),
+            console_to_stdout: false,
         }
     }
 }
@@ -79,7 +83,11 @@ pub fn build_args(
     push("-nographic");
     push("-no-reboot");
     push("-chardev");
-    push(&format!("file,id=console,path={}", paths.console.display()));
+    if paths.console_to_stdout {
+        push("stdio,id=console,signal=off");
+    } else {
+        push(&format!("file,id=console,path={}", paths.console.display()));
+    }
     push("-serial");
     push("chardev:console");
     push("-chardev");
@@ -118,8 +126,14 @@ pub fn build_args(
         push(&format!(
             // Host directories bind-mounted into the share may sit on other
             // filesystems: remap keeps their inode numbers apart in the guest.
-            "local,id={SHARED_FSDEV},path={},security_model=passthrough,multidevs=remap",
-            escape_opt(&dir.display().to_string())
+            "local,id={SHARED_FSDEV},path={},security_model={},multidevs=remap",
+            escape_opt(&dir.display().to_string()),
+            // A jailed QEMU has no privilege to set owners: files keep its uid.
+            if config.jail.is_some() {
+                "none"
+            } else {
+                "passthrough"
+            }
         ));
         push("-device");
         push(&format!(
@@ -149,8 +163,17 @@ pub fn build_args(
     a.push(OsString::from(cmdline));
     a.push(OsString::from("-pidfile"));
     a.push(paths.pidfile.clone().into_os_string());
+    if config.jail.is_some() {
+        // QEMU's own seccomp filter: no obsolete system calls, no set*id, no
+        // fork/exec, no scheduler or affinity changes.
+        a.push(OsString::from("-sandbox"));
+        a.push(OsString::from(SANDBOX));
+    }
     a
 }
+
+/// QEMU's `-sandbox` option of a jailed VMM.
+pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
 /// Written at the start of every connection to the agent's virtio-serial port, so the
 /// agent can find where a connection's bytes begin (a serial port has no connection
@@ -250,6 +273,28 @@ mod tests {
             "-device",
             "virtio-balloon-device,id=balloon0,deflate-on-oom=on"
         ));
+    }
+
+    #[test]
+    fn a_jailed_qemu_gets_its_seccomp_filter_and_console_pipe() {
+        let mut c = config();
+        c.shared_dir = Some("/shared".into());
+        c.jail = Some(Default::default());
+        let mut paths = QemuPaths::new(&c.state_dir);
+        paths.console_to_stdout = true;
+        let args: Vec<String> = build_args(&c, Accel::Tcg, &paths, None)
+            .into_iter()
+            .map(|s| s.into_string().unwrap())
+            .collect();
+        let joined = args.join(" ");
+        assert!(joined.contains(&format!("-sandbox {SANDBOX}")), "{joined}");
+        assert!(joined.contains("-chardev stdio,id=console,signal=off"));
+        assert!(joined.contains("security_model=none"));
+        assert!(
+            !build_args(&config(), Accel::Tcg, &QemuPaths::new(&c.state_dir), None)
+                .iter()
+                .any(|a| a == "-sandbox")
+        );
     }
 
     #[test]
