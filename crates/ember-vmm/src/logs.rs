@@ -6,6 +6,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -28,6 +29,11 @@ pub fn rotated_path(path: &Path) -> PathBuf {
 }
 
 impl CappedLog {
+    /// [`CappedLog::create`], for drains.
+    pub(crate) fn shared(path: &Path, cap: u64) -> std::io::Result<SharedLog> {
+        Ok(Arc::new(Mutex::new(Self::create(path, cap)?)))
+    }
+
     /// Creates (truncating) `path` and drops an older rotated part; `cap` 0 is the
     /// default cap.
     pub fn create(path: &Path, cap: u64) -> std::io::Result<Self> {
@@ -64,8 +70,12 @@ impl CappedLog {
     }
 }
 
-/// Copies `reader` (a VMM's stdout or stderr) into `log` until it closes.
-pub(crate) fn drain<R>(mut reader: R, mut log: CappedLog) -> tokio::task::JoinHandle<()>
+/// A capped log several drains write into (a VMM's stdout and stderr).
+pub(crate) type SharedLog = Arc<Mutex<CappedLog>>;
+
+/// Copies `reader` (a VMM's stdout or stderr, a FIFO it logs into) into `log` until
+/// it closes.
+pub(crate) fn drain<R>(mut reader: R, log: SharedLog) -> tokio::task::JoinHandle<()>
 where
     R: AsyncRead + Unpin + Send + 'static,
 {
@@ -75,6 +85,7 @@ where
             match reader.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
+                    let mut log = log.lock().unwrap();
                     if let Err(e) = log.write(&buf[..n]) {
                         tracing::warn!("writing {}: {e}", log.path.display());
                         break;
@@ -83,6 +94,25 @@ where
             }
         }
     })
+}
+
+/// Opens `path` (a FIFO) for a drain; opened read-write, so it never reads an end
+/// while the writer has not opened it yet or between two writers.
+pub(crate) fn fifo_reader(path: &Path) -> std::io::Result<tokio::net::unix::pipe::Receiver> {
+    tokio::net::unix::pipe::OpenOptions::new()
+        .read_write(true)
+        .open_receiver(path)
+}
+
+/// Makes a FIFO at `path` (replacing what is there), owned by `owner` if given.
+pub(crate) fn make_fifo(path: &Path, owner: Option<(u32, u32)>) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(path);
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .map_err(std::io::Error::from)?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
+    }
+    Ok(())
 }
 
 /// Guest text (console, VMM log) made safe to quote in a host log: every line gets

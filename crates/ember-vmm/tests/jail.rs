@@ -223,3 +223,131 @@ async fn leftovers_of_a_killed_owner_are_cleaned() {
     }
     assert!(!state.join(ember_vmm::jail::RECORD_FILE).exists());
 }
+
+/// An x86-64 ELF (entry at 1 MiB, Firecracker's kernel address) whose code writes
+/// "EMBER-FLOOD\n" to COM1 forever.
+fn flooding_guest() -> Vec<u8> {
+    const LOAD: u64 = 0x10_0000;
+    const OFFSET: u64 = 0x1000;
+    let mut code = vec![0x66, 0xBA, 0xF8, 0x03]; // mov dx, 0x3f8
+    let start = code.len();
+    for b in b"EMBER-FLOOD\n" {
+        code.extend_from_slice(&[0xB0, *b, 0xEE]); // mov al, b; out dx, al
+    }
+    let back = (code.len() + 2 - start) as i8;
+    code.extend_from_slice(&[0xEB, (-back) as u8]); // jmp start
+    let mut f = vec![0x7F, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    f.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    f.extend_from_slice(&0x3Eu16.to_le_bytes()); // x86-64
+    f.extend_from_slice(&1u32.to_le_bytes());
+    f.extend_from_slice(&LOAD.to_le_bytes()); // entry
+    f.extend_from_slice(&64u64.to_le_bytes()); // program headers right after
+    f.extend_from_slice(&0u64.to_le_bytes());
+    f.extend_from_slice(&0u32.to_le_bytes());
+    for v in [64u16, 56, 1, 64, 0, 0] {
+        f.extend_from_slice(&v.to_le_bytes());
+    }
+    f.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    f.extend_from_slice(&5u32.to_le_bytes()); // R + X
+    for v in [
+        OFFSET,
+        LOAD,
+        LOAD,
+        code.len() as u64,
+        code.len() as u64,
+        0x1000,
+    ] {
+        f.extend_from_slice(&v.to_le_bytes());
+    }
+    f.resize(OFFSET as usize, 0);
+    f.extend_from_slice(&code);
+    f
+}
+
+/// Firecracker (when `FIRECRACKER_BIN` names one and /dev/kvm opens) runs jailed
+/// with its own seccomp filters; a guest flooding its serial console leaves a
+/// capped console log on the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jailed_firecracker_is_confined_and_its_console_capped() {
+    let Some(bin) = std::env::var_os("FIRECRACKER_BIN") else {
+        eprintln!("FIRECRACKER_BIN is not set: skipping the jailed Firecracker test");
+        return;
+    };
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        eprintln!("/dev/kvm cannot be opened: skipping the jailed Firecracker test");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("vm");
+    std::fs::create_dir(&state).unwrap();
+    let kernel = tmp.path().join("guest.elf");
+    std::fs::write(&kernel, flooding_guest()).unwrap();
+    let jc = jail_config(tmp.path());
+    let cfg = VmConfig {
+        id: "fcjail".into(),
+        state_dir: state.clone(),
+        vmm_binary: bin.into(),
+        kernel,
+        vcpus: 1,
+        memory_mib: 128,
+        accel: Accel::Auto,
+        boot_timeout: Duration::from_secs(20),
+        jail: Some(jc.clone()),
+        log_max_bytes: 16 * 1024,
+        ..Default::default()
+    };
+    let mut vm = ember_vmm::firecracker::FirecrackerVm::new(cfg).unwrap();
+    vm.start().await.unwrap();
+    let pid = vm.pid().unwrap();
+    let jail = vm.jail().expect("jailed").record().clone();
+    let rotated = state.join("console.log.1");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(rotated.exists() && status_field(pid, "Seccomp") == "2") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        status_field(pid, "Uid")
+            .split_whitespace()
+            .all(|u| u == jail.uid.to_string()),
+        "{}",
+        status_field(pid, "Uid")
+    );
+    assert_eq!(status_field(pid, "Seccomp"), "2");
+    assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+    for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(status_field(pid, set), "0000000000000000", "{set}");
+    }
+    use std::os::unix::fs::MetadataExt;
+    let root = std::fs::metadata(format!("/proc/{pid}/root/")).unwrap();
+    let jail_root = std::fs::metadata(jail.dir.join("root")).unwrap();
+    assert_eq!((root.dev(), root.ino()), (jail_root.dev(), jail_root.ino()));
+    assert_eq!(
+        memory_limit_of(pid),
+        Some((128 + jc.memory_overhead_mib as u64) << 20)
+    );
+    assert!(rotated.exists(), "the console never reached its cap");
+    for f in [state.join("console.log"), rotated.clone()] {
+        let n = std::fs::metadata(&f).unwrap().len();
+        assert!(n <= 16 * 1024, "{} is {n} bytes", f.display());
+    }
+    assert!(std::fs::read_to_string(&rotated)
+        .unwrap()
+        .contains("EMBER-FLOOD"));
+    // Its log and metrics arrive through the FIFOs in the jail.
+    vm.flush_metrics().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::metadata(vm.metrics_path()).unwrap().len() == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(std::fs::metadata(vm.metrics_path()).unwrap().len() > 0);
+    vm.stop(Duration::from_millis(200)).await.unwrap();
+    assert!(!jail.dir.exists(), "jail directory left");
+    for d in &jail.cgroup.dirs {
+        assert!(!d.exists(), "cgroup {} left", d.display());
+    }
+}

@@ -24,7 +24,6 @@ mod config;
 mod serial;
 mod vsock;
 
-use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -32,7 +31,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::process::{Child, Command};
 
-use crate::process::{file_tail, proc_stats, require_file, spawn_supervised, vm_exit};
+use crate::jail::Jail;
+use crate::logs::{drain, fifo_reader, make_fifo, quote_guest, CappedLog};
+use crate::process::{file_tail, proc_stats, require_file, spawn_confined, vm_exit};
 use crate::{
     Accel, BalloonConfig, BalloonStats, BoxedAgentStream, Drive, Error, Vm, VmConfig, VmExit,
     VmStats, VmmKind,
@@ -106,6 +107,17 @@ pub struct FirecrackerVm {
     booted: bool,
     /// How the process ended, once it did.
     exit: Option<VmExit>,
+    /// The VMM's jail, while it runs.
+    jail: Option<Jail>,
+    /// The configuration as Firecracker sees it (jail paths when jailed).
+    seen: VmConfig,
+    /// The tasks copying console, log FIFO and metrics FIFO into capped files.
+    drains: Vec<tokio::task::JoinHandle<()>>,
+    /// The jail's spawn plan and pid pipe, between `prepare_jail` and `spawn`.
+    plan: Option<crate::jail::SpawnPlan>,
+    pid_rx: Option<crate::jail::PidReceiver>,
+    /// Log and metrics FIFOs as Firecracker sees them, and the console's log.
+    seen_log: Option<(PathBuf, PathBuf, crate::logs::SharedLog)>,
 }
 
 impl FirecrackerVm {
@@ -155,11 +167,17 @@ impl FirecrackerVm {
         Ok(Self {
             api: ApiClient::new(&paths.api_socket),
             paths,
+            seen: config.clone(),
             config,
             child: None,
             pid: None,
             booted: false,
             exit: None,
+            jail: None,
+            drains: Vec::new(),
+            plan: None,
+            pid_rx: None,
+            seen_log: None,
         })
     }
 
@@ -231,35 +249,93 @@ impl FirecrackerVm {
         }
     }
 
-    /// Creates (truncating) the console, log and metrics files. Firecracker opens the
-    /// log and metrics paths itself and needs them to exist.
-    fn prepare_files(&self) -> Result<File, Error> {
-        self.paths.remove_sockets()?;
-        File::create(&self.paths.vmm_log)?;
-        File::create(&self.paths.metrics)?;
-        File::create(&self.paths.console)?;
-        Ok(OpenOptions::new().append(true).open(&self.paths.console)?)
+    /// Creates (truncating) the capped console, log and metrics files, and the FIFOs
+    /// Firecracker writes its log and metrics into (drained into those files). With
+    /// a jail, the configuration Firecracker sees is the jail's.
+    fn prepare_files(&mut self) -> Result<(), Error> {
+        let cap = self.config.log_max_bytes;
+        let console = CappedLog::shared(&self.paths.console, cap)?;
+        let log = CappedLog::shared(&self.paths.vmm_log, cap)?;
+        let metrics = CappedLog::shared(&self.paths.metrics, cap)?;
+        let (fifo_dir, owner) = match &self.jail {
+            Some(j) => (j.run_dir(), Some((j.uid(), j.record().gid))),
+            None => (self.config.state_dir.clone(), None),
+        };
+        let log_fifo = fifo_dir.join("vmm.fifo");
+        let metrics_fifo = fifo_dir.join("metrics.fifo");
+        for (fifo, log) in [(&log_fifo, log), (&metrics_fifo, metrics)] {
+            make_fifo(fifo, owner)?;
+            self.drains.push(drain(fifo_reader(fifo)?, log));
+        }
+        self.seen_log = Some((
+            self.seen.state_dir.join("vmm.fifo"),
+            self.seen.state_dir.join("metrics.fifo"),
+            console,
+        ));
+        Ok(())
     }
 
-    fn spawn(&mut self, console: File) -> Result<(), Error> {
-        let mut cmd = Command::new(&self.config.vmm_binary);
+    fn spawn(&mut self) -> Result<(), Error> {
+        let (_, _, console) = self.seen_log.clone().ok_or(Error::NotRunning)?;
+        let seen_api = self.seen.state_dir.join("firecracker.sock");
+        let mut cmd = Command::new(&self.seen.vmm_binary);
+        if self.jail.is_some() {
+            cmd.arg0(&self.config.vmm_binary);
+        }
         cmd.arg("--api-sock")
-            .arg(&self.paths.api_socket)
+            .arg(&seen_api)
             .arg("--id")
             .arg(config::instance_id(&self.config.id))
-            .current_dir(&self.config.state_dir);
-        let stderr = console.try_clone()?;
-        let child =
-            spawn_supervised(cmd, Stdio::from(console), Stdio::from(stderr)).map_err(|source| {
+            .current_dir(&self.config.state_dir)
+            .kill_on_drop(true);
+        let plan = self.plan.take();
+        let pid_rx = self.pid_rx.take();
+        let mut child =
+            spawn_confined(cmd, Stdio::piped(), Stdio::piped(), plan).map_err(|source| {
                 Error::Spawn {
                     binary: self.config.vmm_binary.clone(),
                     source,
                 }
             })?;
-        self.pid = child.id();
+        if let Some(out) = child.stdout.take() {
+            self.drains.push(drain(out, console.clone()));
+        }
+        if let Some(err) = child.stderr.take() {
+            self.drains.push(drain(err, console));
+        }
+        self.pid = match pid_rx {
+            Some(rx) => Some(rx.receive(Duration::from_secs(5))?),
+            None => child.id(),
+        };
         self.child = Some(child);
         tracing::debug!(id = %self.config.id, pid = ?self.pid, "firecracker spawned");
         Ok(())
+    }
+
+    /// Builds the jail (when configured): Firecracker then sees the jail's paths, and
+    /// the host reaches its sockets through links in the state directory.
+    fn prepare_jail(&mut self) -> Result<(), Error> {
+        if self.config.jail.is_none() {
+            return Ok(());
+        }
+        let (jail, plan, pid_rx) = Jail::prepare(&self.config)?;
+        self.seen = jail.vmm_config().clone();
+        for (host, name) in [
+            (&self.paths.api_socket, "firecracker.sock"),
+            (&self.paths.vsock, "vsock.sock"),
+        ] {
+            let _ = std::fs::remove_file(host);
+            std::os::unix::fs::symlink(jail.run_dir().join(name), host)?;
+        }
+        self.jail = Some(jail);
+        self.plan = Some(plan);
+        self.pid_rx = Some(pid_rx);
+        Ok(())
+    }
+
+    /// The VMM's jail (uid, directory, cgroup), while it runs.
+    pub fn jail(&self) -> Option<&Jail> {
+        self.jail.as_ref()
     }
 
     /// Waits until the API socket accepts connections, failing early if the process
@@ -290,26 +366,23 @@ impl FirecrackerVm {
     async fn configure_and_boot(&mut self) -> Result<(), Error> {
         self.wait_for_api().await?;
         let api = self.api.clone();
-        api.put("/logger", &json(&Logger::new(&self.paths.vmm_log)))
-            .await?;
+        let (log_fifo, metrics_fifo, _) = self.seen_log.clone().ok_or(Error::NotRunning)?;
+        api.put("/logger", &json(&Logger::new(&log_fifo))).await?;
         api.put(
             "/metrics",
             &json(&Metrics {
-                metrics_path: self.paths.metrics.clone(),
+                metrics_path: metrics_fifo,
             }),
         )
         .await?;
-        api.put(
-            "/boot-source",
-            &json(&BootSource::from_config(&self.config)),
-        )
-        .await?;
+        api.put("/boot-source", &json(&BootSource::from_config(&self.seen)))
+            .await?;
         api.put(
             "/machine-config",
             &json(&MachineConfig::from_config(&self.config)),
         )
         .await?;
-        for drive in &self.config.drives {
+        for drive in &self.seen.drives {
             api.put(
                 &format!("/drives/{}", drive.id),
                 &json(&DriveBody::from_drive(drive)),
@@ -323,7 +396,7 @@ impl FirecrackerVm {
             "/vsock",
             &json(&config::Vsock {
                 guest_cid: config::GUEST_CID,
-                uds_path: self.paths.vsock.clone(),
+                uds_path: self.seen.state_dir.join("vsock.sock"),
             }),
         )
         .await?;
@@ -352,6 +425,13 @@ impl FirecrackerVm {
 
     fn record_exit(&mut self, exit: VmExit) -> VmExit {
         self.exit = Some(exit);
+        // The FIFO drains hold a writer end themselves: they end here.
+        for d in self.drains.drain(..) {
+            d.abort();
+        }
+        if let Some(mut j) = self.jail.take() {
+            j.remove();
+        }
         if let Err(e) = self.paths.remove_sockets() {
             tracing::debug!(id = %self.config.id, "removing sockets: {e}");
         }
@@ -364,11 +444,17 @@ impl FirecrackerVm {
         let reason = if log.trim().is_empty() {
             reason
         } else {
-            format!("{reason}\n--- vmm.log tail ---\n{}", log.trim_end())
+            format!(
+                "{reason}\n--- vmm.log tail ---\n{}",
+                quote_guest(log.trim_end(), "vmm| ")
+            )
         };
         Error::Boot {
             reason,
-            console: file_tail(&self.paths.console, BOOT_ERROR_TAIL),
+            console: quote_guest(
+                &file_tail(&self.paths.console, BOOT_ERROR_TAIL),
+                "console| ",
+            ),
         }
     }
 }
@@ -412,8 +498,10 @@ impl Vm for FirecrackerVm {
                 "a shared directory (virtio-9p/virtio-fs)",
             ));
         }
-        let console = self.prepare_files()?;
-        self.spawn(console)?;
+        self.paths.remove_sockets()?;
+        self.prepare_jail()?;
+        self.prepare_files()?;
+        self.spawn()?;
         let timeout = self.config.boot_timeout;
         let result = match tokio::time::timeout(timeout, self.configure_and_boot()).await {
             Ok(r) => r,
@@ -579,7 +667,22 @@ impl Vm for FirecrackerVm {
     }
 
     fn guest_serial(&self, drive: &Drive) -> String {
-        disk_serial(&drive.path).unwrap_or_else(|| drive.id.clone())
+        // A drive copied into the jail is another file: its serial is the copy's.
+        let copied = drive.read_only
+            && self.config.jail.as_ref().map(|j| j.expose)
+                == Some(crate::jail::DriveExposePolicy::Copy);
+        let path = match (
+            &self.jail,
+            self.seen.drives.iter().find(|d| d.id == drive.id),
+        ) {
+            (Some(j), Some(seen)) if copied => j
+                .record()
+                .dir
+                .join("root")
+                .join(seen.path.strip_prefix("/").unwrap_or(&seen.path)),
+            _ => drive.path.clone(),
+        };
+        disk_serial(&path).unwrap_or_else(|| drive.id.clone())
     }
 
     fn stats(&self) -> Result<VmStats, Error> {

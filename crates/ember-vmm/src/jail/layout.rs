@@ -8,7 +8,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::spawn::MountStep;
+use super::spawn::{DevNode, MountStep};
 use super::{DriveExposePolicy, JailConfig};
 use crate::{Accel, Error, VmConfig};
 
@@ -129,7 +129,7 @@ pub(crate) fn build(
     dir: &Path,
     uid: u32,
     gid: u32,
-) -> Result<(VmConfig, Vec<MountStep>), Error> {
+) -> Result<Built, Error> {
     if dir.exists() {
         remove_dir(dir)?;
     }
@@ -159,18 +159,23 @@ pub(crate) fn build(
             _ => {}
         }
     }
-    let mut devices = vec!["null", "zero", "urandom", "random"];
+    // The jail's /dev (a tmpfs made in the VMM's namespace): the harmless nodes for
+    // everyone, /dev/kvm (root's alone on the host) owned by the VMM's uid.
+    std::fs::create_dir_all(root.join("dev"))?;
+    let mut dev = Dev {
+        root: root.clone(),
+        dirs: Vec::new(),
+        nodes: Vec::new(),
+    };
+    for d in ["null", "zero", "urandom", "random"] {
+        dev.node(d, 0o666, 0, 0)?;
+    }
     if config.accel != Accel::Tcg && Path::new("/dev/kvm").exists() {
-        devices.push("kvm");
+        dev.node("kvm", 0o600, uid, gid)?;
     }
     if !config.nics.is_empty() {
-        devices.push("net/tun");
-    }
-    for d in devices {
-        let host = Path::new("/dev").join(d);
-        if host.exists() {
-            b.bind(&host, &format!("dev/{d}"), false, libc::MS_NOSUID)?;
-        }
+        dev.dirs.push(cstring(&root.join("dev/net"))?);
+        dev.node("net/tun", 0o666, 0, 0)?;
     }
     seen.vmm_binary = b.bind(&config.vmm_binary, "vmm", true, libc::MS_NODEV)?;
     seen.kernel = b.input(&config.kernel, "boot/kernel", false)?;
@@ -215,7 +220,46 @@ pub(crate) fn build(
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700))?;
     }
     seen.state_dir = Path::new("/").join(RUN);
-    Ok((seen, b.mounts))
+    Ok(Built {
+        seen,
+        mounts: b.mounts,
+        dev: cstring(&root.join("dev"))?,
+        dev_dirs: dev.dirs,
+        dev_nodes: dev.nodes,
+    })
+}
+
+/// What [`build`] made: the configuration as the VMM sees it and the mounts and
+/// device nodes of its namespace.
+pub(crate) struct Built {
+    pub seen: VmConfig,
+    pub mounts: Vec<MountStep>,
+    pub dev: CString,
+    pub dev_dirs: Vec<CString>,
+    pub dev_nodes: Vec<DevNode>,
+}
+
+struct Dev {
+    root: PathBuf,
+    dirs: Vec<CString>,
+    nodes: Vec<DevNode>,
+}
+
+impl Dev {
+    /// The host's `/dev/<name>` again in the jail (skipped when the host has none).
+    fn node(&mut self, name: &str, mode: libc::mode_t, uid: u32, gid: u32) -> Result<(), Error> {
+        let Ok(m) = std::fs::metadata(Path::new("/dev").join(name)) else {
+            return Ok(());
+        };
+        self.nodes.push(DevNode {
+            path: cstring(&self.root.join("dev").join(name))?,
+            rdev: m.rdev(),
+            mode,
+            uid,
+            gid,
+        });
+        Ok(())
+    }
 }
 
 /// Removes a jail directory: it holds placeholders, copies and the VMM's sockets,

@@ -213,8 +213,8 @@ impl Jail {
             &jail.record_path,
             serde_json::to_vec(&record).unwrap_or_default(),
         )?;
-        let (vmm_config, mounts) = layout::build(config, &jc, &dir, uid, gid)?;
-        jail.vmm_config = vmm_config;
+        let built = layout::build(config, &jc, &dir, uid, gid)?;
+        jail.vmm_config = built.seen;
         let (pid_rx, pid_tx) = spawn::pid_pipe()?;
         let mut procs = Vec::new();
         for p in record.cgroup.procs_files() {
@@ -232,7 +232,10 @@ impl Jail {
         };
         let plan = SpawnPlan {
             root: layout::cstring(&dir.join("root"))?,
-            mounts,
+            mounts: built.mounts,
+            dev: built.dev,
+            dev_dirs: built.dev_dirs,
+            dev_nodes: built.dev_nodes,
             uid,
             gid,
             cgroup_procs: procs,

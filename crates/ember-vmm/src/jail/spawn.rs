@@ -30,11 +30,26 @@ pub(crate) struct MountStep {
     pub read_only: bool,
 }
 
+/// A device node made in the jail's own /dev.
+#[derive(Debug)]
+pub(crate) struct DevNode {
+    pub path: CString,
+    pub rdev: libc::dev_t,
+    pub mode: libc::mode_t,
+    pub uid: u32,
+    pub gid: u32,
+}
+
 /// What the pre-exec code of a jailed spawn does.
 #[derive(Debug)]
 pub(crate) struct SpawnPlan {
     pub root: CString,
     pub mounts: Vec<MountStep>,
+    /// The jail's /dev: a small tmpfs (so its nodes work wherever the jail directory
+    /// lives, a `nodev` filesystem included), its subdirectories and nodes.
+    pub dev: CString,
+    pub dev_dirs: Vec<CString>,
+    pub dev_nodes: Vec<DevNode>,
     pub uid: u32,
     pub gid: u32,
     /// `cgroup.procs` of each hierarchy of the VM's cgroup, open for writing.
@@ -46,6 +61,7 @@ pub(crate) struct SpawnPlan {
 }
 
 /// The read end of the pid pipe, kept by the parent.
+#[derive(Debug)]
 pub(crate) struct PidReceiver(OwnedFd);
 
 /// A pipe whose ends are close-on-exec.
@@ -232,6 +248,22 @@ impl SpawnPlan {
                     std::ptr::null(),
                 ))?;
             }
+        }
+        check(libc::mount(
+            c"tmpfs".as_ptr(),
+            self.dev.as_ptr(),
+            c"tmpfs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            c"mode=755,size=64k".as_ptr().cast(),
+        ))?;
+        for d in &self.dev_dirs {
+            check(libc::mkdir(d.as_ptr(), 0o755))?;
+        }
+        for n in &self.dev_nodes {
+            check(libc::mknod(n.path.as_ptr(), libc::S_IFCHR | n.mode, n.rdev))?;
+            // mknod's mode went through the umask.
+            check(libc::chmod(n.path.as_ptr(), n.mode))?;
+            check(libc::chown(n.path.as_ptr(), n.uid, n.gid))?;
         }
         check(libc::chdir(self.root.as_ptr()))?;
         check(libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as libc::c_int)?;

@@ -28,7 +28,7 @@ use cmdline::{build_args, QemuPaths};
 pub use qmp::{Qmp, QmpEvent};
 
 use crate::jail::Jail;
-use crate::logs::{drain, CappedLog};
+use crate::logs::{drain, quote_guest, CappedLog};
 use crate::process::{file_tail, proc_stats, require_file, spawn_confined, vm_exit};
 use crate::{
     Accel, BalloonConfig, BalloonStats, BoxedAgentStream, Drive, Error, Vm, VmConfig, VmExit,
@@ -140,11 +140,11 @@ impl QemuVm {
     }
 
     fn fail(&self, reason: String) -> Error {
-        let mut console = file_tail(&self.paths.console, 4096);
+        let mut console = quote_guest(&file_tail(&self.paths.console, 4096), "console| ");
         let log = file_tail(&self.paths.log, 2048);
         if !log.trim().is_empty() {
             console.push_str("\n--- QEMU log ---\n");
-            console.push_str(&log);
+            console.push_str(&quote_guest(&log, "vmm| "));
         }
         Error::Boot { reason, console }
     }
@@ -208,8 +208,8 @@ impl QemuVm {
             let binary = binary.to_path_buf();
             move |source| Error::Spawn { binary, source }
         };
-        let console = CappedLog::create(&self.paths.console, self.config.log_max_bytes)?;
-        let log = CappedLog::create(&self.paths.log, self.config.log_max_bytes)?;
+        let console = CappedLog::shared(&self.paths.console, self.config.log_max_bytes)?;
+        let log = CappedLog::shared(&self.paths.log, self.config.log_max_bytes)?;
         let (mut cmd, plan, pid_rx) = if self.config.jail.is_some() {
             let (jail, plan, pid_rx) = Jail::prepare(&self.config)?;
             let seen = jail.vmm_config().clone();
