@@ -60,6 +60,8 @@ impl SandboxConfig {
     }
 
     /// The VM configuration this sandbox configuration asks the backend for.
+    // Fields VmConfig gains later default until a sandbox setting maps onto them.
+    #[allow(clippy::needless_update)]
     pub fn vm_config(&self) -> VmConfig {
         let vmm_binary = self.vmm_binary.clone().unwrap_or_else(|| match self.vmm {
             VmmKind::Qemu => PathBuf::from("qemu-system-x86_64"),
