@@ -193,6 +193,17 @@ async fn leftovers_of_a_killed_owner_are_cleaned() {
     // its owner): its parent-death signal survives the change of credentials.
     let keeper: i32 = status_field(pid, "PPid").parse().unwrap();
     assert_ne!(keeper as u32, std::process::id());
+    // The keeper names itself; the VMM's command line names the VM's directory.
+    let cmdline = |p: u32| {
+        String::from_utf8_lossy(&std::fs::read(format!("/proc/{p}/cmdline")).unwrap())
+            .replace('\0', " ")
+    };
+    assert_eq!(cmdline(keeper as u32).trim(), "ember-vmm-keeper");
+    assert!(
+        cmdline(pid).contains(&format!("[{}]", state.display())),
+        "{}",
+        cmdline(pid)
+    );
     // SAFETY: kill(2) of the keeper process our VM started.
     unsafe { libc::kill(keeper, libc::SIGKILL) };
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -280,7 +280,7 @@ impl FirecrackerVm {
         let seen_api = self.seen.state_dir.join("firecracker.sock");
         let mut cmd = Command::new(&self.seen.vmm_binary);
         if self.jail.is_some() {
-            cmd.arg0(&self.config.vmm_binary);
+            cmd.arg0(crate::jail::jailed_arg0(&self.config));
         }
         cmd.arg("--api-sock")
             .arg(&seen_api)

@@ -214,6 +214,30 @@ impl VmCgroup {
     }
 }
 
+/// Which cgroup hierarchy VMM cgroups are made in, in words: `v2`, `v1` (with the
+/// controllers found) or `none`.
+pub fn hierarchy() -> String {
+    let all = mounts();
+    if all.iter().any(|(p, v2, _)| {
+        *v2 && std::fs::read_to_string(p.join("cgroup.controllers"))
+            .is_ok_and(|c| c.split_whitespace().any(|x| x == "memory"))
+    }) {
+        return "v2".into();
+    }
+    let ctls: Vec<&str> = ["memory", "cpu", "cpuset"]
+        .into_iter()
+        .filter(|c| {
+            all.iter()
+                .any(|(_, v2, cs)| !v2 && cs.iter().any(|x| x == c))
+        })
+        .collect();
+    if ctls.is_empty() {
+        "none".into()
+    } else {
+        format!("v1 ({})", ctls.join(", "))
+    }
+}
+
 /// The memory limit applied to `pid`'s cgroup, as the kernel reports it (v2's
 /// `memory.max` or v1's `memory.limit_in_bytes`; None when unlimited or unknown).
 pub fn memory_limit_of(pid: u32) -> Option<u64> {

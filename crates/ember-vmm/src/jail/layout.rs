@@ -191,27 +191,12 @@ pub(crate) fn build(
             b.writable(&d.path, &rel)?
         };
     }
-    if let Some(s) = &config.shared_dir {
-        // Mounts made on the host under the shared directory after boot (volumes)
-        // must reach the VMM's namespace: the shared directory propagates to it.
-        let c = cstring(s)?;
-        // SAFETY: mount(2) with valid NUL-terminated strings and no data.
-        let shared = unsafe {
-            libc::mount(
-                std::ptr::null(),
-                c.as_ptr(),
-                std::ptr::null(),
-                libc::MS_SHARED,
-                std::ptr::null(),
-            )
-        };
-        if shared != 0 {
-            tracing::debug!(
-                "{} is not a mount point: later mounts under it stay on the host",
-                s.display()
-            );
-        }
-        seen.shared_dir = Some(b.bind(s, "shared", false, libc::MS_REC | RO)?);
+    if config.shared_dir.is_some() {
+        // The VMM cannot serve host files itself: a file server outside the jail
+        // does (QEMU's virtfs-proxy-helper), the backend sets it up.
+        return Err(Error::Unsupported(
+            "a shared directory inside the jail (serve it from outside)",
+        ));
     }
     for w in [RUN, "tmp"] {
         let p = root.join(w);

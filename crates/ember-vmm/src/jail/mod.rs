@@ -22,7 +22,7 @@ mod uid;
 
 use std::path::{Path, PathBuf};
 
-pub use cgroup::{memory_limit_of, Limits, VmCgroup};
+pub use cgroup::{hierarchy as cgroup_hierarchy, memory_limit_of, Limits, VmCgroup};
 pub use uid::{UidLease, DEFAULT_LOCK_DIR};
 
 pub(crate) use spawn::{PidReceiver, SpawnPlan};
@@ -138,6 +138,17 @@ impl JailConfig {
     }
 }
 
+/// `argv[0]` of a jailed VMM: its binary and, in brackets, the VM's host state
+/// directory. Every path on a jailed VMM's command line is the jail's; this one says
+/// (to `ps`, and to whoever looks for a VM's VMM by its directory) which VM it runs.
+pub fn jailed_arg0(config: &VmConfig) -> std::ffi::OsString {
+    let mut a = config.vmm_binary.clone().into_os_string();
+    a.push(" [");
+    a.push(&config.state_dir);
+    a.push("]");
+    a
+}
+
 /// What was made for one jailed VMM, as recorded in `jail.json`.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct JailRecord {
@@ -242,6 +253,7 @@ impl Jail {
             netns,
             hostname: c"ember-vmm".to_owned(),
             pid_tx,
+            argv_area: spawn::argv_area(),
         };
         Ok((jail, plan, pid_rx))
     }

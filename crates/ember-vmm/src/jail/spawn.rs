@@ -58,6 +58,20 @@ pub(crate) struct SpawnPlan {
     pub hostname: CString,
     /// Write end of the pipe on which the keeper reports the VMM's host pid.
     pub pid_tx: OwnedFd,
+    /// Where the owner's argument strings are (`/proc/self/stat`'s arg_start and
+    /// arg_end): the keeper renames itself there.
+    pub argv_area: Option<(usize, usize)>,
+}
+
+/// This process's argument area, from `/proc/self/stat` (fields 48 and 49).
+pub(crate) fn argv_area() -> Option<(usize, usize)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    // `rest` starts at field 3 (state).
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let start = f.get(48 - 3)?.parse().ok()?;
+    let end = f.get(49 - 3)?.parse().ok()?;
+    Some((start, end))
 }
 
 /// The read end of the pid pipe, kept by the parent.
@@ -181,6 +195,19 @@ impl SpawnPlan {
     /// The keeper: reports the VMM's pid, waits for it and exits as it did.
     unsafe fn keep(&self, pid: libc::pid_t, life_r: RawFd, life_w: RawFd) -> ! {
         libc::close(life_r);
+        // A fork of its owner without an exec: without a name of its own, `ps` (and
+        // whoever counts the owner's processes) would take it for the owner. Its
+        // copy of the owner's argument strings is overwritten (the kernel shows
+        // that memory as the command line), its thread name set.
+        if let Some((start, end)) = self.argv_area {
+            if end > start + 1 {
+                let area = std::slice::from_raw_parts_mut(start as *mut u8, end - start);
+                area.fill(0);
+                let n = (KEEPER_CMDLINE.len() - 1).min(area.len() - 1);
+                area[..n].copy_from_slice(&KEEPER_CMDLINE[..n]);
+            }
+        }
+        libc::prctl(libc::PR_SET_NAME, KEEPER_CMDLINE.as_ptr(), 0, 0, 0);
         let bytes = (pid as u32).to_ne_bytes();
         libc::write(self.pid_tx.as_raw_fd(), bytes.as_ptr().cast(), 4);
         close_all_but(life_w);
@@ -315,6 +342,9 @@ impl SpawnPlan {
         Ok(())
     }
 }
+
+/// The keeper's command line (and, cut to 15 bytes, its name).
+static KEEPER_CMDLINE: &[u8] = b"ember-vmm-keeper\0";
 
 #[repr(C)]
 struct CapHeader {

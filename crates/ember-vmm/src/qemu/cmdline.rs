@@ -13,6 +13,8 @@ pub struct QemuPaths {
     pub console: std::path::PathBuf,
     pub log: std::path::PathBuf,
     pub pidfile: std::path::PathBuf,
+    /// The socket of the shared directory's file server (a jailed QEMU's).
+    pub proxy: std::path::PathBuf,
     /// The guest console goes to QEMU's stdout (drained into a capped log by the
     /// host) instead of straight into `console`.
     pub console_to_stdout: bool,
@@ -26,6 +28,7 @@ impl QemuPaths {
             console: state_dir.join("console.log"),
             log: state_dir.join("vmm.log"),
             pidfile: state_dir.join("qemu.pid"),
+            proxy: state_dir.join("9p.sock"),
             console_to_stdout: false,
         }
     }
@@ -123,18 +126,23 @@ pub fn build_args(
     }
     if let Some(dir) = &config.shared_dir {
         push("-fsdev");
-        push(&format!(
-            // Host directories bind-mounted into the share may sit on other
-            // filesystems: remap keeps their inode numbers apart in the guest.
-            "local,id={SHARED_FSDEV},path={},security_model={},multidevs=remap",
-            escape_opt(&dir.display().to_string()),
-            // A jailed QEMU has no privilege to set owners: files keep its uid.
-            if config.jail.is_some() {
-                "none"
-            } else {
-                "passthrough"
-            }
-        ));
+        if config.jail.is_some() {
+            // A jailed QEMU has neither the host's files nor the privilege to serve
+            // them: the file server (virtfs-proxy-helper, outside the jail) does,
+            // over a socket in the jail. (The proxy driver has no inode remapping:
+            // see docs/security.md.)
+            push(&format!(
+                "proxy,id={SHARED_FSDEV},socket={}",
+                escape_opt(&paths.proxy.display().to_string())
+            ));
+        } else {
+            push(&format!(
+                // Host directories bind-mounted into the share may sit on other
+                // filesystems: remap keeps their inode numbers apart in the guest.
+                "local,id={SHARED_FSDEV},path={},security_model=passthrough,multidevs=remap",
+                escape_opt(&dir.display().to_string())
+            ));
+        }
         push("-device");
         push(&format!(
             "virtio-9p-device,fsdev={SHARED_FSDEV},mount_tag={}",
@@ -289,7 +297,7 @@ mod tests {
         let joined = args.join(" ");
         assert!(joined.contains(&format!("-sandbox {SANDBOX}")), "{joined}");
         assert!(joined.contains("-chardev stdio,id=console,signal=off"));
-        assert!(joined.contains("security_model=none"));
+        assert!(joined.contains("-fsdev proxy,id=shared,socket=/run/x/9p.sock"));
         assert!(
             !build_args(&config(), Accel::Tcg, &QemuPaths::new(&c.state_dir), None)
                 .iter()

@@ -11,6 +11,7 @@
 mod accel;
 mod balloon;
 mod cmdline;
+mod fileserver;
 mod qmp;
 
 use std::path::{Path, PathBuf};
@@ -23,11 +24,12 @@ use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
 
 pub use accel::{host_tsc_khz, kvm_device_usable, resolve as resolve_accel, AccelVerdict};
-pub use cmdline::{base_kernel_args, AGENT_PORT_NAME, SERIAL_SYNC};
+pub use cmdline::{base_kernel_args, AGENT_PORT_NAME, SANDBOX, SERIAL_SYNC};
 use cmdline::{build_args, QemuPaths};
+pub use fileserver::helper as file_server_helper;
 pub use qmp::{Qmp, QmpEvent};
 
-use crate::jail::Jail;
+use crate::jail::{jailed_arg0, Jail};
 use crate::logs::{drain, quote_guest, CappedLog};
 use crate::process::{file_tail, proc_stats, require_file, spawn_confined, vm_exit};
 use crate::{
@@ -53,6 +55,8 @@ pub struct QemuVm {
     jail: Option<Jail>,
     /// The tasks copying QEMU's stdout (the console) and stderr into capped logs.
     drains: Vec<tokio::task::JoinHandle<()>>,
+    /// The shared directory's file server of a jailed QEMU.
+    file_server: Option<fileserver::FileServer>,
 }
 
 /// Finds an executable by name through PATH, or checks a path.
@@ -126,6 +130,7 @@ impl QemuVm {
             balloon,
             jail: None,
             drains: Vec::new(),
+            file_server: None,
         })
     }
 
@@ -184,6 +189,10 @@ impl QemuVm {
     /// After the VMM's exit: the logs are complete, the jail goes.
     async fn exited(&mut self) {
         self.qmp = None;
+        if let Some(mut fs) = self.file_server.take() {
+            let _ = fs.child.kill().await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), fs.drain).await;
+        }
         for d in self.drains.drain(..) {
             let _ = tokio::time::timeout(Duration::from_secs(1), d).await;
         }
@@ -198,7 +207,7 @@ impl QemuVm {
     }
 
     /// Spawns QEMU, jailed when the config says so.
-    fn spawn(&mut self, accel: Accel) -> Result<(), Error> {
+    async fn spawn(&mut self, accel: Accel) -> Result<(), Error> {
         let tsc = if accel == Accel::Tcg {
             host_tsc_khz()
         } else {
@@ -211,9 +220,26 @@ impl QemuVm {
         let console = CappedLog::shared(&self.paths.console, self.config.log_max_bytes)?;
         let log = CappedLog::shared(&self.paths.log, self.config.log_max_bytes)?;
         let (mut cmd, plan, pid_rx) = if self.config.jail.is_some() {
-            let (jail, plan, pid_rx) = Jail::prepare(&self.config)?;
-            let seen = jail.vmm_config().clone();
+            // The shared directory is served from outside the jail.
+            let mut inner = self.config.clone();
+            inner.shared_dir = None;
+            let (jail, plan, pid_rx) = Jail::prepare(&inner)?;
+            let mut seen = jail.vmm_config().clone();
+            seen.shared_dir = self.config.shared_dir.clone();
             let mut paths = QemuPaths::new(&seen.state_dir);
+            if let Some(dir) = &self.config.shared_dir {
+                let socket = jail
+                    .run_dir()
+                    .join(paths.proxy.file_name().unwrap_or_default());
+                let gid = jail.record().gid;
+                match fileserver::start(dir, &socket, jail.uid(), gid, log.clone()).await {
+                    Ok(fs) => self.file_server = Some(fs),
+                    Err(e) => {
+                        drop(jail);
+                        return Err(e);
+                    }
+                }
+            }
             paths.console_to_stdout = true;
             // The sockets are made in the jail; the host reaches them by their usual
             // names in the state directory.
@@ -226,7 +252,7 @@ impl QemuVm {
                 std::os::unix::fs::symlink(target, host)?;
             }
             let mut cmd = Command::new(&seen.vmm_binary);
-            cmd.arg0(&self.config.vmm_binary);
+            cmd.arg0(jailed_arg0(&self.config));
             cmd.args(build_args(&seen, accel, &paths, tsc));
             self.jail = Some(jail);
             (cmd, Some(plan), Some(pid_rx))
@@ -307,7 +333,7 @@ impl Vm for QemuVm {
         for p in [&self.paths.qmp, &self.paths.agent, &self.paths.pidfile] {
             let _ = std::fs::remove_file(p);
         }
-        if let Err(e) = self.spawn(accel) {
+        if let Err(e) = self.spawn(accel).await {
             self.kill_child().await;
             return Err(e);
         }
