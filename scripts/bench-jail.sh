@@ -5,13 +5,16 @@
 # `[jailer] enabled` between runs), median of N (default 5); and the memory of an idle
 # VM's VMM (QEMU RSS) with and without the jail, plus the jail's own processes (the
 # keeper's PSS). Prints a markdown table for docs/benchmarks.md. Run as root after
-# guest/build.sh; under TCG unless KVM works.
+# guest/build.sh; under TCG unless KVM works. PROFILE=debug uses debug builds (the
+# shim is not on the measured path: the VMM's start and the guest's boot are).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 runs=${RUNS:-5}
 export PATH="$HOME/.cargo/bin:$PATH"
-(cd "$repo" && cargo build --release --locked -q -p ember-shim)
-bin="$repo/target/release"
+profile=${PROFILE:-release}
+pflag=$([ "$profile" = release ] && echo --release || true)
+(cd "$repo" && cargo build $pflag --locked -q -p ember-shim)
+bin="$repo/target/$profile"
 work=$(mktemp -d /tmp/ember-bench-jail.XXXXXX)
 cleanup() {
   for id in idle-on idle-off; do
@@ -48,7 +51,7 @@ PATH="$bin:$PATH" EMBER_RUNTIME_CONFIG="$work/runtime.toml" \
 cpid=$!
 for _ in $(seq 100); do ctr -a "$work/c.sock" version >/dev/null 2>&1 && break; sleep 0.1; done
 image=docker.io/ember/busybox:latest
-(cd "$repo" && cargo run --release --locked -q -p ember-guest --example busybox-archive -- "$work/bb.tar" "$image")
+(cd "$repo" && cargo run $pflag --locked -q -p ember-guest --example busybox-archive -- "$work/bb.tar" "$image")
 ctr -a "$work/c.sock" images import "$work/bb.tar" >/dev/null
 
 now() { date +%s%N; }

@@ -67,10 +67,18 @@ impl VmHost {
         let mut drives = spec.drives.clone();
         drives.push(pool.drive());
         let name: String = self.id.chars().take(40).collect();
-        let jail = match &spec.jail {
+        let mut jail = match &spec.jail {
             Some(req) => Some(req.jail_config(&cfg.jailer)?),
             None => cfg.jailer.jail_config(),
         };
+        // The VMM's uid is known (and held) before it starts: what it must own
+        // (a tap, say) can be made for it first.
+        if let Some(j) = jail.as_mut() {
+            let uid = j
+                .reserve(&self.id)
+                .map_err(|e| internal(format!("jailing the VMM: {e}")))?;
+            tracing::debug!(vm = %self.id, uid, "VMM jail uid");
+        }
         let netns = spec.jail.as_ref().and_then(|j| j.netns.clone());
         let sc = SandboxConfig {
             id: name,
