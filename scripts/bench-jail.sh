@@ -46,7 +46,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [grpc]
   address = "$work/c.sock"
 TOML
-PATH="$bin:$PATH" EMBER_RUNTIME_CONFIG="$work/runtime.toml" \
+PATH="$bin:$PATH" EMBER_RUNTIME_CONFIG="$work/runtime.toml" EMBER_SHIM_TIMINGS="$work/timings.jsonl" \
   containerd --config "$work/config.toml" 2>"$work/containerd.log" &
 cpid=$!
 for _ in $(seq 100); do ctr -a "$work/c.sock" version >/dev/null 2>&1 && break; sleep 0.1; done
@@ -71,6 +71,22 @@ for i in $(seq "$runs"); do
   done
 done
 median() { printf '%s\n' "$@" | sort -n | sed -n "$(( ($# + 1) / 2 ))p"; }
+# The shim's own timings of each Create, in run order: on, off, on, off, ...
+breakdown=$(python3 - "$work/timings.jsonl" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+rows = [r for r in rows if r.get("phase") == "create"]
+on, off = rows[0::2], rows[1::2]
+def med(rs, k):
+    v = [r[k] for r in rs if k in r]
+    return statistics.median(v) if v else float("nan")
+for key, what in [("vmm_ready_ms", "VMM process up (jail made, VMM spawned)"),
+                  ("agent_ready_ms", "VM boot to agent-ready"),
+                  ("create_total_ms", "whole Create")]:
+    a, b = med(on, key), med(off, key)
+    print(f"| shim: {what}, median | {a:.0f} ms | {b:.0f} ms | {a/b:.3f} |")
+PY
+)
 med_on=$(median "${on[@]}"); med_off=$(median "${off[@]}")
 
 # Idle VMs, one per mode; their VMM pids from the shims' state.
@@ -97,6 +113,7 @@ mib() { python3 -c "print(f'{$1/1024:.1f}')"; }
 echo "| jailer (QEMU microvm, $runs runs each, interleaved) | on | off | on / off |"
 echo "| --- | --- | --- | --- |"
 echo "| \`ctr run --rm IMAGE true\`, median | $med_on ms | $med_off ms | $(python3 -c "print(f'{$med_on/$med_off:.3f}')") |"
+echo "$breakdown"
 echo "| idle VMM RSS (256 MiB guest) | $(mib "$rss_on") MiB | $(mib "$rss_off") MiB | $(python3 -c "print(f'{$rss_on/max($rss_off,1):.3f}')") |"
 echo "| jail keeper PSS | $(mib "$keeper") MiB | - | |"
 echo "runs on:  ${on[*]}" >&2

@@ -20,6 +20,8 @@ pub struct JailerSettings {
     pub memory_overhead_mib: u32,
     /// How drives reach the jail: `bind` or `copy` (read-only drives copied).
     pub expose: DriveExposePolicy,
+    /// A CPU quota of (vCPUs + 1) CPUs in the VMM's cgroup (off by default).
+    pub cpu_quota: bool,
     /// Where per-VM jail directories are made.
     pub dir: PathBuf,
 }
@@ -33,6 +35,7 @@ impl Default for JailerSettings {
             cgroup_parent: d.cgroup_parent,
             memory_overhead_mib: d.memory_overhead_mib,
             expose: d.expose,
+            cpu_quota: d.cpu_quota,
             dir: d.base_dir,
         }
     }
@@ -75,6 +78,7 @@ impl JailerSettings {
             cgroup_parent: self.cgroup_parent.clone(),
             memory_overhead_mib: self.memory_overhead_mib,
             expose: self.expose,
+            cpu_quota: self.cpu_quota,
             base_dir: self.dir.clone(),
             lock_dir: PathBuf::from(jail::DEFAULT_LOCK_DIR),
             ..Default::default()

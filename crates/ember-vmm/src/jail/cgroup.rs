@@ -85,7 +85,12 @@ impl VmCgroup {
     }
 
     fn create_v2(&mut self, root: &Path, rel: &Path, limits: &Limits) -> Result<(), Error> {
-        let mut want = vec!["+memory", "+cpu"];
+        // The cpu controller only with a quota: it makes the cgroup one scheduling
+        // entity.
+        let mut want = vec!["+memory"];
+        if limits.cpu_millis > 0 {
+            want.push("+cpu");
+        }
         if limits.cpus.is_some() || limits.mems.is_some() {
             want.push("+cpuset");
         }

@@ -76,6 +76,10 @@ pub struct JailConfig {
     pub cgroup_parent: String,
     /// The VMM's memory limit is the guest's memory plus this.
     pub memory_overhead_mib: u32,
+    /// A CPU quota of (vCPUs + 1) CPUs in the VMM's cgroup. Off by default: a VMM in
+    /// a CPU cgroup of its own competes with every other process as one scheduling
+    /// entity, which on a loaded host slows its guest (docs/benchmarks.md, Jailer).
+    pub cpu_quota: bool,
     /// cpuset of the VMM (`cpuset.cpus` syntax), if any.
     pub cpus: Option<String>,
     /// Memory nodes of the VMM (`cpuset.mems`), if any.
@@ -97,6 +101,7 @@ impl Default for JailConfig {
             base_dir: PathBuf::from(DEFAULT_BASE_DIR),
             cgroup_parent: DEFAULT_CGROUP_PARENT.into(),
             memory_overhead_mib: DEFAULT_MEMORY_OVERHEAD_MIB,
+            cpu_quota: false,
             cpus: None,
             mems: None,
             expose: DriveExposePolicy::Bind,
@@ -214,7 +219,11 @@ impl Jail {
         let limits = Limits {
             memory_bytes: (config.memory_mib as u64 + jc.memory_overhead_mib as u64) << 20,
             // A vCPU thread each, plus the VMM's main loop and I/O.
-            cpu_millis: (config.vcpus.max(1) as u64 + 1) * 1000,
+            cpu_millis: if jc.cpu_quota {
+                (config.vcpus.max(1) as u64 + 1) * 1000
+            } else {
+                0
+            },
             cpus: jc.cpus.clone(),
             mems: jc.mems.clone(),
         };

@@ -72,7 +72,13 @@ pub fn build_args(
         }
         _ => {
             push("-accel");
-            push("tcg,thread=multi");
+            if config.jail.is_some() {
+                // TCG's translation buffer (1 GiB by default) must fit the jail's
+                // memory limit beside QEMU's heap: it is flushed when full.
+                push(&format!("tcg,thread=multi,tb-size={JAILED_TB_SIZE_MIB}"));
+            } else {
+                push("tcg,thread=multi");
+            }
             push("-cpu");
             push("max");
         }
@@ -179,6 +185,10 @@ pub fn build_args(
     }
     a
 }
+
+/// TCG translation buffer of a jailed QEMU, MiB (part of the jail's memory
+/// overhead, `ember_vmm::jail::DEFAULT_MEMORY_OVERHEAD_MIB`).
+pub const JAILED_TB_SIZE_MIB: u32 = 256;
 
 /// QEMU's `-sandbox` option of a jailed VMM.
 pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
@@ -297,6 +307,10 @@ mod tests {
         let joined = args.join(" ");
         assert!(joined.contains(&format!("-sandbox {SANDBOX}")), "{joined}");
         assert!(joined.contains("-chardev stdio,id=console,signal=off"));
+        assert!(
+            joined.contains("-accel tcg,thread=multi,tb-size=256"),
+            "{joined}"
+        );
         assert!(joined.contains("-fsdev proxy,id=shared,socket=/run/x/9p.sock"));
         assert!(
             !build_args(&config(), Accel::Tcg, &QemuPaths::new(&c.state_dir), None)

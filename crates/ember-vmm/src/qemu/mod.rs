@@ -1,12 +1,16 @@
 //! QEMU `microvm` backend, driven over QMP.
 //!
-//! The guest sees: an 8250 serial console (drained by QEMU into `console.log`), one
-//! virtio-serial port named `ember.agent` bridged to the unix socket `agent.sock` (the
-//! agent channel; it works without `/dev/vhost-vsock`), a virtio-rng, and one
+//! The guest sees: an 8250 serial console (QEMU's stdout, drained by the host into a
+//! capped `console.log`), one virtio-serial port named `ember.agent` bridged to the
+//! unix socket `agent.sock` (the agent channel; it works without `/dev/vhost-vsock`),
+//! a virtio-rng, and one
 //! virtio-blk device per drive whose serial is the drive id; with `shared_dir` a
-//! virtio-9p device (`security_model=passthrough`, tag `ember.shared`), with
+//! virtio-9p device (`security_model=passthrough`, tag `ember.shared`; a jailed QEMU
+//! gets it from `virtfs-proxy-helper` outside its jail), with
 //! `balloon` a virtio-balloon driven over QMP (`balloon`, `query-balloon`, the
-//! device's `guest-stats` QOM properties). QEMU's own messages go to `vmm.log`.
+//! device's `guest-stats` QOM properties). QEMU's own messages go to `vmm.log`
+//! (capped too). With `VmConfig::jail` QEMU runs in its jail (`crate::jail`) under
+//! its own seccomp filter (`-sandbox`).
 
 mod accel;
 mod balloon;
