@@ -21,19 +21,19 @@
 mod api;
 mod balloon;
 mod config;
+mod launch;
 mod serial;
 mod vsock;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 use crate::jail::Jail;
-use crate::logs::{drain, fifo_reader, make_fifo, quote_guest, CappedLog};
-use crate::process::{file_tail, proc_stats, require_file, spawn_confined, vm_exit};
+use crate::logs::quote_guest;
+use crate::process::{file_tail, proc_stats, require_file, vm_exit};
 use crate::{
     Accel, BalloonConfig, BalloonStats, BoxedAgentStream, Drive, Error, Vm, VmConfig, VmExit,
     VmStats, VmmKind,
@@ -247,95 +247,6 @@ impl FirecrackerVm {
         } else {
             Err(Error::NotRunning)
         }
-    }
-
-    /// Creates (truncating) the capped console, log and metrics files, and the FIFOs
-    /// Firecracker writes its log and metrics into (drained into those files). With
-    /// a jail, the configuration Firecracker sees is the jail's.
-    fn prepare_files(&mut self) -> Result<(), Error> {
-        let cap = self.config.log_max_bytes;
-        let console = CappedLog::shared(&self.paths.console, cap)?;
-        let log = CappedLog::shared(&self.paths.vmm_log, cap)?;
-        let metrics = CappedLog::shared(&self.paths.metrics, cap)?;
-        let (fifo_dir, owner) = match &self.jail {
-            Some(j) => (j.run_dir(), Some((j.uid(), j.record().gid))),
-            None => (self.config.state_dir.clone(), None),
-        };
-        let log_fifo = fifo_dir.join("vmm.fifo");
-        let metrics_fifo = fifo_dir.join("metrics.fifo");
-        for (fifo, log) in [(&log_fifo, log), (&metrics_fifo, metrics)] {
-            make_fifo(fifo, owner)?;
-            self.drains.push(drain(fifo_reader(fifo)?, log));
-        }
-        self.seen_log = Some((
-            self.seen.state_dir.join("vmm.fifo"),
-            self.seen.state_dir.join("metrics.fifo"),
-            console,
-        ));
-        Ok(())
-    }
-
-    fn spawn(&mut self) -> Result<(), Error> {
-        let (_, _, console) = self.seen_log.clone().ok_or(Error::NotRunning)?;
-        let seen_api = self.seen.state_dir.join("firecracker.sock");
-        let mut cmd = Command::new(&self.seen.vmm_binary);
-        if self.jail.is_some() {
-            cmd.arg0(crate::jail::jailed_arg0(&self.config));
-        }
-        cmd.arg("--api-sock")
-            .arg(&seen_api)
-            .arg("--id")
-            .arg(config::instance_id(&self.config.id))
-            .current_dir(&self.config.state_dir)
-            .kill_on_drop(true);
-        let plan = self.plan.take();
-        let pid_rx = self.pid_rx.take();
-        let mut child =
-            spawn_confined(cmd, Stdio::piped(), Stdio::piped(), plan).map_err(|source| {
-                Error::Spawn {
-                    binary: self.config.vmm_binary.clone(),
-                    source,
-                }
-            })?;
-        if let Some(out) = child.stdout.take() {
-            self.drains.push(drain(out, console.clone()));
-        }
-        if let Some(err) = child.stderr.take() {
-            self.drains.push(drain(err, console));
-        }
-        self.pid = match pid_rx {
-            Some(rx) => Some(rx.receive(Duration::from_secs(5))?),
-            None => child.id(),
-        };
-        self.child = Some(child);
-        tracing::debug!(id = %self.config.id, pid = ?self.pid, "firecracker spawned");
-        Ok(())
-    }
-
-    /// Builds the jail (when configured): Firecracker then sees the jail's paths, and
-    /// the host reaches its sockets through links in the state directory.
-    fn prepare_jail(&mut self) -> Result<(), Error> {
-        if self.config.jail.is_none() {
-            return Ok(());
-        }
-        let (jail, plan, pid_rx) = Jail::prepare(&self.config)?;
-        self.seen = jail.vmm_config().clone();
-        for (host, name) in [
-            (&self.paths.api_socket, "firecracker.sock"),
-            (&self.paths.vsock, "vsock.sock"),
-        ] {
-            let _ = std::fs::remove_file(host);
-            std::os::unix::fs::symlink(jail.run_dir().join(name), host)?;
-        }
-        self.jail = Some(jail);
-        self.plan = Some(plan);
-        self.pid_rx = Some(pid_rx);
-        Ok(())
-    }
-
-    /// The VMM's jail (uid, directory, cgroup), while it runs.
-    pub fn jail(&self) -> Option<&Jail> {
-        self.jail.as_ref()
     }
 
     /// Waits until the API socket accepts connections, failing early if the process
