@@ -233,6 +233,25 @@ async fn leftovers_of_a_killed_owner_are_cleaned() {
         assert!(!d.exists());
     }
     assert!(!state.join(ember_vmm::jail::RECORD_FILE).exists());
+
+    // Leftovers without a record (their state directory went): the sweep of the
+    // next jail's preparation finds them by their free uid.
+    std::fs::create_dir_all(record.dir.join("root/run")).unwrap();
+    for d in &record.cgroup.dirs {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let held = ember_vmm::jail::UidLease::take(&jc.lock_dir, 300_999)
+        .unwrap()
+        .unwrap();
+    let busy = jc.base_dir.join("busy-300999");
+    std::fs::create_dir_all(busy.join("root")).unwrap();
+    ember_vmm::jail::sweep(&jc);
+    assert!(!record.dir.exists(), "stale jail kept");
+    for d in &record.cgroup.dirs {
+        assert!(!d.exists(), "stale cgroup {} kept", d.display());
+    }
+    assert!(busy.exists(), "the jail of a held uid was swept");
+    drop(held);
 }
 
 /// An x86-64 ELF (entry at 1 MiB, Firecracker's kernel address) whose code writes

@@ -186,6 +186,19 @@ impl VmCgroup {
         Ok(())
     }
 
+    /// Where `<parent>/<name>` would be in every hierarchy it can be made in (to
+    /// remove one nothing recorded).
+    pub fn named(parent: &str, name: &str) -> VmCgroup {
+        let rel = Path::new(parent.trim_start_matches('/')).join(name);
+        VmCgroup {
+            dirs: mounts()
+                .into_iter()
+                .map(|(p, _, _)| p.join(&rel))
+                .filter(|d| d.is_dir())
+                .collect(),
+        }
+    }
+
     /// The `cgroup.procs` files a process writes itself into.
     pub fn procs_files(&self) -> Vec<PathBuf> {
         self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()

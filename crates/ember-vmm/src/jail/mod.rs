@@ -195,8 +195,10 @@ impl Jail {
         let name = layout::dir_name(config, uid);
         let dir = jc.base_dir.join(&name);
         let record_path = config.state_dir.join(RECORD_FILE);
-        // What an earlier VM of this state directory left (its owner killed).
+        // What an earlier VM of this state directory left (its owner killed), and
+        // jails of dead VMs whose state directories went without a cleanup.
         cleanup_except(&config.state_dir, Some(uid));
+        sweep(&jc);
         let mut record = JailRecord {
             uid,
             gid,
@@ -316,6 +318,31 @@ fn remove_record(r: &JailRecord) {
 /// killed; nothing recorded is fine.
 pub fn cleanup(state_dir: &Path) {
     cleanup_except(state_dir, None)
+}
+
+/// Removes the jails under `jc.base_dir` (and their cgroups under
+/// `jc.cgroup_parent`) whose uid no running VM holds: what VMs killed with their owner
+/// left when nothing ran their cleanup. A jail whose uid is locked is in use (or
+/// being made: the uid is locked before its directory exists) and stays.
+pub fn sweep(jc: &JailConfig) {
+    let Ok(rd) = std::fs::read_dir(&jc.base_dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(uid) = name
+            .rsplit_once('-')
+            .and_then(|(_, u)| u.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Ok(Some(_free)) = UidLease::take(&jc.lock_dir, uid) {
+            VmCgroup::named(&jc.cgroup_parent, &name).remove();
+            if let Err(err) = layout::remove_dir(&e.path()) {
+                tracing::warn!("removing the stale jail {}: {err}", e.path().display());
+            }
+        }
+    }
 }
 
 /// [`cleanup`], where uid `ours` is held by the caller (so free of any other VM).
