@@ -4,7 +4,7 @@ set -euo pipefail
 packages=(
   build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils   # guest kernel build
   linux-source-6.1                                                    # guest kernel source
-  qemu-system-x86                                                     # the QEMU microvm backend
+  qemu-system-x86 qemu-system-common                                  # the QEMU microvm backend; virtfs-proxy-helper serves a jailed QEMU's 9p share
   busybox-static e2fsprogs erofs-utils zstd gzip                      # guest and test root filesystems, layer compression
   protobuf-compiler pkg-config                                        # builds
   containerd runc                                                     # peers for tests and benchmarks

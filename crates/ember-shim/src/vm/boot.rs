@@ -67,6 +67,19 @@ impl VmHost {
         let mut drives = spec.drives.clone();
         drives.push(pool.drive());
         let name: String = self.id.chars().take(40).collect();
+        let mut jail = match &spec.jail {
+            Some(req) => Some(req.jail_config(&cfg.jailer)?),
+            None => cfg.jailer.jail_config(),
+        };
+        // The VMM's uid is known (and held) before it starts: what it must own
+        // (a tap, say) can be made for it first.
+        if let Some(j) = jail.as_mut() {
+            let uid = j
+                .reserve(&self.id)
+                .map_err(|e| internal(format!("jailing the VMM: {e}")))?;
+            tracing::debug!(vm = %self.id, uid, "VMM jail uid");
+        }
+        let netns = spec.jail.as_ref().and_then(|j| j.netns.clone());
         let sc = SandboxConfig {
             id: name,
             vmm: cfg.vmm,
@@ -82,6 +95,9 @@ impl VmHost {
             boot_timeout: Duration::from_secs(cfg.boot_timeout_secs),
             shared_dir: shared_dir.clone(),
             balloon: spec.balloon,
+            jail,
+            log_max_bytes: cfg.log_max_bytes,
+            netns,
             ..Default::default()
         };
         let sb = Sandbox::boot(sc)

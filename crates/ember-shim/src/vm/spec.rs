@@ -37,6 +37,8 @@ pub struct BootSpec {
     pub exit_after_all: bool,
     pub log_fifo: Option<PathBuf>,
     pub metrics_fifo: Option<PathBuf>,
+    /// CreateVM's JailerConfig, when it had one.
+    pub jail: Option<super::jail::JailRequest>,
 }
 
 impl BootSpec {
@@ -51,6 +53,7 @@ impl BootSpec {
             exit_after_all: false,
             log_fifo: None,
             metrics_fifo: None,
+            jail: None,
         }
     }
 
@@ -68,16 +71,11 @@ impl BootSpec {
                 "CreateVM.NetworkInterfaces: Ember's VMs have no network interfaces yet",
             ));
         }
-        if req
+        let jail = req
             .jailer_config
             .as_ref()
-            .is_some_and(|j| *j != Default::default())
-        {
-            return Err(err(
-                Code::Unimplemented,
-                "CreateVM.JailerConfig: Ember does not run VMMs under a jailer yet",
-            ));
-        }
+            .map(super::jail::JailRequest::from_wire)
+            .transpose()?;
         let mut config = base.clone();
         // Zero is Firecracker's "not set": the runtime configuration's size.
         if let Some(m) = &req.machine_cfg {
@@ -177,6 +175,7 @@ impl BootSpec {
             exit_after_all: req.exit_after_all_tasks_deleted,
             log_fifo: fifo(&req.log_fifo_path),
             metrics_fifo: fifo(&req.metrics_fifo_path),
+            jail,
         })
     }
 }
@@ -304,10 +303,10 @@ mod tests {
         );
         assert_eq!(
             code(with(&|r| r.jailer_config = Some(JailerConfig {
-                uid: 1,
+                cp_us: "every".into(),
                 ..Default::default()
             }))),
-            Code::Unimplemented
+            Code::InvalidArgument
         );
         assert_eq!(
             code(with(&|r| r.balloon_device =
