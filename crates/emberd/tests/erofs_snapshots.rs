@@ -527,7 +527,7 @@ fn erofs_on_emberd_matches_overlayfs() {
         ],
     )
     .expect_ok();
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let rows = snapshot_rows(ctr(&s, NS, &sn("erofs", &["ls"])).expect_ok());
         if rows.values().all(|(_, k)| k != "Committed") {
@@ -576,7 +576,7 @@ fn erofs_proxy_on_containerd() {
             let _ = self.0.wait();
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(90);
     while std::os::unix::net::UnixStream::connect(&sock).is_err() {
         assert!(Instant::now() < deadline, "proxy did not come up");
         std::thread::sleep(Duration::from_millis(20));
