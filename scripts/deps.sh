@@ -4,7 +4,7 @@ set -euo pipefail
 packages=(
   build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils   # guest kernel build
   linux-source-6.1                                                    # guest kernel source
-  qemu-system-x86                                                     # the QEMU microvm backend
+  qemu-system-x86 qemu-system-common                                  # the QEMU microvm backend; virtfs-proxy-helper serves a jailed QEMU's 9p share
   busybox-static e2fsprogs erofs-utils zstd gzip                      # guest and test root filesystems, layer compression
   protobuf-compiler pkg-config                                        # builds
   containerd runc                                                     # peers for tests and benchmarks
@@ -34,3 +34,6 @@ fi
 # containerd 1.7 (its ctr and shims) from Debian trixie, unpacked aside, never installed
 # over the system's packages.
 "$(dirname "$0")/trixie.sh" containerd >/dev/null
+# erofs-utils 1.8 (mkfs.erofs --tar, for layers straight to EROFS images) from trixie,
+# with the C library and libraries it links, run through that C library's own loader.
+"$(dirname "$0")/trixie.sh" erofs-utils libc6 libdeflate0 libxxhash0 liblz4-1 liblzma5 zlib1g libzstd1 libselinux1 libuuid1 libpcre2-8-0 >/dev/null

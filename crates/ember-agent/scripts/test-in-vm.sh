@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Runs ember-agent's integration tests (tests/host.rs) against the agent running as
-# PID 1 of a real guest: QEMU microvm (KVM when available), the agent on the
-# `ember.agent` virtio-serial port, a busybox ext4 rootfs on a virtio disk found by
-# its serial. Needs root, qemu-system-x86_64, cpio, mkfs.ext4, /bin/busybox (static)
-# and a guest kernel (EMBER_KERNEL, default /var/lib/ember/guest/vmlinux).
+# Runs ember-agent's integration tests (tests/host_confine.rs, host_pty.rs, host.rs)
+# against the agent running as PID 1 of a real guest: QEMU microvm (KVM when
+# available), the agent on the `ember.agent` virtio-serial port, a busybox ext4
+# rootfs on a virtio disk found by its serial. Needs root, qemu-system-x86_64,
+# cpio, mkfs.ext4, /bin/busybox (static) and a guest kernel (EMBER_KERNEL, default
+# /var/lib/ember/guest/vmlinux).
 #
 #   crates/ember-agent/scripts/test-in-vm.sh            # all tests, then Shutdown
 #   crates/ember-agent/scripts/test-in-vm.sh oom        # a test name filter
@@ -73,6 +74,7 @@ echo "guest ready (accel $accel)" >&2
 status=0
 (cd "$repo" && export EMBER_AGENT_TEST_VM_SOCK="$sock" EMBER_AGENT_TEST_VM_SERIAL=rootfs \
   EMBER_AGENT_TEST_VM_SHUTDOWN=1 &&
+  cargo test -q -p ember-agent --test host_confine -- --test-threads 1 --nocapture "$@" &&
   cargo test -q -p ember-agent --test host_pty -- --test-threads 1 --nocapture "$@" &&
   cargo test -q -p ember-agent --test host -- --test-threads 1 --nocapture "$@") || status=$?
 sleep 1

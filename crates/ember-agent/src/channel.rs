@@ -333,6 +333,18 @@ pub fn vsock_listener(port: u32) -> io::Result<AsyncFd<OwnedFd>> {
     crate::sys::async_fd(fd)
 }
 
+/// Whether a vsock peer CID is the host's (`VMADDR_CID_HOST`, 2). Firecracker's
+/// hybrid vsock and vhost-vsock both connect from it.
+pub fn cid_is_host(cid: u32) -> bool {
+    cid == libc::VMADDR_CID_HOST
+}
+
+fn peer_is_host(conn: &OwnedFd) -> bool {
+    nix::sys::socket::getpeername::<VsockAddr>(conn.as_raw_fd())
+        .map(|a| cid_is_host(a.cid()))
+        .unwrap_or(false)
+}
+
 pub async fn serve_vsock(agent: Arc<Agent>, listener: AsyncFd<OwnedFd>) -> io::Result<()> {
     loop {
         let mut guard = listener.readable().await?;
@@ -346,6 +358,12 @@ pub async fn serve_vsock(agent: Arc<Agent>, listener: AsyncFd<OwnedFd>) -> io::R
             Ok(unsafe { OwnedFd::from_raw_fd(fd) })
         });
         match res {
+            Ok(Ok(conn)) if !peer_is_host(&conn) => {
+                // Containers in the guest (local or loopback vsock) never reach the
+                // agent: only the host's CID may talk to it.
+                tracing::warn!("vsock connection from a peer other than the host refused");
+                drop(conn);
+            }
             Ok(Ok(conn)) => {
                 let agent = agent.clone();
                 tokio::spawn(async move {
@@ -382,6 +400,14 @@ pub async fn serve_unix(agent: Arc<Agent>, listener: tokio::net::UnixListener) -
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_the_host_cid_reaches_the_agent() {
+        assert!(super::cid_is_host(2));
+        for cid in [0, 1, 3, u32::MAX] {
+            assert!(!super::cid_is_host(cid), "{cid}");
+        }
+    }
+
     use super::find;
 
     #[test]

@@ -31,6 +31,7 @@ use std::process::{Command, Stdio};
 use oci_spec::runtime::{Process, Spec};
 use serde::{Deserialize, Serialize};
 
+use crate::container::seccomp::Filter;
 use crate::sys;
 
 /// The hidden subcommand that runs the spawn helper.
@@ -50,6 +51,10 @@ pub enum Plan {
         /// resolv.conf and hosts the agent keeps, bound read-only into the container.
         #[serde(default)]
         name_files: Vec<crate::network::files::NameFile>,
+
+        /// The compiled `linux.seccomp`, loaded right before the execve.
+        #[serde(default)]
+        seccomp: Option<Filter>,
     },
     /// A process in the namespaces of a running container init.
     Exec {
@@ -61,6 +66,9 @@ pub enum Plan {
         /// the program never sees a 0x0 terminal.
         #[serde(default)]
         winsize: Option<(u32, u32)>,
+        /// The container's seccomp filter (exec processes get it too).
+        #[serde(default)]
+        seccomp: Option<Filter>,
     },
 }
 

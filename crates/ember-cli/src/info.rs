@@ -72,6 +72,7 @@ pub async fn run(args: InfoArgs) -> Result<()> {
     };
     let firecracker = std::env::var("FIRECRACKER_BIN").ok();
     let volumes = host_volumes();
+    let jail = crate::info_jail::jail_info(&runtime_config_path());
     if args.json {
         let v = serde_json::json!({
             "version": env!("CARGO_PKG_VERSION"),
@@ -84,6 +85,7 @@ pub async fn run(args: InfoArgs) -> Result<()> {
             "qemu": qemu::find_binary("qemu-system-x86_64".as_ref()),
             "firecracker": firecracker,
             "host_volumes": volumes,
+            "jailer": jail,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -124,6 +126,10 @@ pub async fn run(args: InfoArgs) -> Result<()> {
         firecracker.unwrap_or_else(|| "not configured (set FIRECRACKER_BIN)".into())
     );
     println!("Host volumes:   {volumes}");
+    println!("Jailer:         {}", jail.line());
+    if args.verbose {
+        println!("  seccomp:      {}", jail.seccomp);
+    }
     Ok(())
 }
 
@@ -131,10 +137,14 @@ pub async fn run(args: InfoArgs) -> Result<()> {
 /// configuration names (`$EMBER_RUNTIME_CONFIG`, default `/etc/ember/runtime.toml`;
 /// QEMU when it names none).
 fn host_volumes() -> String {
-    let path = std::env::var_os("EMBER_RUNTIME_CONFIG")
+    host_volumes_with(&runtime_config_path())
+}
+
+/// The shim's runtime configuration file.
+fn runtime_config_path() -> std::path::PathBuf {
+    std::env::var_os("EMBER_RUNTIME_CONFIG")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| "/etc/ember/runtime.toml".into());
-    host_volumes_with(&path)
+        .unwrap_or_else(|| "/etc/ember/runtime.toml".into())
 }
 
 fn host_volumes_with(path: &std::path::Path) -> String {

@@ -14,6 +14,7 @@ macro_rules! println {
 
 mod client;
 mod info;
+mod info_jail;
 mod stdout;
 mod vm;
 

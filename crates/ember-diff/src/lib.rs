@@ -9,6 +9,7 @@
 mod apply;
 mod compression;
 mod diff;
+pub mod erofs;
 mod sys;
 
 pub use apply::{apply, apply_tar, clean_path, Applied, ApplyOptions, DevicePolicy};

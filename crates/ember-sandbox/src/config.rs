@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ember_guest::GuestImage;
+use ember_vmm::jail::JailConfig;
 use ember_vmm::{Accel, BalloonConfig, Drive, Nic, VmConfig, VmmKind};
 
 /// What a sandbox boots.
@@ -30,6 +31,10 @@ pub struct SandboxConfig {
     pub nics: Vec<Nic>,
     /// See `VmConfig::netns`.
     pub netns: Option<PathBuf>,
+    /// See `VmConfig::jail`.
+    pub jail: Option<JailConfig>,
+    /// See `VmConfig::log_max_bytes`.
+    pub log_max_bytes: u64,
 }
 
 impl SandboxConfig {
@@ -80,6 +85,8 @@ impl SandboxConfig {
             balloon: self.balloon,
             nics: self.nics.clone(),
             netns: self.netns.clone(),
+            jail: self.jail.clone(),
+            log_max_bytes: self.log_max_bytes,
             ..Default::default()
         }
     }

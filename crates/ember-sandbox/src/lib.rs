@@ -11,6 +11,7 @@ mod stdio;
 use std::time::{Duration, Instant};
 
 use ember_agent_api::{AgentClient, BlockRootfs, CreateContainerRequest, StdioConfig, VSOCK_PORT};
+use ember_vmm::logs::quote_guest;
 use ember_vmm::{
     firecracker::FirecrackerVm, qemu::QemuVm, BoxedAgentStream, Vm, VmConfig, VmExit, VmmKind,
 };
@@ -234,16 +235,16 @@ async fn wait_for_agent(
         if Instant::now() > deadline {
             return Err(Error::AgentTimeout {
                 timeout,
-                console: vm.console_tail(4096),
-                log: vm.log_tail(2048),
+                console: quote_guest(&vm.console_tail(4096), "console| "),
+                log: quote_guest(&vm.log_tail(2048), "vmm| "),
             });
         }
         // A zero timeout polls the exit once: a VM that died ends the wait at once.
         if let Ok(exit) = tokio::time::timeout(Duration::ZERO, vm.wait()).await {
             return Err(Error::EarlyExit {
                 exit: exit?,
-                console: vm.console_tail(4096),
-                log: vm.log_tail(2048),
+                console: quote_guest(&vm.console_tail(4096), "console| "),
+                log: quote_guest(&vm.log_tail(2048), "vmm| "),
             });
         }
         let c = match client.as_ref().filter(|c| !c.is_closed()) {

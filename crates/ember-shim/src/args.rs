@@ -16,6 +16,8 @@ pub struct Args {
     pub vm: Option<String>,
     pub debug: bool,
     pub version: bool,
+    /// `-info`: print the runtime info (containerd 2.x).
+    pub info: bool,
     /// `start`, `delete`, or `serve` (internal: the long-running shim).
     pub action: String,
 }
@@ -43,6 +45,7 @@ pub fn parse<I: IntoIterator<Item = String>>(it: I) -> Result<Args, ArgsError> {
         match name.as_str() {
             "debug" => a.debug = inline.map(|v| v != "false").unwrap_or(true),
             "v" | "version" => a.version = true,
+            "info" => a.info = true,
             "namespace" | "id" | "address" | "publish-binary" | "bundle" | "socket" | "vm" => {
                 let v = match inline {
                     Some(v) => v,
@@ -72,6 +75,12 @@ mod tests {
 
     fn v(s: &str) -> Vec<String> {
         s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn containerd_2_asks_for_the_runtime_info() {
+        let a = parse(v("-info")).unwrap();
+        assert!(a.info && a.action.is_empty());
     }
 
     #[test]

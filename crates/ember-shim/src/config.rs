@@ -7,8 +7,10 @@
 //! host cannot give is an error naming the file, the line and the key.
 
 mod diagnose;
+mod jailer;
 
 pub use diagnose::closest;
+pub use jailer::JailerSettings;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -54,6 +56,8 @@ pub const KEYS: &[&str] = &[
     "log_level",
     "boot_timeout_secs",
     "state_dir",
+    "log_max_bytes",
+    "jailer",
 ];
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -81,6 +85,11 @@ pub struct RuntimeConfig {
     pub boot_timeout_secs: u64,
     /// Where VM sockets, logs and rootfs images live.
     pub state_dir: PathBuf,
+    /// Size at which a VM's console.log, vmm.log and metrics.json rotate (one older
+    /// part `<name>.1` is kept).
+    pub log_max_bytes: u64,
+    /// The `[jailer]` table: how VMMs are confined on the host.
+    pub jailer: JailerSettings,
     /// The file this was read from (none: the defaults).
     #[serde(skip)]
     pub path: Option<PathBuf>,
@@ -102,6 +111,8 @@ impl Default for RuntimeConfig {
             log_level: "info".into(),
             boot_timeout_secs: 60,
             state_dir: PathBuf::from("/run/ember/shim"),
+            log_max_bytes: ember_vmm::DEFAULT_LOG_MAX_BYTES,
+            jailer: JailerSettings::default(),
             path: None,
         }
     }
@@ -180,6 +191,17 @@ impl RuntimeConfig {
         }
         if c.boot_timeout_secs == 0 {
             return Err(at("boot_timeout_secs", "at least 1 second".into()));
+        }
+        if c.log_max_bytes < 4096 {
+            return Err(at("log_max_bytes", "at least 4096 bytes".into()));
+        }
+        if let Err((key, why)) = c.jailer.check() {
+            return Err(ConfigError::File {
+                path: path.to_path_buf(),
+                line: diagnose::key_line(text, key),
+                key: Some(format!("jailer.{key}")),
+                why: format!("[jailer] {key}: {why}"),
+            });
         }
         Ok(c)
     }

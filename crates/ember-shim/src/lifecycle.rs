@@ -377,6 +377,8 @@ pub fn delete(args: &Args) -> Result<()> {
 /// bind-mounted under it: they go first, and while any is left the directory stays
 /// (removing it would delete the host's data through the mount).
 fn remove_state(dir: &Path) {
+    // The VMM's jail (directory and cgroup) of a VM whose shim was killed.
+    ember_vmm::jail::cleanup(&dir.join("vm"));
     let shared = dir.join("vm").join(ember_sandbox::share::DIR_NAME);
     match ember_sandbox::share::cleanup(&shared) {
         Ok(()) => {

@@ -8,6 +8,8 @@ mod cni;
 mod config;
 mod events;
 mod hooks;
+
+mod info;
 mod lifecycle;
 mod net;
 mod rootfs;
@@ -31,6 +33,13 @@ fn main() {
     };
     if args.version {
         println!("containerd-shim-ember-v2 {}", env!("CARGO_PKG_VERSION"));
+        return;
+    }
+    if args.info {
+        if let Err(e) = info::print() {
+            eprintln!("containerd-shim-ember-v2: writing the runtime info: {e}");
+            std::process::exit(1);
+        }
         return;
     }
     let result = match args.action.as_str() {

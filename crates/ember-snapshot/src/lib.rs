@@ -15,6 +15,7 @@
 //!   the `ember-snapshotter-proxy` binary).
 
 pub mod convert;
+pub mod erofs;
 pub mod local;
 pub mod proxy;
 pub mod server;

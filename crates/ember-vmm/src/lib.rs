@@ -8,6 +8,8 @@ mod process;
 mod vm;
 
 pub mod firecracker;
+pub mod jail;
+pub mod logs;
 pub mod qemu;
 
 pub use error::Error;

@@ -33,9 +33,21 @@ pub(crate) fn require_file(
 /// `spawn_blocking`). The child also checks that its parent did not already die
 /// between fork and the prctl.
 pub(crate) fn spawn_supervised(
+    cmd: Command,
+    stdout: Stdio,
+    stderr: Stdio,
+) -> Result<Child, std::io::Error> {
+    spawn_confined(cmd, stdout, stderr, None)
+}
+
+/// [`spawn_supervised`], inside a jail when `jail` is given (see
+/// [`crate::jail`]): the `Child` is then the jail's keeper, which exits as the VMM
+/// does; the VMM's own pid comes through the jail's pid pipe.
+pub(crate) fn spawn_confined(
     mut cmd: Command,
     stdout: Stdio,
     stderr: Stdio,
+    jail: Option<crate::jail::SpawnPlan>,
 ) -> Result<Child, std::io::Error> {
     let parent = std::process::id() as libc::pid_t;
     cmd.stdin(Stdio::null())
@@ -43,7 +55,8 @@ pub(crate) fn spawn_supervised(
         .stderr(stderr)
         .kill_on_drop(true);
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
-    // system calls (prctl, getppid); it allocates nothing.
+    // system calls (prctl, getppid, and the jail's, prepared beforehand: see
+    // `SpawnPlan::enter`); it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
@@ -54,7 +67,10 @@ pub(crate) fn spawn_supervised(
             }
             // Own process group, so terminal signals aimed at the owner spare the VM.
             libc::setpgid(0, 0);
-            Ok(())
+            match &jail {
+                Some(plan) => plan.enter(),
+                None => Ok(()),
+            }
         });
     }
     cmd.spawn()

@@ -71,7 +71,16 @@ pub struct VmConfig {
     /// `/var/run/netns/NAME` or `/proc/PID/ns/net`); its taps live there. None: the
     /// caller's namespace.
     pub netns: Option<PathBuf>,
+    /// Confinement of the VMM process on the host (see [`crate::jail`]); None runs it
+    /// unconfined, as the caller.
+    pub jail: Option<crate::jail::JailConfig>,
+    /// Size at which `console.log`, `vmm.log` and `metrics.json` are rotated (one
+    /// older file `<name>.1` is kept); 0: [`DEFAULT_LOG_MAX_BYTES`].
+    pub log_max_bytes: u64,
 }
+
+/// Default size cap of each host-side log of a VM.
+pub const DEFAULT_LOG_MAX_BYTES: u64 = 1 << 20;
 
 /// A virtio-net interface of the guest, backed by a tap device on the host (in the
 /// VMM's network namespace).

@@ -149,6 +149,7 @@ pub fn builtins(config: &Config, metrics: Arc<Metrics>) -> Vec<Registration> {
                 .insert("root".into(), root.display().to_string());
             Ok(Arc::new(SnapshotterPlugin(Arc::new(s))) as Instance)
         }),
+        crate::erofs::registration(),
         Registration::new(METADATA, "redb", &[CONTENT, SNAPSHOTTER], |ctx| {
             let db = Db::open(ctx.root.join("meta.redb"))?;
             // A content proxy, when one is configured, replaces the local store.

@@ -4,6 +4,7 @@
 pub mod authority;
 pub mod config;
 pub mod daemon;
+pub mod erofs;
 pub mod events;
 pub mod gc;
 pub mod limits;

@@ -94,7 +94,8 @@ fn version_plugins_and_server_uuid() {
         ids.iter().all(|t| t == "io.containerd.snapshotter.v1"),
         "{ids:?}"
     );
-    assert_eq!(ids.len(), 2);
+    // overlayfs, native, erofs.
+    assert_eq!(ids.len(), 3);
     let detailed = ctr(
         &d.socket,
         "default",

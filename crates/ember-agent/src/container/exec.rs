@@ -10,31 +10,10 @@ use oci_spec::runtime::Process;
 
 use super::caps::{apply_caps, drop_bounding};
 use super::err;
-use crate::sys::{check, cpath, cstr};
+use super::seccomp::Filter;
+use crate::sys::{cpath, cstr};
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-fn rlimit_resource(name: &str) -> Option<libc::__rlimit_resource_t> {
-    Some(match name {
-        "RLIMIT_CPU" => libc::RLIMIT_CPU,
-        "RLIMIT_FSIZE" => libc::RLIMIT_FSIZE,
-        "RLIMIT_DATA" => libc::RLIMIT_DATA,
-        "RLIMIT_STACK" => libc::RLIMIT_STACK,
-        "RLIMIT_CORE" => libc::RLIMIT_CORE,
-        "RLIMIT_RSS" => libc::RLIMIT_RSS,
-        "RLIMIT_NPROC" => libc::RLIMIT_NPROC,
-        "RLIMIT_NOFILE" => libc::RLIMIT_NOFILE,
-        "RLIMIT_MEMLOCK" => libc::RLIMIT_MEMLOCK,
-        "RLIMIT_AS" => libc::RLIMIT_AS,
-        "RLIMIT_LOCKS" => libc::RLIMIT_LOCKS,
-        "RLIMIT_SIGPENDING" => libc::RLIMIT_SIGPENDING,
-        "RLIMIT_MSGQUEUE" => libc::RLIMIT_MSGQUEUE,
-        "RLIMIT_NICE" => libc::RLIMIT_NICE,
-        "RLIMIT_RTPRIO" => libc::RLIMIT_RTPRIO,
-        "RLIMIT_RTTIME" => libc::RLIMIT_RTTIME,
-        _ => return None,
-    })
-}
 
 /// Looks `name` up in `PATH` (as `execvp` would, with the container's PATH).
 pub fn resolve_executable(
@@ -86,14 +65,17 @@ pub(super) fn find_executable(p: &Process) -> io::Result<PathBuf> {
     })
 }
 
-pub(super) fn exec_process(p: &Process) -> io::Error {
-    match exec_process_inner(p) {
+pub(super) fn exec_process(p: &Process, seccomp: Option<&Filter>) -> io::Error {
+    match exec_process_inner(p, seccomp) {
         Ok(never) => match never {},
         Err(e) => e,
     }
 }
 
-fn exec_process_inner(p: &Process) -> io::Result<std::convert::Infallible> {
+fn exec_process_inner(
+    p: &Process,
+    seccomp: Option<&Filter>,
+) -> io::Result<std::convert::Infallible> {
     let args = p.args().clone().unwrap_or_default();
     if args.is_empty() {
         return Err(io::Error::new(
@@ -101,24 +83,16 @@ fn exec_process_inner(p: &Process) -> io::Result<std::convert::Infallible> {
             "process.args is empty",
         ));
     }
-    for rl in p.rlimits().clone().unwrap_or_default() {
-        let name = serde_json::to_value(rl.typ())
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
-        let Some(res) = rlimit_resource(&name) else {
-            continue;
-        };
-        let lim = libc::rlimit {
-            rlim_cur: rl.soft(),
-            rlim_max: rl.hard(),
-        };
-        // SAFETY: setrlimit only reads `lim`, a live rlimit.
-        check(unsafe { libc::setrlimit(res, &lim) })
-            .map_err(|e| err(format!("setrlimit {name}"), e))?;
-    }
+    super::rlimits::apply(p)?;
     if let Some(adj) = p.oom_score_adj() {
         let _ = std::fs::write("/proc/self/oom_score_adj", adj.to_string());
+    }
+    let nnp = p.no_new_privileges().unwrap_or(false);
+    if let (Some(f), false) = (seccomp, nnp) {
+        // Without no_new_privs loading needs CAP_SYS_ADMIN, held only until the
+        // capabilities are set: load now, as runc does; what follows (setuid,
+        // capset, execve) must be allowed by the profile.
+        super::seccomp::load(f)?;
     }
     let user = p.user();
     let cwd = p.cwd().clone();
@@ -149,7 +123,7 @@ fn exec_process_inner(p: &Process) -> io::Result<std::convert::Infallible> {
     if !cwd.as_os_str().is_empty() {
         std::env::set_current_dir(&cwd).map_err(|e| err(format!("chdir {}", cwd.display()), e))?;
     }
-    if p.no_new_privileges().unwrap_or(false) {
+    if nnp {
         nix::sys::prctl::set_no_new_privs().map_err(|e| err("no_new_privs", e.into()))?;
     }
     let env = p.env().clone().unwrap_or_default();
@@ -157,6 +131,10 @@ fn exec_process_inner(p: &Process) -> io::Result<std::convert::Infallible> {
     let c_exe = cpath(&exe)?;
     let c_args: Vec<CString> = args.iter().map(|a| cstr(a)).collect::<io::Result<_>>()?;
     let c_env: Vec<CString> = env.iter().map(|a| cstr(a)).collect::<io::Result<_>>()?;
+    if let (Some(f), true) = (seccomp, nnp) {
+        // Last, so that only the execve runs under the filter.
+        super::seccomp::load(f)?;
+    }
     let Err(e) = nix::unistd::execve(&c_exe, &c_args, &c_env);
     Err(err(format!("exec {}", exe.display()), e.into()))
 }

@@ -3,11 +3,16 @@
 //! process attributes and `execve`.
 
 mod caps;
+pub mod device_cgroup;
 mod devices;
 mod exec;
 mod mounts;
 mod namespaces;
+pub mod policy;
+pub mod rlimits;
 mod rootfs;
+pub mod seccomp;
+pub mod sysctl;
 
 use std::io;
 use std::os::fd::RawFd;
@@ -41,6 +46,8 @@ pub fn init_child(plan: &Plan, report_fd: RawFd, start_fd: RawFd, console_fd: Ra
         terminal,
         metadata_dir,
         name_files,
+
+        seccomp,
         ..
     } = plan
     else {
@@ -78,7 +85,7 @@ pub fn init_child(plan: &Plan, report_fd: RawFd, start_fd: RawFd, console_fd: Ra
     }
     drop(start);
     let process = spec.process().clone().unwrap_or_default();
-    let e = exec_process(&process);
+    let e = exec_process(&process, seccomp.as_ref());
     fail(report_fd, e, 127)
 }
 
@@ -88,6 +95,7 @@ pub fn exec_child(plan: &Plan, report_fd: RawFd, console_fd: RawFd) -> ! {
         process,
         terminal,
         winsize,
+        seccomp,
         ..
     } = plan
     else {
@@ -100,7 +108,7 @@ pub fn exec_child(plan: &Plan, report_fd: RawFd, console_fd: RawFd) -> ! {
     if let Err(e) = session(*terminal) {
         fail(report_fd, e, 1);
     }
-    let e = exec_process(process);
+    let e = exec_process(process, seccomp.as_ref());
     fail(report_fd, e, 127)
 }
 

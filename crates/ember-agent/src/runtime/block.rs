@@ -24,8 +24,29 @@ pub struct BlockMount {
     pub loop_number: Option<u32>,
 }
 
-/// The device node `r` names: by serial, or a host path (testing aid).
+/// The device node or image file `r` names: a guest file (`file`), by serial, or a
+/// host path (testing aid).
 fn device_of(r: &BlockRootfs) -> R<PathBuf> {
+    if !r.file.is_empty() {
+        let p = PathBuf::from(&r.file);
+        if !p.is_absolute() {
+            return Err(Status::invalid_argument(format!(
+                "the image file {} is not an absolute path",
+                r.file
+            )));
+        }
+        return match std::fs::metadata(&p) {
+            Ok(m) if !m.is_dir() => Ok(p),
+            Ok(_) => Err(Status::invalid_argument(format!(
+                "the image file {} is a directory",
+                p.display()
+            ))),
+            Err(e) => Err(Status::not_found(format!(
+                "image file {}: {e}",
+                p.display()
+            ))),
+        };
+    }
     if let Some(p) = r.serial.strip_prefix(PATH_ROOTFS_PREFIX) {
         let p = PathBuf::from(p);
         if !p.exists() {
@@ -42,9 +63,10 @@ fn device_of(r: &BlockRootfs) -> R<PathBuf> {
 
 /// Whether `r` names a directory used as it is (`path:/dir`, testing aid).
 pub(super) fn is_plain_dir(r: &BlockRootfs) -> bool {
-    r.serial
-        .strip_prefix(PATH_ROOTFS_PREFIX)
-        .is_some_and(|p| Path::new(p).is_dir())
+    r.file.is_empty()
+        && r.serial
+            .strip_prefix(PATH_ROOTFS_PREFIX)
+            .is_some_and(|p| Path::new(p).is_dir())
 }
 
 /// Mount flags and data for `r`: its options as mount(8) `-o` takes them, plus

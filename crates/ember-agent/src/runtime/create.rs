@@ -10,6 +10,7 @@ use ember_ttrpc::Status;
 use oci_spec::runtime::{Process, Spec};
 use tokio::sync::watch;
 
+use super::layers::prepare_layered;
 use super::process::{make_stdio, Pending, Proc};
 use super::remove::{cleanup_now, Cleanup};
 use super::rootfs::prepare_rootfs;
@@ -47,10 +48,16 @@ impl Agent {
         if process.args().as_ref().is_none_or(|a| a.is_empty()) {
             return Err(Status::invalid_argument("spec process.args is empty"));
         }
-        let rootfs_cfg = req
-            .rootfs
-            .clone()
-            .ok_or_else(|| Status::invalid_argument("rootfs is required"))?;
+        let confinement = crate::container::policy::prepare(&spec)
+            .map_err(|e| Status::invalid_argument(format!("container {id:?}: {e}")))?;
+        for w in &confinement.warnings {
+            tracing::warn!(container = %id, "{w}");
+        }
+        let rootfs_cfg = match (&req.rootfs, req.layers.is_empty()) {
+            (_, false) => None,
+            (Some(r), true) => Some(r.clone()),
+            (None, true) => return Err(Status::invalid_argument("rootfs is required")),
+        };
         let stdio_cfg = req.stdio.clone().unwrap_or_default();
         let state_dir = self.cfg.state_dir.join(&id);
         std::fs::create_dir_all(&state_dir).map_err(|e| internal("creating state dir", e))?;
@@ -58,29 +65,37 @@ impl Agent {
         let mut cleanup = Cleanup {
             state_dir: Some(state_dir.clone()),
             cgroup: None,
-            loop_number: None,
+            loop_numbers: Vec::new(),
         };
         // Before the spec's mounts, which may name them.
         self.write_files(&req.files)?;
-        let (rootfs, rootfs_loop) = {
+        let (rootfs, rootfs_loops) = {
             let sd = state_dir.clone();
-            tokio::task::spawn_blocking(move || prepare_rootfs(&rootfs_cfg, &sd))
-                .await
-                .map_err(|e| internal("rootfs", e))??
+            let (layers, upper) = (req.layers.clone(), req.upper.clone());
+            tokio::task::spawn_blocking(move || match rootfs_cfg {
+                Some(r) => prepare_rootfs(&r, &sd).map(|(root, l)| (root, l.into_iter().collect())),
+                None => prepare_layered(&layers, upper.as_ref(), &sd),
+            })
+            .await
+            .map_err(|e| internal("rootfs", e))??
         };
-        cleanup.loop_number = rootfs_loop;
+        cleanup.loop_numbers = rootfs_loops.clone();
         let cg = match &self.cgroup_parent {
             Some(parent) => {
                 let cg = Cgroup::create(parent, &id).map_err(|e| internal("creating cgroup", e))?;
                 cleanup.cgroup = Some(cg.clone());
-                if let Some(res) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
+                let res = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
+                if let Some(res) = res {
                     cg.apply(res).map_err(|e| {
                         Status::invalid_argument(format!("applying resources: {e}"))
                     })?;
                 }
                 Some(cg)
             }
-            None => None,
+            None => {
+                tracing::warn!(container = %id, "no cgroups: device rules not enforced");
+                None
+            }
         };
         let console = process
             .console_size()
@@ -99,6 +114,8 @@ impl Agent {
                 .is_dir()
                 .then(|| self.cfg.metadata_dir.clone()),
             name_files: crate::network::files::for_container(&self.cfg.network_dir, &spec),
+
+            seccomp: confinement.seccomp.clone(),
         };
         let (pty, console_child) = pty.unzip();
         let (spawned, outcome) = spawn::spawn(&plan, parts.child, console_child)
@@ -125,14 +142,28 @@ impl Agent {
             id: id.clone(),
             cgroup: cg,
             state_dir,
-            rootfs_loop,
+            rootfs_loops,
             init: init.clone(),
             execs: Mutex::new(HashMap::new()),
             removing: AtomicBool::new(false),
             oom_seen: AtomicU64::new(0),
+            seccomp: confinement.seccomp,
         });
         if let Some(pid) = outcome.pid {
             self.watch_exit(&container, &init, pid);
+        }
+        let mut outcome = outcome;
+        if let (Some(cg), true, None) = (&container.cgroup, outcome.ready, &outcome.error) {
+            // Once the init has made the container's /dev, before anything runs:
+            // from here on the spec's device rules decide every open and mknod.
+            let devices = spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.resources().as_ref())
+                .and_then(|r| r.devices().as_ref());
+            if let Err(e) = crate::container::device_cgroup::apply(&cg.path, devices) {
+                outcome.error = Some(e.to_string());
+            }
         }
         if !outcome.ready || outcome.error.is_some() {
             if let Some(pid) = outcome.pid {

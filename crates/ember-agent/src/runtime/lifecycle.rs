@@ -75,6 +75,7 @@ impl Agent {
                     cgroup: c.cgroup.as_ref().map(|cg| cg.path.clone()),
                     terminal: p.terminal,
                     winsize: *p.pty_size.lock().unwrap(),
+                    seccomp: c.seccomp.clone(),
                 };
                 let (pty, console_child) = pty.unzip();
                 let (spawned, outcome) = spawn::spawn(&plan, stdio, console_child)

@@ -3,6 +3,7 @@
 mod block;
 mod create;
 mod files;
+mod layers;
 mod lifecycle;
 mod metadata;
 mod mounts;
@@ -65,12 +66,14 @@ pub struct Container {
     pub id: String,
     cgroup: Option<Cgroup>,
     state_dir: PathBuf,
-    /// The loop device under the rootfs (a pool-drive region).
-    rootfs_loop: Option<u32>,
+    /// The loop devices under the rootfs (a pool-drive region, image files, layers).
+    rootfs_loops: Vec<u32>,
     init: Arc<Proc>,
     execs: Mutex<HashMap<String, Arc<Proc>>>,
     removing: AtomicBool,
     oom_seen: AtomicU64,
+    /// The spec's seccomp filter, for exec processes.
+    seccomp: Option<crate::container::seccomp::Filter>,
 }
 
 pub struct Agent {

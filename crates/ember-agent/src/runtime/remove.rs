@@ -55,7 +55,7 @@ impl Agent {
         let mut cleanup = Cleanup {
             state_dir: Some(c.state_dir.clone()),
             cgroup: c.cgroup.clone(),
-            loop_number: c.rootfs_loop,
+            loop_numbers: c.rootfs_loops.clone(),
         };
         let res = cleanup_now(&c, &mut cleanup).await;
         self.containers.lock().unwrap().remove(id);
@@ -93,15 +93,15 @@ fn kill_container(c: &Container) {
 pub(super) struct Cleanup {
     pub(super) state_dir: Option<PathBuf>,
     pub(super) cgroup: Option<Cgroup>,
-    /// The loop device under the rootfs mount, deleted once unmounted.
-    pub(super) loop_number: Option<u32>,
+    /// The loop devices under the rootfs mounts, deleted once unmounted.
+    pub(super) loop_numbers: Vec<u32>,
 }
 
 impl Cleanup {
     pub(super) fn disarm(&mut self) {
         self.state_dir = None;
         self.cgroup = None;
-        self.loop_number = None;
+        self.loop_numbers.clear();
     }
 }
 
@@ -112,7 +112,9 @@ impl Drop for Cleanup {
             unmount_all_under(&sd);
             let _ = std::fs::remove_dir_all(&sd);
         }
-        release_loop(self.loop_number.take());
+        for n in std::mem::take(&mut self.loop_numbers) {
+            release_loop(Some(n));
+        }
         if let Some(cg) = self.cgroup.take() {
             let _ = cg.signal_all(libc::SIGKILL);
             let _ = std::fs::remove_dir(&cg.path);
@@ -135,10 +137,16 @@ pub(super) async fn cleanup_now(c: &Container, cl: &mut Cleanup) -> R<()> {
             }
         }
     }
-    if let Some(n) = cl.loop_number.take() {
+    let loops = std::mem::take(&mut cl.loop_numbers);
+    if !loops.is_empty() {
         // The container's mount namespace is gone with its processes; the kernel
-        // unbinds the device (autoclear) once the last reference to the mount drops.
-        let _ = tokio::task::spawn_blocking(move || release_loop(Some(n))).await;
+        // unbinds the devices (autoclear) once the last reference to a mount drops.
+        let _ = tokio::task::spawn_blocking(move || {
+            for n in loops {
+                release_loop(Some(n));
+            }
+        })
+        .await;
     }
     let _ = c;
     if errs.is_empty() {

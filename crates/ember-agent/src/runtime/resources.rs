@@ -68,6 +68,12 @@ impl Agent {
             .map_err(|e| Status::invalid_argument(format!("bad OCI resources JSON: {e}")))?;
         let (_c, cg) = self.cgroup_of(id)?;
         cg.apply(&res)
-            .map_err(|e| Status::invalid_argument(format!("applying resources: {e}")))
+            .map_err(|e| Status::invalid_argument(format!("applying resources: {e}")))?;
+        // New device rules replace the container's program; none keep it.
+        if let Some(d) = res.devices().as_ref().filter(|d| !d.is_empty()) {
+            crate::container::device_cgroup::apply(&cg.path, Some(d))
+                .map_err(|e| Status::invalid_argument(format!("applying device rules: {e}")))?;
+        }
+        Ok(())
     }
 }

@@ -16,6 +16,7 @@ pub mod login;
 pub mod namespaces;
 pub mod plugins;
 pub mod progress;
+pub mod snapshot_list;
 pub mod snapshots;
 pub mod transfer;
 pub mod version;

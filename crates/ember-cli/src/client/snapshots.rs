@@ -9,7 +9,7 @@ use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClien
 use containerd_client::tonic::transport::Channel;
 use serde::Serialize;
 
-use super::{human_size, labels_cell, output, parse_labels, rfc3339, rpc, time_of, ClientOpts};
+use super::{human_size, output, parse_labels, rfc3339, rpc, time_of, ClientOpts};
 
 #[derive(clap::Args, Debug)]
 #[command(about = "Manage snapshots")]
@@ -23,13 +23,15 @@ pub struct SnapshotsArgs {
         default_value = "overlayfs"
     )]
     snapshotter: String,
+    /// Without one: `ls`.
     #[command(subcommand)]
-    cmd: Cmd,
+    cmd: Option<Cmd>,
 }
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// List snapshots, optionally filtered (`kind==Committed`, `parent==x`).
+    /// List snapshots with their real disk use and the containers on them,
+    /// optionally filtered (`kind==Committed`, `parent==x`).
     #[command(alias = "list")]
     Ls { filters: Vec<String> },
     /// Make an active snapshot on top of an optional parent; prints its mounts.
@@ -175,19 +177,8 @@ fn print_tree(all: &[Snapshot], parent: &str, depth: usize) {
 pub async fn run(opts: &ClientOpts, a: SnapshotsArgs) -> Result<i32> {
     let mut c = SnapshotsClient::new(opts.channel().await?);
     let sn = a.snapshotter;
-    match a.cmd {
-        Cmd::Ls { filters } => {
-            let all = list(&mut c, opts, &sn, filters).await?;
-            output(opts, &all, &["KEY", "PARENT", "KIND", "LABELS"], |s| {
-                let parent = if s.parent.is_empty() { "-" } else { &s.parent };
-                vec![
-                    s.name.clone(),
-                    parent.into(),
-                    s.kind.clone(),
-                    labels_cell(&s.labels),
-                ]
-            })?;
-        }
+    match a.cmd.unwrap_or(Cmd::Ls { filters: vec![] }) {
+        Cmd::Ls { filters } => super::snapshot_list::ls(opts, &sn, filters).await?,
         Cmd::Prepare {
             key,
             parent,

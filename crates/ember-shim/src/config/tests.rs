@@ -48,6 +48,8 @@ fn every_key_is_read() {
                 "guest_overhead_mib" => "32",
                 "boot_timeout_secs" => "9",
                 "log_level" => "\"warn\"",
+                "log_max_bytes" => "8192",
+                "jailer" => "{ enabled = false, expose = \"copy\" }",
                 _ => "\"/x\"",
             };
             format!("{k} = {v}\n")
@@ -60,6 +62,29 @@ fn every_key_is_read() {
     );
     assert_eq!((c.boot_timeout_secs, c.log_level.as_str()), (9, "warn"));
     assert_eq!(c.state_dir, PathBuf::from("/x"));
+    assert_eq!(c.log_max_bytes, 8192);
+    assert!(!c.jailer.enabled);
+    assert_eq!(c.jailer.expose, ember_vmm::jail::DriveExposePolicy::Copy);
+}
+
+#[test]
+fn jailer_table_is_read_strictly() {
+    let c = parse("[jailer]\nuid_range = [300000, 300999]\ncgroup_parent = \"vmms\"\n").unwrap();
+    let j = c.jailer.jail_config().unwrap();
+    assert_eq!(
+        (j.uid_first, j.uid_count, j.cgroup_parent.as_str()),
+        (300_000, 1000, "vmms")
+    );
+    let e = parse("[jailer]\nuid_range = [10, 5]\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(":2:") && e.contains("uid_range"), "{e}");
+    let e = parse("[jailer]\nexpose = \"hardlink\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("expose") || e.contains("hardlink"), "{e}");
+    let e = parse("[jailer]\nenabeld = true\n").unwrap_err().to_string();
+    assert!(e.contains("enabeld"), "{e}");
 }
 
 #[test]

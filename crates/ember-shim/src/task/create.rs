@@ -160,13 +160,14 @@ impl Task {
             .create_container(&ember_agent_api::CreateContainerRequest {
                 container_id: req.id.clone(),
                 spec_json,
-                rootfs: Some(device),
+                rootfs: device.rootfs,
+                layers: device.layers,
+                upper: device.upper,
                 stdio: Some(StdioConfig {
                     terminal: req.terminal,
                     stdin: !req.stdin.is_empty(),
                 }),
                 files: volumes.files,
-                ..Default::default()
             })
             .await;
         // The task's pid is the VMM's: in the VM's network namespace, as clients that
@@ -284,6 +285,11 @@ impl Task {
         cfg: RuntimeConfig,
         network: crate::net::NetRequest,
     ) -> Result<Placed, Status> {
+        if let Some(layered) = rootfs::erofs::describe(&req.rootfs) {
+            if let Some(placed) = self.boot_layered(req, cfg.clone(), layered).await? {
+                return Ok(placed);
+            }
+        }
         let scratch = self.vm.container_dir(&req.id);
         std::fs::create_dir_all(&scratch).map_err(|e| err(Code::Internal, e.to_string()))?;
         let mounts = req.rootfs.clone();
@@ -320,7 +326,7 @@ impl Task {
             ..Default::default()
         };
         let ms = r.build_time.as_secs_f64() * 1e3;
-        Ok((Storage::BootDrive(r), device, ms, timings))
+        Ok((Storage::BootDrive(r), device.into(), ms, timings))
     }
 
     /// Writes the rootfs into a fresh region of the running VM's pool drive;
@@ -342,6 +348,11 @@ impl Task {
                     b.vcpus,
                     b.memory_mib
                 );
+            }
+        }
+        if let Some(layered) = rootfs::erofs::describe(&req.rootfs) {
+            if let Some(placed) = self.join_layered(req, layered).await? {
+                return Ok(placed);
             }
         }
         let pool = self.vm.pool()?;
@@ -374,7 +385,7 @@ impl Task {
             ..Default::default()
         };
         let ms = r.build_time.as_secs_f64() * 1e3;
-        Ok((Storage::Region(r.region), device, ms, None))
+        Ok((Storage::Region(r.region), device.into(), ms, None))
     }
 
     /// Gives back what a failed create took; a VM booted for it goes again.
@@ -402,14 +413,32 @@ impl Task {
     }
 }
 
-/// The rootfs of a new container: where it lives, the device the agent mounts,
+/// The rootfs of a new container: where it lives, the devices the agent mounts,
 /// build time (ms), boot timings when a VM was booted for it.
-type Placed = (
+pub(super) type Placed = (
     Storage,
-    ember_agent_api::BlockRootfs,
+    GuestRootfs,
     f64,
     Option<ember_sandbox::BootTimings>,
 );
+
+/// What the agent mounts as a container's rootfs: one filesystem, or layers under
+/// an overlay with a writable layer.
+pub(super) struct GuestRootfs {
+    pub(super) rootfs: Option<ember_agent_api::BlockRootfs>,
+    pub(super) layers: Vec<ember_agent_api::BlockRootfs>,
+    pub(super) upper: Option<ember_agent_api::BlockRootfs>,
+}
+
+impl From<ember_agent_api::BlockRootfs> for GuestRootfs {
+    fn from(r: ember_agent_api::BlockRootfs) -> Self {
+        GuestRootfs {
+            rootfs: Some(r),
+            layers: Vec::new(),
+            upper: None,
+        }
+    }
+}
 
 /// Whether two configurations size a VM alike.
 fn same_sizing(a: &RuntimeConfig, b: &RuntimeConfig) -> bool {

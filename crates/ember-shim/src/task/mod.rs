@@ -2,6 +2,7 @@
 //! processes ([`process`]), translated from containerd's task API into agent calls.
 
 mod create;
+mod layered;
 mod process;
 
 pub use process::Proc;
@@ -31,6 +32,8 @@ enum Storage {
     BootDrive(BlockRootfs),
     /// A region of the VM's pool drive.
     Region(Region),
+    /// An EROFS snapshot handed over as it is (layer images, writable image).
+    Layered(layered::LayeredStorage),
 }
 
 struct Container {
@@ -171,6 +174,7 @@ impl Task {
         match storage {
             Storage::Region(r) => self.vm.release_region(*r),
             Storage::BootDrive(r) => cleanup_rootfs(r, bundle),
+            Storage::Layered(l) => self.release_layered(l),
         }
         let _ = nix::mount::umount2(&bundle.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
     }

@@ -67,6 +67,19 @@ impl VmHost {
         let mut drives = spec.drives.clone();
         drives.push(pool.drive());
         let name: String = self.id.chars().take(40).collect();
+        let mut jail = match &spec.jail {
+            Some(req) => Some(req.jail_config(&cfg.jailer)?),
+            None => cfg.jailer.jail_config(),
+        };
+        // The VMM's uid is known (and held) before it starts: what it must own
+        // (a tap, say) can be made for it first.
+        if let Some(j) = jail.as_mut() {
+            let uid = j
+                .reserve(&self.id)
+                .map_err(|e| internal(format!("jailing the VMM: {e}")))?;
+            tracing::debug!(vm = %self.id, uid, "VMM jail uid");
+        }
+        let jail_netns = spec.jail.as_ref().and_then(|j| j.netns.clone());
         // Taps (and the VM's own namespace) before the VMM, which opens them: from the
         // first container's namespace, or those CreateVM's interfaces were given.
         let net = crate::net::prepare_for_boot(spec.network.clone(), self.dir.clone()).await?;
@@ -80,6 +93,8 @@ impl VmHost {
             (None, Some(f)) => (f.nics.clone(), f.netns.clone()),
             (None, None) => (Vec::new(), None),
         };
+        // A JailerConfig's NetNS applies where no network of its own was made.
+        let netns = netns.or(jail_netns);
         // `..Default::default()` keeps fields SandboxConfig gains later at their defaults.
         #[allow(clippy::needless_update)]
         let sc = SandboxConfig {
@@ -98,6 +113,8 @@ impl VmHost {
             shared_dir: shared_dir.clone(),
             balloon: spec.balloon,
             nics,
+            jail,
+            log_max_bytes: cfg.log_max_bytes,
             netns,
             ..Default::default()
         };

@@ -91,6 +91,10 @@ async fn copy(source: PathBuf, mut out: std::fs::File, mut stop: watch::Receiver
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         if let Ok(mut f) = std::fs::File::open(&source) {
+            // Shorter than what was copied: the capped log rotated, start it afresh.
+            if f.metadata().is_ok_and(|m| m.len() < pos) {
+                pos = 0;
+            }
             if f.seek(SeekFrom::Start(pos)).is_ok() {
                 while let Ok(n) = f.read(&mut buf) {
                     if n == 0 {
@@ -115,6 +119,30 @@ async fn copy(source: PathBuf, mut out: std::fs::File, mut stop: watch::Receiver
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_rotated_source_is_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("vmm.log");
+        let fifo = d.path().join("log.fifo");
+        std::fs::write(&src, "before rotation, a longer line\n").unwrap();
+        let (tx, rx) = watch::channel(false);
+        spawn_copy(src.clone(), &fifo, rx).unwrap();
+        let mut reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap();
+        tokio::time::sleep(POLL * 2).await;
+        // What a capped log does at its cap: the file moves aside, a new one starts.
+        std::fs::rename(&src, d.path().join("vmm.log.1")).unwrap();
+        std::fs::write(&src, "after\n").unwrap();
+        tokio::time::sleep(POLL * 3).await;
+        let mut got = String::new();
+        let _ = reader.read_to_string(&mut got);
+        assert_eq!(got, "before rotation, a longer line\nafter\n");
+        tx.send(true).unwrap();
+    }
 
     #[tokio::test]
     async fn copies_appends_and_never_blocks_without_a_reader() {

@@ -8,6 +8,7 @@
 mod balloon;
 mod boot;
 mod fifo;
+mod jail;
 pub mod metadata;
 mod spec;
 

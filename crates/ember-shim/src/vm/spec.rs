@@ -43,6 +43,8 @@ pub struct BootSpec {
     pub network_interfaces: Vec<crate::vm_network::Planned>,
     /// NICs, the VMM's network namespace and the guest's configuration from them.
     pub fc_network: Option<crate::vm_network::FcNetwork>,
+    /// CreateVM's JailerConfig, when it had one.
+    pub jail: Option<super::jail::JailRequest>,
 }
 
 impl BootSpec {
@@ -60,6 +62,7 @@ impl BootSpec {
             network: Default::default(),
             network_interfaces: Vec::new(),
             fc_network: None,
+            jail: None,
         }
     }
 
@@ -72,16 +75,11 @@ impl BootSpec {
     ) -> Result<Self, Status> {
         let bad = |m: String| err(Code::InvalidArgument, m);
         let network_interfaces = crate::vm_network::check(&req.network_interfaces)?;
-        if req
+        let jail = req
             .jailer_config
             .as_ref()
-            .is_some_and(|j| *j != Default::default())
-        {
-            return Err(err(
-                Code::Unimplemented,
-                "CreateVM.JailerConfig: Ember does not run VMMs under a jailer yet",
-            ));
-        }
+            .map(super::jail::JailRequest::from_wire)
+            .transpose()?;
         let mut config = base.clone();
         // Zero is Firecracker's "not set": the runtime configuration's size.
         if let Some(m) = &req.machine_cfg {
@@ -184,6 +182,7 @@ impl BootSpec {
             network: Default::default(),
             network_interfaces,
             fc_network: None,
+            jail,
         })
     }
 }
@@ -311,10 +310,10 @@ mod tests {
         );
         assert_eq!(
             code(with(&|r| r.jailer_config = Some(JailerConfig {
-                uid: 1,
+                cp_us: "every".into(),
                 ..Default::default()
             }))),
-            Code::Unimplemented
+            Code::InvalidArgument
         );
         assert_eq!(
             code(with(&|r| r.balloon_device =

@@ -92,6 +92,11 @@ impl Containerd {
     }
 
     pub fn start_release(release: &'static Release) -> Containerd {
+        Self::start_configured(release, "")
+    }
+
+    /// A containerd whose config.toml ends with `extra` (e.g. proxy plugins).
+    pub fn start_configured(release: &'static Release, extra: &str) -> Containerd {
         let dir = tempfile::Builder::new()
             .prefix("ember-ctrd-")
             .tempdir()
@@ -112,7 +117,7 @@ impl Containerd {
         std::fs::write(
             d.join("config.toml"),
             format!(
-                "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{sock}\"\n",
+                "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{sock}\"\n{extra}",
                 root = d.join("root").display(),
                 state = d.join("state").display(),
                 sock = sock.display()

@@ -21,18 +21,19 @@
 mod api;
 mod balloon;
 mod config;
+mod launch;
 mod serial;
 mod vsock;
 
-use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
-use crate::process::{file_tail, proc_stats, require_file, spawn_supervised, vm_exit};
+use crate::jail::Jail;
+use crate::logs::quote_guest;
+use crate::process::{file_tail, proc_stats, require_file, vm_exit};
 use crate::{
     Accel, BalloonConfig, BalloonStats, BoxedAgentStream, Drive, Error, Vm, VmConfig, VmExit,
     VmStats, VmmKind,
@@ -106,6 +107,17 @@ pub struct FirecrackerVm {
     booted: bool,
     /// How the process ended, once it did.
     exit: Option<VmExit>,
+    /// The VMM's jail, while it runs.
+    jail: Option<Jail>,
+    /// The configuration as Firecracker sees it (jail paths when jailed).
+    seen: VmConfig,
+    /// The tasks copying console, log FIFO and metrics FIFO into capped files.
+    drains: Vec<tokio::task::JoinHandle<()>>,
+    /// The jail's spawn plan and pid pipe, between `prepare_jail` and `spawn`.
+    plan: Option<crate::jail::SpawnPlan>,
+    pid_rx: Option<crate::jail::PidReceiver>,
+    /// Log and metrics FIFOs as Firecracker sees them, and the console's log.
+    seen_log: Option<(PathBuf, PathBuf, crate::logs::SharedLog)>,
 }
 
 impl FirecrackerVm {
@@ -156,11 +168,17 @@ impl FirecrackerVm {
         Ok(Self {
             api: ApiClient::new(&paths.api_socket),
             paths,
+            seen: config.clone(),
             config,
             child: None,
             pid: None,
             booted: false,
             exit: None,
+            jail: None,
+            drains: Vec::new(),
+            plan: None,
+            pid_rx: None,
+            seen_log: None,
         })
     }
 
@@ -232,40 +250,6 @@ impl FirecrackerVm {
         }
     }
 
-    /// Creates (truncating) the console, log and metrics files. Firecracker opens the
-    /// log and metrics paths itself and needs them to exist.
-    fn prepare_files(&self) -> Result<File, Error> {
-        self.paths.remove_sockets()?;
-        File::create(&self.paths.vmm_log)?;
-        File::create(&self.paths.metrics)?;
-        File::create(&self.paths.console)?;
-        Ok(OpenOptions::new().append(true).open(&self.paths.console)?)
-    }
-
-    fn spawn(&mut self, console: File) -> Result<(), Error> {
-        let mut cmd = Command::new(&self.config.vmm_binary);
-        cmd.arg("--api-sock")
-            .arg(&self.paths.api_socket)
-            .arg("--id")
-            .arg(config::instance_id(&self.config.id))
-            .current_dir(&self.config.state_dir);
-        if let Some(netns) = &self.config.netns {
-            crate::nic::join_in_child(&mut cmd, netns)?;
-        }
-        let stderr = console.try_clone()?;
-        let child =
-            spawn_supervised(cmd, Stdio::from(console), Stdio::from(stderr)).map_err(|source| {
-                Error::Spawn {
-                    binary: self.config.vmm_binary.clone(),
-                    source,
-                }
-            })?;
-        self.pid = child.id();
-        self.child = Some(child);
-        tracing::debug!(id = %self.config.id, pid = ?self.pid, "firecracker spawned");
-        Ok(())
-    }
-
     /// Waits until the API socket accepts connections, failing early if the process
     /// exits first.
     async fn wait_for_api(&mut self) -> Result<(), Error> {
@@ -294,26 +278,23 @@ impl FirecrackerVm {
     async fn configure_and_boot(&mut self) -> Result<(), Error> {
         self.wait_for_api().await?;
         let api = self.api.clone();
-        api.put("/logger", &json(&Logger::new(&self.paths.vmm_log)))
-            .await?;
+        let (log_fifo, metrics_fifo, _) = self.seen_log.clone().ok_or(Error::NotRunning)?;
+        api.put("/logger", &json(&Logger::new(&log_fifo))).await?;
         api.put(
             "/metrics",
             &json(&Metrics {
-                metrics_path: self.paths.metrics.clone(),
+                metrics_path: metrics_fifo,
             }),
         )
         .await?;
-        api.put(
-            "/boot-source",
-            &json(&BootSource::from_config(&self.config)),
-        )
-        .await?;
+        api.put("/boot-source", &json(&BootSource::from_config(&self.seen)))
+            .await?;
         api.put(
             "/machine-config",
             &json(&MachineConfig::from_config(&self.config)),
         )
         .await?;
-        for drive in &self.config.drives {
+        for drive in &self.seen.drives {
             api.put(
                 &format!("/drives/{}", drive.id),
                 &json(&DriveBody::from_drive(drive)),
@@ -330,7 +311,7 @@ impl FirecrackerVm {
             "/vsock",
             &json(&config::Vsock {
                 guest_cid: config::GUEST_CID,
-                uds_path: self.paths.vsock.clone(),
+                uds_path: self.seen.state_dir.join("vsock.sock"),
             }),
         )
         .await?;
@@ -359,6 +340,13 @@ impl FirecrackerVm {
 
     fn record_exit(&mut self, exit: VmExit) -> VmExit {
         self.exit = Some(exit);
+        // The FIFO drains hold a writer end themselves: they end here.
+        for d in self.drains.drain(..) {
+            d.abort();
+        }
+        if let Some(mut j) = self.jail.take() {
+            j.remove();
+        }
         if let Err(e) = self.paths.remove_sockets() {
             tracing::debug!(id = %self.config.id, "removing sockets: {e}");
         }
@@ -371,11 +359,17 @@ impl FirecrackerVm {
         let reason = if log.trim().is_empty() {
             reason
         } else {
-            format!("{reason}\n--- vmm.log tail ---\n{}", log.trim_end())
+            format!(
+                "{reason}\n--- vmm.log tail ---\n{}",
+                quote_guest(log.trim_end(), "vmm| ")
+            )
         };
         Error::Boot {
             reason,
-            console: file_tail(&self.paths.console, BOOT_ERROR_TAIL),
+            console: quote_guest(
+                &file_tail(&self.paths.console, BOOT_ERROR_TAIL),
+                "console| ",
+            ),
         }
     }
 }
@@ -419,8 +413,10 @@ impl Vm for FirecrackerVm {
                 "a shared directory (virtio-9p/virtio-fs)",
             ));
         }
-        let console = self.prepare_files()?;
-        self.spawn(console)?;
+        self.paths.remove_sockets()?;
+        self.prepare_jail()?;
+        self.prepare_files()?;
+        self.spawn()?;
         let timeout = self.config.boot_timeout;
         let result = match tokio::time::timeout(timeout, self.configure_and_boot()).await {
             Ok(r) => r,
@@ -586,7 +582,22 @@ impl Vm for FirecrackerVm {
     }
 
     fn guest_serial(&self, drive: &Drive) -> String {
-        disk_serial(&drive.path).unwrap_or_else(|| drive.id.clone())
+        // A drive copied into the jail is another file: its serial is the copy's.
+        let copied = drive.read_only
+            && self.config.jail.as_ref().map(|j| j.expose)
+                == Some(crate::jail::DriveExposePolicy::Copy);
+        let path = match (
+            &self.jail,
+            self.seen.drives.iter().find(|d| d.id == drive.id),
+        ) {
+            (Some(j), Some(seen)) if copied => j
+                .record()
+                .dir
+                .join("root")
+                .join(seen.path.strip_prefix("/").unwrap_or(&seen.path)),
+            _ => drive.path.clone(),
+        };
+        disk_serial(&path).unwrap_or_else(|| drive.id.clone())
     }
 
     fn stats(&self) -> Result<VmStats, Error> {

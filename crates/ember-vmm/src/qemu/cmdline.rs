@@ -13,6 +13,11 @@ pub struct QemuPaths {
     pub console: std::path::PathBuf,
     pub log: std::path::PathBuf,
     pub pidfile: std::path::PathBuf,
+    /// The socket of the shared directory's file server (a jailed QEMU's).
+    pub proxy: std::path::PathBuf,
+    /// The guest console goes to QEMU's stdout (drained into a capped log by the
+    /// host) instead of straight into `console`.
+    pub console_to_stdout: bool,
 }
 
 impl QemuPaths {
@@ -23,6 +28,8 @@ impl QemuPaths {
             console: state_dir.join("console.log"),
             log: state_dir.join("vmm.log"),
             pidfile: state_dir.join("qemu.pid"),
+            proxy: state_dir.join("9p.sock"),
+            console_to_stdout: false,
         }
     }
 }
@@ -65,7 +72,13 @@ pub fn build_args(
         }
         _ => {
             push("-accel");
-            push("tcg,thread=multi");
+            if config.jail.is_some() {
+                // TCG's translation buffer (1 GiB by default) must fit the jail's
+                // memory limit beside QEMU's heap: it is flushed when full.
+                push(&format!("tcg,thread=multi,tb-size={JAILED_TB_SIZE_MIB}"));
+            } else {
+                push("tcg,thread=multi");
+            }
             push("-cpu");
             push("max");
         }
@@ -79,7 +92,11 @@ pub fn build_args(
     push("-nographic");
     push("-no-reboot");
     push("-chardev");
-    push(&format!("file,id=console,path={}", paths.console.display()));
+    if paths.console_to_stdout {
+        push("stdio,id=console,signal=off");
+    } else {
+        push(&format!("file,id=console,path={}", paths.console.display()));
+    }
     push("-serial");
     push("chardev:console");
     push("-chardev");
@@ -115,12 +132,23 @@ pub fn build_args(
     }
     if let Some(dir) = &config.shared_dir {
         push("-fsdev");
-        push(&format!(
-            // Host directories bind-mounted into the share may sit on other
-            // filesystems: remap keeps their inode numbers apart in the guest.
-            "local,id={SHARED_FSDEV},path={},security_model=passthrough,multidevs=remap",
-            escape_opt(&dir.display().to_string())
-        ));
+        if config.jail.is_some() {
+            // A jailed QEMU has neither the host's files nor the privilege to serve
+            // them: the file server (virtfs-proxy-helper, outside the jail) does,
+            // over a socket in the jail. (The proxy driver has no inode remapping:
+            // see docs/security.md.)
+            push(&format!(
+                "proxy,id={SHARED_FSDEV},socket={}",
+                escape_opt(&paths.proxy.display().to_string())
+            ));
+        } else {
+            push(&format!(
+                // Host directories bind-mounted into the share may sit on other
+                // filesystems: remap keeps their inode numbers apart in the guest.
+                "local,id={SHARED_FSDEV},path={},security_model=passthrough,multidevs=remap",
+                escape_opt(&dir.display().to_string())
+            ));
+        }
         push("-device");
         push(&format!(
             "virtio-9p-device,fsdev={SHARED_FSDEV},mount_tag={}",
@@ -150,6 +178,12 @@ pub fn build_args(
     a.push(OsString::from(cmdline));
     a.push(OsString::from("-pidfile"));
     a.push(paths.pidfile.clone().into_os_string());
+    if config.jail.is_some() {
+        // QEMU's own seccomp filter: no obsolete system calls, no set*id, no
+        // fork/exec, no scheduler or affinity changes.
+        a.push(OsString::from("-sandbox"));
+        a.push(OsString::from(SANDBOX));
+    }
     a
 }
 
@@ -173,6 +207,13 @@ pub fn nics(config: &VmConfig) -> Vec<String> {
     }
     a
 }
+
+/// TCG translation buffer of a jailed QEMU, MiB (part of the jail's memory
+/// overhead, `ember_vmm::jail::DEFAULT_MEMORY_OVERHEAD_MIB`).
+pub const JAILED_TB_SIZE_MIB: u32 = 256;
+
+/// QEMU's `-sandbox` option of a jailed VMM.
+pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
 /// Written at the start of every connection to the agent's virtio-serial port, so the
 /// agent can find where a connection's bytes begin (a serial port has no connection
@@ -312,6 +353,32 @@ mod tests {
         let joined = args.join(" ");
         assert!(joined.contains("ifname=tap1"), "{joined}");
         assert!(joined.find("-netdev").unwrap() < joined.find("-kernel").unwrap());
+    }
+
+    #[test]
+    fn a_jailed_qemu_gets_its_seccomp_filter_and_console_pipe() {
+        let mut c = config();
+        c.shared_dir = Some("/shared".into());
+        c.jail = Some(Default::default());
+        let mut paths = QemuPaths::new(&c.state_dir);
+        paths.console_to_stdout = true;
+        let args: Vec<String> = build_args(&c, Accel::Tcg, &paths, None)
+            .into_iter()
+            .map(|s| s.into_string().unwrap())
+            .collect();
+        let joined = args.join(" ");
+        assert!(joined.contains(&format!("-sandbox {SANDBOX}")), "{joined}");
+        assert!(joined.contains("-chardev stdio,id=console,signal=off"));
+        assert!(
+            joined.contains("-accel tcg,thread=multi,tb-size=256"),
+            "{joined}"
+        );
+        assert!(joined.contains("-fsdev proxy,id=shared,socket=/run/x/9p.sock"));
+        assert!(
+            !build_args(&config(), Accel::Tcg, &QemuPaths::new(&c.state_dir), None)
+                .iter()
+                .any(|a| a == "-sandbox")
+        );
     }
 
     #[test]

@@ -1,16 +1,21 @@
 //! QEMU `microvm` backend, driven over QMP.
 //!
-//! The guest sees: an 8250 serial console (drained by QEMU into `console.log`), one
-//! virtio-serial port named `ember.agent` bridged to the unix socket `agent.sock` (the
-//! agent channel; it works without `/dev/vhost-vsock`), a virtio-rng, and one
+//! The guest sees: an 8250 serial console (QEMU's stdout, drained by the host into a
+//! capped `console.log`), one virtio-serial port named `ember.agent` bridged to the
+//! unix socket `agent.sock` (the agent channel; it works without `/dev/vhost-vsock`),
+//! a virtio-rng, and one
 //! virtio-blk device per drive whose serial is the drive id; with `shared_dir` a
-//! virtio-9p device (`security_model=passthrough`, tag `ember.shared`), with
+//! virtio-9p device (`security_model=passthrough`, tag `ember.shared`; a jailed QEMU
+//! gets it from `virtfs-proxy-helper` outside its jail), with
 //! `balloon` a virtio-balloon driven over QMP (`balloon`, `query-balloon`, the
-//! device's `guest-stats` QOM properties). QEMU's own messages go to `vmm.log`.
+//! device's `guest-stats` QOM properties). QEMU's own messages go to `vmm.log`
+//! (capped too). With `VmConfig::jail` QEMU runs in its jail (`crate::jail`) under
+//! its own seccomp filter (`-sandbox`).
 
 mod accel;
 mod balloon;
 mod cmdline;
+mod fileserver;
 mod qmp;
 
 use std::path::{Path, PathBuf};
@@ -23,11 +28,14 @@ use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
 
 pub use accel::{host_tsc_khz, kvm_device_usable, resolve as resolve_accel, AccelVerdict};
-pub use cmdline::{base_kernel_args, AGENT_PORT_NAME, SERIAL_SYNC};
+pub use cmdline::{base_kernel_args, AGENT_PORT_NAME, SANDBOX, SERIAL_SYNC};
 use cmdline::{build_args, QemuPaths};
+pub use fileserver::helper as file_server_helper;
 pub use qmp::{Qmp, QmpEvent};
 
-use crate::process::{file_tail, proc_stats, require_file, spawn_supervised, vm_exit};
+use crate::jail::{jailed_arg0, Jail};
+use crate::logs::{drain, quote_guest, CappedLog};
+use crate::process::{file_tail, proc_stats, require_file, spawn_confined, vm_exit};
 use crate::{
     Accel, BalloonConfig, BalloonStats, BoxedAgentStream, Drive, Error, Vm, VmConfig, VmExit,
     VmStats, VmmKind,
@@ -47,6 +55,12 @@ pub struct QemuVm {
     exit: Option<VmExit>,
     /// The balloon as last configured (None: the VM has no balloon device).
     balloon: std::sync::Mutex<Option<BalloonConfig>>,
+    /// The VMM's jail, while it runs.
+    jail: Option<Jail>,
+    /// The tasks copying QEMU's stdout (the console) and stderr into capped logs.
+    drains: Vec<tokio::task::JoinHandle<()>>,
+    /// The shared directory's file server of a jailed QEMU.
+    file_server: Option<fileserver::FileServer>,
 }
 
 /// Finds an executable by name through PATH, or checks a path.
@@ -118,6 +132,9 @@ impl QemuVm {
             pid: None,
             exit: None,
             balloon,
+            jail: None,
+            drains: Vec::new(),
+            file_server: None,
         })
     }
 
@@ -132,11 +149,11 @@ impl QemuVm {
     }
 
     fn fail(&self, reason: String) -> Error {
-        let mut console = file_tail(&self.paths.console, 4096);
+        let mut console = quote_guest(&file_tail(&self.paths.console, 4096), "console| ");
         let log = file_tail(&self.paths.log, 2048);
         if !log.trim().is_empty() {
             console.push_str("\n--- QEMU log ---\n");
-            console.push_str(&log);
+            console.push_str(&quote_guest(&log, "vmm| "));
         }
         Error::Boot { reason, console }
     }
@@ -170,7 +187,112 @@ impl QemuVm {
                 self.exit = Some(vm_exit(st));
             }
         }
+        self.exited().await;
+    }
+
+    /// After the VMM's exit: the logs are complete, the jail goes.
+    async fn exited(&mut self) {
         self.qmp = None;
+        if let Some(mut fs) = self.file_server.take() {
+            let _ = fs.child.kill().await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), fs.drain).await;
+        }
+        for d in self.drains.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(1), d).await;
+        }
+        if let Some(mut j) = self.jail.take() {
+            j.remove();
+        }
+    }
+
+    /// The VMM's jail (uid, directory, cgroup), while it runs.
+    pub fn jail(&self) -> Option<&Jail> {
+        self.jail.as_ref()
+    }
+
+    /// Spawns QEMU, jailed when the config says so.
+    async fn spawn(&mut self, accel: Accel) -> Result<(), Error> {
+        let tsc = if accel == Accel::Tcg {
+            host_tsc_khz()
+        } else {
+            None
+        };
+        let spawn_err = |binary: &Path| {
+            let binary = binary.to_path_buf();
+            move |source| Error::Spawn { binary, source }
+        };
+        let console = CappedLog::shared(&self.paths.console, self.config.log_max_bytes)?;
+        let log = CappedLog::shared(&self.paths.log, self.config.log_max_bytes)?;
+        let (mut cmd, plan, pid_rx) = if self.config.jail.is_some() {
+            // The shared directory is served from outside the jail.
+            let mut inner = self.config.clone();
+            inner.shared_dir = None;
+            let (jail, plan, pid_rx) = Jail::prepare(&inner)?;
+            let mut seen = jail.vmm_config().clone();
+            seen.shared_dir = self.config.shared_dir.clone();
+            let mut paths = QemuPaths::new(&seen.state_dir);
+            if let Some(dir) = &self.config.shared_dir {
+                let socket = jail
+                    .run_dir()
+                    .join(paths.proxy.file_name().unwrap_or_default());
+                let gid = jail.record().gid;
+                match fileserver::start(dir, &socket, jail.uid(), gid, log.clone()).await {
+                    Ok(fs) => self.file_server = Some(fs),
+                    Err(e) => {
+                        drop(jail);
+                        return Err(e);
+                    }
+                }
+            }
+            paths.console_to_stdout = true;
+            // The sockets are made in the jail; the host reaches them by their usual
+            // names in the state directory.
+            for (host, inside) in [
+                (&self.paths.qmp, &paths.qmp),
+                (&self.paths.agent, &paths.agent),
+            ] {
+                let _ = std::fs::remove_file(host);
+                let target = jail.run_dir().join(inside.file_name().unwrap_or_default());
+                std::os::unix::fs::symlink(target, host)?;
+            }
+            let mut cmd = Command::new(&seen.vmm_binary);
+            cmd.arg0(jailed_arg0(&self.config));
+            cmd.args(build_args(&seen, accel, &paths, tsc));
+            self.jail = Some(jail);
+            (cmd, Some(plan), Some(pid_rx))
+        } else {
+            let mut paths = self.paths.clone();
+            paths.console_to_stdout = true;
+            let mut cmd = Command::new(&self.config.vmm_binary);
+            cmd.args(build_args(&self.config, accel, &paths, tsc));
+            if let Some(netns) = &self.config.netns {
+                crate::nic::join_in_child(&mut cmd, netns)?;
+            }
+            (cmd, None, None)
+        };
+        cmd.kill_on_drop(true);
+        let spawned = spawn_confined(cmd, Stdio::piped(), Stdio::piped(), plan);
+        let mut child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(mut j) = self.jail.take() {
+                    j.remove();
+                }
+                return Err(spawn_err(&self.config.vmm_binary)(e));
+            }
+        };
+        if let Some(out) = child.stdout.take() {
+            self.drains.push(drain(out, console));
+        }
+        if let Some(err) = child.stderr.take() {
+            self.drains.push(drain(err, log));
+        }
+        self.pid = match pid_rx {
+            Some(rx) => Some(rx.receive(Duration::from_secs(5))?),
+            None => child.id(),
+        };
+        self.child = Some(child);
+        Ok(())
     }
 }
 
@@ -219,25 +341,10 @@ impl Vm for QemuVm {
         for p in [&self.paths.qmp, &self.paths.agent, &self.paths.pidfile] {
             let _ = std::fs::remove_file(p);
         }
-        std::fs::write(&self.paths.console, b"")?;
-        let log = std::fs::File::create(&self.paths.log)?;
-        let tsc = if accel == Accel::Tcg {
-            host_tsc_khz()
-        } else {
-            None
-        };
-        let mut cmd = Command::new(&self.config.vmm_binary);
-        cmd.args(build_args(&self.config, accel, &self.paths, tsc));
-        if let Some(netns) = &self.config.netns {
-            crate::nic::join_in_child(&mut cmd, netns)?;
+        if let Err(e) = self.spawn(accel).await {
+            self.kill_child().await;
+            return Err(e);
         }
-        let child =
-            spawn_supervised(cmd, Stdio::null(), Stdio::from(log)).map_err(|e| Error::Spawn {
-                binary: self.config.vmm_binary.clone(),
-                source: e,
-            })?;
-        self.pid = child.id();
-        self.child = Some(child);
 
         // QEMU creates its QMP socket before the guest runs.
         let deadline = Instant::now() + Duration::from_secs(10).min(self.config.boot_timeout);
@@ -246,6 +353,7 @@ impl Vm for QemuVm {
                 if let Ok(Some(st)) = c.try_wait() {
                     self.exit = Some(vm_exit(st));
                     self.child = None;
+                    self.exited().await;
                     return Err(self.fail(format!("QEMU exited at start ({st})")));
                 }
             }
@@ -293,7 +401,7 @@ impl Vm for QemuVm {
         if let Ok(Ok(st)) = tokio::time::timeout(grace, child.wait()).await {
             self.exit = Some(vm_exit(st));
             self.child = None;
-            self.qmp = None;
+            self.exited().await;
             return Ok(self.exit.unwrap());
         }
         if let Some(q) = &self.qmp {
@@ -303,7 +411,7 @@ impl Vm for QemuVm {
             if let Ok(Ok(st)) = tokio::time::timeout(Duration::from_millis(500), c.wait()).await {
                 self.exit = Some(vm_exit(st));
                 self.child = None;
-                self.qmp = None;
+                self.exited().await;
                 return Ok(self.exit.unwrap());
             }
         }
@@ -318,7 +426,7 @@ impl Vm for QemuVm {
         let st = child.wait().await?;
         self.exit = Some(vm_exit(st));
         self.child = None;
-        self.qmp = None;
+        self.exited().await;
         Ok(self.exit.unwrap())
     }
 

@@ -106,6 +106,11 @@ pub(crate) fn apply_blob(
 ) -> Result<ember_diff::Applied, Status> {
     let (file, _) = cs.open_blob(ns, digest).map_err(status)?;
     let reader = std::io::BufReader::with_capacity(1 << 20, file);
+    match ember_snapshot::erofs::layer_target(mounts) {
+        Some(Ok(image)) => return ember_diff::erofs::write_layer(&image, reader).map_err(diff_err),
+        Some(Err(e)) => return Err(ember_snapshot::convert::status(e)),
+        None => {}
+    }
     let (applied, dir) = match direct_target(mounts) {
         Some((dir, opts)) => (
             ember_diff::apply(&dir, reader, &opts).map_err(diff_err)?,

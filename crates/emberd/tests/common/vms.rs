@@ -137,6 +137,12 @@ pub fn vmm_pids(shims: &[i32]) -> Vec<i32> {
             if c.contains("qemu-system") || c.contains("firecracker") {
                 out.push(child.parse().unwrap());
             }
+            // A jailed VMM is the child of its keeper (ember_vmm::jail).
+            if c.starts_with("ember-vmm-keeper") {
+                let vmm = std::fs::read_to_string(format!("/proc/{child}/task/{child}/children"))
+                    .unwrap_or_default();
+                out.extend(vmm.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+            }
         }
     }
     out

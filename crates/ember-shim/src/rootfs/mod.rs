@@ -7,6 +7,8 @@
 //! and copied into a fresh sparse ext4 image with `mkfs.ext4 -d`; this copy is the
 //! per-container cost of the default snapshotter.
 
+pub mod erofs;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
