@@ -44,6 +44,70 @@ fn mounts() -> Vec<(PathBuf, bool, Vec<String>)> {
         .collect()
 }
 
+/// Where Ember mounts a memory cgroup hierarchy of its own when its mount namespace
+/// shows none (a shim started by `ip netns exec`, which mounts a fresh /sys).
+const OWN_ROOT: &str = "/run/ember/cgroup";
+
+/// Whether `all` holds a hierarchy with the memory controller.
+fn has_memory(all: &[(PathBuf, bool, Vec<String>)]) -> bool {
+    all.iter().any(|(p, v2, c)| {
+        if *v2 {
+            std::fs::read_to_string(p.join("cgroup.controllers"))
+                .is_ok_and(|c| c.split_whitespace().any(|x| x == "memory"))
+        } else {
+            c.iter().any(|x| x == "memory")
+        }
+    })
+}
+
+/// Mounts a hierarchy with the memory controller under [`OWN_ROOT`]: v1's `memory`
+/// hierarchy where the kernel binds it there (the same hierarchy the host mounts
+/// elsewhere), else cgroup2.
+fn mount_own() {
+    for (dir, fstype, data) in [("memory", "cgroup", "memory"), ("unified", "cgroup2", "")] {
+        let target = Path::new(OWN_ROOT).join(dir);
+        if std::fs::create_dir_all(&target).is_err() {
+            return;
+        }
+        let (Ok(src), Ok(t), Ok(ty), Ok(d)) = (
+            std::ffi::CString::new(fstype),
+            std::ffi::CString::new(target.as_os_str().as_encoded_bytes()),
+            std::ffi::CString::new(fstype),
+            std::ffi::CString::new(data),
+        ) else {
+            return;
+        };
+        // SAFETY: every pointer is a NUL-terminated string that outlives the call.
+        let rc = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                t.as_ptr(),
+                ty.as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                d.as_ptr().cast(),
+            )
+        };
+        if rc == 0 {
+            tracing::info!(
+                "mounted a {fstype} hierarchy at {} for VMM cgroups",
+                target.display()
+            );
+            return;
+        }
+    }
+}
+
+/// The cgroup mounts, with one of Ember's own added when none has the memory
+/// controller.
+fn usable_mounts() -> Vec<(PathBuf, bool, Vec<String>)> {
+    let all = mounts();
+    if has_memory(&all) {
+        return all;
+    }
+    mount_own();
+    mounts()
+}
+
 fn write(dir: &Path, file: &str, value: &str) -> Result<(), Error> {
     let p = dir.join(file);
     std::fs::write(&p, value)
@@ -66,7 +130,7 @@ impl VmCgroup {
         check_name(parent, "cgroup parent")?;
         check_name(name, "cgroup name")?;
         let rel = Path::new(parent.trim_start_matches('/')).join(name);
-        let all = mounts();
+        let all = usable_mounts();
         let v2 = all.iter().find(|(p, v2, _)| {
             *v2 && std::fs::read_to_string(p.join("cgroup.controllers"))
                 .is_ok_and(|c| c.split_whitespace().any(|x| x == "memory"))
@@ -191,7 +255,7 @@ impl VmCgroup {
     pub fn named(parent: &str, name: &str) -> VmCgroup {
         let rel = Path::new(parent.trim_start_matches('/')).join(name);
         VmCgroup {
-            dirs: mounts()
+            dirs: usable_mounts()
                 .into_iter()
                 .map(|(p, _, _)| p.join(&rel))
                 .filter(|d| d.is_dir())
@@ -207,6 +271,13 @@ impl VmCgroup {
     /// Removes the directories. Processes still dying in them (a VMM killed a moment
     /// ago) are waited for, up to 2 s.
     pub fn remove(&self) {
+        if self
+            .dirs
+            .iter()
+            .any(|d| d.starts_with(OWN_ROOT) && !d.exists())
+        {
+            usable_mounts();
+        }
         for d in &self.dirs {
             let mut tries = 0;
             while d.exists() {
