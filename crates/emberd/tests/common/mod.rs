@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod layered;
 pub mod tasks;
 pub mod vms;
 
