@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::layered::{docker_archive, layered_image, run, sha256_hex, unmount_under, Unmount};
+use common::layered::{docker_archive, layered_image, run, sha256_hex, Unmount};
 use common::{can_run, ctr, Containerd, Emberd, Mounted};
 
 const NS: &str = "erofs-test";

@@ -66,7 +66,8 @@ fn erofs_images_run_in_microvms_on_emberd() {
     let again = ctr_within(240, &s, NS, &["task", "start", "ev-w"]);
     assert!(again.ok, "{}", again.stderr);
     assert_eq!(again.stdout.trim(), "kept");
-    ctr(&s, NS, &["tasks", "delete", "ev-w"]).expect_ok();
+    // `ctr task start` deletes the task it waited for; a task still there goes now.
+    let _ = ctr(&s, NS, &["tasks", "delete", "ev-w"]);
     ctr(&s, NS, &["containers", "rm", "ev-w"]).expect_ok();
 
     // Nothing is left running.
