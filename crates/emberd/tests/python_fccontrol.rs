@@ -170,7 +170,7 @@ fn grpcio_drives_a_vm_through_all_twelve_calls() {
         // A UUID in its text form.
         expect(&got, "generated_id_len", json!({"ok": 36}));
         expect(&got, "stop_generated", json!("OK"));
-        expect(&got, "create_with_nic", json!("UNIMPLEMENTED"));
+        expect(&got, "create_with_nic", json!("INVALID_ARGUMENT"));
         expect(&got, "info_after_nic", json!("NOT_FOUND"));
         expect(&got, "list_after", json!({"ok": []}));
         // Nothing of the VMs is left in emberd's state.
