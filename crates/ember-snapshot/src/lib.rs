@@ -18,6 +18,7 @@ pub mod convert;
 pub mod erofs;
 pub mod local;
 pub mod proxy;
+mod record;
 pub mod server;
 mod usage;
 

@@ -17,14 +17,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use serde::{Deserialize, Serialize};
+use redb::{Database, ReadableDatabase, ReadableTable};
 
+use crate::record::{decode, encode, Record, META, SNAPSHOTS};
 use crate::usage::disk_usage;
 use crate::{apply_label_update, Error, Info, Kind, Labels, Mount, Result, Snapshotter, Usage};
-
-const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// How snapshots are materialised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,18 +30,6 @@ pub enum Driver {
     Overlay,
     /// Every snapshot starts as a full copy of its parent; mounts are bind mounts.
     Native,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Record {
-    id: u64,
-    kind: Kind,
-    parent: String,
-    labels: Labels,
-    created_at: SystemTime,
-    updated_at: SystemTime,
-    #[serde(default)]
-    usage: Option<Usage>,
 }
 
 /// A directory-backed snapshotter (`overlayfs` or `native`).
@@ -62,14 +47,6 @@ struct Inner {
 
 fn db_err(e: impl Into<redb::Error>) -> Error {
     Error::Internal(format!("snapshot metadata: {}", e.into()))
-}
-
-fn decode(bytes: &[u8]) -> Result<Record> {
-    serde_json::from_slice(bytes).map_err(|e| Error::internal("decoding snapshot record", e))
-}
-
-fn encode(r: &Record) -> Vec<u8> {
-    serde_json::to_vec(r).expect("snapshot records serialise")
 }
 
 impl LocalSnapshotter {
@@ -163,17 +140,6 @@ impl Inner {
         match t.get(key).map_err(db_err)? {
             Some(v) => decode(v.value()),
             None => Err(Error::NotFound(format!("snapshot {key:?} does not exist"))),
-        }
-    }
-
-    fn info(key: &str, r: &Record) -> Info {
-        Info {
-            name: key.to_string(),
-            parent: r.parent.clone(),
-            kind: r.kind,
-            labels: r.labels.clone(),
-            created_at: r.created_at,
-            updated_at: r.updated_at,
         }
     }
 
@@ -419,7 +385,7 @@ impl Inner {
             r.updated_at = SystemTime::now();
             t.insert(info.name.as_str(), encode(&r).as_slice())
                 .map_err(db_err)?;
-            Self::info(&info.name, &r)
+            r.info(&info.name)
         };
         txn.commit().map_err(db_err)?;
         Ok(out)
@@ -441,7 +407,7 @@ impl Inner {
         let mut out = Vec::new();
         for entry in t.iter().map_err(db_err)? {
             let (k, v) = entry.map_err(db_err)?;
-            out.push(Self::info(k.value(), &decode(v.value())?));
+            out.push(decode(v.value())?.info(k.value()));
         }
         Ok(out)
     }
@@ -497,7 +463,7 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
 impl Snapshotter for LocalSnapshotter {
     async fn stat(&self, key: &str) -> Result<Info> {
         let key = key.to_string();
-        self.blocking(move |i| i.get(&key).map(|r| Inner::info(&key, &r)))
+        self.blocking(move |i| i.get(&key).map(|r| r.info(&key)))
             .await
     }
 

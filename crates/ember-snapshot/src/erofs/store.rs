@@ -1,51 +1,14 @@
 //! The `erofs` snapshotter's records: key → (id, kind, parent key, labels, times,
 //! usage) in one redb table, ids from a counter.
 
-use std::time::SystemTime;
+use redb::{Database, ReadableTable};
 
-use redb::{Database, ReadableTable, TableDefinition};
-use serde::{Deserialize, Serialize};
+use crate::{Error, Result};
 
-use crate::{Error, Info, Kind, Labels, Result, Usage};
-
-pub const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
-pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Record {
-    pub id: u64,
-    pub kind: Kind,
-    pub parent: String,
-    pub labels: Labels,
-    pub created_at: SystemTime,
-    pub updated_at: SystemTime,
-    #[serde(default)]
-    pub usage: Option<Usage>,
-}
-
-impl Record {
-    pub fn info(&self, key: &str) -> Info {
-        Info {
-            name: key.to_string(),
-            parent: self.parent.clone(),
-            kind: self.kind,
-            labels: self.labels.clone(),
-            created_at: self.created_at,
-            updated_at: self.updated_at,
-        }
-    }
-}
+pub(crate) use crate::record::{decode, encode, Record, META, SNAPSHOTS};
 
 pub fn db_err(e: impl Into<redb::Error>) -> Error {
     Error::Internal(format!("erofs snapshot metadata: {}", e.into()))
-}
-
-pub fn decode(bytes: &[u8]) -> Result<Record> {
-    serde_json::from_slice(bytes).map_err(|e| Error::internal("decoding snapshot record", e))
-}
-
-pub fn encode(r: &Record) -> Vec<u8> {
-    serde_json::to_vec(r).expect("snapshot records serialise")
 }
 
 pub fn open(path: &std::path::Path) -> Result<Database> {
