@@ -92,6 +92,24 @@ pub fn mount(
     Ok(())
 }
 
+/// Binds `source` at `target`, then remounts the bind read-only with nosuid, nodev
+/// and noexec (a bind takes none of them at first).
+pub fn bind_read_only(source: &Path, target: &Path) -> io::Result<()> {
+    mount(source.to_str(), target, None, libc::MS_BIND, None)?;
+    mount(
+        None,
+        target,
+        None,
+        libc::MS_BIND
+            | libc::MS_REMOUNT
+            | libc::MS_RDONLY
+            | libc::MS_NOSUID
+            | libc::MS_NODEV
+            | libc::MS_NOEXEC,
+        None,
+    )
+}
+
 /// The filesystem magic of `path` (statfs `f_type`).
 pub fn fs_magic(path: &Path) -> io::Result<i64> {
     let st = nix::sys::statfs::statfs(path)?;

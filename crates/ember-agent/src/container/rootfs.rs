@@ -152,19 +152,7 @@ fn bind_metadata(rootfs: &Path, src: &Path, report_fd: RawFd) {
         .unwrap_or(Path::new("/run/ember/metadata"));
     let res = secure_join(rootfs, guest).and_then(|dest| {
         std::fs::create_dir_all(&dest).map_err(|e| err("creating the mount point", e))?;
-        sys::mount(src.to_str(), &dest, None, libc::MS_BIND, None)?;
-        sys::mount(
-            None,
-            &dest,
-            None,
-            libc::MS_BIND
-                | libc::MS_REMOUNT
-                | libc::MS_RDONLY
-                | libc::MS_NOSUID
-                | libc::MS_NODEV
-                | libc::MS_NOEXEC,
-            None,
-        )
+        sys::bind_read_only(src, &dest)
     });
     if let Err(e) = res {
         crate::spawn::report(

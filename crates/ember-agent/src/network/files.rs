@@ -112,19 +112,7 @@ pub fn bind(rootfs: &Path, files: &[NameFile], report_fd: RawFd) {
                 }
                 std::fs::File::create(&dest)?;
             }
-            sys::mount(f.source.to_str(), &dest, None, libc::MS_BIND, None)?;
-            sys::mount(
-                None,
-                &dest,
-                None,
-                libc::MS_BIND
-                    | libc::MS_REMOUNT
-                    | libc::MS_RDONLY
-                    | libc::MS_NOSUID
-                    | libc::MS_NODEV
-                    | libc::MS_NOEXEC,
-                None,
-            )
+            sys::bind_read_only(&f.source, &dest)
         });
         if let Err(e) = res {
             crate::spawn::report(
