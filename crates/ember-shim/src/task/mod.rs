@@ -79,6 +79,15 @@ impl Task {
         self.vm.agent()
     }
 
+    /// The OCI hooks of container `id` (taken out of the lock: they run for a while).
+    fn hooks_of(&self, id: &str) -> Option<crate::hooks::ContainerHooks> {
+        self.containers
+            .lock()
+            .unwrap()
+            .get(id)
+            .map(|c| c.hooks.clone())
+    }
+
     fn proc(&self, id: &str, exec_id: &str) -> Result<Arc<Proc>, Status> {
         let c = self.containers.lock().unwrap();
         let c = c
@@ -120,13 +129,7 @@ impl Task {
         if let Ok(agent) = self.agent() {
             let _ = tokio::time::timeout(Duration::from_secs(20), agent.remove_container(id)).await;
         }
-        let hooks = self
-            .containers
-            .lock()
-            .unwrap()
-            .get(id)
-            .map(|c| c.hooks.clone());
-        if let Some(h) = hooks {
+        if let Some(h) = self.hooks_of(id) {
             h.poststop().await;
         }
         // A created-but-never-started init ends with the container; it never ran, so

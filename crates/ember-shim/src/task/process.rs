@@ -170,13 +170,7 @@ impl Task {
                     pid,
                 },
             );
-            let hooks = self
-                .containers
-                .lock()
-                .unwrap()
-                .get(id)
-                .map(|c| c.hooks.clone());
-            if let Some(h) = hooks {
+            if let Some(h) = self.hooks_of(id) {
                 h.poststart(pid).await;
             }
         } else {
