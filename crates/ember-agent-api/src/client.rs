@@ -271,6 +271,14 @@ impl AgentClient {
         Ok(())
     }
 
+    /// Gives a VM restored from a template its own identity (entropy, hostname,
+    /// clock) and, where it waited for it, its shared directory.
+    pub async fn set_identity(&self, req: &SetIdentityRequest) -> Result<SetIdentityResponse> {
+        self.rpc
+            .call(SERVICE, method::SET_IDENTITY, req, QUICK)
+            .await
+    }
+
     /// Waits (without timeout) for the next OOM kill in any container.
     pub async fn wait_oom(&self) -> Result<OomEvent> {
         self.rpc

@@ -33,6 +33,10 @@ pub const MAX_IO_CHUNK: u32 = 1 << 20;
 /// Kernel command line key whose value the agent prints to the console before
 /// powering off at once (used to time bare boots and to probe accelerators).
 pub const CMDLINE_PROBE: &str = "ember.probe";
+/// Kernel command line key (`ember.template=1`) of a guest booted to be saved as a
+/// template: the agent leaves the shared directory unmounted (a mounted 9p export
+/// blocks the save) until `SetIdentity` gives the clone its own.
+pub const CMDLINE_TEMPLATE: &str = "ember.template";
 /// Marker the agent prints on the console when it is ready to serve.
 pub const READY_MARKER: &str = "ember-agent: ready";
 
@@ -73,4 +77,5 @@ pub mod method {
     pub const UNMOUNT: &str = "Unmount";
     pub const SET_METADATA: &str = "SetMetadata";
     pub const CONFIGURE_NETWORK: &str = "ConfigureNetwork";
+    pub const SET_IDENTITY: &str = "SetIdentity";
 }

@@ -253,6 +253,37 @@ pub struct SetClockRequest {
     pub unix_ns: i64,
 }
 
+/// What makes a VM restored from a template its own: fresh entropy for the guest's
+/// random number generator (two clones of one template must never share its
+/// state), its hostname and clock. The first call a clone gets.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SetIdentityRequest {
+    /// Random bytes from the host, mixed into the guest's pool (credited) before
+    /// the kernel's generator is reseeded; 32 to 4096 bytes.
+    #[prost(bytes = "vec", tag = "1")]
+    pub seed: Vec<u8>,
+    /// The guest's hostname (empty: leave it).
+    #[prost(string, tag = "2")]
+    pub hostname: String,
+    /// The host's wall clock, nanoseconds since the Unix epoch (0: leave it).
+    #[prost(int64, tag = "3")]
+    pub unix_ns: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SetIdentityResponse {
+    /// The guest kernel's boot id (`/proc/sys/kernel/random/boot_id`).
+    #[prost(string, tag = "1")]
+    pub boot_id: String,
+    /// Whether the shared directory is mounted (now, or already was).
+    #[prost(bool, tag = "2")]
+    pub shared_mounted: bool,
+}
+
+/// The size limits of `SetIdentityRequest::seed`.
+pub const IDENTITY_SEED_MIN: usize = 32;
+pub const IDENTITY_SEED_MAX: usize = 4096;
+
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ContainerRef {
     #[prost(string, tag = "1")]

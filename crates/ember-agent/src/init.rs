@@ -192,10 +192,10 @@ pub fn pid1_setup() -> io::Result<String> {
 /// Mounts the host's shared directory (virtio-9p, tag `SHARED_TAG`) at
 /// `SHARED_GUEST_DIR` when the VM has one, with `SHARED_9P_OPTIONS` or those of
 /// `ember.shared_opts=` on the kernel command line. Best effort: a failure is
-/// logged.
-pub fn mount_shared_dir() {
+/// logged. True when it is mounted or the VM has none.
+pub fn mount_shared_dir() -> bool {
     let Some(dev) = find_9p_tag(ember_agent_api::SHARED_TAG) else {
-        return;
+        return true;
     };
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let opts = cmdline_value(&cmdline, "ember.shared_opts")
@@ -212,11 +212,17 @@ pub fn mount_shared_dir() {
         )
     });
     match res {
-        Ok(()) => tracing::info!(
-            "shared directory ({dev}) mounted at {} ({opts})",
-            target.display()
-        ),
-        Err(e) => tracing::error!("mounting the shared directory ({dev}): {e}"),
+        Ok(()) => {
+            tracing::info!(
+                "shared directory ({dev}) mounted at {} ({opts})",
+                target.display()
+            );
+            true
+        }
+        Err(e) => {
+            tracing::error!("mounting the shared directory ({dev}): {e}");
+            false
+        }
     }
 }
 

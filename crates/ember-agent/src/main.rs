@@ -17,6 +17,7 @@
 mod cgroup;
 mod channel;
 mod container;
+mod identity;
 mod init;
 mod loopdev;
 mod network;
@@ -180,8 +181,13 @@ async fn run(opts: Opts, is_pid1: bool) -> Result<()> {
         cfg.metadata_dir = d.join("metadata");
         cfg.network_dir = d.join("network");
     }
-    if is_pid1 {
-        init::mount_shared_dir();
+    // A guest booted to become a template mounts its shared directory only when
+    // a clone gets its identity: a mounted 9p export cannot be saved.
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let template =
+        init::cmdline_value(&cmdline, ember_agent_api::CMDLINE_TEMPLATE).is_some_and(|v| v == "1");
+    if is_pid1 && !template {
+        identity::mount_shared_once();
     }
     let agent = runtime::Agent::new(cfg, reaper);
     let mut listen = opts.listen.clone();

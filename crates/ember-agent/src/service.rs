@@ -250,6 +250,26 @@ pub fn server(agent: Arc<Agent>, closed: watch::Receiver<bool>) -> Server {
                     .map_err(|e| Status::new(Code::Internal, format!("setting the clock: {e}")))?;
                 Ok(Empty {})
             })
+            .method(method::SET_IDENTITY, |r: SetIdentityRequest| async move {
+                crate::identity::check(&r).map_err(|e| Status::new(Code::InvalidArgument, e))?;
+                if std::process::id() != 1 {
+                    return Err(Status::new(
+                        Code::FailedPrecondition,
+                        "the identity of a guest is set by its PID 1 agent",
+                    ));
+                }
+                let shared_mounted =
+                    tokio::task::spawn_blocking(move || crate::identity::apply(&r))
+                        .await
+                        .map_err(|e| Status::new(Code::Internal, e.to_string()))?
+                        .map_err(|e| {
+                            Status::new(Code::Internal, format!("setting the identity: {e}"))
+                        })?;
+                Ok(SetIdentityResponse {
+                    boot_id: crate::identity::boot_id(),
+                    shared_mounted,
+                })
+            })
             .method(method::WAIT_OOM, {
                 let a = a.clone();
                 let closed = closed.clone();

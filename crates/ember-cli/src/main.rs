@@ -16,6 +16,7 @@ mod client;
 mod info;
 mod info_jail;
 mod stdout;
+mod template;
 mod vm;
 
 use anyhow::Result;

@@ -25,6 +25,9 @@ pub enum VmCommand {
     Pause(client::vm::pause::PauseArgs),
     Resume(client::vm::resume::ResumeArgs),
     Metadata(client::vm::metadata::MetadataArgs),
+    /// The templates microVMs start from (build, ls, rm).
+    #[command(subcommand)]
+    Template(crate::template::TemplateCommand),
     /// Boot a microVM, run one container in it, and power it off (no daemon involved).
     Run(RunArgs),
     /// Write the busybox demo image as a docker-archive tar (for `ctr images import`).
@@ -97,6 +100,7 @@ pub async fn run(opts: &ClientOpts, cmd: VmCommand) -> Result<i32> {
         VmCommand::Pause(a) => client::vm::pause::run(opts, a).await,
         VmCommand::Resume(a) => client::vm::resume::run(opts, a).await,
         VmCommand::Metadata(a) => client::vm::metadata::run(opts, a).await,
+        VmCommand::Template(c) => crate::template::run(opts, c).await,
         VmCommand::Run(a) => run_container(a).await,
         VmCommand::BusyboxImage { out, name } => {
             ember_guest::busybox_docker_archive(&out, &name)?;

@@ -5,8 +5,10 @@
 
 mod config;
 pub mod pool;
+mod restore;
 pub mod share;
 mod stdio;
+pub mod template;
 
 use std::time::{Duration, Instant};
 
@@ -52,6 +54,11 @@ pub struct BootTimings {
     pub vmm_ready: Duration,
     /// From `boot` to the agent's first answer.
     pub agent_ready: Duration,
+    /// From `boot` to the sandbox ready for containers: the agent's answer, and in
+    /// a clone its new identity.
+    pub identity_ready: Duration,
+    /// The VM was restored from a template, not booted.
+    pub from_template: bool,
 }
 
 /// A running microVM with a connected agent.
@@ -61,37 +68,53 @@ pub struct Sandbox {
     agent: AgentClient,
     timings: BootTimings,
     kernel_release: String,
+    /// The template it was restored from.
+    template: Option<String>,
+    /// Of a clone: each NIC's asked-for MAC and the template's MAC its guest sees.
+    nic_macs: Vec<(String, String)>,
 }
 
 impl Sandbox {
     /// Boots the VM and waits until its agent answers. On failure the VM is gone.
     pub async fn boot(config: SandboxConfig) -> Result<Sandbox, Error> {
+        Self::boot_vm(
+            config.vmm,
+            config.vm_config(),
+            config.drives.clone(),
+            config.boot_timeout,
+        )
+        .await
+    }
+
+    /// Boots the VM of `vm_config` under `vmm` (its drives are `drives`) and waits
+    /// for its agent, at most `boot_timeout`.
+    pub(crate) async fn boot_vm(
+        vmm: VmmKind,
+        vm_config: VmConfig,
+        drives: Vec<ember_vmm::Drive>,
+        boot_timeout: Duration,
+    ) -> Result<Sandbox, Error> {
         let started = Instant::now();
-        let vm_config: VmConfig = config.vm_config();
-        let drives = config.drives.clone();
-        let mut vm: Box<dyn Vm> = match config.vmm {
+        let id = vm_config.id.clone();
+        let mut vm: Box<dyn Vm> = match vmm {
             VmmKind::Qemu => Box::new(QemuVm::new(vm_config)?),
             VmmKind::Firecracker => Box::new(FirecrackerVm::new(vm_config)?),
         };
         vm.start().await?;
         let vmm_ready = started.elapsed();
-        let outcome = wait_for_agent(
-            vm.as_mut(),
-            started + config.boot_timeout,
-            config.boot_timeout,
-        )
-        .await;
+        let outcome = wait_for_agent(vm.as_mut(), started + boot_timeout, boot_timeout).await;
         match outcome {
             Ok((agent, ping)) => {
                 let timings = BootTimings {
                     vmm_ready,
                     agent_ready: started.elapsed(),
+                    identity_ready: started.elapsed(),
+                    from_template: false,
                 };
                 tracing::info!(
                     accel = ?vm.accel(),
                     agent_ms = timings.agent_ready.as_millis() as u64,
-                    "sandbox {} ready (guest kernel {})",
-                    config.id,
+                    "sandbox {id} ready (guest kernel {})",
                     ping.kernel_release
                 );
                 Ok(Sandbox {
@@ -100,6 +123,8 @@ impl Sandbox {
                     agent,
                     timings,
                     kernel_release: ping.kernel_release,
+                    template: None,
+                    nic_macs: Vec::new(),
                 })
             }
             Err(e) => {

@@ -57,6 +57,9 @@ pub const KEYS: &[&str] = &[
     "boot_timeout_secs",
     "state_dir",
     "log_max_bytes",
+    "templates",
+    "template_dir",
+    "template_max_mib",
     "jailer",
 ];
 
@@ -88,6 +91,13 @@ pub struct RuntimeConfig {
     /// Size at which a VM's console.log, vmm.log and metrics.json rotate (one older
     /// part `<name>.1` is kept).
     pub log_max_bytes: u64,
+    /// Start VMs from templates (a guest saved once per shape, restored instead of
+    /// booted); false boots every VM.
+    pub templates: bool,
+    /// Where templates live.
+    pub template_dir: PathBuf,
+    /// Size cap of `template_dir`, MiB; the least recently used templates go first.
+    pub template_max_mib: u64,
     /// The `[jailer]` table: how VMMs are confined on the host.
     pub jailer: JailerSettings,
     /// The file this was read from (none: the defaults).
@@ -112,6 +122,9 @@ impl Default for RuntimeConfig {
             boot_timeout_secs: 60,
             state_dir: PathBuf::from("/run/ember/shim"),
             log_max_bytes: ember_vmm::DEFAULT_LOG_MAX_BYTES,
+            templates: true,
+            template_dir: PathBuf::from(DEFAULT_TEMPLATE_DIR),
+            template_max_mib: ember_sandbox::template::DEFAULT_MAX_BYTES >> 20,
             jailer: JailerSettings::default(),
             path: None,
         }
@@ -139,6 +152,21 @@ pub enum ConfigError {
     /// A VM size derived from the container's spec that the host cannot give.
     #[error("{what}: {why}")]
     Spec { what: String, why: String },
+}
+
+/// Where templates live by default.
+pub const DEFAULT_TEMPLATE_DIR: &str = "/var/lib/ember/templates";
+
+impl RuntimeConfig {
+    /// The template store VMs start from, when templates are on.
+    pub fn template_store(&self) -> Option<ember_sandbox::template::TemplateStore> {
+        self.templates.then(|| {
+            ember_sandbox::template::TemplateStore::new(
+                &self.template_dir,
+                self.template_max_mib << 20,
+            )
+        })
+    }
 }
 
 /// Where the configuration file is: `$EMBER_RUNTIME_CONFIG`, else the default.
@@ -194,6 +222,9 @@ impl RuntimeConfig {
         }
         if c.log_max_bytes < 4096 {
             return Err(at("log_max_bytes", "at least 4096 bytes".into()));
+        }
+        if c.template_max_mib < 64 {
+            return Err(at("template_max_mib", "at least 64 MiB".into()));
         }
         if let Err((key, why)) = c.jailer.check() {
             return Err(ConfigError::File {

@@ -77,6 +77,26 @@ pub struct VmConfig {
     /// Size at which `console.log`, `vmm.log` and `metrics.json` are rotated (one
     /// older file `<name>.1` is kept); 0: [`DEFAULT_LOG_MAX_BYTES`].
     pub log_max_bytes: u64,
+    /// Boot a VM to be saved as a template, or restore one from a template instead
+    /// of booting (see [`TemplateMode`]). None: an ordinary boot.
+    pub template: Option<TemplateMode>,
+}
+
+/// How a VM takes part in templating.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplateMode {
+    /// Boot normally, to be saved by [`Vm::save_template`] once its agent is ready.
+    /// `memory`: the file that holds guest RAM, mapped shared (QEMU), so that
+    /// clones can map it privately; None: RAM goes into the saved state.
+    Build { memory: Option<PathBuf> },
+    /// Start from a saved template instead of booting: device state from `state`,
+    /// guest RAM mapped privately from `memory` (None: RAM is in `state`). The
+    /// drives, shared directory and NICs of the config must be laid out as the
+    /// template's were; their host files may differ.
+    Restore {
+        memory: Option<PathBuf>,
+        state: PathBuf,
+    },
 }
 
 /// Default size cap of each host-side log of a VM.
@@ -217,6 +237,13 @@ pub trait Vm: Send + Sync {
     /// agent finds it. Backends that pass the drive id through return it unchanged.
     fn guest_serial(&self, drive: &Drive) -> String {
         drive.id.clone()
+    }
+
+    /// Saves the running VM of a [`TemplateMode::Build`] config as a template: its
+    /// device state (and RAM where it has no memory file) into `state`, written
+    /// whole or not at all. The VM is left paused; kill it afterwards.
+    async fn save_template(&mut self, _state: &std::path::Path) -> Result<(), Error> {
+        Err(Error::Unsupported("saving a template"))
     }
 
     /// Pid of the VMM process, once started.

@@ -49,6 +49,8 @@ fn every_key_is_read() {
                 "boot_timeout_secs" => "9",
                 "log_level" => "\"warn\"",
                 "log_max_bytes" => "8192",
+                "templates" => "false",
+                "template_max_mib" => "100",
                 "jailer" => "{ enabled = false, expose = \"copy\" }",
                 _ => "\"/x\"",
             };
@@ -63,6 +65,11 @@ fn every_key_is_read() {
     assert_eq!((c.boot_timeout_secs, c.log_level.as_str()), (9, "warn"));
     assert_eq!(c.state_dir, PathBuf::from("/x"));
     assert_eq!(c.log_max_bytes, 8192);
+    assert!(!c.templates && c.template_store().is_none());
+    assert_eq!(
+        (c.template_dir.as_path(), c.template_max_mib),
+        (Path::new("/x"), 100)
+    );
     assert!(!c.jailer.enabled);
     assert_eq!(c.jailer.expose, ember_vmm::jail::DriveExposePolicy::Copy);
 }

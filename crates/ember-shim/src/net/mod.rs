@@ -411,8 +411,7 @@ pub async fn wire_late(vm: &VmHost) -> Result<(), Status> {
         return Ok(());
     };
     tracing::info!(vm = %vm.id, interfaces = ?net.wires, "interfaces joined to the VM's NICs");
-    vm.agent()?
-        .configure_network(&req)
+    vm.configure_network(&req)
         .await
         .map_err(|e| configure_err(&e))
 }

@@ -285,6 +285,9 @@ impl Task {
         cfg: RuntimeConfig,
         network: crate::net::NetRequest,
     ) -> Result<Placed, Status> {
+        if crate::vm::VmHost::templated(&cfg) {
+            return self.boot_then_place(req, bundle, cfg, network).await;
+        }
         if let Some(layered) = rootfs::erofs::describe(&req.rootfs) {
             if let Some(placed) = self.boot_layered(req, cfg.clone(), layered).await? {
                 return Ok(placed);
@@ -327,6 +330,33 @@ impl Task {
         };
         let ms = r.build_time.as_secs_f64() * 1e3;
         Ok((Storage::BootDrive(r), device.into(), ms, timings))
+    }
+
+    /// Starts a VM of the template kind (the pool drive only, so every VM of one
+    /// sizing has one shape), then places the container in it as in a running one.
+    async fn boot_then_place(
+        self: &Arc<Self>,
+        req: &CreateTaskRequest,
+        bundle: &Path,
+        cfg: RuntimeConfig,
+        network: crate::net::NetRequest,
+    ) -> Result<Placed, Status> {
+        let mut spec = BootSpec::implicit(cfg, Vec::new());
+        spec.network = network;
+        self.vm.boot(spec).await?;
+        let timings = self.vm.booted().map(|b| b.timings);
+        if let Ok(agent) = self.agent() {
+            tokio::spawn(watch_oom(agent, self.publisher.clone()));
+        }
+        match self.place_in_pool(req, bundle, None).await {
+            Ok((storage, device, ms, _)) => Ok((storage, device, ms, timings)),
+            Err(e) => {
+                self.vm
+                    .stop(std::time::Duration::from_secs(2), Phase::Absent)
+                    .await;
+                Err(e)
+            }
+        }
     }
 
     /// Writes the rootfs into a fresh region of the running VM's pool drive;

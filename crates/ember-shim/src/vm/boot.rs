@@ -118,19 +118,24 @@ impl VmHost {
             netns,
             ..Default::default()
         };
-        let sb = Sandbox::boot(sc)
+        let store = cfg.template_store();
+        let sb = Sandbox::start(sc, store.as_ref())
             .await
             .map_err(|e| internal(format!("starting the microVM: {e}")))?;
         tracing::info!(
             vm = %self.id,
             accel = ?sb.vm().accel(),
-            agent_ms = sb.timings().agent_ready.as_millis() as u64,
+            template = sb.template().unwrap_or("none"),
+            ready_ms = sb.timings().identity_ready.as_millis() as u64,
             "microVM ready"
         );
         let agent = sb.agent().clone();
-        // Exit times are taken in the guest: its clock is the host's.
-        if let Err(e) = agent.set_clock(SystemTime::now()).await {
-            tracing::warn!("setting the guest clock: {e}");
+        // Exit times are taken in the guest: its clock is the host's (a clone's was
+        // set with its identity).
+        if !sb.timings().from_template {
+            if let Err(e) = agent.set_clock(SystemTime::now()).await {
+                tracing::warn!("setting the guest clock: {e}");
+            }
         }
         let pid = sb.vm().pid().unwrap_or(0);
         let _ = std::fs::write(self.dir.join("vmm.pid"), pid.to_string());
@@ -188,8 +193,7 @@ impl VmHost {
             .or(spec.fc_network.as_ref().map(|n| &n.guest))
             .filter(|g| !g.interfaces.is_empty());
         if let Some(req) = guest {
-            agent
-                .configure_network(req)
+            self.configure_network(req)
                 .await
                 .map_err(|e| crate::net::configure_err(&e))?;
         }

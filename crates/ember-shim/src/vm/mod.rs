@@ -333,6 +333,31 @@ impl VmHost {
         self.shared.lock().unwrap().clone()
     }
 
+    /// Configures the guest's network; a VM restored from a template finds its
+    /// NICs by the template's MACs and gives them the asked-for ones.
+    pub async fn configure_network(
+        &self,
+        req: &ember_agent_api::ConfigureNetworkRequest,
+    ) -> Result<(), ember_ttrpc::Error> {
+        let (agent, req) = {
+            let sb = self.sandbox.lock().await;
+            let Some(sb) = sb.as_ref() else {
+                return Err(ember_ttrpc::Error::Status(Status::new(
+                    Code::FailedPrecondition,
+                    format!("VM {} is not running", self.id),
+                )));
+            };
+            (sb.agent().clone(), sb.guest_network(req))
+        };
+        agent.configure_network(&req).await
+    }
+
+    /// Whether VMs of `cfg` start from templates (their first container then goes
+    /// into the pool drive, like every later one).
+    pub fn templated(cfg: &RuntimeConfig) -> bool {
+        cfg.templates && cfg.vmm == VmmKind::Qemu
+    }
+
     /// The serial under which the guest sees drive `id`.
     pub async fn guest_serial(&self, id: &str) -> Option<String> {
         self.sandbox.lock().await.as_ref()?.guest_serial(id)

@@ -3,7 +3,7 @@
 use std::ffi::OsString;
 use std::path::Path;
 
-use crate::{Accel, VmConfig};
+use crate::{Accel, TemplateMode, VmConfig};
 
 /// Paths of the sockets and files QEMU uses, all inside the VM's state directory.
 #[derive(Debug, Clone)]
@@ -61,8 +61,38 @@ pub fn build_args(
     let mut push = |s: &str| a.push(OsString::from(s));
     push("-name");
     push(&format!("ember-{},debug-threads=on", config.id));
+    // Guest RAM of a template lives in a file: shared while the template is built
+    // (the file then holds it), private in a clone (its writes stay its own).
+    let ram_file = match &config.template {
+        Some(TemplateMode::Build {
+            memory: Some(path), ..
+        }) => Some((path, true)),
+        Some(TemplateMode::Restore {
+            memory: Some(path), ..
+        }) => Some((path, false)),
+        _ => None,
+    };
     push("-machine");
-    push("microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=on,pcie=off");
+    let mut machine =
+        String::from("microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=on,pcie=off");
+    if ram_file.is_some() {
+        machine.push_str(&format!(",memory-backend={RAM_BACKEND}"));
+    }
+    push(&machine);
+    if let Some((path, shared)) = ram_file {
+        push("-object");
+        push(&format!(
+            "memory-backend-file,id={RAM_BACKEND},size={}M,mem-path={},share={}",
+            config.memory_mib,
+            escape_opt(&path.display().to_string()),
+            if shared { "on" } else { "off" }
+        ));
+    }
+    if matches!(config.template, Some(TemplateMode::Restore { .. })) {
+        // The state arrives over QMP (a descriptor, `migrate-incoming fd:`).
+        push("-incoming");
+        push("defer");
+    }
     match accel {
         Accel::Kvm => {
             push("-accel");
@@ -192,7 +222,18 @@ pub fn build_args(
 /// host) and a virtio-net MMIO device with the NIC's MAC (and MTU, when set).
 pub fn nics(config: &VmConfig) -> Vec<String> {
     let mut a = Vec::new();
+    // A template's NICs have no tap yet: each clone connects its own.
+    let unplugged = matches!(config.template, Some(TemplateMode::Build { .. }));
     for n in &config.nics {
+        if unplugged {
+            let mut dev = format!("virtio-net-device,mac={}", n.mac);
+            if n.mtu > 0 {
+                dev.push_str(&format!(",host_mtu={}", n.mtu));
+            }
+            a.push("-device".to_string());
+            a.push(dev);
+            continue;
+        }
         a.push("-netdev".to_string());
         a.push(format!(
             "tap,id=net_{},ifname={},script=no,downscript=no,vhost=off",
@@ -222,6 +263,9 @@ pub use ember_agent_api::SERIAL_SYNC;
 
 /// Name of the virtio-serial port the agent serves on.
 pub use ember_agent_api::SERIAL_PORT_NAME as AGENT_PORT_NAME;
+
+/// The memory backend of guest RAM kept in a file (templates and clones).
+const RAM_BACKEND: &str = "ram0";
 
 /// The fsdev id of the shared directory.
 const SHARED_FSDEV: &str = "shared";

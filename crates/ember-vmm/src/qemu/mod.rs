@@ -17,6 +17,7 @@ mod balloon;
 mod cmdline;
 mod fileserver;
 mod qmp;
+mod template;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -37,8 +38,8 @@ use crate::jail::{jailed_arg0, Jail};
 use crate::logs::{drain, quote_guest, CappedLog};
 use crate::process::{file_tail, proc_stats, require_file, spawn_confined, vm_exit};
 use crate::{
-    Accel, BalloonConfig, BalloonStats, BoxedAgentStream, Drive, Error, Vm, VmConfig, VmExit,
-    VmStats, VmmKind,
+    Accel, BalloonConfig, BalloonStats, BoxedAgentStream, Drive, Error, TemplateMode, Vm, VmConfig,
+    VmExit, VmStats, VmmKind,
 };
 
 /// Longest drive id: virtio-blk serials are 20 bytes.
@@ -120,6 +121,23 @@ impl QemuVm {
         }
         if let Some(b) = &config.balloon {
             balloon::target_bytes(config.memory_mib, b.amount_mib)?;
+        }
+        match &config.template {
+            Some(TemplateMode::Build { .. }) if config.jail.is_some() => {
+                return Err(Error::Unsupported("building a template in a jail"));
+            }
+            // A jailed VMM must not be able to write a file other VMs map.
+            Some(TemplateMode::Restore {
+                memory: Some(_), ..
+            }) if config.jail.is_some() => {
+                return Err(Error::Unsupported(
+                    "a jailed clone of a template whose RAM is a shared file",
+                ));
+            }
+            Some(TemplateMode::Restore { memory, state }) => {
+                template::check_restore(memory.as_deref(), state, config.memory_mib)?;
+            }
+            _ => {}
         }
         let paths = QemuPaths::new(&config.state_dir);
         let balloon = std::sync::Mutex::new(config.balloon);
@@ -341,6 +359,12 @@ impl Vm for QemuVm {
         for p in [&self.paths.qmp, &self.paths.agent, &self.paths.pidfile] {
             let _ = std::fs::remove_file(p);
         }
+        if let Some(TemplateMode::Build {
+            memory: Some(path), ..
+        }) = &self.config.template
+        {
+            template::fresh_memory_file(path, self.config.memory_mib)?;
+        }
         if let Err(e) = self.spawn(accel).await {
             self.kill_child().await;
             return Err(e);
@@ -360,6 +384,15 @@ impl Vm for QemuVm {
             if self.paths.qmp.exists() {
                 match Qmp::connect(&self.paths.qmp).await {
                     Ok(q) => {
+                        if let Some(TemplateMode::Restore { memory, state }) = &self.config.template
+                        {
+                            let t = self.config.boot_timeout;
+                            if let Err(e) = template::restore(&q, state, memory.is_some(), t).await
+                            {
+                                self.kill_child().await;
+                                return Err(self.fail(format!("restoring the template: {e}")));
+                            }
+                        }
                         if let Err(e) = self.configure_balloon(&q).await {
                             self.kill_child().await;
                             return Err(self.fail(format!("configuring the balloon: {e}")));
@@ -444,6 +477,25 @@ impl Vm for QemuVm {
         Err(Error::Unsupported(
             "hot-plugging drives into a QEMU microvm",
         ))
+    }
+
+    async fn save_template(&mut self, state: &Path) -> Result<(), Error> {
+        let Some(TemplateMode::Build { memory }) = &self.config.template else {
+            return Err(Error::InvalidConfig(
+                "only a VM booted to be a template can be saved as one".into(),
+            ));
+        };
+        let ram_in_file = memory.is_some();
+        let qmp = self.qmp.clone().ok_or(Error::NotRunning)?;
+        template::save(&qmp, state, ram_in_file).await?;
+        if let Some(m) = memory {
+            // Guest RAM reached the file through a shared mapping: on disk before
+            // the template counts as made.
+            std::fs::File::open(m)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| Error::Control(format!("syncing {}: {e}", m.display())))?;
+        }
+        Ok(())
     }
 
     async fn balloon_config(&self) -> Result<BalloonConfig, Error> {

@@ -2,6 +2,7 @@
 //! Commands are answered in order with `return` or `error`; `event` objects may arrive
 //! at any time and are delivered on a broadcast channel.
 
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::Path;
 use std::time::Duration;
 
@@ -76,6 +77,23 @@ impl Qmp {
 
     /// Runs one command and returns its `return` value.
     pub async fn execute(&self, command: &str, arguments: Option<Value>) -> Result<Value, Error> {
+        self.call(command, arguments, None).await
+    }
+
+    /// Hands QEMU the descriptor `fd` under `name` (`getfd`, the descriptor riding
+    /// on the command as SCM_RIGHTS), for commands that name it (`fd:NAME`).
+    pub async fn send_fd(&self, name: &str, fd: BorrowedFd<'_>) -> Result<(), Error> {
+        self.call("getfd", Some(json!({ "fdname": name })), Some(fd))
+            .await
+            .map(|_| ())
+    }
+
+    async fn call(
+        &self,
+        command: &str,
+        arguments: Option<Value>,
+        fd: Option<BorrowedFd<'_>>,
+    ) -> Result<Value, Error> {
         let mut guard = self.writer.lock().await;
         let (wr, rx) = &mut *guard;
         let mut msg = json!({ "execute": command });
@@ -84,9 +102,11 @@ impl Qmp {
         }
         let mut line = msg.to_string();
         line.push('\n');
-        wr.write_all(line.as_bytes())
-            .await
-            .map_err(|e| Error::Control(format!("QMP {command}: {e}")))?;
+        let sent = match fd {
+            None => wr.write_all(line.as_bytes()).await,
+            Some(fd) => send_with_fd(wr, line.as_bytes(), fd).await,
+        };
+        sent.map_err(|e| Error::Control(format!("QMP {command}: {e}")))?;
         match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
             Ok(Some(Ok(v))) => Ok(v),
             Ok(Some(Err(e))) => Err(Error::Control(format!("QMP {command}: {e}"))),
@@ -94,4 +114,31 @@ impl Qmp {
             Err(_) => Err(Error::Control(format!("QMP {command}: no answer in 10s"))),
         }
     }
+}
+
+/// Writes `bytes` with `fd` attached (SCM_RIGHTS) in one `sendmsg`; the rest of a
+/// short write follows without it.
+async fn send_with_fd(
+    wr: &mut OwnedWriteHalf,
+    bytes: &[u8],
+    fd: BorrowedFd<'_>,
+) -> std::io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let stream: &UnixStream = wr.as_ref();
+    let fds = [fd.as_raw_fd()];
+    let sent = loop {
+        stream.writable().await?;
+        let r = stream.try_io(tokio::io::Interest::WRITABLE, || {
+            let iov = [std::io::IoSlice::new(bytes)];
+            let cmsg = [ControlMessage::ScmRights(&fds)];
+            sendmsg::<()>(stream.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)
+                .map_err(std::io::Error::from)
+        });
+        match r {
+            Ok(n) => break n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    wr.write_all(&bytes[sent..]).await
 }
