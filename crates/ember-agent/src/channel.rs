@@ -99,14 +99,33 @@ impl AsyncWrite for FdStream {
 /// to the guest, so the end of a host connection is no reliable session boundary here:
 /// a session on the port ends only at a protocol error, which is also what the next
 /// connection's sync marker causes. "Not connected" just means no data yet.
+///
+/// A new connection's sync marker seen inside a session ends it at once: the bytes
+/// before the marker are the session's last, those after it go to `next`, where the
+/// next session begins (a VM restored from a template meets its host's first
+/// connection in the middle of the session the template was saved in).
 struct SerialPort {
     port: FdStream,
     idle: Option<Pin<Box<tokio::time::Sleep>>>,
+    next: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+    /// The session's input ended at a marker: reads give EOF once `pending` is out.
+    done: bool,
+    /// Bytes read from the port (in chunks big enough to hold a whole marker) and
+    /// not handed to the session yet.
+    pending: Vec<u8>,
+    pos: usize,
 }
 
 impl SerialPort {
-    fn new(port: FdStream) -> Self {
-        SerialPort { port, idle: None }
+    fn new(port: FdStream, next: Arc<std::sync::Mutex<Option<Vec<u8>>>>) -> Self {
+        SerialPort {
+            port,
+            idle: None,
+            next,
+            done: false,
+            pending: Vec::new(),
+            pos: 0,
+        }
     }
 }
 
@@ -117,18 +136,41 @@ impl AsyncRead for SerialPort {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         loop {
+            if self.pos < self.pending.len() {
+                let n = (self.pending.len() - self.pos).min(buf.remaining());
+                let start = self.pos;
+                buf.put_slice(&self.pending[start..start + n]);
+                self.pos += n;
+                return Poll::Ready(Ok(()));
+            }
+            if self.done {
+                return Poll::Ready(Ok(()));
+            }
             if let Some(idle) = self.idle.as_mut() {
                 ready!(idle.as_mut().poll(cx));
                 self.idle = None;
             }
-            let before = buf.filled().len();
-            let res = ready!(Pin::new(&mut self.port).poll_read(cx, buf));
+            let mut chunk = vec![0u8; 64 * 1024];
+            let mut rb = ReadBuf::new(&mut chunk);
+            let res = ready!(Pin::new(&mut self.port).poll_read(cx, &mut rb));
+            let n = rb.filled().len();
             let disconnected = match &res {
-                Ok(()) => buf.filled().len() == before && buf.remaining() > 0,
+                Ok(()) => n == 0,
                 Err(e) => e.raw_os_error() == Some(libc::EIO),
             };
             if !disconnected {
-                return Poll::Ready(res);
+                res?;
+                chunk.truncate(n);
+                let marker = ember_agent_api::SERIAL_SYNC;
+                if let Some(at) = find(&chunk, marker) {
+                    *self.next.lock().unwrap() = Some(chunk[at + marker.len()..].to_vec());
+                    chunk.truncate(at);
+                    self.done = true;
+                    tracing::info!("a new host connection ends the serial session");
+                }
+                self.pending = chunk;
+                self.pos = 0;
+                continue;
             }
             self.idle = Some(Box::pin(tokio::time::sleep(Duration::from_millis(20))));
         }
@@ -275,10 +317,17 @@ pub async fn serve_serial(agent: Arc<Agent>, path: PathBuf) -> io::Result<()> {
     let port = FdStream::new(f.into())?;
     tracing::info!("serving on virtio-serial port {}", path.display());
     let mut buf = vec![0u8; 64 * 1024];
+    let next = Arc::new(std::sync::Mutex::new(None));
     loop {
-        // Every host connection begins with the sync marker: skip anything before it.
-        let rest = wait_for_sync(&port, &mut buf).await;
-        match serve_session(agent.clone(), SerialPort::new(port.clone()), rest).await {
+        // Every host connection begins with the sync marker: skip anything before
+        // it, unless the last session already ended at one.
+        let pending = next.lock().unwrap().take();
+        let rest = match pending {
+            Some(rest) => rest,
+            None => wait_for_sync(&port, &mut buf).await,
+        };
+        let session = SerialPort::new(port.clone(), next.clone());
+        match serve_session(agent.clone(), session, rest).await {
             Ok(()) => tracing::info!("serial session ended"),
             Err(e) => tracing::warn!("serial session: {e}; waiting for the next connection"),
         }

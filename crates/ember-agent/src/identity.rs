@@ -70,15 +70,25 @@ pub fn reseed(seed: &[u8]) -> io::Result<()> {
 /// Applies a checked request as PID 1 of a guest. Returns whether the shared
 /// directory is mounted.
 pub fn apply(req: &SetIdentityRequest) -> io::Result<bool> {
+    let t0 = std::time::Instant::now();
     reseed(&req.seed)?;
+    let reseeded = t0.elapsed();
     flush_block_caches();
+    let flushed = t0.elapsed();
     if !req.hostname.is_empty() {
         nix::unistd::sethostname(&req.hostname)?;
     }
     if req.unix_ns > 0 {
         crate::sys::set_clock(req.unix_ns)?;
     }
-    Ok(mount_shared_once())
+    let mounted = mount_shared_once();
+    tracing::info!(
+        reseed_us = reseeded.as_micros() as u64,
+        flush_us = (flushed - reseeded).as_micros() as u64,
+        total_us = t0.elapsed().as_micros() as u64,
+        "identity set"
+    );
+    Ok(mounted)
 }
 
 /// Drops what the kernel cached of every virtio disk: a clone's disks are its own
