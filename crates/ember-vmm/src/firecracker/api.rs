@@ -77,12 +77,14 @@ impl ApiClient {
         &self.socket
     }
 
-    /// Sends a request and returns the response whatever its status.
-    pub async fn send(
+    /// Sends a request and returns the response whatever its status; `limit` bounds
+    /// the whole exchange.
+    pub async fn send_within(
         &self,
         method: Method,
         path: &str,
         body: Option<&serde_json::Value>,
+        limit: Duration,
     ) -> Result<Response, Error> {
         let fut = async {
             let mut stream = UnixStream::connect(&self.socket).await?;
@@ -92,11 +94,11 @@ impl ApiClient {
                 .await?;
             read_response(&mut stream).await
         };
-        match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
+        match tokio::time::timeout(limit, fut).await {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(Error::Control(format!("{} {path}: {e}", method.as_str()))),
             Err(_) => Err(Error::Control(format!(
-                "{} {path}: no answer within {REQUEST_TIMEOUT:?}",
+                "{} {path}: no answer within {limit:?}",
                 method.as_str()
             ))),
         }
@@ -110,7 +112,18 @@ impl ApiClient {
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<Response, Error> {
-        let resp = self.send(method, path, body).await?;
+        self.call_within(method, path, body, REQUEST_TIMEOUT).await
+    }
+
+    /// [`ApiClient::call`] with its own time limit, for the slow requests (snapshots).
+    pub async fn call_within(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        limit: Duration,
+    ) -> Result<Response, Error> {
+        let resp = self.send_within(method, path, body, limit).await?;
         if resp.is_success() {
             Ok(resp)
         } else {

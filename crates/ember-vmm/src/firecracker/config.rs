@@ -144,6 +144,78 @@ pub(crate) fn nics(config: &VmConfig) -> Vec<(String, NetworkInterface)> {
         .collect()
 }
 
+/// `PUT /snapshot/create`: a full snapshot, device state and guest memory in two
+/// files.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub(crate) struct SnapshotCreate {
+    pub snapshot_type: SnapshotType,
+    pub snapshot_path: PathBuf,
+    pub mem_file_path: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub(crate) enum SnapshotType {
+    Full,
+}
+
+/// `PUT /snapshot/load`: guest memory mapped privately from a file, the VM left
+/// paused, its vsock socket and taps this VM's own rather than the template's.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub(crate) struct SnapshotLoad {
+    pub snapshot_path: PathBuf,
+    pub mem_backend: MemBackend,
+    pub resume_vm: bool,
+    pub vsock_override: VsockOverride,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub network_overrides: Vec<NetworkOverride>,
+}
+
+impl SnapshotLoad {
+    /// The load of `state` and `memory` for a clone run by `config`, whose vsock
+    /// socket Firecracker binds at `vsock`.
+    pub fn for_clone(config: &VmConfig, state: &Path, memory: &Path, vsock: PathBuf) -> Self {
+        Self {
+            snapshot_path: state.to_path_buf(),
+            mem_backend: MemBackend {
+                backend_type: MemBackendType::File,
+                backend_path: memory.to_path_buf(),
+            },
+            resume_vm: false,
+            vsock_override: VsockOverride { uds_path: vsock },
+            network_overrides: config
+                .nics
+                .iter()
+                .map(|n| NetworkOverride {
+                    iface_id: n.id.clone(),
+                    host_dev_name: n.tap.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub(crate) struct MemBackend {
+    pub backend_type: MemBackendType,
+    pub backend_path: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub(crate) enum MemBackendType {
+    File,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub(crate) struct VsockOverride {
+    pub uds_path: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub(crate) struct NetworkOverride {
+    pub iface_id: String,
+    pub host_dev_name: String,
+}
+
 /// `PUT /actions`
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 pub(crate) enum ActionType {
@@ -339,6 +411,45 @@ mod tests {
         assert_eq!(
             json(&n[0].1),
             json!({"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "02:00:0a:58:00:02"})
+        );
+    }
+
+    #[test]
+    fn snapshot_bodies() {
+        assert_eq!(
+            json(&SnapshotCreate {
+                snapshot_type: SnapshotType::Full,
+                snapshot_path: "/t/state.partial".into(),
+                mem_file_path: "/t/memory.partial".into(),
+            }),
+            json!({"snapshot_type": "Full", "snapshot_path": "/t/state.partial", "mem_file_path": "/t/memory.partial"})
+        );
+        let mut c = config();
+        let load = SnapshotLoad::for_clone(
+            &c,
+            Path::new("/t/state"),
+            Path::new("/t/memory"),
+            "/run/ember/vm-1/vsock.sock".into(),
+        );
+        assert_eq!(
+            json(&load),
+            json!({
+                "snapshot_path": "/t/state",
+                "mem_backend": {"backend_type": "File", "backend_path": "/t/memory"},
+                "resume_vm": false,
+                "vsock_override": {"uds_path": "/run/ember/vm-1/vsock.sock"},
+            })
+        );
+        c.nics = vec![crate::Nic {
+            id: "n0".into(),
+            tap: "tap-clone".into(),
+            mac: "02:00:0a:58:00:02".into(),
+            mtu: 0,
+        }];
+        let load = SnapshotLoad::for_clone(&c, Path::new("/s"), Path::new("/m"), "/v".into());
+        assert_eq!(
+            json(&load)["network_overrides"],
+            json!([{"iface_id": "n0", "host_dev_name": "tap-clone"}])
         );
     }
 

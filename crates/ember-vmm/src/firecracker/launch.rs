@@ -1,18 +1,107 @@
 //! Starting Firecracker: its capped console, log and metrics (FIFOs drained by the
-//! host), and its jail when the configuration has one.
+//! host), its jail when the configuration has one, and the API conversation that
+//! boots the guest (or restores it from a template, see `snapshot`).
 
 use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::process::Command;
 
-use super::{config, FirecrackerVm};
+use super::config::{json, ActionType, BootSource, DriveBody, Logger, MachineConfig, Metrics};
+use super::{balloon, config, describe_exit, FirecrackerVm};
 use crate::jail::Jail;
 use crate::logs::{drain, fifo_reader, make_fifo, CappedLog};
-use crate::process::spawn_confined;
-use crate::Error;
+use crate::process::{spawn_confined, vm_exit};
+use crate::{Error, TemplateMode};
 
 impl FirecrackerVm {
+    /// Waits until the API socket accepts connections, failing early if the process
+    /// exits first.
+    async fn wait_for_api(&mut self) -> Result<(), Error> {
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    let exit = vm_exit(status);
+                    self.exit = Some(exit);
+                    return Err(Error::Control(format!(
+                        "firecracker exited before its API socket appeared ({})",
+                        describe_exit(&exit)
+                    )));
+                }
+            }
+            if tokio::net::UnixStream::connect(&self.paths.api_socket)
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// The whole API conversation from process start to a running guest: logger and
+    /// metrics, then either the devices and `InstanceStart`, or (restoring a
+    /// template) the snapshot load and resume.
+    pub(super) async fn configure_and_boot(&mut self) -> Result<(), Error> {
+        self.wait_for_api().await?;
+        let api = self.api.clone();
+        let (log_fifo, metrics_fifo, _) = self.seen_log.clone().ok_or(Error::NotRunning)?;
+        api.put("/logger", &json(&Logger::new(&log_fifo))).await?;
+        api.put(
+            "/metrics",
+            &json(&Metrics {
+                metrics_path: metrics_fifo,
+            }),
+        )
+        .await?;
+        if let Some(TemplateMode::Restore { memory, state }) = self.config.template.clone() {
+            self.restore_snapshot(&state, memory.as_deref()).await?;
+        } else {
+            self.configure_devices().await?;
+            self.action(ActionType::InstanceStart).await?;
+        }
+        self.booted = true;
+        // A first flush, so metrics.json holds data even if the VM is later killed.
+        if let Err(e) = self.action(ActionType::FlushMetrics).await {
+            tracing::debug!(id = %self.config.id, "flushing metrics after boot: {e}");
+        }
+        Ok(())
+    }
+
+    /// Boot source, machine, drives, NICs, balloon and vsock of a booting VM.
+    async fn configure_devices(&self) -> Result<(), Error> {
+        let api = &self.api;
+        api.put("/boot-source", &json(&BootSource::from_config(&self.seen)))
+            .await?;
+        api.put(
+            "/machine-config",
+            &json(&MachineConfig::from_config(&self.config)),
+        )
+        .await?;
+        for drive in &self.seen.drives {
+            api.put(
+                &format!("/drives/{}", drive.id),
+                &json(&DriveBody::from_drive(drive)),
+            )
+            .await?;
+        }
+        for (path, body) in config::nics(&self.config) {
+            api.put(&path, &json(&body)).await?;
+        }
+        if let Some(b) = self.config.balloon {
+            balloon::configure(api, b).await?;
+        }
+        api.put(
+            "/vsock",
+            &json(&config::Vsock {
+                guest_cid: config::GUEST_CID,
+                uds_path: self.seen.state_dir.join("vsock.sock"),
+            }),
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Creates (truncating) the capped console, log and metrics files, and the FIFOs
     /// Firecracker writes its log and metrics into (drained into those files). With
     /// a jail, the configuration Firecracker sees is the jail's.

@@ -17,12 +17,16 @@
 //! - No shared directory: `VmConfig::shared_dir` is `Error::Unsupported` at `start`.
 //!   A balloon is configured before boot (`PUT /balloon`) and driven through
 //!   `PATCH /balloon`, `GET /balloon` and `GET|PATCH /balloon/statistics`.
+//! - Templates are Firecracker snapshots (see `snapshot`): a Build needs a memory
+//!   file, a Restore starts from `PUT /snapshot/load` instead of booting, and the
+//!   template's drive files must still exist when a clone is restored.
 
 mod api;
 mod balloon;
 mod config;
 mod launch;
 mod serial;
+mod snapshot;
 mod vsock;
 
 use std::path::{Path, PathBuf};
@@ -35,17 +39,14 @@ use crate::jail::Jail;
 use crate::logs::quote_guest;
 use crate::process::{file_tail, proc_stats, require_file, vm_exit};
 use crate::{
-    Accel, BalloonConfig, BalloonStats, BoxedAgentStream, Drive, Error, Vm, VmConfig, VmExit,
-    VmStats, VmmKind,
+    Accel, BalloonConfig, BalloonStats, BoxedAgentStream, Drive, Error, TemplateMode, Vm, VmConfig,
+    VmExit, VmStats, VmmKind,
 };
 
 pub use serial::disk_serial;
 
 use api::ApiClient;
-use config::{
-    json, Action, ActionType, BootSource, DriveBody, DrivePatch, Logger, MachineConfig, Metrics,
-    VmState, VmStateBody,
-};
+use config::{json, Action, ActionType, DrivePatch, VmState, VmStateBody};
 
 /// Longest path a unix socket address can hold (`sun_path`, with its NUL).
 const MAX_SOCKET_PATH: usize = 107;
@@ -136,9 +137,13 @@ impl FirecrackerVm {
         }
         crate::nic::check(&config.nics)?;
         require_file("firecracker binary", &config.vmm_binary, BINARY_HINT)?;
-        require_file("guest kernel", &config.kernel, KERNEL_HINT)?;
-        if let Some(initrd) = &config.initrd {
-            require_file("initrd", initrd, INITRD_HINT)?;
+        snapshot::check_config(&config)?;
+        // A clone's kernel comes from its template's snapshot.
+        if !matches!(config.template, Some(TemplateMode::Restore { .. })) {
+            require_file("guest kernel", &config.kernel, KERNEL_HINT)?;
+            if let Some(initrd) = &config.initrd {
+                require_file("initrd", initrd, INITRD_HINT)?;
+            }
         }
         for (i, drive) in config.drives.iter().enumerate() {
             check_drive_id(&drive.id)?;
@@ -248,80 +253,6 @@ impl FirecrackerVm {
         } else {
             Err(Error::NotRunning)
         }
-    }
-
-    /// Waits until the API socket accepts connections, failing early if the process
-    /// exits first.
-    async fn wait_for_api(&mut self) -> Result<(), Error> {
-        loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Some(status) = child.try_wait()? {
-                    let exit = vm_exit(status);
-                    self.exit = Some(exit);
-                    return Err(Error::Control(format!(
-                        "firecracker exited before its API socket appeared ({})",
-                        describe_exit(&exit)
-                    )));
-                }
-            }
-            if tokio::net::UnixStream::connect(&self.paths.api_socket)
-                .await
-                .is_ok()
-            {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
-    /// The whole API conversation from process start to `InstanceStart`.
-    async fn configure_and_boot(&mut self) -> Result<(), Error> {
-        self.wait_for_api().await?;
-        let api = self.api.clone();
-        let (log_fifo, metrics_fifo, _) = self.seen_log.clone().ok_or(Error::NotRunning)?;
-        api.put("/logger", &json(&Logger::new(&log_fifo))).await?;
-        api.put(
-            "/metrics",
-            &json(&Metrics {
-                metrics_path: metrics_fifo,
-            }),
-        )
-        .await?;
-        api.put("/boot-source", &json(&BootSource::from_config(&self.seen)))
-            .await?;
-        api.put(
-            "/machine-config",
-            &json(&MachineConfig::from_config(&self.config)),
-        )
-        .await?;
-        for drive in &self.seen.drives {
-            api.put(
-                &format!("/drives/{}", drive.id),
-                &json(&DriveBody::from_drive(drive)),
-            )
-            .await?;
-        }
-        for (path, body) in config::nics(&self.config) {
-            api.put(&path, &json(&body)).await?;
-        }
-        if let Some(b) = self.config.balloon {
-            balloon::configure(&api, b).await?;
-        }
-        api.put(
-            "/vsock",
-            &json(&config::Vsock {
-                guest_cid: config::GUEST_CID,
-                uds_path: self.seen.state_dir.join("vsock.sock"),
-            }),
-        )
-        .await?;
-        self.action(ActionType::InstanceStart).await?;
-        self.booted = true;
-        // A first flush, so metrics.json holds data even if the VM is later killed.
-        if let Err(e) = self.action(ActionType::FlushMetrics).await {
-            tracing::debug!(id = %self.config.id, "flushing metrics after boot: {e}");
-        }
-        Ok(())
     }
 
     /// Kills the process (if still there), reaps it and records how it ended.
@@ -579,6 +510,10 @@ impl Vm for FirecrackerVm {
     async fn balloon_update_stats(&self, interval_s: u32) -> Result<(), Error> {
         self.balloon_api()?;
         balloon::update_stats(&self.api, interval_s).await
+    }
+
+    async fn save_template(&mut self, state: &Path) -> Result<(), Error> {
+        self.save_snapshot(state).await
     }
 
     fn guest_serial(&self, drive: &Drive) -> String {
