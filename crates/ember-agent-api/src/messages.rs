@@ -275,7 +275,8 @@ pub struct SetIdentityResponse {
     /// The guest kernel's boot id (`/proc/sys/kernel/random/boot_id`).
     #[prost(string, tag = "1")]
     pub boot_id: String,
-    /// Whether the shared directory is mounted (now, or already was).
+    /// Whether the shared directory is mounted already (a clone's is mounted when
+    /// a request first names a path under it).
     #[prost(bool, tag = "2")]
     pub shared_mounted: bool,
 }

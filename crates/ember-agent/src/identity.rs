@@ -81,7 +81,9 @@ pub fn apply(req: &SetIdentityRequest) -> io::Result<bool> {
     if req.unix_ns > 0 {
         crate::sys::set_clock(req.unix_ns)?;
     }
-    let mounted = mount_shared_once();
+    // The shared directory is mounted when a container first needs it (9p costs a
+    // tenth of a second under emulation, and most containers bring no volumes).
+    let mounted = SHARED_DONE.load(Ordering::SeqCst);
     tracing::info!(
         reseed_us = reseeded.as_micros() as u64,
         flush_us = (flushed - reseeded).as_micros() as u64,
@@ -117,6 +119,23 @@ fn flush_block_caches() {
     }
 }
 
+/// Mounts the shared directory for a request that names a guest path under it
+/// (`SHARED_GUEST_DIR`), unless that was done.
+pub fn ensure_shared_for(paths: &[&[u8]]) -> Result<(), String> {
+    if SHARED_DONE.load(Ordering::SeqCst) {
+        return Ok(());
+    }
+    let dir = ember_agent_api::SHARED_GUEST_DIR.as_bytes();
+    let named = paths.iter().any(|p| p.windows(dir.len()).any(|w| w == dir));
+    if named && !mount_shared_once() {
+        return Err(format!(
+            "the shared directory {} could not be mounted",
+            ember_agent_api::SHARED_GUEST_DIR
+        ));
+    }
+    Ok(())
+}
+
 /// Mounts the shared directory unless that was done; true when it is mounted or
 /// the VM has none.
 pub fn mount_shared_once() -> bool {
@@ -147,6 +166,12 @@ mod tests {
             hostname: hostname.into(),
             unix_ns,
         }
+    }
+
+    #[test]
+    fn only_requests_naming_the_shared_dir_need_it() {
+        // Nothing here names the shared directory: no mount is tried.
+        assert!(ensure_shared_for(&[b"{\"mounts\":[]}", b"/run/ember/files/x"]).is_ok());
     }
 
     #[test]

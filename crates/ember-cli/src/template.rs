@@ -34,6 +34,14 @@ pub struct BuildArgs {
     /// Guest memory in MiB (default: the runtime configuration's).
     #[arg(long)]
     memory: Option<u32>,
+    /// NICs: a container with a network namespace of its own gets one VM NIC per
+    /// interface there at boot, or one pre-made NIC (MTU 1500) when it is empty, as
+    /// with `ctr run` and CNI; 0 for host networking.
+    #[arg(long, default_value_t = 1)]
+    nics: u8,
+    /// MTU of each NIC.
+    #[arg(long, default_value_t = 1500)]
+    mtu: u32,
 }
 
 #[derive(Args)]
@@ -84,7 +92,8 @@ impl Settings {
     }
 
     /// The sandbox the shim would start for a container with no sizing of its own.
-    fn sandbox(&self, dir: &Path, vcpus: Option<u8>, memory: Option<u32>) -> Result<SandboxConfig> {
+    fn sandbox(&self, dir: &Path, a: &BuildArgs) -> Result<SandboxConfig> {
+        let (vcpus, memory) = (a.vcpus, a.memory);
         if self.str("vmm").is_some_and(|v| v != "qemu") {
             bail!(
                 "{}: templates are made for QEMU VMs only",
@@ -134,6 +143,14 @@ impl Settings {
         let shared = dir.join("shared");
         std::fs::create_dir_all(&shared)?;
         c.shared_dir = Some(shared);
+        c.nics = (0..a.nics)
+            .map(|i| ember_vmm::Nic {
+                id: format!("n{i}"),
+                tap: format!("tap{i}"),
+                mac: ember_sandbox::template::guest_mac(i.into()),
+                mtu: a.mtu,
+            })
+            .collect();
         c.boot_timeout = std::time::Duration::from_secs(
             self.int("boot_timeout_secs").unwrap_or(60).max(1) as u64,
         );
@@ -147,7 +164,7 @@ pub async fn run(opts: &ClientOpts, cmd: TemplateCommand) -> Result<i32> {
     match cmd {
         TemplateCommand::Build(a) => {
             let tmp = tempfile::tempdir()?;
-            let cfg = settings.sandbox(tmp.path(), a.vcpus, a.memory)?;
+            let cfg = settings.sandbox(tmp.path(), &a)?;
             let shape = shape_of(&cfg).await?;
             let t0 = Instant::now();
             let t = obtain(&store, &cfg, &shape).await?;

@@ -49,8 +49,12 @@ fn append_runtime_config(c: &Containerd, text: &str) {
 fn the_vmm_of_a_task_is_jailed_and_a_killed_shim_leaves_no_jail() {
     let c = Containerd::start();
     // Read by each shim as it starts: a small cap, so the guest's boot messages
-    // (kernel at loglevel 8) rotate the console.
-    append_runtime_config(&c, "log_max_bytes = 8192\nkernel_args = \"loglevel=8\"\n");
+    // (kernel at loglevel 8) rotate the console; a booted guest, not a clone
+    // (which prints no boot messages).
+    append_runtime_config(
+        &c,
+        "log_max_bytes = 8192\nkernel_args = \"loglevel=8\"\ntemplates = false\n",
+    );
     c.used_ids.lock().unwrap().push("jailed".into());
     c.run_detached("jailed", &["sleep", "1000"]);
     let vmms = c.vmms();

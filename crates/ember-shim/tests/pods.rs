@@ -41,8 +41,9 @@ fn pool_file(c: &Containerd) -> std::path::PathBuf {
     pools[0].clone()
 }
 
-/// The container the one VM of `c` was booted for (its rootfs is a boot drive).
-fn booted_for(c: &Containerd) -> String {
+/// The container the one VM of `c` was booted for (its rootfs is a boot drive),
+/// if any: a VM restored from a template has every rootfs in its pool.
+fn booted_for(c: &Containerd) -> Option<String> {
     let dirs: Vec<String> = std::fs::read_dir(c.dir.path().join("shim-state"))
         .unwrap()
         .flatten()
@@ -55,8 +56,8 @@ fn booted_for(c: &Containerd) -> String {
         .filter(|e| e.path().join("rootfs.ext4").exists())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(dirs.len(), 1, "{dirs:?}");
-    dirs[0].clone()
+    assert!(dirs.len() <= 1, "{dirs:?}");
+    dirs.first().cloned()
 }
 
 /// Bytes a file holds on disk.
@@ -197,18 +198,29 @@ fn sixteen_containers_in_one_vm_then_nothing_left() {
     assert_eq!(describe(&c, "vm16").containers.len(), 16);
 
     // The containers after the first live on pool regions: their space comes back
-    // as they go (the first one's rootfs is a boot drive of its own).
+    // as they go (in a booted VM the first one's rootfs is a boot drive of its own).
     let first = describe(&c, "vm16");
     let pool = pool_file(&c);
     assert!(allocated(&pool) > 15 << 20, "{} bytes", allocated(&pool));
-    let booted_for = booted_for(&c);
+    let full = allocated(&pool);
+    let booted = booted_for(&c);
+    let booted_for = booted.clone().unwrap_or_else(|| "c0".into());
     for i in 0..16 {
         let id = format!("c{i}");
         if id != booted_for {
             c.kill_and_remove(&id);
         }
     }
-    assert_eq!(allocated(&pool), 0, "released regions still hold space");
+    if booted.is_some() {
+        assert_eq!(allocated(&pool), 0, "released regions still hold space");
+    } else {
+        // A restored VM's first container lives in the pool too: its region alone.
+        let left = allocated(&pool);
+        assert!(
+            left > 0 && left < full / 8,
+            "{left} of {full} bytes still held"
+        );
+    }
     assert_eq!(describe(&c, "vm16").containers, vec![booted_for.clone()]);
     assert_eq!(first.vmm_pid, describe(&c, "vm16").vmm_pid);
     c.kill_and_remove(&booted_for);

@@ -38,6 +38,13 @@ impl Agent {
     }
 
     async fn create_inner(self: &Arc<Self>, req: CreateContainerRequest) -> R<u32> {
+        {
+            let mut named: Vec<&[u8]> = vec![&req.spec_json];
+            named.extend(req.rootfs.iter().map(|r| r.file.as_bytes()));
+            named.extend(req.layers.iter().map(|r| r.file.as_bytes()));
+            named.extend(req.upper.iter().map(|r| r.file.as_bytes()));
+            crate::identity::ensure_shared_for(&named).map_err(Status::internal)?;
+        }
         let id = req.container_id.clone();
         let spec: Spec = serde_json::from_slice(&req.spec_json)
             .map_err(|e| Status::invalid_argument(format!("bad OCI spec JSON: {e}")))?;

@@ -35,6 +35,12 @@ pub(super) fn check_target(target: &str) -> R<PathBuf> {
 
 impl Agent {
     pub async fn mount_block(&self, req: MountBlockRequest) -> R<()> {
+        let file = req
+            .device
+            .as_ref()
+            .map(|d| d.file.as_bytes())
+            .unwrap_or_default();
+        crate::identity::ensure_shared_for(&[file]).map_err(Status::internal)?;
         let target = check_target(&req.target)?;
         let dev = req
             .device

@@ -219,6 +219,8 @@ impl Task {
         if let Some(b) = boot {
             timings["vmm_ready_ms"] = (b.vmm_ready.as_secs_f64() * 1e3).into();
             timings["agent_ready_ms"] = (b.agent_ready.as_secs_f64() * 1e3).into();
+            timings["identity_ready_ms"] = (b.identity_ready.as_secs_f64() * 1e3).into();
+            timings["from_template"] = b.from_template.into();
         }
         self.record_timings(timings);
         if let Err(e) = self.attach_stdio(&agent, &init).await {
@@ -285,10 +287,13 @@ impl Task {
         cfg: RuntimeConfig,
         network: crate::net::NetRequest,
     ) -> Result<Placed, Status> {
-        if crate::vm::VmHost::templated(&cfg) {
+        let layered = rootfs::erofs::describe(&req.rootfs);
+        // EROFS layers reach a VM booted for them as drives of their own, which a
+        // template's fixed device set cannot offer: such a VM boots.
+        if layered.is_none() && crate::vm::VmHost::templated(&cfg) {
             return self.boot_then_place(req, bundle, cfg, network).await;
         }
-        if let Some(layered) = rootfs::erofs::describe(&req.rootfs) {
+        if let Some(layered) = layered {
             if let Some(placed) = self.boot_layered(req, cfg.clone(), layered).await? {
                 return Ok(placed);
             }

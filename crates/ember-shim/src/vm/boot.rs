@@ -118,7 +118,9 @@ impl VmHost {
             netns,
             ..Default::default()
         };
-        let store = cfg.template_store();
+        // Only VMs of the pool drive alone (and the shared directory) have a shape
+        // that recurs: drives of one VM's own (CreateVM's, EROFS layers) do not.
+        let store = cfg.template_store().filter(|_| spec.drives.is_empty());
         let sb = Sandbox::start(sc, store.as_ref())
             .await
             .map_err(|e| internal(format!("starting the microVM: {e}")))?;

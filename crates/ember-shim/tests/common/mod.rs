@@ -165,6 +165,7 @@ impl Containerd {
             .arg(d.join("config.toml"))
             .env("PATH", path)
             .env("EMBER_RUNTIME_CONFIG", d.join("runtime.toml"))
+            .env("EMBER_SHIM_TIMINGS", d.join("timings.jsonl"))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
