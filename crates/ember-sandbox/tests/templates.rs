@@ -176,3 +176,39 @@ async fn clones_are_their_own_and_templates_follow_their_inputs() {
     assert_eq!(gone, vec![other]);
     assert_eq!(store.list().len(), 1);
 }
+
+/// A template that passes every check but cannot be loaded (as after a VMM change
+/// that kept the binary's identity): the start boots instead, and the template,
+/// at fault, goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_that_fails_boots_instead_and_drops_the_template() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let store = TemplateStore::new(d.join("templates"), DEFAULT_MAX_BYTES);
+    let first = Sandbox::start(config(d, "a", 256), Some(&store))
+        .await
+        .unwrap();
+    let key = first.template().unwrap().to_string();
+    common::shutdown(first).await;
+    // Garbage of the same length, and a manifest that vouches for it.
+    let dir = store.path(&key);
+    let len = std::fs::metadata(dir.join("state")).unwrap().len();
+    std::fs::write(dir.join("state"), vec![0x5a; len as usize]).unwrap();
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    let meta = std::fs::metadata(dir.join("state")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    m["state_ctime_ns"] = (meta.ctime() * 1_000_000_000 + meta.ctime_nsec()).into();
+    m["state_sha256"] = "".into();
+    std::fs::write(dir.join("manifest.json"), m.to_string()).unwrap();
+    assert!(store.list()[0].problem.is_empty(), "{:?}", store.list());
+
+    let b = Sandbox::start(config(d, "b", 256), Some(&store))
+        .await
+        .unwrap();
+    assert_eq!(b.template(), None, "the broken template was restored");
+    assert!(!b.timings().from_template);
+    assert_eq!(probe(&b, "b").await.0, "b");
+    common::shutdown(b).await;
+    assert!(store.list().is_empty(), "{:?}", store.list());
+}

@@ -283,7 +283,19 @@ impl VmHost {
             (s.phase, s.explicit, s.exit_after_all)
         };
         if phase.up() && (!explicit || exit_after_all) {
-            self.stop(Duration::from_secs(10), Phase::Absent).await;
+            // An implicit clone of a template holds nothing its last container did
+            // not take along (its pool drive goes next, shared-directory writes are
+            // synchronous): it is killed rather than powered off.
+            let disposable = !explicit
+                && self
+                    .booted()
+                    .is_some_and(|b| b.timings.from_template && b.config.vmm == VmmKind::Qemu);
+            let grace = if disposable {
+                Duration::ZERO
+            } else {
+                Duration::from_secs(10)
+            };
+            self.stop(grace, Phase::Absent).await;
         }
         // After StopVM (of any VM) the shim goes with the last container; an explicit
         // VM's shim also when its VMM died or it exits after all tasks.

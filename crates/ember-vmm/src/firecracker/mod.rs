@@ -58,9 +58,9 @@ const VSOCK_SUFFIX_ROOM: usize = 11;
 const BOOT_ERROR_TAIL: usize = 4096;
 
 const BINARY_HINT: &str = "set FIRECRACKER_BIN or vmm_binary to a firecracker executable";
-const KERNEL_HINT: &str =
-    "set the guest kernel path (Firecracker boots an uncompressed ELF vmlinux on x86_64)";
-const INITRD_HINT: &str = "set the initrd path, or leave it unset";
+const KERNEL_HINT: &str = "build it with `guest/build.sh` (or set EMBER_KERNEL; Firecracker boots an uncompressed ELF vmlinux on x86_64)";
+const INITRD_HINT: &str =
+    "build it with `guest/build.sh` (or set EMBER_INITRD), or leave the initrd unset";
 const DRIVE_HINT: &str = "create the drive's backing file before configuring the VM";
 
 /// Files and sockets of one VM inside its state directory.
@@ -142,7 +142,7 @@ impl FirecrackerVm {
         if !matches!(config.template, Some(TemplateMode::Restore { .. })) {
             require_file("guest kernel", &config.kernel, KERNEL_HINT)?;
             if let Some(initrd) = &config.initrd {
-                require_file("initrd", initrd, INITRD_HINT)?;
+                require_file("guest initramfs", initrd, INITRD_HINT)?;
             }
         }
         for (i, drive) in config.drives.iter().enumerate() {

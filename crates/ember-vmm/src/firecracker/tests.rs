@@ -48,12 +48,27 @@ fn new_validates() {
         other => panic!("{other:?}"),
     }
 
+    // The kernel and initramfs hints name the fix, as QEMU's do.
     let mut c = config(dir.path());
     c.initrd = Some(dir.path().join("nope"));
-    assert!(matches!(
-        FirecrackerVm::new(c),
-        Err(Error::MissingFile { what: "initrd", .. })
-    ));
+    match FirecrackerVm::new(c) {
+        Err(Error::MissingFile {
+            what: "guest initramfs",
+            hint,
+            ..
+        }) => assert!(hint.contains("guest/build.sh"), "{hint}"),
+        other => panic!("{other:?}"),
+    }
+    let mut c = config(dir.path());
+    c.kernel = dir.path().join("nope");
+    match FirecrackerVm::new(c) {
+        Err(Error::MissingFile {
+            what: "guest kernel",
+            hint,
+            ..
+        }) => assert!(hint.contains("guest/build.sh"), "{hint}"),
+        other => panic!("{other:?}"),
+    }
 
     let mut c = config(dir.path());
     c.drives.push(Drive {
