@@ -128,6 +128,8 @@ pub struct ReportOutcome {
 }
 
 /// Reads report lines until `ready` (if `stop_at_ready`), an error or EOF. Blocking.
+/// The helper reports the pid after its clone returns while the child reports
+/// `ready` on its own: `ready` may come first, and then the pid line is waited for.
 pub fn read_report(r: &mut BufReader<File>, stop_at_ready: bool) -> ReportOutcome {
     let mut out = ReportOutcome::default();
     loop {
@@ -140,10 +142,15 @@ pub fn read_report(r: &mut BufReader<File>, stop_at_ready: bool) -> ReportOutcom
             Ok(_) => {}
         }
         match parse_report_line(&line) {
-            ReportLine::Pid(p) => out.pid = Some(p),
+            ReportLine::Pid(p) => {
+                out.pid = Some(p);
+                if stop_at_ready && out.ready {
+                    return out;
+                }
+            }
             ReportLine::Ready => {
                 out.ready = true;
-                if stop_at_ready {
+                if stop_at_ready && out.pid.is_some() {
                     return out;
                 }
             }
@@ -355,5 +362,25 @@ mod tests {
         );
         assert!(matches!(parse_report_line("pid x"), ReportLine::Unknown(_)));
         assert!(matches!(parse_report_line("zzz"), ReportLine::Unknown(_)));
+    }
+
+    fn outcome_of(lines: &str, stop_at_ready: bool) -> ReportOutcome {
+        let (r, w) = sys::pipe().unwrap();
+        let mut w = File::from(w);
+        std::io::Write::write_all(&mut w, lines.as_bytes()).unwrap();
+        drop(w);
+        read_report(&mut BufReader::new(File::from(r)), stop_at_ready)
+    }
+
+    /// The child's `ready` may overtake the helper's pid line: a create must still
+    /// learn the pid (without it the init's exit is never watched).
+    #[test]
+    fn ready_before_the_pid_still_yields_the_pid() {
+        let o = outcome_of("ready\npid 7\nlater\n", true);
+        assert_eq!((o.pid, o.ready, o.eof), (Some(7), true, false));
+        let o = outcome_of("pid 7\nready\nlater\n", true);
+        assert_eq!((o.pid, o.ready, o.eof), (Some(7), true, false));
+        let o = outcome_of("ready\n", true);
+        assert_eq!((o.pid, o.ready, o.eof), (None, true, true));
     }
 }
