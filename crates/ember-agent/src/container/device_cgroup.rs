@@ -255,6 +255,9 @@ struct ProgAttachAttr {
     replace_bpf_fd: u32,
 }
 
+/// Attempts of a program load interrupted by signals.
+const LOAD_TRIES: u32 = 10;
+
 fn load(p: &[Insn]) -> io::Result<OwnedFd> {
     let license = c"Apache-2.0";
     let mut log = vec![0u8; 64 * 1024];
@@ -271,20 +274,39 @@ fn load(p: &[Insn]) -> io::Result<OwnedFd> {
         prog_name: name,
         ..Default::default()
     };
-    // SAFETY: bpf(BPF_PROG_LOAD) reads `attr` (a #[repr(C)] prefix of `union
-    // bpf_attr`'s load member, its size passed) and through it `insn_cnt` 8-byte
-    // `struct bpf_insn`s (`p`), the NUL-terminated license, and writes at most
-    // `log_size` bytes into `log`; all of them outlive the call. It returns a new fd.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_LOAD,
-            &attr as *const ProgLoadAttr,
-            std::mem::size_of::<ProgLoadAttr>() as u32,
-        )
+    // The verifier gives up with EAGAIN when a signal is pending for the thread
+    // while it runs (a child's SIGCHLD, say): signals wait on this thread during
+    // the load (others take the process's), and a load cut short is tried again.
+    use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
+    let mut old = SigSet::empty();
+    let blocked = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&SigSet::all()), Some(&mut old));
+    let mut tries = 0;
+    let fd = loop {
+        // SAFETY: bpf(BPF_PROG_LOAD) reads `attr` (a #[repr(C)] prefix of `union
+        // bpf_attr`'s load member, its size passed) and through it `insn_cnt` 8-byte
+        // `struct bpf_insn`s (`p`), the NUL-terminated license, and writes at most
+        // `log_size` bytes into `log`; all of them outlive the call. It returns a
+        // new fd.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_LOAD,
+                &attr as *const ProgLoadAttr,
+                std::mem::size_of::<ProgLoadAttr>() as u32,
+            )
+        };
+        tries += 1;
+        let again = fd < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN);
+        if !again || tries >= LOAD_TRIES {
+            break fd;
+        }
     };
+    let load_err = io::Error::last_os_error();
+    if blocked.is_ok() {
+        let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+    }
     if fd < 0 {
-        let e = io::Error::last_os_error();
+        let e = load_err;
         let msg = String::from_utf8_lossy(&log);
         let msg = msg.trim_end_matches('\0').trim();
         return Err(io::Error::new(
@@ -424,5 +446,45 @@ mod tests {
         let d = "Character devices:\n  1 mem\n  4 tty\n251 virtio-portsdev\n\nBlock devices:\n251 virtio-portsdev\n";
         assert_eq!(char_majors(d, "virtio-portsdev"), vec![251]);
         assert_eq!(char_majors(d, "mem"), vec![1]);
+    }
+
+    /// Loads go through while signals keep arriving (each can make the verifier
+    /// give up with EAGAIN). Needs root (CAP_BPF); skipped otherwise.
+    #[test]
+    fn loads_survive_signals() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        extern "C" fn noop(_: libc::c_int) {}
+        // SAFETY: installs a handler that does nothing, for a signal nothing else
+        // in this test process uses.
+        unsafe {
+            libc::signal(libc::SIGUSR2, noop as libc::sighandler_t);
+        }
+        let me = nix::unistd::gettid().as_raw();
+        let pid = std::process::id() as i32;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let blaster = std::thread::spawn(move || {
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                // SAFETY: tgkill sends a signal to one thread; no memory is touched.
+                unsafe {
+                    libc::syscall(libc::SYS_tgkill, pid, me, libc::SIGUSR2);
+                }
+                std::thread::sleep(std::time::Duration::from_micros(500));
+            }
+        });
+        let p = program(&[deny_char(4, None)], DEFAULT_ALLOWED);
+        let results: Vec<_> = (0..200).map(|_| load(&p).map(|_| ())).collect();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        blaster.join().unwrap();
+        let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+        assert!(
+            failed.is_empty(),
+            "{} of 200 loads failed: {}",
+            failed.len(),
+            failed[0]
+        );
     }
 }
