@@ -460,7 +460,7 @@ mod tests {
         // SAFETY: installs a handler that does nothing, for a signal nothing else
         // in this test process uses.
         unsafe {
-            libc::signal(libc::SIGUSR2, noop as libc::sighandler_t);
+            libc::signal(libc::SIGUSR2, noop as *const () as libc::sighandler_t);
         }
         let me = nix::unistd::gettid().as_raw();
         let pid = std::process::id() as i32;
