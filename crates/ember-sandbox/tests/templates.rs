@@ -1,7 +1,8 @@
 //! Templates under real QEMU: concurrent first starts of a shape build one
 //! template; clones of it differ in their random bytes and run their own drives,
 //! shared directories, execs and pause/resume; another memory size gets another
-//! template; a truncated or rewritten template is rebuilt, not restored.
+//! template, and so does another kernel; a truncated or rewritten template is
+//! rebuilt, not restored; a template that fails to restore is dropped after a boot.
 
 mod common;
 #[path = "common/features.rs"]
@@ -130,6 +131,20 @@ async fn clones_are_their_own_and_templates_follow_their_inputs() {
     assert_eq!(store.list().len(), 2);
     assert_eq!(probe(&e, "e").await.0, "e");
     common::shutdown(e).await;
+
+    // Another kernel (a rebuilt one: the same bytes in a new file) is another
+    // shape too.
+    let kernel = d.join("vmlinux-rebuilt");
+    std::fs::copy(&guest().kernel, &kernel).unwrap();
+    let mut ck = config(d, "k", 256);
+    ck.kernel = kernel;
+    let k = Sandbox::start(ck, Some(&store)).await.unwrap();
+    let rebuilt = k.template().unwrap().to_string();
+    assert!(rebuilt != key && rebuilt != other, "{rebuilt}");
+    assert_eq!(store.list().len(), 3);
+    assert_eq!(probe(&k, "k").await.0, "k");
+    common::shutdown(k).await;
+    assert_eq!(store.remove(&rebuilt).await.unwrap(), vec![rebuilt]);
 
     // A truncated state, then a rewritten memory file: rebuilt, then restored.
     let dir = store.path(&key);
