@@ -94,6 +94,33 @@ impl AsyncWrite for FdStream {
     }
 }
 
+/// Size of one read from the virtio-serial port.
+const SERIAL_CHUNK: usize = 64 * 1024;
+
+/// Bytes read ahead of a reader, handed out before anything new is read.
+#[derive(Default)]
+struct ReadAhead {
+    bytes: Vec<u8>,
+    pos: usize,
+}
+
+impl ReadAhead {
+    fn new(bytes: Vec<u8>) -> Self {
+        ReadAhead { bytes, pos: 0 }
+    }
+
+    /// Moves what is left (as much as fits) into `buf`; false when nothing was.
+    fn give(&mut self, buf: &mut ReadBuf<'_>) -> bool {
+        if self.pos >= self.bytes.len() {
+            return false;
+        }
+        let n = (self.bytes.len() - self.pos).min(buf.remaining());
+        buf.put_slice(&self.bytes[self.pos..self.pos + n]);
+        self.pos += n;
+        true
+    }
+}
+
 /// The virtio-serial port as one session's stream. A port reads EOF (or EIO) while no
 /// host is connected, and a host that reconnects quickly may or may not show that gap
 /// to the guest, so the end of a host connection is no reliable session boundary here:
@@ -112,8 +139,7 @@ struct SerialPort {
     done: bool,
     /// Bytes read from the port (in chunks big enough to hold a whole marker) and
     /// not handed to the session yet.
-    pending: Vec<u8>,
-    pos: usize,
+    pending: ReadAhead,
 }
 
 impl SerialPort {
@@ -123,8 +149,7 @@ impl SerialPort {
             idle: None,
             next,
             done: false,
-            pending: Vec::new(),
-            pos: 0,
+            pending: ReadAhead::default(),
         }
     }
 }
@@ -135,44 +160,47 @@ impl AsyncRead for SerialPort {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
         loop {
-            if self.pos < self.pending.len() {
-                let n = (self.pending.len() - self.pos).min(buf.remaining());
-                let start = self.pos;
-                buf.put_slice(&self.pending[start..start + n]);
-                self.pos += n;
+            if this.pending.give(buf) || this.done {
                 return Poll::Ready(Ok(()));
             }
-            if self.done {
-                return Poll::Ready(Ok(()));
-            }
-            if let Some(idle) = self.idle.as_mut() {
+            if let Some(idle) = this.idle.as_mut() {
                 ready!(idle.as_mut().poll(cx));
-                self.idle = None;
+                this.idle = None;
             }
-            let mut chunk = vec![0u8; 64 * 1024];
+            // The spent read-ahead's buffer takes the next chunk.
+            let mut chunk = std::mem::take(&mut this.pending.bytes);
+            chunk.resize(SERIAL_CHUNK, 0);
             let mut rb = ReadBuf::new(&mut chunk);
-            let res = ready!(Pin::new(&mut self.port).poll_read(cx, &mut rb));
+            let res = match Pin::new(&mut this.port).poll_read(cx, &mut rb) {
+                Poll::Ready(r) => r,
+                Poll::Pending => {
+                    chunk.clear();
+                    this.pending = ReadAhead::new(chunk);
+                    return Poll::Pending;
+                }
+            };
             let n = rb.filled().len();
             let disconnected = match &res {
                 Ok(()) => n == 0,
                 Err(e) => e.raw_os_error() == Some(libc::EIO),
             };
+            chunk.truncate(if disconnected { 0 } else { n });
             if !disconnected {
                 res?;
-                chunk.truncate(n);
                 let marker = ember_agent_api::SERIAL_SYNC;
                 if let Some(at) = find(&chunk, marker) {
-                    *self.next.lock().unwrap() = Some(chunk[at + marker.len()..].to_vec());
+                    *this.next.lock().unwrap() = Some(chunk[at + marker.len()..].to_vec());
                     chunk.truncate(at);
-                    self.done = true;
+                    this.done = true;
                     tracing::info!("a new host connection ends the serial session");
                 }
-                self.pending = chunk;
-                self.pos = 0;
-                continue;
             }
-            self.idle = Some(Box::pin(tokio::time::sleep(Duration::from_millis(20))));
+            this.pending = ReadAhead::new(chunk);
+            if disconnected {
+                this.idle = Some(Box::pin(tokio::time::sleep(Duration::from_millis(20))));
+            }
         }
     }
 }
@@ -201,8 +229,7 @@ impl AsyncWrite for SerialPort {
 /// that a late reply of an old session never lands in a new one.
 struct SessionStream<S> {
     inner: S,
-    prefix: Vec<u8>,
-    pos: usize,
+    prefix: ReadAhead,
     closed: watch::Sender<bool>,
     ended: Arc<AtomicBool>,
 }
@@ -213,11 +240,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for SessionStream<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if self.pos < self.prefix.len() {
-            let n = (self.prefix.len() - self.pos).min(buf.remaining());
-            let start = self.pos;
-            buf.put_slice(&self.prefix[start..start + n]);
-            self.pos += n;
+        if self.prefix.give(buf) {
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
@@ -276,8 +299,7 @@ where
     let server = crate::service::server(agent, closed_rx.clone());
     let s = SessionStream {
         inner: stream,
-        prefix,
-        pos: 0,
+        prefix: ReadAhead::new(prefix),
         closed: closed_tx.clone(),
         ended: ended.clone(),
     };

@@ -6,7 +6,7 @@
 
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 use ember_agent_api::{SetIdentityRequest, IDENTITY_SEED_MAX, IDENTITY_SEED_MIN};
 
@@ -17,8 +17,10 @@ const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
 /// `BLKFLSBUF`: `_IO(0x12, 97)`.
 const BLKFLSBUF: libc::c_ulong = 0x1261;
 
-/// Set once the shared directory was mounted (at boot, or by the first call).
-static SHARED_DONE: AtomicBool = AtomicBool::new(false);
+/// Set once the shared directory was mounted (at boot, or by the first request
+/// that needs it); the lock is held while it is being mounted, so a concurrent
+/// request waits for the mount instead of going on without it.
+static SHARED_DONE: Mutex<bool> = Mutex::new(false);
 
 /// Checks a request before anything is changed.
 pub fn check(req: &SetIdentityRequest) -> Result<(), String> {
@@ -83,7 +85,7 @@ pub fn apply(req: &SetIdentityRequest) -> io::Result<bool> {
     }
     // The shared directory is mounted when a container first needs it (9p costs a
     // tenth of a second under emulation, and most containers bring no volumes).
-    let mounted = SHARED_DONE.load(Ordering::SeqCst);
+    let mounted = *SHARED_DONE.lock().unwrap();
     tracing::info!(
         reseed_us = reseeded.as_micros() as u64,
         flush_us = (flushed - reseeded).as_micros() as u64,
@@ -122,7 +124,7 @@ fn flush_block_caches() {
 /// Mounts the shared directory for a request that names a guest path under it
 /// (`SHARED_GUEST_DIR`), unless that was done.
 pub fn ensure_shared_for(paths: &[&[u8]]) -> Result<(), String> {
-    if SHARED_DONE.load(Ordering::SeqCst) {
+    if *SHARED_DONE.lock().unwrap() {
         return Ok(());
     }
     let dir = ember_agent_api::SHARED_GUEST_DIR.as_bytes();
@@ -139,14 +141,11 @@ pub fn ensure_shared_for(paths: &[&[u8]]) -> Result<(), String> {
 /// Mounts the shared directory unless that was done; true when it is mounted or
 /// the VM has none.
 pub fn mount_shared_once() -> bool {
-    if SHARED_DONE.swap(true, Ordering::SeqCst) {
-        return true;
+    let mut done = SHARED_DONE.lock().unwrap();
+    if !*done {
+        *done = crate::init::mount_shared_dir();
     }
-    let ok = crate::init::mount_shared_dir();
-    if !ok {
-        SHARED_DONE.store(false, Ordering::SeqCst);
-    }
-    ok
+    *done
 }
 
 /// The kernel's boot id.

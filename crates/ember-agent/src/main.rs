@@ -122,9 +122,11 @@ fn main() {
         spawn::helper_main(&args[2..]);
     }
     let is_pid1 = std::process::id() == 1;
+    let mut cmdline = String::new();
     if is_pid1 {
-        if let Err(e) = init::pid1_setup() {
-            eprintln!("ember-agent: early setup failed: {e}");
+        match init::pid1_setup() {
+            Ok(c) => cmdline = c,
+            Err(e) => eprintln!("ember-agent: early setup failed: {e}"),
         }
     }
     let opts = match parse_opts(&args[1..]) {
@@ -150,7 +152,7 @@ fn main() {
         .enable_all()
         .build();
     let res = match rt {
-        Ok(rt) => rt.block_on(run(opts, is_pid1)),
+        Ok(rt) => rt.block_on(run(opts, is_pid1, &cmdline)),
         Err(e) => Err(e.into()),
     };
     if let Err(e) = res {
@@ -164,7 +166,8 @@ fn main() {
     }
 }
 
-async fn run(opts: Opts, is_pid1: bool) -> Result<()> {
+/// `cmdline`: the kernel command line PID 1 read at its early setup (else empty).
+async fn run(opts: Opts, is_pid1: bool, cmdline: &str) -> Result<()> {
     let reaper = reaper::Reaper::start().context("installing the SIGCHLD handler")?;
     if !is_pid1 {
         // Orphans of our containers come back to us, as they would to PID 1.
@@ -183,9 +186,8 @@ async fn run(opts: Opts, is_pid1: bool) -> Result<()> {
     }
     // A guest booted to become a template mounts its shared directory only when
     // a clone gets its identity: a mounted 9p export cannot be saved.
-    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let template =
-        init::cmdline_value(&cmdline, ember_agent_api::CMDLINE_TEMPLATE).is_some_and(|v| v == "1");
+        init::cmdline_value(cmdline, ember_agent_api::CMDLINE_TEMPLATE).is_some_and(|v| v == "1");
     if is_pid1 && !template {
         identity::mount_shared_once();
     }
