@@ -5,6 +5,7 @@
 mod error;
 mod nic;
 mod process;
+mod template_files;
 mod vm;
 
 pub mod firecracker;

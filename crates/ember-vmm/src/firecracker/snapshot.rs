@@ -36,7 +36,8 @@ use super::config::{
     json, DrivePatch, SnapshotCreate, SnapshotLoad, SnapshotType, VmState, VmStateBody,
 };
 use super::FirecrackerVm;
-use crate::{Error, TemplateMode, VmConfig};
+use crate::template_files::{check_restore, io_error, partial, remove_if_there, sync};
+use crate::{Error, TemplateMode, Vm, VmConfig};
 
 /// Longest a snapshot save or load request may take (it writes or maps all of
 /// guest memory).
@@ -49,7 +50,6 @@ const NETWORK_OVERRIDES_SINCE: (u32, u32) = (1, 12);
 const MEMORY_REQUIRED: &str =
     "a Firecracker template needs a memory file (TemplateMode::Build { memory: Some(..) }): \
      Firecracker always saves guest memory into a file of its own";
-const REBUILD_HINT: &str = "rebuild the template (`ember vm template rm`, then start again)";
 
 /// Checks the template part of a configuration (called by `FirecrackerVm::new`):
 /// no jail, a memory file for a Build, and for a Restore its files present and of
@@ -72,55 +72,8 @@ pub(super) fn check_config(config: &VmConfig) -> Result<(), Error> {
         Some(TemplateMode::Restore {
             memory: Some(memory),
             state,
-        }) => check_restore_files(memory, state, config.memory_mib),
+        }) => check_restore(Some(memory), state, config.memory_mib),
     }
-}
-
-/// The clone's files: state and memory present, memory of `mib` MiB.
-fn check_restore_files(memory: &Path, state: &Path, mib: u32) -> Result<(), Error> {
-    let meta = |p: &Path, what: &'static str| match std::fs::metadata(p) {
-        Ok(m) if m.is_file() => Ok(m),
-        _ => Err(Error::MissingFile {
-            what,
-            path: p.to_path_buf(),
-            hint: REBUILD_HINT,
-        }),
-    };
-    meta(state, "template state")?;
-    let len = meta(memory, "template memory")?.len();
-    if len != u64::from(mib) << 20 {
-        return Err(Error::InvalidConfig(format!(
-            "template memory {} holds {len} bytes, not the VM's {mib} MiB",
-            memory.display()
-        )));
-    }
-    Ok(())
-}
-
-/// `path` with `.partial` appended to its file name.
-fn partial(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(".partial");
-    PathBuf::from(s)
-}
-
-fn remove_if_there(path: &Path) -> Result<(), Error> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_error("removing", path, e)),
-    }
-}
-
-fn io_error(what: &str, path: &Path, e: std::io::Error) -> Error {
-    Error::Control(format!("{what} {}: {e}", path.display()))
-}
-
-/// Flushes a file, or a directory's entries, to disk.
-fn sync(path: &Path) -> Result<(), Error> {
-    std::fs::File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| io_error("syncing", path, e))
 }
 
 /// The directory holding `path` (`.` for a bare file name).
@@ -202,15 +155,7 @@ impl FirecrackerVm {
                 state.display()
             )));
         }
-        self.ensure_booted()?;
-        self.api
-            .patch(
-                "/vm",
-                &json(&VmStateBody {
-                    state: VmState::Paused,
-                }),
-            )
-            .await?;
+        self.pause().await?;
         let (state_tmp, memory_tmp) = (partial(&state), partial(&memory));
         remove_if_there(&state_tmp)?;
         remove_if_there(&memory_tmp)?;

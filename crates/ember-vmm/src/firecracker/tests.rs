@@ -2,7 +2,7 @@
 
 use super::*;
 
-fn config(dir: &Path) -> VmConfig {
+pub(super) fn config(dir: &Path) -> VmConfig {
     let bin = dir.join("firecracker");
     let kernel = dir.join("vmlinux");
     std::fs::write(&bin, "").unwrap();

@@ -135,7 +135,7 @@ impl QemuVm {
                 ));
             }
             Some(TemplateMode::Restore { memory, state }) => {
-                template::check_restore(memory.as_deref(), state, config.memory_mib)?;
+                crate::template_files::check_restore(memory.as_deref(), state, config.memory_mib)?;
             }
             _ => {}
         }
@@ -491,9 +491,7 @@ impl Vm for QemuVm {
         if let Some(m) = memory {
             // Guest RAM reached the file through a shared mapping: on disk before
             // the template counts as made.
-            std::fs::File::open(m)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| Error::Control(format!("syncing {}: {e}", m.display())))?;
+            crate::template_files::sync(m)?;
         }
         Ok(())
     }

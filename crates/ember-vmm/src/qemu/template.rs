@@ -16,16 +16,13 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::Qmp;
+use crate::template_files::{io_error, partial, remove_if_there};
 use crate::Error;
 
 /// The name under which QEMU holds the state file's descriptor.
 const FD_NAME: &str = "ember-template";
 /// Longest a save or a restore may take.
 const MIGRATION_TIMEOUT: Duration = Duration::from_secs(120);
-
-fn control(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::Control(format!("{what}: {e}"))
-}
 
 async fn set_ignore_shared(qmp: &Qmp, on: bool) -> Result<(), Error> {
     qmp.execute(
@@ -42,13 +39,13 @@ async fn set_ignore_shared(qmp: &Qmp, on: bool) -> Result<(), Error> {
 pub(super) async fn save(qmp: &Qmp, state: &Path, ram_in_file: bool) -> Result<(), Error> {
     qmp.execute("stop", None).await?;
     set_ignore_shared(qmp, ram_in_file).await?;
-    let partial = state.with_extension("partial");
+    let partial = partial(state);
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(true)
         .write(true)
         .open(&partial)
-        .map_err(|e| control(&format!("creating {}", partial.display()), e))?;
+        .map_err(|e| io_error("creating", &partial, e))?;
     qmp.send_fd(FD_NAME, file.as_fd()).await?;
     qmp.execute("migrate", Some(json!({"uri": format!("fd:{FD_NAME}")})))
         .await?;
@@ -77,10 +74,9 @@ pub(super) async fn save(qmp: &Qmp, state: &Path, ram_in_file: bool) -> Result<(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     file.sync_all()
-        .map_err(|e| control(&format!("syncing {}", partial.display()), e))?;
+        .map_err(|e| io_error("syncing", &partial, e))?;
     drop(file);
-    std::fs::rename(&partial, state)
-        .map_err(|e| control(&format!("renaming {}", partial.display()), e))?;
+    std::fs::rename(&partial, state).map_err(|e| io_error("renaming", &partial, e))?;
     Ok(())
 }
 
@@ -93,8 +89,7 @@ pub(super) async fn restore(
     timeout: Duration,
 ) -> Result<(), Error> {
     set_ignore_shared(qmp, ram_in_file).await?;
-    let file = std::fs::File::open(state)
-        .map_err(|e| control(&format!("opening {}", state.display()), e))?;
+    let file = std::fs::File::open(state).map_err(|e| io_error("opening", state, e))?;
     qmp.send_fd(FD_NAME, file.as_fd()).await?;
     drop(file);
     qmp.execute(
@@ -132,41 +127,15 @@ pub(super) async fn restore(
 /// Makes a fresh memory file of `mib` MiB at `path` for a template's RAM (an old
 /// one, of whatever size, goes first).
 pub(super) fn fresh_memory_file(path: &Path, mib: u32) -> Result<(), Error> {
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(control(&format!("removing {}", path.display()), e)),
-    }
+    remove_if_there(path)?;
     use std::os::unix::fs::OpenOptionsExt;
     let f = std::fs::OpenOptions::new()
         .create_new(true)
         .write(true)
         .mode(0o600)
         .open(path)
-        .map_err(|e| control(&format!("creating {}", path.display()), e))?;
+        .map_err(|e| io_error("creating", path, e))?;
     f.set_len(u64::from(mib) << 20)
-        .map_err(|e| control(&format!("sizing {}", path.display()), e))?;
-    Ok(())
-}
-
-/// Checks the files a clone restores from: present, and RAM of the config's size.
-pub(super) fn check_restore(memory: Option<&Path>, state: &Path, mib: u32) -> Result<(), Error> {
-    let meta = |p: &Path, what: &'static str| {
-        std::fs::metadata(p).map_err(|_| Error::MissingFile {
-            what,
-            path: p.to_path_buf(),
-            hint: "rebuild the template (`ember vm template rm`, then start again)",
-        })
-    };
-    meta(state, "template state")?;
-    if let Some(m) = memory {
-        let len = meta(m, "template memory")?.len();
-        if len != u64::from(mib) << 20 {
-            return Err(Error::InvalidConfig(format!(
-                "template memory {} holds {len} bytes, not the VM's {mib} MiB",
-                m.display()
-            )));
-        }
-    }
+        .map_err(|e| io_error("sizing", path, e))?;
     Ok(())
 }

@@ -5,20 +5,11 @@ use crate::Vm;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
+/// The backend tests' config, with 1 MiB of guest memory (the test memory files).
 fn config(dir: &Path) -> VmConfig {
-    let bin = dir.join("firecracker");
-    let kernel = dir.join("vmlinux");
-    std::fs::write(&bin, "").unwrap();
-    std::fs::write(&kernel, "").unwrap();
     VmConfig {
-        id: "t".into(),
-        state_dir: dir.to_path_buf(),
-        vmm_binary: bin,
-        kernel,
-        vcpus: 1,
         memory_mib: 1,
-        boot_timeout: Duration::from_secs(5),
-        ..Default::default()
+        ..super::super::tests::config(dir)
     }
 }
 
