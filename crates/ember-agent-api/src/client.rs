@@ -255,10 +255,7 @@ impl AgentClient {
 
     /// Sets the guest's wall clock to `now`.
     pub async fn set_clock(&self, now: std::time::SystemTime) -> Result<()> {
-        let unix_ns = now
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i64)
-            .unwrap_or(0);
+        let unix_ns = crate::unix_ns(now);
         let _: Empty = self
             .rpc
             .call(

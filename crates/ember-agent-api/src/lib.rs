@@ -51,6 +51,14 @@ pub const FILES_GUEST_DIR: &str = "/run/ember/files";
 /// the same path.
 pub const METADATA_GUEST_PATH: &str = "/run/ember/metadata/metadata.json";
 
+/// `t` as nanoseconds since the Unix epoch, as the clock fields of the protocol
+/// carry it (0 for times before it).
+pub fn unix_ns(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
 /// Method names of the agent service.
 pub mod method {
     pub const PING: &str = "Ping";

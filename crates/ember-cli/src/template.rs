@@ -83,7 +83,7 @@ impl Settings {
     fn store(&self) -> TemplateStore {
         let dir = self
             .str("template_dir")
-            .unwrap_or("/var/lib/ember/templates");
+            .unwrap_or(ember_sandbox::template::DEFAULT_DIR);
         let max = self
             .int("template_max_mib")
             .map(|m| (m.max(64) as u64) << 20)

@@ -2,13 +2,13 @@
 //! and fall back to an ordinary boot when that fails.
 
 use std::io::Read;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use ember_agent_api::{ConfigureNetworkRequest, SetIdentityRequest};
-use ember_vmm::{qemu::QemuVm, TemplateMode, Vm};
+use ember_vmm::{TemplateMode, VmmKind};
 
 use crate::template::{self, guest_mac, Template, TemplateStore};
-use crate::{wait_for_agent, BootTimings, Error, Sandbox, SandboxConfig};
+use crate::{Error, Sandbox, SandboxConfig};
 
 /// Bytes of host entropy each clone's generator gets.
 const SEED_BYTES: usize = 64;
@@ -80,57 +80,35 @@ impl Sandbox {
             memory: t.memory(),
             state: t.state(),
         });
-        let mut vm: Box<dyn Vm> = Box::new(QemuVm::new(vc)?);
-        vm.start().await?;
-        let vmm_ready = started.elapsed();
-        let deadline = started + config.boot_timeout;
-        let (agent, ping) = match wait_for_agent(vm.as_mut(), deadline, config.boot_timeout).await {
-            Ok(a) => a,
-            Err(e) => {
-                let _ = vm.stop(Duration::ZERO).await;
-                return Err(e);
-            }
-        };
-        let agent_ready = started.elapsed();
-        let unix_ns = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i64)
-            .unwrap_or(0);
+        let seed = host_seed()?;
+        let mut sb = Sandbox::boot_vm(
+            VmmKind::Qemu,
+            vc,
+            config.drives.clone(),
+            config.boot_timeout,
+        )
+        .await?;
         let req = SetIdentityRequest {
-            seed: host_seed()?,
+            seed,
             hostname: template::hostname_of(&config.kernel_args),
-            unix_ns,
+            unix_ns: ember_agent_api::unix_ns(SystemTime::now()),
         };
-        match agent.set_identity(&req).await {
-            Ok(_) => {}
-            Err(e) => {
-                let _ = vm.stop(Duration::ZERO).await;
-                return Err(e.into());
-            }
+        if let Err(e) = sb.agent.set_identity(&req).await {
+            let _ = sb.vm.stop(Duration::ZERO).await;
+            return Err(e.into());
         }
-        let timings = BootTimings {
-            vmm_ready,
-            agent_ready,
-            identity_ready: started.elapsed(),
-            from_template: true,
-        };
+        sb.timings.identity_ready = started.elapsed();
+        sb.timings.from_template = true;
+        sb.template = Some(t.key.clone());
+        sb.nic_macs = nic_macs;
         tracing::info!(
             template = %t.key,
-            restore_ms = vmm_ready.as_millis() as u64,
-            ready_ms = timings.identity_ready.as_millis() as u64,
-            "sandbox {} restored (guest kernel {})",
-            config.id,
-            ping.kernel_release
+            restore_ms = sb.timings.vmm_ready.as_millis() as u64,
+            ready_ms = sb.timings.identity_ready.as_millis() as u64,
+            "sandbox {} restored",
+            config.id
         );
-        Ok(Sandbox {
-            vm,
-            drives: config.drives.clone(),
-            agent,
-            timings,
-            kernel_release: ping.kernel_release,
-            template: Some(t.key.clone()),
-            nic_macs,
-        })
+        Ok(sb)
     }
 
     /// The template this sandbox was restored from.
@@ -156,13 +134,5 @@ impl Sandbox {
             }
         }
         req
-    }
-
-    /// Saves this sandbox (booted with `TemplateMode::Build`) as a template and
-    /// ends it.
-    pub async fn save_as_template(mut self, state: &std::path::Path) -> Result<(), Error> {
-        let saved = self.vm.save_template(state).await;
-        let _ = self.vm.stop(Duration::ZERO).await;
-        Ok(saved?)
     }
 }

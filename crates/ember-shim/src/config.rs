@@ -123,7 +123,7 @@ impl Default for RuntimeConfig {
             state_dir: PathBuf::from("/run/ember/shim"),
             log_max_bytes: ember_vmm::DEFAULT_LOG_MAX_BYTES,
             templates: true,
-            template_dir: PathBuf::from(DEFAULT_TEMPLATE_DIR),
+            template_dir: PathBuf::from(ember_sandbox::template::DEFAULT_DIR),
             template_max_mib: ember_sandbox::template::DEFAULT_MAX_BYTES >> 20,
             jailer: JailerSettings::default(),
             path: None,
@@ -153,9 +153,6 @@ pub enum ConfigError {
     #[error("{what}: {why}")]
     Spec { what: String, why: String },
 }
-
-/// Where templates live by default.
-pub const DEFAULT_TEMPLATE_DIR: &str = "/var/lib/ember/templates";
 
 impl RuntimeConfig {
     /// The template store VMs start from, when templates are on.

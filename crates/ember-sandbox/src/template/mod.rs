@@ -16,7 +16,8 @@ use std::path::Path;
 pub use build::obtain;
 pub use shape::{DriveShape, FileId, Shape, ShapeError, FORMAT};
 pub use store::{
-    KeyLock, Manifest, StoreError, Template, TemplateInfo, TemplateStore, DEFAULT_MAX_BYTES,
+    KeyLock, Manifest, StoreError, Template, TemplateInfo, TemplateStore, DEFAULT_DIR,
+    DEFAULT_MAX_BYTES,
 };
 
 use crate::SandboxConfig;

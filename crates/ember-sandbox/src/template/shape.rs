@@ -102,19 +102,17 @@ impl Shape {
                 source,
             })
         };
-        let mut drives = Vec::new();
-        for d in &config.drives {
-            let m = std::fs::metadata(&d.path).map_err(|source| ShapeError::Input {
-                what: "drive",
-                path: d.path.clone(),
-                source,
-            })?;
-            drives.push(DriveShape {
-                id: d.id.clone(),
-                len: m.len(),
-                read_only: d.read_only,
-            });
-        }
+        let drives = config
+            .drives
+            .iter()
+            .map(|d| {
+                Ok(DriveShape {
+                    id: d.id.clone(),
+                    len: id("drive", &d.path)?.len,
+                    read_only: d.read_only,
+                })
+            })
+            .collect::<Result<_, ShapeError>>()?;
         Ok(Shape {
             format: FORMAT,
             vmm: config.vmm,

@@ -18,6 +18,8 @@ use sha2::{Digest, Sha256};
 
 use super::shape::{Shape, FORMAT};
 
+/// Where templates live by default.
+pub const DEFAULT_DIR: &str = "/var/lib/ember/templates";
 /// Default cap of a store's size on disk.
 pub const DEFAULT_MAX_BYTES: u64 = 4 << 30;
 /// States up to this size are checked against their digest at every use; larger

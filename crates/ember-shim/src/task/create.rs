@@ -318,10 +318,7 @@ impl Task {
             cleanup_rootfs(&r, bundle);
             return Err(e);
         }
-        let timings = self.vm.booted().map(|b| b.timings);
-        if let Ok(agent) = self.agent() {
-            tokio::spawn(watch_oom(agent, self.publisher.clone()));
-        }
+        let timings = self.booted_for_container();
         let serial = self
             .vm
             .guest_serial(ROOTFS_DRIVE)
@@ -349,10 +346,7 @@ impl Task {
         let mut spec = BootSpec::implicit(cfg, Vec::new());
         spec.network = network;
         self.vm.boot(spec).await?;
-        let timings = self.vm.booted().map(|b| b.timings);
-        if let Ok(agent) = self.agent() {
-            tokio::spawn(watch_oom(agent, self.publisher.clone()));
-        }
+        let timings = self.booted_for_container();
         match self.place_in_pool(req, bundle, None).await {
             Ok((storage, device, ms, _)) => Ok((storage, device, ms, timings)),
             Err(e) => {
@@ -440,6 +434,15 @@ impl Task {
                 tracing::warn!("releasing the volumes of {id}: {e}");
             }
         }
+    }
+
+    /// After the boot of a VM for a container's Create: its OOM watch starts, and
+    /// its boot timings go into the Create's.
+    pub(super) fn booted_for_container(&self) -> Option<ember_sandbox::BootTimings> {
+        if let Ok(agent) = self.agent() {
+            tokio::spawn(watch_oom(agent, self.publisher.clone()));
+        }
+        self.vm.booted().map(|b| b.timings)
     }
 
     /// Spawns the OOM watch of a VM booted by `CreateVM`.

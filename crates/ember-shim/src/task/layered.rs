@@ -141,10 +141,7 @@ impl Task {
                 return Err(e);
             }
         };
-        let timings = self.vm.booted().map(|b| b.timings);
-        if let Ok(agent) = self.agent() {
-            tokio::spawn(super::watch_oom(agent, self.publisher.clone()));
-        }
+        let timings = self.booted_for_container();
         let ms = build.as_secs_f64() * 1e3;
         Ok(Some((Storage::Layered(storage), device, ms, timings)))
     }

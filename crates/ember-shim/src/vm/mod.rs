@@ -286,10 +286,7 @@ impl VmHost {
             // An implicit clone of a template holds nothing its last container did
             // not take along (its pool drive goes next, shared-directory writes are
             // synchronous): it is killed rather than powered off.
-            let disposable = !explicit
-                && self
-                    .booted()
-                    .is_some_and(|b| b.timings.from_template && b.config.vmm == VmmKind::Qemu);
+            let disposable = !explicit && self.booted().is_some_and(|b| b.timings.from_template);
             let grace = if disposable {
                 Duration::ZERO
             } else {
