@@ -409,6 +409,31 @@ async fn without_shared_dir_or_balloon() {
     .await
     .unwrap_err();
     assert!(e.to_string().contains("/run/ember/shared/vol"), "{e}");
+    // The guest's cgroup hierarchy favours dynamic changes: a container start moves
+    // processes and enables controllers without waiting for RCU grace periods.
+    let serial = sb.guest_serial("c1").unwrap();
+    let cgroup = serde_json::json!({
+        "destination": "/sys/fs/cgroup",
+        "type": "cgroup2",
+        "source": "cgroup2",
+        "options": ["ro", "nosuid", "noexec", "nodev"],
+    });
+    create(
+        a,
+        "cg",
+        ember_agent_api::BlockRootfs {
+            serial,
+            fstype: "ext4".into(),
+            ..Default::default()
+        },
+        spec_with_mounts(&["sleep", "1000"], &[cgroup]),
+        Vec::new(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("create cg: {e}"));
+    a.start_process("cg", "").await.unwrap();
+    let mounts = sh(a, "cg", "m", "grep cgroup2 /proc/mounts").await;
+    assert!(mounts.contains("favordynmods"), "{mounts}");
     common::shutdown(sb).await;
 }
 

@@ -14,6 +14,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
+use std::sync::Arc;
 
 use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType};
 
@@ -258,19 +259,72 @@ struct ProgAttachAttr {
 /// Attempts of a program load interrupted by signals.
 const LOAD_TRIES: u32 = 10;
 
+/// Size of the verifier log asked for when a load failed (to say why).
+const LOG_SIZE: usize = 64 * 1024;
+
+/// Programs already loaded, most recent last: containers of one VM mostly share
+/// their device rules, and one loaded program can be attached to many cgroups.
+const CACHED_PROGRAMS: usize = 4;
+
+static LOADED: std::sync::Mutex<Vec<(Vec<Insn>, Arc<OwnedFd>)>> = std::sync::Mutex::new(Vec::new());
+
+/// The loaded program for `p`: from the cache, or loaded now (and cached).
+fn loaded(p: &[Insn]) -> io::Result<Arc<OwnedFd>> {
+    let mut cache = LOADED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(i) = cache.iter().position(|(insns, _)| insns.as_slice() == p) {
+        let hit = cache.remove(i);
+        let fd = hit.1.clone();
+        cache.push(hit);
+        return Ok(fd);
+    }
+    let fd = Arc::new(load(p)?);
+    if cache.len() >= CACHED_PROGRAMS {
+        cache.remove(0);
+    }
+    cache.push((p.to_vec(), fd.clone()));
+    Ok(fd)
+}
+
+/// Loads `p`. The verifier writes no log (a log makes it several times slower);
+/// a load that fails is tried once more with one, for the error message.
 fn load(p: &[Insn]) -> io::Result<OwnedFd> {
+    match load_once(p, None) {
+        Ok(fd) => Ok(fd),
+        Err(e) => {
+            let mut log = vec![0u8; LOG_SIZE];
+            let e = match load_once(p, Some(&mut log)) {
+                // Loads the second time (a passing condition): use it.
+                Ok(fd) => return Ok(fd),
+                Err(again) if again.kind() == e.kind() => again,
+                Err(_) => e,
+            };
+            let msg = String::from_utf8_lossy(&log);
+            let msg = msg.trim_end_matches('\0').trim();
+            Err(io::Error::new(
+                e.kind(),
+                format!("loading the device cgroup program: {e} {msg}"),
+            ))
+        }
+    }
+}
+
+fn load_once(p: &[Insn], log: Option<&mut [u8]>) -> io::Result<OwnedFd> {
     let license = c"Apache-2.0";
-    let mut log = vec![0u8; 64 * 1024];
     let mut name = [0u8; 16];
     name[..12].copy_from_slice(b"ember_device");
+    let (log_level, log_size, log_buf) = match log {
+        Some(l) => (1, l.len() as u32, l.as_mut_ptr() as u64),
+        // The kernel wants no buffer at all with level 0.
+        None => (0, 0, 0),
+    };
     let attr = ProgLoadAttr {
         prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
         insn_cnt: p.len() as u32,
         insns: p.as_ptr() as u64,
         license: license.as_ptr() as u64,
-        log_level: 1,
-        log_size: log.len() as u32,
-        log_buf: log.as_mut_ptr() as u64,
+        log_level,
+        log_size,
+        log_buf,
         prog_name: name,
         ..Default::default()
     };
@@ -284,9 +338,9 @@ fn load(p: &[Insn]) -> io::Result<OwnedFd> {
     let fd = loop {
         // SAFETY: bpf(BPF_PROG_LOAD) reads `attr` (a #[repr(C)] prefix of `union
         // bpf_attr`'s load member, its size passed) and through it `insn_cnt` 8-byte
-        // `struct bpf_insn`s (`p`), the NUL-terminated license, and writes at most
-        // `log_size` bytes into `log`; all of them outlive the call. It returns a
-        // new fd.
+        // `struct bpf_insn`s (`p`) and the NUL-terminated license, and writes at
+        // most `log_size` bytes into the log buffer (none without one); all of them
+        // outlive the call. It returns a new fd.
         let fd = unsafe {
             libc::syscall(
                 libc::SYS_bpf,
@@ -306,13 +360,7 @@ fn load(p: &[Insn]) -> io::Result<OwnedFd> {
         let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
     }
     if fd < 0 {
-        let e = load_err;
-        let msg = String::from_utf8_lossy(&log);
-        let msg = msg.trim_end_matches('\0').trim();
-        return Err(io::Error::new(
-            e.kind(),
-            format!("loading the device cgroup program: {e} {msg}"),
-        ));
+        return Err(load_err);
     }
     // SAFETY: the kernel just returned `fd`, a new descriptor owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
@@ -320,7 +368,7 @@ fn load(p: &[Insn]) -> io::Result<OwnedFd> {
 
 /// Loads the program and attaches it to `cgroup` (replacing one attached before).
 pub fn attach(cgroup: &Path, p: &[Insn]) -> io::Result<()> {
-    let prog = load(p)?;
+    let prog = loaded(p)?;
     let dir = std::fs::File::open(cgroup)
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", cgroup.display())))?;
     let attr = ProgAttachAttr {
@@ -486,5 +534,37 @@ mod tests {
             failed.len(),
             failed[0]
         );
+    }
+    /// One program serves every cgroup with the same rules: loaded once, the most
+    /// recent few kept. Needs root (CAP_BPF); skipped otherwise.
+    #[test]
+    fn programs_are_loaded_once_per_rule_set() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        // Majors no other test uses, so the shared cache holds them only here.
+        let p = |major: u32| program(&[deny_char(major, Some(7))], DEFAULT_ALLOWED);
+        let first = loaded(&p(240)).unwrap();
+        assert!(Arc::ptr_eq(&first, &loaded(&p(240)).unwrap()));
+        assert!(!Arc::ptr_eq(&first, &loaded(&p(241)).unwrap()));
+        for major in 242..242 + CACHED_PROGRAMS as u32 {
+            loaded(&p(major)).unwrap();
+        }
+        assert!(!Arc::ptr_eq(&first, &loaded(&p(240)).unwrap()));
+    }
+
+    /// The verifier, which runs without a log, still says why it refused a program.
+    #[test]
+    fn a_refused_program_says_why() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        // Returns without setting r0.
+        let e = load(&[insn(EXIT, 0, 0, 0, 0)]).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("loading the device cgroup program"), "{msg}");
+        assert!(msg.contains("R0"), "no verifier log in: {msg}");
     }
 }

@@ -354,14 +354,16 @@ pub fn release(net: &VmNet) {
         }
         return;
     }
+    if net.made_netns {
+        // The namespace is Ember's own: its taps and filters go with it.
+        netns::remove(&net.netns);
+        return;
+    }
     for w in &net.wires {
         redirect::disconnect(&net.netns, &w.iface);
     }
     for t in &net.taps {
         tap::delete(&net.netns, t);
-    }
-    if net.made_netns {
-        netns::remove(&net.netns);
     }
 }
 

@@ -126,8 +126,14 @@ impl Task {
                 format!("task {id} is still running"),
             ));
         }
-        if let Ok(agent) = self.agent() {
-            let _ = tokio::time::timeout(Duration::from_secs(20), agent.remove_container(id)).await;
+        // The last container of a disposable clone goes with its VM (killed next):
+        // unmounting, freeing its loop device and cgroup in the guest is work for
+        // nothing.
+        if !self.vm.disposable_with(id) {
+            if let Ok(agent) = self.agent() {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(20), agent.remove_container(id)).await;
+            }
         }
         if let Some(h) = self.hooks_of(id) {
             h.poststop().await;

@@ -266,6 +266,20 @@ impl VmHost {
         self.members.lock().unwrap().insert(container.to_string());
     }
 
+    /// Whether `container` is the last one of an implicit clone of a template: its
+    /// VM is killed when it goes, and nothing in the guest needs undoing first.
+    pub fn disposable_with(&self, container: &str) -> bool {
+        let last = {
+            let m = self.members.lock().unwrap();
+            m.len() == 1 && m.contains(container)
+        };
+        let implicit = {
+            let s = self.state.lock().unwrap();
+            s.phase.up() && !s.explicit
+        };
+        last && implicit && self.booted().is_some_and(|b| b.timings.from_template)
+    }
+
     /// Removes a container; stops the VM when it was the last one of an implicit
     /// VM (or of an explicit one that exits after all tasks), and lets the shim
     /// exit when nothing is left for it to serve.

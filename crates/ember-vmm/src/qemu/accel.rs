@@ -192,16 +192,20 @@ async fn probe_kvm(config: &VmConfig) -> (AccelVerdict, bool) {
                     },
                     true,
                 ),
-                (false, Some(status)) => (
-                    AccelVerdict {
-                        accel: Accel::Tcg,
-                        reason: format!(
-                            "KVM probe: QEMU exited ({status}) before the guest init: {}: using TCG",
-                            file_tail(&paths.log, 400).trim()
-                        ),
-                    },
-                    false,
-                ),
+                (false, Some(status)) => {
+                    let log = file_tail(&paths.log, 400);
+                    let settled = exit_is_about_kvm(&status, &log);
+                    (
+                        AccelVerdict {
+                            accel: Accel::Tcg,
+                            reason: format!(
+                                "KVM probe: QEMU exited ({status}) before the guest init: {}: using TCG",
+                                log.trim()
+                            ),
+                        },
+                        settled,
+                    )
+                }
                 (false, None) => (
                     AccelVerdict {
                         accel: Accel::Tcg,
@@ -217,6 +221,16 @@ async fn probe_kvm(config: &VmConfig) -> (AccelVerdict, bool) {
     };
     let _ = std::fs::remove_dir_all(&dir);
     verdict
+}
+
+/// Whether a probe QEMU that exited before the guest's init failed at KVM itself
+/// (its log names KVM, or it died of a signal, as QEMU's assertions on KVM errors
+/// make it), a verdict that holds until the host, QEMU or the kernel change, rather
+/// than failing to run at all (bad arguments, a missing file), which says nothing
+/// about KVM and is probed again next time.
+fn exit_is_about_kvm(status: &std::process::ExitStatus, log: &str) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    status.signal().is_some() || log.to_ascii_lowercase().contains("kvm")
 }
 
 fn tempfile_dir() -> std::io::Result<PathBuf> {
@@ -235,6 +249,28 @@ fn tempfile_dir() -> std::io::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A nested host's KVM that fails at its MSRs ends the probe QEMU with an
+    /// assertion: that verdict is kept (probing again cost every VM start a QEMU
+    /// run); QEMU failing on its own arguments is not.
+    #[test]
+    fn kvm_failures_settle_the_verdict_and_others_do_not() {
+        use std::os::unix::process::ExitStatusExt;
+        let aborted = std::process::ExitStatus::from_raw(libc::SIGABRT);
+        let failed = std::process::ExitStatus::from_raw(1 << 8);
+        let msr = "qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69\n\
+                   ../../target/i386/kvm/kvm.c:3183: kvm_buf_set_msrs: Assertion failed.";
+        assert!(exit_is_about_kvm(&aborted, msr));
+        assert!(exit_is_about_kvm(&aborted, ""));
+        assert!(exit_is_about_kvm(
+            &failed,
+            "qemu-system-x86_64: -accel kvm: failed to initialize kvm: Permission denied"
+        ));
+        assert!(!exit_is_about_kvm(
+            &failed,
+            "qemu-system-x86_64: -kernel /nope: No such file or directory"
+        ));
+    }
 
     #[test]
     fn tsc_rate_is_read() {
