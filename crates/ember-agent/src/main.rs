@@ -191,6 +191,9 @@ async fn run(opts: Opts, is_pid1: bool, cmdline: &str) -> Result<()> {
     if is_pid1 && !template {
         identity::mount_shared_once();
     }
+    // The first container process starts without forking the agent (a template
+    // guest is saved with this helper waiting).
+    let _ = tokio::task::spawn_blocking(spawn::ready::prepare).await;
     let agent = runtime::Agent::new(cfg, reaper);
     let mut listen = opts.listen.clone();
     if listen.is_empty() {

@@ -416,6 +416,92 @@ async fn exec_signal_pause_stats() {
     }
 }
 
+/// Children of `pid` that are spawn helpers waiting for a process.
+fn waiting_helpers(pid: u32) -> Vec<u32> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+        // The parent pid is the second field after the ")" that ends the name.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+        if ppid == Some(pid) && cmdline.windows(9).any(|w| w == b"\0--ready\0") {
+            v.push(child);
+        }
+    }
+    v
+}
+
+/// Polls (bounded) until `pid` has one waiting helper other than `not`.
+async fn wait_for_helper(pid: u32, not: Option<u32>) -> u32 {
+    for _ in 0..100 {
+        let w = waiting_helpers(pid);
+        if let [one] = w.as_slice() {
+            if Some(*one) != not {
+                return *one;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "no waiting spawn helper under {pid}: {:?}",
+        waiting_helpers(pid)
+    );
+}
+
+/// A helper waits, already executed, for the next process: a create hands it the
+/// process instead of forking the agent, and another one is started after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_helper_starts_processes_and_is_replaced() {
+    require_root!();
+    let h = Harness::start("ready").await;
+    let Some(agent) = h.agent.as_ref().map(|c| c.id()) else {
+        eprintln!("skipped: the agent runs in a VM");
+        return;
+    };
+    let first = wait_for_helper(agent, None).await;
+    let (st, out, _) = h.run("r1", &["sh", "-c", "echo one; echo two >&2"]).await;
+    assert_eq!((st, out.as_str()), (0, "one\n"));
+    assert!(
+        !std::path::Path::new(&format!("/proc/{first}")).exists()
+            || !waiting_helpers(agent).contains(&first),
+        "the waiting helper {first} was not used"
+    );
+    let second = wait_for_helper(agent, Some(first)).await;
+    // The replacement serves an exec as well.
+    let pid = h
+        .create("r2", &["sleep", "100"], StdioConfig::default())
+        .await;
+    if h.has_cgroups() {
+        // Cloned straight into the container's cgroup.
+        let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        let unified = cg.lines().find(|l| l.starts_with("0::")).unwrap_or("");
+        assert!(unified.ends_with("/r2"), "{cg}");
+        // With a cgroup namespace of its own, rooted at that cgroup.
+        let mut sp = spec(&["cat", "/proc/self/cgroup"], false);
+        sp["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "cgroup"}));
+        let (st, out, err) = h.run_spec("r3", sp).await;
+        let unified = out.lines().find(|l| l.starts_with("0::"));
+        assert_eq!((st, unified), (0, Some("0::/")), "{out}{err}");
+    }
+    h.client.start_process("r2", "").await.unwrap();
+    let third = wait_for_helper(agent, Some(second)).await;
+    let (st, out, _) = h.exec("r2", "e1", &["echo", "in r2"]).await;
+    assert_eq!((st, out.as_str()), (0, "in r2\n"));
+    wait_for_helper(agent, Some(third)).await;
+    h.client.signal_process("r2", "", 9, false).await.unwrap();
+    h.client.wait_process("r2", "").await.unwrap();
+    h.client.remove_container("r2").await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_does_not_kill_the_agent() {
     require_root!();

@@ -18,6 +18,9 @@
 //! Terminal processes also get `console-fd`, a unix socket over which the process
 //! sends the master of the pty it opened in the container's devpts.
 //!
+//! One helper is started ahead of time and waits to be handed the descriptors
+//! instead ([`ready`]); a helper is forked for a process only when none waits.
+//!
 //! After a successful `execve` the report pipe reaches EOF. The container init waits
 //! for one byte on `start-fd` before its `execve`.
 
@@ -33,6 +36,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::container::seccomp::Filter;
 use crate::sys;
+
+mod clone;
+pub mod ready;
 
 /// The hidden subcommand that runs the spawn helper.
 pub const HELPER_ARG: &str = "__spawn";
@@ -187,37 +193,20 @@ pub async fn spawn(
         start_r_fd,
         console_fd,
     ];
-    let [fd0, fd1, fd2] = stdio;
-    let mut cmd = Command::new("/proc/self/exe");
-    cmd.arg(HELPER_ARG)
-        .arg(inherit[0].to_string())
-        .arg(inherit[1].to_string())
-        .arg(inherit[2].to_string())
-        .arg(inherit[3].to_string())
-        .env_clear()
-        .stdin(Stdio::from(fd0))
-        .stdout(Stdio::from(fd1))
-        .stderr(Stdio::from(fd2));
-    // SAFETY: the closure runs in the forked child of the multi-threaded agent,
-    // before exec. It only calls `sys::set_cloexec` (fcntl F_GETFD/F_SETFD:
-    // async-signal-safe, no allocation, no locks) on a copied array of integers, and
-    // its error is an OS error code (no allocation either). The fds are open in the
-    // child: the parent keeps them open until `spawn` has returned.
-    unsafe {
-        cmd.pre_exec(move || {
-            for fd in inherit {
-                if fd >= 0 {
-                    sys::set_cloexec(fd, false)?;
-                }
-            }
-            Ok(())
-        });
-    }
-    let child = cmd.spawn()?;
-    let helper_pid = child.id() as i32;
-    // Never wait on `child`: the reaper collects the helper.
-    drop(child);
-    drop(cmd);
+    let handover = ready::Handover {
+        stdio: [&stdio[0], &stdio[1], &stdio[2]],
+        plan: &plan_r,
+        report: &report_w,
+        start: start.as_ref().map(|(r, _)| r),
+        console: console.as_ref(),
+    };
+    let helper_pid = match ready::hand_over(&handover) {
+        Some(pid) => {
+            drop(stdio);
+            pid
+        }
+        None => start_helper(stdio, inherit)?,
+    };
     drop(plan_r);
     drop(report_w);
     let (start_r, start_w) = match start {
@@ -254,9 +243,57 @@ pub async fn spawn(
     ))
 }
 
+/// Starts a helper for one process (when none waits): fork and exec of the agent,
+/// with `stdio` as its fds 0-2 and the `inherit` descriptors left open.
+fn start_helper(stdio: [OwnedFd; 3], inherit: [RawFd; 4]) -> io::Result<i32> {
+    let [fd0, fd1, fd2] = stdio;
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg(HELPER_ARG)
+        .arg(inherit[0].to_string())
+        .arg(inherit[1].to_string())
+        .arg(inherit[2].to_string())
+        .arg(inherit[3].to_string())
+        .env_clear()
+        .stdin(Stdio::from(fd0))
+        .stdout(Stdio::from(fd1))
+        .stderr(Stdio::from(fd2));
+    // SAFETY: the closure runs in the forked child of the multi-threaded agent,
+    // before exec. It only calls `sys::set_cloexec` (fcntl F_GETFD/F_SETFD:
+    // async-signal-safe, no allocation, no locks) on a copied array of integers, and
+    // its error is an OS error code (no allocation either). The fds are open in the
+    // child: the parent keeps them open until `spawn` has returned.
+    unsafe {
+        cmd.pre_exec(move || {
+            for fd in inherit {
+                if fd >= 0 {
+                    sys::set_cloexec(fd, false)?;
+                }
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    // Never wait on `child`: the reaper collects the helper.
+    Ok(child.id() as i32)
+}
+
 /// Entry point of the helper process (`ember-agent __spawn ...`). Never returns.
 pub fn helper_main(args: &[String]) -> ! {
     let fd = |i: usize| -> RawFd { args.get(i).and_then(|s| s.parse().ok()).unwrap_or(-1) };
+    if args.first().map(String::as_str) == Some(ready::READY_ARG) {
+        // Started ahead of time: the descriptors come over the socket (close-on-
+        // exec already), with the process's stdio.
+        match ready::wait_for_process(fd(1)) {
+            Ok(Some((plan_fd, report_fd, start_fd, console_fd))) => {
+                run_and_exit(plan_fd, report_fd, start_fd, console_fd)
+            }
+            Ok(None) => sys::exit_now(0),
+            Err(e) => {
+                eprintln!("ember-agent {HELPER_ARG}: {e}");
+                sys::exit_now(2)
+            }
+        }
+    }
     let (plan_fd, report_fd, start_fd, console_fd) = (fd(0), fd(1), fd(2), fd(3));
     if plan_fd < 0 || report_fd < 0 {
         eprintln!("ember-agent {HELPER_ARG}: internal helper, not for direct use");
@@ -268,6 +305,10 @@ pub fn helper_main(args: &[String]) -> ! {
             let _ = sys::set_cloexec(extra, true);
         }
     }
+    run_and_exit(plan_fd, report_fd, start_fd, console_fd)
+}
+
+fn run_and_exit(plan_fd: RawFd, report_fd: RawFd, start_fd: RawFd, console_fd: RawFd) -> ! {
     let code = match run_helper(plan_fd, report_fd, start_fd, console_fd) {
         Ok(()) => 0,
         Err(e) => {
@@ -293,16 +334,14 @@ fn run_helper(
     let cgroup = match &plan {
         Plan::Init { cgroup, .. } | Plan::Exec { cgroup, .. } => cgroup.clone(),
     };
-    if let Some(cg) = &cgroup {
-        let pid = std::process::id().to_string();
-        std::fs::write(cg.join("cgroup.procs"), &pid).map_err(|e| {
-            io::Error::new(e.kind(), format!("joining cgroup {}: {e}", cg.display()))
-        })?;
-    }
+    // Before any namespace is joined (the cgroup's path is the agent's).
+    let new_cgroupns =
+        matches!(&plan, Plan::Init { spec, .. } if clone::new_cgroup_namespace(spec));
+    let target = clone::Target::open(cgroup.as_deref(), new_cgroupns)?;
     match &plan {
         Plan::Init { spec, .. } => {
             let flags = crate::container::prepare_init_namespaces(spec, report_fd)?;
-            let pid = clone_parent(flags)?;
+            let pid = target.clone_parent(flags)?;
             if pid == 0 {
                 crate::container::init_child(&plan, report_fd, start_fd, console_fd);
             }
@@ -310,7 +349,7 @@ fn run_helper(
         }
         Plan::Exec { init_pid, .. } => {
             crate::container::join_namespaces(*init_pid)?;
-            let pid = clone_parent(0)?;
+            let pid = target.clone_parent(0)?;
             if pid == 0 {
                 crate::container::exec_child(&plan, report_fd, console_fd);
             }
@@ -318,34 +357,6 @@ fn run_helper(
         }
     }
     Ok(())
-}
-
-/// `clone()` like fork (no new stack: the child gets a copy of ours), with the
-/// agent as the parent of the new process. Returns 0 in the child.
-fn clone_parent(ns_flags: libc::c_int) -> io::Result<i32> {
-    let flags = (ns_flags | libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong;
-    // SAFETY: the raw clone syscall with a null stack behaves like fork: the child
-    // runs on a copy of this stack and address space, and the null ptid/ctid/tls
-    // arguments are unused without CLONE_PARENT_SETTID/CHILD_SETTID/SETTLS. The
-    // helper is single-threaded (it runs before any runtime or thread is started),
-    // so the child inherits no lock held by another thread and may allocate; it
-    // never returns into the caller's frames past `run_helper`, ending in execve or
-    // `sys::exit_now`. (libc's clone() wrapper is not used: it needs a new stack.)
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            flags,
-            0usize,
-            std::ptr::null_mut::<libc::c_int>(),
-            std::ptr::null_mut::<libc::c_int>(),
-            0usize,
-        )
-    };
-    if pid < 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(e.kind(), format!("clone: {e}")));
-    }
-    Ok(pid as i32)
 }
 
 #[cfg(test)]
