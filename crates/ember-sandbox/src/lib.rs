@@ -250,7 +250,11 @@ async fn wait_for_agent(
     deadline: Instant,
     timeout: Duration,
 ) -> Result<(AgentClient, ember_agent_api::PingResponse), Error> {
-    let attempt = Duration::from_millis(50);
+    // Short first attempts (a restored guest answers within tens of milliseconds),
+    // then up to 50 ms each: a ping that timed out is not answered to, so a long
+    // attempt adds up to its length to the wait.
+    let mut attempt = Duration::from_millis(10);
+    let longest = Duration::from_millis(50);
     // Unanswered pings for this long on one connection: connect afresh (on a serial
     // channel, the new connection's sync marker lets the agent find its start again).
     let reconnect_after = 20;
@@ -294,6 +298,7 @@ async fn wait_for_agent(
         match c.ping(attempt).await {
             Ok(p) => return Ok((c, p)),
             Err(ember_ttrpc::Error::Timeout(_)) => {
+                attempt = (attempt * 2).min(longest);
                 unanswered += 1;
                 if unanswered >= reconnect_after {
                     unanswered = 0;
