@@ -21,8 +21,8 @@ impl FirecrackerVm {
         loop {
             if let Some(child) = self.child.as_mut() {
                 if let Some(status) = child.try_wait()? {
-                    let exit = vm_exit(status);
-                    self.exit = Some(exit);
+                    self.settle_console().await;
+                    let exit = self.record_exit(vm_exit(status));
                     return Err(Error::Control(format!(
                         "firecracker exited before its API socket appeared ({})",
                         describe_exit(&exit)
@@ -155,10 +155,10 @@ impl FirecrackerVm {
                 }
             })?;
         if let Some(out) = child.stdout.take() {
-            self.drains.push(drain(out, console.clone()));
+            self.console_drains.push(drain(out, console.clone()));
         }
         if let Some(err) = child.stderr.take() {
-            self.drains.push(drain(err, console));
+            self.console_drains.push(drain(err, console));
         }
         self.pid = match pid_rx {
             Some(rx) => Some(rx.receive(Duration::from_secs(5))?),

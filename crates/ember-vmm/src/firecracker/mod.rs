@@ -54,6 +54,9 @@ const MAX_SOCKET_PATH: usize = 107;
 /// Room left in the vsock path for the `_<port>` suffix of guest-initiated connections.
 const VSOCK_SUFFIX_ROOM: usize = 11;
 
+/// How long an exited process's last console output may take to be copied.
+const CONSOLE_SETTLE: Duration = Duration::from_millis(500);
+
 /// How much console the boot errors carry.
 const BOOT_ERROR_TAIL: usize = 4096;
 
@@ -112,8 +115,11 @@ pub struct FirecrackerVm {
     jail: Option<Jail>,
     /// The configuration as Firecracker sees it (jail paths when jailed).
     seen: VmConfig,
-    /// The tasks copying console, log FIFO and metrics FIFO into capped files.
+    /// The tasks copying the log and metrics FIFOs into capped files.
     drains: Vec<tokio::task::JoinHandle<()>>,
+    /// The tasks copying the process's stdout and stderr (the console) into its
+    /// capped file: they end at the pipes' end, after the process.
+    console_drains: Vec<tokio::task::JoinHandle<()>>,
     /// The jail's spawn plan and pid pipe, between `prepare_jail` and `spawn`.
     plan: Option<crate::jail::SpawnPlan>,
     pid_rx: Option<crate::jail::PidReceiver>,
@@ -181,6 +187,7 @@ impl FirecrackerVm {
             exit: None,
             jail: None,
             drains: Vec::new(),
+            console_drains: Vec::new(),
             plan: None,
             pid_rx: None,
             seen_log: None,
@@ -266,13 +273,14 @@ impl FirecrackerVm {
             tracing::debug!(id = %self.config.id, "killing firecracker: {e}");
         }
         let status = child.wait().await?;
+        self.settle_console().await;
         Ok(self.record_exit(vm_exit(status)))
     }
 
-    fn record_exit(&mut self, exit: VmExit) -> VmExit {
+    pub(super) fn record_exit(&mut self, exit: VmExit) -> VmExit {
         self.exit = Some(exit);
         // The FIFO drains hold a writer end themselves: they end here.
-        for d in self.drains.drain(..) {
+        for d in self.drains.drain(..).chain(self.console_drains.drain(..)) {
             d.abort();
         }
         if let Some(mut j) = self.jail.take() {
@@ -283,6 +291,16 @@ impl FirecrackerVm {
         }
         tracing::debug!(id = %self.config.id, ?exit, "firecracker exited");
         exit
+    }
+
+    /// Lets the console drains copy what the exited process wrote last (a boot
+    /// error quotes it), for up to `CONSOLE_SETTLE`; `record_exit` ends the rest.
+    pub(super) async fn settle_console(&mut self) {
+        let deadline = tokio::time::Instant::now() + CONSOLE_SETTLE;
+        for d in &mut self.console_drains {
+            let _ = tokio::time::timeout_at(deadline, d).await;
+        }
+        self.console_drains.clear();
     }
 
     fn boot_error(&self, reason: String) -> Error {
@@ -402,6 +420,7 @@ impl Vm for FirecrackerVm {
             return Err(Error::NotRunning);
         };
         if let Some(status) = child.try_wait()? {
+            self.settle_console().await;
             return Ok(self.record_exit(vm_exit(status)));
         }
         let deadline = tokio::time::Instant::now() + grace;
@@ -437,7 +456,11 @@ impl Vm for FirecrackerVm {
         }
         let child = self.child.as_mut().ok_or(Error::NotRunning)?;
         match tokio::time::timeout_at(deadline, child.wait()).await {
-            Ok(status) => Ok(self.record_exit(vm_exit(status?))),
+            Ok(status) => {
+                let status = status?;
+                self.settle_console().await;
+                Ok(self.record_exit(vm_exit(status)))
+            }
             Err(_) => {
                 tracing::info!(id = %self.config.id, ?grace, "guest did not shut down in time; killing firecracker");
                 self.kill_and_reap().await
@@ -451,6 +474,7 @@ impl Vm for FirecrackerVm {
         }
         let child = self.child.as_mut().ok_or(Error::NotRunning)?;
         let status = child.wait().await?;
+        self.settle_console().await;
         Ok(self.record_exit(vm_exit(status)))
     }
 

@@ -157,6 +157,26 @@ async fn attach_drive_before_start_replaces_placeholder() {
     ));
 }
 
+/// What a VMM printed just before it died reaches the boot error: the console is
+/// copied to its end before the error quotes it (it was cut off under load).
+#[tokio::test]
+async fn start_failure_quotes_the_last_console_output() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    std::fs::write(
+        &c.vmm_binary,
+        "#!/bin/sh\ni=0\nwhile [ $i -lt 3000 ]; do echo \"noise line $i\"; i=$((i+1)); done\necho last words\nexit 3\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&c.vmm_binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut vm = FirecrackerVm::new(c).unwrap();
+    match vm.start().await {
+        Err(Error::Boot { console, .. }) => assert!(console.contains("last words"), "{console}"),
+        other => panic!("{other:?}"),
+    }
+}
+
 /// A "firecracker" that exits at once: start fails with a Boot error carrying what
 /// it printed, and nothing is left running.
 #[tokio::test]
