@@ -157,20 +157,24 @@ async fn attach_drive_before_start_replaces_placeholder() {
     ));
 }
 
+/// A VM whose "firecracker" is the shell `script` (in `dir`).
+fn scripted_vmm(dir: &std::path::Path, script: &str) -> FirecrackerVm {
+    use std::os::unix::fs::PermissionsExt;
+    let c = config(dir);
+    std::fs::write(&c.vmm_binary, format!("#!/bin/sh\n{script}")).unwrap();
+    std::fs::set_permissions(&c.vmm_binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+    FirecrackerVm::new(c).unwrap()
+}
+
 /// What a VMM printed just before it died reaches the boot error: the console is
 /// copied to its end before the error quotes it (it was cut off under load).
 #[tokio::test]
 async fn start_failure_quotes_the_last_console_output() {
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let c = config(dir.path());
-    std::fs::write(
-        &c.vmm_binary,
-        "#!/bin/sh\ni=0\nwhile [ $i -lt 3000 ]; do echo \"noise line $i\"; i=$((i+1)); done\necho last words\nexit 3\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&c.vmm_binary, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut vm = FirecrackerVm::new(c).unwrap();
+    let mut vm = scripted_vmm(
+        dir.path(),
+        "i=0\nwhile [ $i -lt 3000 ]; do echo \"noise line $i\"; i=$((i+1)); done\necho last words\nexit 3\n",
+    );
     match vm.start().await {
         Err(Error::Boot { console, .. }) => assert!(console.contains("last words"), "{console}"),
         other => panic!("{other:?}"),
@@ -181,16 +185,8 @@ async fn start_failure_quotes_the_last_console_output() {
 /// it printed, and nothing is left running.
 #[tokio::test]
 async fn start_failure_reports_console() {
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let c = config(dir.path());
-    std::fs::write(
-        &c.vmm_binary,
-        "#!/bin/sh\necho \"fake firecracker $*\"\nexit 3\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&c.vmm_binary, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut vm = FirecrackerVm::new(c).unwrap();
+    let mut vm = scripted_vmm(dir.path(), "echo \"fake firecracker $*\"\nexit 3\n");
     match vm.start().await {
         Err(Error::Boot { reason, console }) => {
             assert!(reason.contains("exit code 3"), "{reason}");
