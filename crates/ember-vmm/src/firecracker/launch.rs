@@ -21,8 +21,7 @@ impl FirecrackerVm {
         loop {
             if let Some(child) = self.child.as_mut() {
                 if let Some(status) = child.try_wait()? {
-                    self.settle_console().await;
-                    let exit = self.record_exit(vm_exit(status));
+                    let exit = self.record_exit(vm_exit(status)).await;
                     return Err(Error::Control(format!(
                         "firecracker exited before its API socket appeared ({})",
                         describe_exit(&exit)

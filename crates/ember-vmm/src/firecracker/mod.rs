@@ -273,11 +273,17 @@ impl FirecrackerVm {
             tracing::debug!(id = %self.config.id, "killing firecracker: {e}");
         }
         let status = child.wait().await?;
-        self.settle_console().await;
-        Ok(self.record_exit(vm_exit(status)))
+        Ok(self.record_exit(vm_exit(status)).await)
     }
 
-    pub(super) fn record_exit(&mut self, exit: VmExit) -> VmExit {
+    /// Records how the process ended, once its console was copied to the end
+    /// (for up to `CONSOLE_SETTLE`: a boot error quotes it), and lets go of what
+    /// it held.
+    pub(super) async fn record_exit(&mut self, exit: VmExit) -> VmExit {
+        let deadline = tokio::time::Instant::now() + CONSOLE_SETTLE;
+        for d in &mut self.console_drains {
+            let _ = tokio::time::timeout_at(deadline, d).await;
+        }
         self.exit = Some(exit);
         // The FIFO drains hold a writer end themselves: they end here.
         for d in self.drains.drain(..).chain(self.console_drains.drain(..)) {
@@ -291,16 +297,6 @@ impl FirecrackerVm {
         }
         tracing::debug!(id = %self.config.id, ?exit, "firecracker exited");
         exit
-    }
-
-    /// Lets the console drains copy what the exited process wrote last (a boot
-    /// error quotes it), for up to `CONSOLE_SETTLE`; `record_exit` ends the rest.
-    pub(super) async fn settle_console(&mut self) {
-        let deadline = tokio::time::Instant::now() + CONSOLE_SETTLE;
-        for d in &mut self.console_drains {
-            let _ = tokio::time::timeout_at(deadline, d).await;
-        }
-        self.console_drains.clear();
     }
 
     fn boot_error(&self, reason: String) -> Error {
@@ -420,8 +416,7 @@ impl Vm for FirecrackerVm {
             return Err(Error::NotRunning);
         };
         if let Some(status) = child.try_wait()? {
-            self.settle_console().await;
-            return Ok(self.record_exit(vm_exit(status)));
+            return Ok(self.record_exit(vm_exit(status)).await);
         }
         let deadline = tokio::time::Instant::now() + grace;
         if self.booted {
@@ -456,11 +451,7 @@ impl Vm for FirecrackerVm {
         }
         let child = self.child.as_mut().ok_or(Error::NotRunning)?;
         match tokio::time::timeout_at(deadline, child.wait()).await {
-            Ok(status) => {
-                let status = status?;
-                self.settle_console().await;
-                Ok(self.record_exit(vm_exit(status)))
-            }
+            Ok(status) => Ok(self.record_exit(vm_exit(status?)).await),
             Err(_) => {
                 tracing::info!(id = %self.config.id, ?grace, "guest did not shut down in time; killing firecracker");
                 self.kill_and_reap().await
@@ -474,8 +465,7 @@ impl Vm for FirecrackerVm {
         }
         let child = self.child.as_mut().ok_or(Error::NotRunning)?;
         let status = child.wait().await?;
-        self.settle_console().await;
-        Ok(self.record_exit(vm_exit(status)))
+        Ok(self.record_exit(vm_exit(status)).await)
     }
 
     async fn connect_agent(&self, port: u32) -> Result<BoxedAgentStream, Error> {
