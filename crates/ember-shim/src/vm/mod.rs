@@ -273,11 +273,18 @@ impl VmHost {
             let m = self.members.lock().unwrap();
             m.len() == 1 && m.contains(container)
         };
-        let implicit = {
+        let (up, explicit) = {
             let s = self.state.lock().unwrap();
-            s.phase.up() && !s.explicit
+            (s.phase.up(), s.explicit)
         };
-        last && implicit && self.booted().is_some_and(|b| b.timings.from_template)
+        last && up && self.disposable(explicit)
+    }
+
+    /// Whether the VM is an implicit clone of a template (not `explicit`): it holds
+    /// nothing its last container did not take along (its pool drive goes next,
+    /// shared-directory writes are synchronous).
+    fn disposable(&self, explicit: bool) -> bool {
+        !explicit && self.booted().is_some_and(|b| b.timings.from_template)
     }
 
     /// Removes a container; stops the VM when it was the last one of an implicit
@@ -297,11 +304,8 @@ impl VmHost {
             (s.phase, s.explicit, s.exit_after_all)
         };
         if phase.up() && (!explicit || exit_after_all) {
-            // An implicit clone of a template holds nothing its last container did
-            // not take along (its pool drive goes next, shared-directory writes are
-            // synchronous): it is killed rather than powered off.
-            let disposable = !explicit && self.booted().is_some_and(|b| b.timings.from_template);
-            let grace = if disposable {
+            // A disposable clone is killed rather than powered off.
+            let grace = if self.disposable(explicit) {
                 Duration::ZERO
             } else {
                 Duration::from_secs(10)
