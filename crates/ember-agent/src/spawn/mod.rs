@@ -184,9 +184,6 @@ pub async fn spawn(
         Plan::Init { .. } => Some(sys::pipe()?),
         Plan::Exec { .. } => None,
     };
-    // The plan waits in the pipe when the helper starts: it reads it at once
-    // instead of waiting for the agent to get round to writing it.
-    let rest = write_ahead(&plan_w, &plan_json);
     let start_r_fd = start.as_ref().map_or(-1, |(r, _)| r.as_raw_fd());
     let console_fd = console.as_ref().map_or(-1, |c| c.as_raw_fd());
     let inherit = [
@@ -223,7 +220,7 @@ pub async fn spawn(
     let (report, outcome) = tokio::task::spawn_blocking(move || {
         // Feed the plan, then read until the pid (and `ready` for init) arrive.
         let w = File::from(plan_w);
-        let write_err = sys::write_all(w.as_raw_fd(), &plan_json[rest..]).err();
+        let write_err = sys::write_all(w.as_raw_fd(), &plan_json).err();
         drop(w);
         let mut outcome = read_report(&mut report, stop_at_ready);
         if let (Some(e), None) = (write_err, &outcome.error) {
@@ -245,57 +242,34 @@ pub async fn spawn(
     ))
 }
 
-/// Writes what of `data` fits into the empty pipe `w` without blocking (its
-/// capacity raised to hold all of it where the system allows); returns how much
-/// it wrote. The write end is left blocking.
-fn write_ahead(w: &OwnedFd, data: &[u8]) -> usize {
-    use nix::fcntl::{fcntl, FcntlArg, OFlag};
-    let cap = fcntl(w, FcntlArg::F_GETPIPE_SZ).unwrap_or(0) as usize;
-    if data.len() > cap {
-        let _ = fcntl(w, FcntlArg::F_SETPIPE_SZ(data.len() as libc::c_int));
-    }
-    let Ok(flags) = fcntl(w, FcntlArg::F_GETFL).map(OFlag::from_bits_retain) else {
-        return 0;
-    };
-    if fcntl(w, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).is_err() {
-        return 0;
-    }
-    let mut done = 0;
-    while done < data.len() {
-        match nix::unistd::write(w, &data[done..]) {
-            Ok(n) => done += n,
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(_) => break,
-        }
-    }
-    if fcntl(w, FcntlArg::F_SETFL(flags)).is_err() {
-        tracing::warn!("restoring a blocking plan pipe failed");
-    }
-    done
-}
-
 /// Starts a helper for one process (when none waits): fork and exec of the agent,
 /// with `stdio` as its fds 0-2 and the `inherit` descriptors left open.
 fn start_helper(stdio: [OwnedFd; 3], inherit: [RawFd; 4]) -> io::Result<i32> {
+    let args = inherit.map(|fd| fd.to_string());
+    exec_helper(&args, stdio.map(Stdio::from), &inherit)
+}
+
+/// Runs `ember-agent __spawn <args>` (fork and exec of this binary, environment
+/// cleared) with `stdio` as its fds 0-2 and the descriptors `keep` left open in it.
+/// Returns its pid; the reaper collects it.
+pub(super) fn exec_helper(args: &[String], stdio: [Stdio; 3], keep: &[RawFd]) -> io::Result<i32> {
     let [fd0, fd1, fd2] = stdio;
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg(HELPER_ARG)
-        .arg(inherit[0].to_string())
-        .arg(inherit[1].to_string())
-        .arg(inherit[2].to_string())
-        .arg(inherit[3].to_string())
+        .args(args)
         .env_clear()
-        .stdin(Stdio::from(fd0))
-        .stdout(Stdio::from(fd1))
-        .stderr(Stdio::from(fd2));
+        .stdin(fd0)
+        .stdout(fd1)
+        .stderr(fd2);
+    let keep = keep.to_vec();
     // SAFETY: the closure runs in the forked child of the multi-threaded agent,
     // before exec. It only calls `sys::set_cloexec` (fcntl F_GETFD/F_SETFD:
-    // async-signal-safe, no allocation, no locks) on a copied array of integers, and
-    // its error is an OS error code (no allocation either). The fds are open in the
-    // child: the parent keeps them open until `spawn` has returned.
+    // async-signal-safe, no allocation, no locks) on integers of a vector allocated
+    // before the fork, and its error is an OS error code (no allocation either).
+    // The fds are open in the child: the caller keeps them open until this returns.
     unsafe {
         cmd.pre_exec(move || {
-            for fd in inherit {
+            for &fd in &keep {
                 if fd >= 0 {
                     sys::set_cloexec(fd, false)?;
                 }

@@ -12,8 +12,7 @@
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -23,7 +22,6 @@ use nix::sys::socket::{
     SockFlag, SockType,
 };
 
-use super::HELPER_ARG;
 use crate::sys;
 
 /// The argument that makes a helper wait for its process (`__spawn --ready <fd>`).
@@ -74,24 +72,11 @@ fn start() -> io::Result<Waiting> {
         SockFlag::SOCK_CLOEXEC,
     )?;
     let fd = theirs.as_raw_fd();
-    let mut cmd = Command::new("/proc/self/exe");
-    cmd.arg(HELPER_ARG)
-        .arg(READY_ARG)
-        .arg(fd.to_string())
-        .env_clear()
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: the closure runs in the forked child before exec and only calls
-    // `sys::set_cloexec` (fcntl: async-signal-safe, no allocation, no locks) on an
-    // integer; `theirs` stays open in the parent until the spawn has returned.
-    unsafe {
-        cmd.pre_exec(move || sys::set_cloexec(fd, false));
-    }
-    let child = cmd.spawn()?;
-    let pid = child.id() as i32;
-    // Never wait on `child`: the reaper collects the helper.
-    drop(child);
+    let pid = super::exec_helper(
+        &[READY_ARG.to_string(), fd.to_string()],
+        [Stdio::null(), Stdio::null(), Stdio::null()],
+        &[fd],
+    )?;
     drop(theirs);
     Ok(Waiting { pid, sock: ours })
 }
