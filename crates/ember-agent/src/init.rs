@@ -49,6 +49,12 @@ fn split_cmdline(s: &str) -> Vec<String> {
 
 /// Mounts `fstype` at `target` unless a filesystem of that type is already there.
 fn mount_fs(src: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &str) {
+    mount_fs_with(src, target, fstype, flags, &[data]);
+}
+
+/// [`mount_fs`] with the first of `datas` the kernel takes (newer options first,
+/// what older kernels know last).
+fn mount_fs_with(src: &str, target: &str, fstype: &str, flags: libc::c_ulong, datas: &[&str]) {
     let t = Path::new(target);
     let magic = match fstype {
         "proc" => 0x9fa0,
@@ -70,9 +76,18 @@ fn mount_fs(src: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &
             return;
         }
     }
-    let res = std::fs::create_dir_all(t)
-        .and_then(|_| sys::mount(Some(src), t, Some(fstype), flags, Some(data)));
-    if let Err(e) = res {
+    if let Err(e) = std::fs::create_dir_all(t) {
+        eprintln!("ember-agent: mounting {fstype} on {target}: {e}");
+        return;
+    }
+    let mut last = None;
+    for data in datas {
+        match sys::mount(Some(src), t, Some(fstype), flags, Some(data)) {
+            Ok(()) => return,
+            Err(e) => last = Some(e),
+        }
+    }
+    if let Some(e) = last {
         eprintln!("ember-agent: mounting {fstype} on {target}: {e}");
     }
 }
@@ -177,26 +192,13 @@ pub fn pid1_setup() -> io::Result<String> {
     // controllers, done at every container start, no longer wait for an RCU grace
     // period (tens of milliseconds in an emulated guest); forks and exits pay a
     // little instead.
-    let cgroup_flags = nosuid_nodev | libc::MS_NOEXEC;
-    let mounted = sys::fs_magic(Path::new("/sys/fs/cgroup")).is_ok_and(|m| m == sys::CGROUP2_MAGIC);
-    if !mounted
-        && sys::mount(
-            Some("cgroup2"),
-            Path::new("/sys/fs/cgroup"),
-            Some("cgroup2"),
-            cgroup_flags,
-            Some("nsdelegate,favordynmods"),
-        )
-        .is_err()
-    {
-        mount_fs(
-            "cgroup2",
-            "/sys/fs/cgroup",
-            "cgroup2",
-            cgroup_flags,
-            "nsdelegate",
-        );
-    }
+    mount_fs_with(
+        "cgroup2",
+        "/sys/fs/cgroup",
+        "cgroup2",
+        nosuid_nodev | libc::MS_NOEXEC,
+        &["nsdelegate,favordynmods", "nsdelegate"],
+    );
     let hostname = cmdline_value(&cmdline, "ember.hostname")
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "ember".into());

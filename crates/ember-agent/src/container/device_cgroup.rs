@@ -535,6 +535,7 @@ mod tests {
             failed[0]
         );
     }
+
     /// One program serves every cgroup with the same rules: loaded once, the most
     /// recent few kept. Needs root (CAP_BPF); skipped otherwise.
     #[test]
