@@ -12,7 +12,7 @@ use ember_sandbox::POOL_DRIVE;
 use ember_ttrpc::{Code, Status};
 use ember_vmm::Drive;
 
-use super::{agent_err, cleanup_rootfs, err, watch_oom, Container, Proc, Storage, Task};
+use super::{cleanup_rootfs, err, watch_oom, Container, Proc, Storage, Task};
 use crate::config::{annotation, RuntimeConfig};
 use crate::rootfs;
 use crate::sizing::{self, Host};
@@ -178,7 +178,7 @@ impl Task {
             Err(e) => {
                 self.undo_volumes(&req.id);
                 self.undo_create(&storage, &bundle.dir, boots).await;
-                return Err(agent_err(e));
+                return Err(self.agent_err(e));
             }
         };
         let state = crate::hooks::State {

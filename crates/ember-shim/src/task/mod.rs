@@ -57,14 +57,6 @@ fn err(code: Code, msg: impl Into<String>) -> Status {
     Status::new(code, msg)
 }
 
-fn agent_err(e: ember_ttrpc::Error) -> Status {
-    match e {
-        ember_ttrpc::Error::Status(s) => s,
-        ember_ttrpc::Error::Closed => err(Code::Unavailable, "the microVM is gone"),
-        other => err(other.code(), other.to_string()),
-    }
-}
-
 impl Task {
     pub fn new(vm: Arc<VmHost>, publisher: Publisher) -> Arc<Self> {
         Arc::new(Task {
@@ -77,6 +69,20 @@ impl Task {
 
     fn agent(&self) -> Result<AgentClient, Status> {
         self.vm.agent()
+    }
+
+    /// An agent call's error as the client sees it. A closed connection means the
+    /// VM is gone, and says which: the call may have raced the VM's loss being
+    /// recorded (after which new containers are refused by `admit`, naming it too).
+    fn agent_err(&self, e: ember_ttrpc::Error) -> Status {
+        match e {
+            ember_ttrpc::Error::Status(s) => s,
+            ember_ttrpc::Error::Closed => err(
+                Code::Unavailable,
+                format!("VM {} is gone (its agent connection closed)", self.vm.id),
+            ),
+            other => err(other.code(), other.to_string()),
+        }
     }
 
     /// The OCI hooks of container `id` (taken out of the lock: they run for a while).
@@ -205,7 +211,10 @@ impl Task {
 
     pub async fn pause(&self, id: &str) -> Result<(), Status> {
         self.proc(id, "")?;
-        self.agent()?.pause_container(id).await.map_err(agent_err)?;
+        self.agent()?
+            .pause_container(id)
+            .await
+            .map_err(|e| self.agent_err(e))?;
         if let Some(c) = self.containers.lock().unwrap().get_mut(id) {
             c.paused = true;
         }
@@ -224,7 +233,7 @@ impl Task {
         self.agent()?
             .resume_container(id)
             .await
-            .map_err(agent_err)?;
+            .map_err(|e| self.agent_err(e))?;
         if let Some(c) = self.containers.lock().unwrap().get_mut(id) {
             c.paused = false;
         }
@@ -240,7 +249,11 @@ impl Task {
 
     pub async fn pids(&self, id: &str) -> Result<PidsResponse, Status> {
         self.proc(id, "")?;
-        let pids = self.agent()?.list_pids(id).await.map_err(agent_err)?;
+        let pids = self
+            .agent()?
+            .list_pids(id)
+            .await
+            .map_err(|e| self.agent_err(e))?;
         Ok(PidsResponse {
             processes: pids
                 .into_iter()
@@ -251,7 +264,11 @@ impl Task {
 
     pub async fn stats(&self, id: &str) -> Result<StatsResponse, Status> {
         self.proc(id, "")?;
-        let s = self.agent()?.stats(id).await.map_err(agent_err)?;
+        let s = self
+            .agent()?
+            .stats(id)
+            .await
+            .map_err(|e| self.agent_err(e))?;
         let m = cgroup2::Metrics {
             pids: Some(cgroup2::PidsStat {
                 current: s.pids_current,
@@ -284,7 +301,7 @@ impl Task {
         self.agent()?
             .update_container(&req.id, resources.value)
             .await
-            .map_err(agent_err)
+            .map_err(|e| self.agent_err(e))
     }
 
     pub fn connect(&self, id: &str) -> Result<ConnectResponse, Status> {

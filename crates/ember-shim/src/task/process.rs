@@ -13,7 +13,7 @@ use ember_agent_api::{AgentClient, CreateProcessRequest, OutputStream, StdioConf
 use ember_ttrpc::{Code, Status};
 use tokio::sync::watch;
 
-use super::{agent_err, err, Task};
+use super::{err, Task};
 use crate::stdio;
 use crate::vm::LOST_STATUS;
 use ember_shim_api::*;
@@ -151,7 +151,7 @@ impl Task {
             Ok(pid) => pid,
             Err(e) => {
                 p.started.store(false, Ordering::SeqCst);
-                return Err(agent_err(e));
+                return Err(self.agent_err(e));
             }
         };
         // A container's init keeps the task pid Create gave (the VMM's).
@@ -219,7 +219,7 @@ impl Task {
                 }),
             })
             .await
-            .map_err(agent_err)?;
+            .map_err(|e| self.agent_err(e))?;
         let p = Proc::new(
             &req.id,
             &req.exec_id,
@@ -288,7 +288,7 @@ impl Task {
         self.agent()?
             .signal_process(&req.id, &req.exec_id, req.signal, req.all)
             .await
-            .map_err(agent_err)
+            .map_err(|e| self.agent_err(e))
     }
 
     /// Deletes an exec: one that exited, or one that was never started.
@@ -325,7 +325,7 @@ impl Task {
         self.agent()?
             .resize_pty(&req.id, &req.exec_id, req.width, req.height)
             .await
-            .map_err(agent_err)
+            .map_err(|e| self.agent_err(e))
     }
 
     pub fn close_io(&self, req: CloseIoRequest) -> Result<(), Status> {
