@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// Attempts at starting a plugin whose file is busy being written (ETXTBSY).
+const TEXT_BUSY_TRIES: u32 = 50;
+
 /// libcni's default cache directory.
 pub const DEFAULT_CACHE_DIR: &str = "/var/lib/cni";
 /// libcni's default plugin directory.
@@ -209,8 +212,8 @@ fn exec(
         .collect::<Vec<_>>()
         .join(";");
     let path = std::env::join_paths(&inv.bin_path).unwrap_or_default();
-    let mut child = Command::new(&bin)
-        .env("CNI_COMMAND", command)
+    let mut cmd = Command::new(&bin);
+    cmd.env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", &inv.container_id)
         .env("CNI_NETNS", &inv.netns)
         .env("CNI_IFNAME", &inv.ifname)
@@ -218,9 +221,19 @@ fn exec(
         .env("CNI_PATH", path)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| fail(format!("starting {}: {e}", bin.display())))?;
+        .stderr(Stdio::piped());
+    // ETXTBSY: the plugin file was just written (installed, updated) and a process
+    // forked meanwhile still holds it open for writing until its exec; it passes.
+    let mut tries = 0;
+    let mut child = loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < TEXT_BUSY_TRIES => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            r => break r.map_err(|e| fail(format!("starting {}: {e}", bin.display())))?,
+        }
+    };
     let input = serde_json::to_vec(conf).unwrap_or_default();
     if let Some(mut i) = child.stdin.take() {
         let _ = i.write_all(&input);
